@@ -1,0 +1,67 @@
+"""The `packager` command line: thin; it parses, builds the run configuration and calls the library."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from packager.errors import PackagerError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Compress a model, score it through its serving engine, build a bento, load-test, register, monitor.")
+models_app = typer.Typer(no_args_is_help=True, help="Model sources (the bundled default, local dirs, HF cache).")
+app.add_typer(models_app, name="models")
+
+console = Console(stderr=True)
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Call the library; print PackagerError for people and exit non-zero."""
+    try:
+        return fn(*args, **kwargs)
+    except PackagerError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: nothing half-written was kept[/]")
+        raise typer.Exit(130)
+
+
+@models_app.command("default")
+def models_default() -> None:
+    """Provide the bundled SmolLM2-135M-Instruct as a safetensors checkpoint; print its directory."""
+    from packager.models import ensure_default_model
+
+    m = run_guarded(ensure_default_model)
+    typer.echo(str(m.path))
+
+
+@models_app.command("resolve")
+def models_resolve(source: str = typer.Argument("default", help="'default', a local directory, or a cached HF id")) -> None:
+    """Resolve a model source offline and print its directory."""
+    from packager.models import resolve_model
+
+    m = run_guarded(resolve_model, source)
+    typer.echo(str(m.path))
+
+
+from packager.compress.cli import register as _reg_compress  # noqa: E402
+from packager.evaluate.cli import register as _reg_evaluate  # noqa: E402
+from packager.loadtest.cli import register as _reg_loadtest  # noqa: E402
+from packager.monitor.cli import register as _reg_monitor  # noqa: E402
+from packager.registry.cli import register as _reg_registry  # noqa: E402
+from packager.serve.cli import register as _reg_serve  # noqa: E402
+
+for _reg in (_reg_compress, _reg_evaluate, _reg_serve, _reg_loadtest, _reg_registry, _reg_monitor):
+    _reg(app)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,158 @@
+"""The run configuration: one pydantic object that flows through every step.
+
+Read from YAML, overridden by `PACKAGER_` environment variables (``PACKAGER_ENGINE__DTYPE=float32``) and by
+CLI flags, and written verbatim into every report and registry entry so every number can be reproduced.
+Every model refuses unknown fields (extra="forbid"); validation raises, never asserts.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from packager.errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EngineConfig(Strict):
+    """How a model is served: the same settings for evaluation, the bento and the load test."""
+
+    backend: Literal["vllm", "llamacpp"] = "vllm"
+    target: Literal["cpu", "gpu"] = "cpu"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    max_model_len: int = Field(2048, ge=64)
+    max_num_seqs: int = Field(64, ge=1)
+    # CPU: KV cache space in GiB (VLLM_CPU_KVCACHE_SPACE) and thread binding (VLLM_CPU_OMP_THREADS_BIND).
+    cpu_kvcache_space_gib: int = Field(1, ge=1)
+    cpu_omp_threads_bind: str = "auto"
+    # GPU: tensor parallelism, GPU type and memory utilisation.
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_type: str | None = None
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    startup_timeout_s: float = Field(900.0, gt=0)
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class EvalConfig(Strict):
+    suite: str = "default"  # "default", "behaviour", or a path to a JSONL suite
+    concurrency: int = Field(8, ge=1, le=256)
+    max_items: int | None = Field(None, ge=1)
+    perplexity: bool = True
+    perplexity_max_chunks: int = Field(24, ge=1)
+    perplexity_chunk_tokens: int = Field(256, ge=16)
+    fidelity_top_k: int = Field(5, ge=1, le=20)
+    request_timeout_s: float = Field(120.0, gt=0)
+
+
+class SLOConfig(Strict):
+    ttft_ms: float = Field(2000.0, gt=0)
+    tpot_ms: float = Field(250.0, gt=0)
+
+
+class PricingConfig(Strict):
+    instance: str | None = "c7i.xlarge"
+    usd_per_hour: float | None = Field(None, ge=0)
+    price_table: str | None = None  # path to a YAML like shared/pricing.yaml; None = the bundled table
+
+    @field_validator("usd_per_hour")
+    @classmethod
+    def _non_negative(cls, v: float | None) -> float | None:
+        if v is not None and v < 0:
+            raise ValueError(f"usd_per_hour must be >= 0, got {v}")
+        return v
+
+
+class RunConfig(Strict):
+    """Everything a run needs. `packager release` reads all of it; other commands read their parts."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: str = "default"
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    recipes: list[str] = Field(default_factory=lambda: ["w8a8-int8", "gptq-w4a16"])
+    quality_floor: float = Field(0.9, ge=0.0, le=1.5)  # minimum recovery (score / baseline score)
+    time_budget_s: float = Field(1800.0, gt=0)
+    output_dir: str = "runs/latest"
+    loadtest: dict[str, Any] = Field(default_factory=dict)  # validated by packager.loadtest
+    registry: dict[str, Any] = Field(default_factory=dict)  # validated by packager.registry
+
+
+def _deep_set(d: dict[str, Any], dotted: list[str], value: Any) -> None:
+    for k in dotted[:-1]:
+        d = d.setdefault(k, {})
+    d[dotted[-1]] = value
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """PACKAGER_ENGINE__DTYPE=float32 -> {"engine": {"dtype": "float32"}}; values are parsed as YAML scalars."""
+    environ = dict(os.environ if environ is None else environ)
+    out: dict[str, Any] = {}
+    for k, v in environ.items():
+        if not k.startswith("PACKAGER_") or k in ("PACKAGER_HOME",):
+            continue
+        path = [p.lower() for p in k[len("PACKAGER_"):].split("__")]
+        if path[0] not in RunConfig.model_fields:
+            continue
+        _deep_set(out, path, yaml.safe_load(v))
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def format_validation_error(e: ValidationError, where: str) -> str:
+    lines = [f"{where} is not valid:"]
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        got = err.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {loc}: {err['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
+                environ: dict[str, str] | None = None) -> RunConfig:
+    """YAML file < PACKAGER_ environment variables < explicit overrides (CLI flags)."""
+    data: dict[str, Any] = {}
+    where = "the run configuration"
+    if path is not None:
+        p = Path(path)
+        where = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"Configuration file {p} does not exist.") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Configuration file {p} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"Configuration file {p} must hold a mapping at the top level, got {type(loaded).__name__}.")
+        data = loaded
+    data = _merge(data, env_overrides(environ))
+    data = _merge(data, overrides or {})
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

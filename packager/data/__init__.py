@@ -1,0 +1,1 @@
+"""Data shipped with packager: task suites, the perplexity corpus builder inputs, default recipes."""

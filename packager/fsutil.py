@@ -1,0 +1,149 @@
+"""File helpers: sha256 manifests and atomic writes (nothing half-written is ever left behind)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from packager.errors import ConfigError, IntegrityError
+
+MANIFEST_NAME = "packager-manifest.json"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_tree(root: Path, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> dict[str, str]:
+    """sha256 of every regular file under root, keyed by its POSIX path relative to root."""
+    root = Path(root)
+    out: dict[str, str] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name not in exclude and "__pycache__" not in p.parts:
+            out[p.relative_to(root).as_posix()] = sha256_file(p)
+    return out
+
+
+def tree_digest(files: dict[str, str]) -> str:
+    """One digest for a whole {relative path: sha256} mapping."""
+    return sha256_bytes(json.dumps(files, sort_keys=True).encode())
+
+
+def dir_size_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())
+
+
+def write_manifest(root: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    files = hash_tree(root)
+    manifest = {"files": files, "digest": tree_digest(files), **(extra or {})}
+    atomic_write_text(Path(root) / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    p = Path(root) / MANIFEST_NAME
+    if not p.exists():
+        return None
+    return json.loads(p.read_text())
+
+
+def verify_files(root: Path, expected: dict[str, str]) -> None:
+    """Raise IntegrityError naming every file that is missing, extra-changed or altered."""
+    root = Path(root)
+    problems: list[str] = []
+    for rel, digest in sorted(expected.items()):
+        p = root / rel
+        if not p.is_file():
+            problems.append(f"missing: {rel}")
+        elif sha256_file(p) != digest:
+            problems.append(f"sha256 mismatch: {rel}")
+    if problems:
+        raise IntegrityError(
+            f"Model files under {root} do not match their recorded hashes ({len(problems)} problem(s)): "
+            + "; ".join(problems[:10])
+            + ". The artifact was modified or corrupted after it was recorded; rebuild it or restore the original files."
+        )
+
+
+def verify_manifest(root: Path) -> dict[str, Any]:
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise IntegrityError(f"{root} has no {MANIFEST_NAME}; it was not produced by packager or was damaged.")
+    verify_files(root, manifest["files"])
+    return manifest
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `final`; on success it replaces `final` in one rename.
+
+    On any exception (including KeyboardInterrupt) the temporary directory is removed and
+    `final` is left as it was.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    """Join a config-supplied relative path to root, refusing anything that escapes root."""
+    root = Path(root).resolve()
+    p = (root / rel).resolve()
+    if p != root and root not in p.parents:
+        raise ConfigError(f"Path {rel!r} escapes its directory {root}; use a path inside it.")
+    return p
+
+
+def refuse_pickled_weights(model_dir: Path, allow_pickle: bool = False) -> None:
+    """Only safetensors weights are loaded; pickled weights are refused unless explicitly allowed."""
+    bad = [p.name for p in Path(model_dir).glob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl", ".ckpt"}]
+    if bad and not allow_pickle:
+        raise IntegrityError(
+            f"{model_dir} holds pickled weight files {bad}; pickles can run arbitrary code when loaded. "
+            "Convert them to safetensors, or pass --allow-pickle if you trust their origin."
+        )
