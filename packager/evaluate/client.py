@@ -1,0 +1,64 @@
+"""A small synchronous client for OpenAI-compatible endpoints (vLLM, the bento, llama.cpp), with retries."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from packager.errors import ServerError
+
+
+class OpenAIClient:
+    def __init__(self, base_url: str, timeout_s: float = 120.0, retries: int = 2):
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):
+            self.base_url = self.base_url[:-3]
+        self.retries = retries
+        self.http = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def model_id(self) -> str:
+        try:
+            r = self.http.get(f"{self.base_url}/v1/models")
+            r.raise_for_status()
+            data = r.json()["data"]
+        except (httpx.HTTPError, KeyError, ValueError) as e:
+            raise ServerError(f"{self.base_url}/v1/models did not answer with a model list ({e}); is this an OpenAI-compatible endpoint?") from None
+        if not data:
+            raise ServerError(f"{self.base_url}/v1/models lists no model.")
+        return data[0]["id"]
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                r = self.http.post(f"{self.base_url}{path}", json=body)
+                if r.status_code in (429, 502, 503, 504) and attempt < self.retries:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                if r.status_code >= 400:
+                    raise ServerError(f"POST {path} answered HTTP {r.status_code}: {r.text[:300]}")
+                return r.json()
+            except httpx.TransportError as e:
+                last = e
+                time.sleep(0.5 * (attempt + 1))
+        raise ServerError(f"POST {self.base_url}{path} failed after {self.retries + 1} tries: {last}")
+
+    def tokenize(self, model: str, *, messages: list[dict] | None = None, prompt: str | None = None,
+                 add_special_tokens: bool = True) -> list[int] | None:
+        """Token ids through vLLM's /tokenize; None where the endpoint has no such route."""
+        body: dict[str, Any] = {"model": model}
+        if messages is not None:
+            body.update(messages=messages, add_generation_prompt=True)
+        else:
+            body.update(prompt=prompt, add_special_tokens=add_special_tokens)
+        try:
+            r = self.http.post(f"{self.base_url}/tokenize", json=body)
+        except httpx.HTTPError:
+            return None
+        if r.status_code != 200:
+            return None
+        return r.json().get("tokens")

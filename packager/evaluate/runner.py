@@ -1,0 +1,364 @@
+"""Score a model on a task suite THROUGH ITS SERVING ENGINE, against an optional baseline.
+
+`evaluate_model(model_dir, cfg)` starts a local vLLM server for the model (or uses `url=` of any running
+OpenAI-compatible endpoint), sends every suite item as a greedy chat completion (concurrently), scores the
+outputs, measures perplexity on the held-out corpus from the engine's prompt logprobs, and, given a baseline
+summary, computes recovery (score / baseline score) and label-free fidelity: agreement of greedy outputs and the
+mean KL(baseline || model) of next-token distributions along the baseline's own outputs (teacher-forced, from
+top-k prompt logprobs: a lower bound of the true KL's support, the same estimate for every variant).
+
+Outputs in `out_dir`: items.jsonl (per item: output, score, token ids, top-k logprobs) and summary.json, both
+written atomically so an interrupted run leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from packager.config import RunConfig
+from packager.errors import ConfigError, ServerError
+from packager.evaluate.client import OpenAIClient
+from packager.evaluate.scorers import SCORERS
+from packager.evaluate.suite import Suite, SuiteItem, load_suite
+from packager.fsutil import atomic_write_json, atomic_write_text
+from packager.provenance import now_iso, package_versions, platform_info
+
+SUMMARY_SCHEMA_VERSION = 1
+FIDELITY_MAX_POSITIONS = 24
+
+
+class ItemResult(BaseModel):
+    id: str
+    tags: list[str]
+    scorer: str
+    output: str
+    score: float
+    finish_reason: str | None = None
+    latency_s: float
+    error: str | None = None
+    prompt_token_ids: list[int] | None = None
+    output_token_ids: list[int] | None = None
+    # teacher-forced top-k log-probabilities along this model's own greedy output (baseline runs only)
+    topk_logprobs: list[dict[str, float]] | None = None
+
+
+class EvalSummary(BaseModel):
+    schema_version: int = SUMMARY_SCHEMA_VERSION
+    name: str
+    model_dir: str | None = None
+    url: str | None = None
+    served_model: str
+    engine: dict[str, Any] = Field(default_factory=dict)
+    suite: str
+    suite_sha256: str
+    n_items: int
+    n_errors: int
+    score: float
+    score_by_tag: dict[str, float]
+    score_by_category: dict[str, float]
+    perplexity: float | None = None
+    perplexity_tokens: int = 0
+    corpus_sha256: str | None = None
+    baseline_name: str | None = None
+    baseline_score: float | None = None
+    recovery: float | None = None
+    recovery_by_category: dict[str, float] = Field(default_factory=dict)
+    fidelity_agreement: float | None = None
+    fidelity_mean_kl: float | None = None
+    fidelity_kl_positions: int = 0
+    behaviour: dict[str, float] = Field(default_factory=dict)
+    wall_time_s: float
+    items_path: str | None = None
+    created_at: str = Field(default_factory=now_iso)
+    versions: dict[str, str] = Field(default_factory=package_versions)
+    platform: dict[str, str] = Field(default_factory=platform_info)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def _progress(total: int, description: str, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
+
+
+def _score_item(client: OpenAIClient, model: str, item: SuiteItem, want_topk: int | None) -> ItemResult:
+    t0 = time.perf_counter()
+    body = {
+        "model": model,
+        "messages": item.chat_messages(),
+        "max_tokens": item.max_tokens,
+        "temperature": 0.0,
+        "seed": 0,
+        "return_token_ids": True,
+    }
+    try:
+        resp = client.post("/v1/chat/completions", body)
+        choice = resp["choices"][0]
+        output = choice["message"].get("content") or ""
+        res = ItemResult(
+            id=item.id, tags=item.tags, scorer=item.scorer, output=output,
+            score=SCORERS.get(item.scorer)(output, item), finish_reason=choice.get("finish_reason"),
+            latency_s=time.perf_counter() - t0,
+            prompt_token_ids=resp.get("prompt_token_ids") or choice.get("prompt_token_ids"),
+            output_token_ids=choice.get("token_ids"),
+        )
+    except ServerError as e:
+        return ItemResult(id=item.id, tags=item.tags, scorer=item.scorer, output="", score=0.0,
+                          latency_s=time.perf_counter() - t0, error=str(e)[:500])
+    if want_topk and res.prompt_token_ids and res.output_token_ids:
+        res.topk_logprobs = _teacher_forced_topk(client, model, res.prompt_token_ids, res.output_token_ids, want_topk)
+    return res
+
+
+def _teacher_forced_topk(client: OpenAIClient, model: str, prompt_ids: list[int], output_ids: list[int],
+                         k: int) -> list[dict[str, float]] | None:
+    """Top-k next-token log-probabilities at each position of `output_ids` given the prompt."""
+    out_ids = output_ids[:FIDELITY_MAX_POSITIONS]
+    if not out_ids:
+        return None
+    try:
+        resp = client.post("/v1/completions", {
+            "model": model, "prompt": prompt_ids + out_ids, "max_tokens": 1, "temperature": 0.0,
+            "prompt_logprobs": k,
+        })
+    except ServerError:
+        return None
+    plp = resp["choices"][0].get("prompt_logprobs") or resp.get("prompt_logprobs")
+    if not plp:
+        return None
+    tail = plp[len(prompt_ids):len(prompt_ids) + len(out_ids)]
+    return [{tok: v["logprob"] for tok, v in (pos or {}).items()} for pos in tail]
+
+
+def kl_topk(p_logprobs: dict[str, float], q_logprobs: dict[str, float]) -> float:
+    """KL(p || q) over p's top-k support plus one 'rest' bucket.
+
+    Tokens of p's top-k that q did not return get q's smallest returned probability (q's top-k cut-off, an
+    upper bound of their probability), so the estimate never divides by zero and is the same for every variant.
+    """
+    if not p_logprobs:
+        return 0.0
+    q_floor = min(q_logprobs.values()) if q_logprobs else -30.0
+    eps = 1e-9
+    kl = 0.0
+    p_mass = q_mass = 0.0
+    for tok, lp in p_logprobs.items():
+        p = math.exp(lp)
+        lq = q_logprobs.get(tok, q_floor)
+        q = math.exp(lq)
+        p_mass += p
+        q_mass += q
+        kl += p * (lp - lq)
+    p_rest, q_rest = max(1.0 - p_mass, eps), max(1.0 - q_mass, eps)
+    kl += p_rest * (math.log(p_rest) - math.log(q_rest))
+    return max(kl, 0.0)
+
+
+def perplexity(client: OpenAIClient, model: str, texts: list[str], chunk_chars: int, max_chunks: int,
+               concurrency: int, show_progress: bool) -> tuple[float | None, int]:
+    """exp(mean negative log-likelihood) of the engine over fixed character chunks of `texts`."""
+    joined = "\n\n".join(texts)
+    chunks = [joined[i:i + chunk_chars] for i in range(0, len(joined), chunk_chars)][:max_chunks]
+    chunks = [c for c in chunks if c.strip()]
+    if not chunks:
+        return None, 0
+
+    def one(chunk: str) -> list[float]:
+        resp = client.post("/v1/completions", {"model": model, "prompt": chunk, "max_tokens": 1,
+                                               "temperature": 0.0, "prompt_logprobs": 0, "return_token_ids": True})
+        choice = resp["choices"][0]
+        plp = choice.get("prompt_logprobs") or resp.get("prompt_logprobs") or []
+        ids = choice.get("prompt_token_ids") or resp.get("prompt_token_ids")
+        out = []
+        for i, pos in enumerate(plp):
+            if not pos:
+                continue
+            # Each position holds the prompt's own token (vLLM lists it first) plus the top-k.
+            entry = pos.get(str(ids[i])) if ids and i < len(ids) else None
+            out.append((entry or next(iter(pos.values())))["logprob"])
+        return out
+
+    nll: list[float] = []
+    with _progress(len(chunks), "perplexity", show_progress) as prog, ThreadPoolExecutor(concurrency) as ex:
+        task = prog.add_task("perplexity", total=len(chunks))
+        for fut in as_completed([ex.submit(one, c) for c in chunks]):
+            nll.extend(-x for x in fut.result())
+            prog.advance(task)
+    if not nll:
+        return None, 0
+    return math.exp(sum(nll) / len(nll)), len(nll)
+
+
+def _aggregate(results: list[ItemResult]) -> tuple[float, dict[str, float], dict[str, float]]:
+    by_tag: dict[str, list[float]] = {}
+    by_cat: dict[str, list[float]] = {}
+    for r in results:
+        for t in r.tags:
+            if not t.startswith("group:"):
+                by_tag.setdefault(t, []).append(r.score)
+        by_cat.setdefault(r.tags[0] if r.tags else "untagged", []).append(r.score)
+    return (_mean([r.score for r in results]), {k: _mean(v) for k, v in sorted(by_tag.items())},
+            {k: _mean(v) for k, v in sorted(by_cat.items())})
+
+
+def behaviour_metrics(results: list[ItemResult]) -> dict[str, float]:
+    """Refusal rate on `refusal` items; paraphrase consistency on `group:<name>` items (all answered alike)."""
+    out: dict[str, float] = {}
+    refusal = [r.score for r in results if "refusal" in r.tags]
+    if refusal:
+        out["refusal_rate"] = _mean(refusal)
+    groups: dict[str, list[float]] = {}
+    for r in results:
+        for t in r.tags:
+            if t.startswith("group:"):
+                groups.setdefault(t, []).append(r.score)
+    if groups:
+        out["consistency"] = _mean([float(len(set(v)) == 1) for v in groups.values()])
+        out["consistency_accuracy"] = _mean([s for v in groups.values() for s in v])
+    return out
+
+
+def fidelity(results: list[ItemResult], baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str,
+             top_k: int, concurrency: int) -> tuple[float | None, float | None, int]:
+    pairs = [(r, baseline_items[r.id]) for r in results if r.id in baseline_items and not r.error]
+    if not pairs:
+        return None, None, 0
+    agreement = _mean([float(r.output.strip() == b.output.strip()) for r, b in pairs])
+
+    def one(b: ItemResult) -> list[float]:
+        if not (b.topk_logprobs and b.prompt_token_ids and b.output_token_ids):
+            return []
+        mine = _teacher_forced_topk(client, model, b.prompt_token_ids, b.output_token_ids, top_k)
+        if not mine:
+            return []
+        return [kl_topk(p, q) for p, q in zip(b.topk_logprobs, mine)]
+
+    kls: list[float] = []
+    with ThreadPoolExecutor(concurrency) as ex:
+        for fut in as_completed([ex.submit(one, b) for _, b in pairs]):
+            kls.extend(fut.result())
+    return agreement, (_mean(kls) if kls else None), len(kls)
+
+
+def load_items(path: Path) -> dict[str, ItemResult]:
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            r = ItemResult.model_validate_json(line)
+            out[r.id] = r
+    return out
+
+
+def load_summary(path: str | Path) -> EvalSummary:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "summary.json"
+    try:
+        return EvalSummary.model_validate_json(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"Baseline summary {p} does not exist; run `packager evaluate` on the baseline first.") from None
+
+
+def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | None = None,
+                   baseline: EvalSummary | None = None, out_dir: str | Path | None = None,
+                   name: str | None = None, suite: Suite | None = None, show_progress: bool = True,
+                   baseline_items: dict[str, ItemResult] | None = None) -> EvalSummary:
+    """Score `model_dir` (served by a fresh local engine) or the endpoint at `url` on the configured suite."""
+    if (model_dir is None) == (url is None):
+        raise ConfigError("evaluate_model needs exactly one of a model directory or an endpoint URL.")
+    suite = suite or load_suite(cfg.eval.suite)
+    label = name or (Path(model_dir).name if model_dir else url) or "model"
+    t0 = time.perf_counter()
+    if url is not None:
+        summary, results = _evaluate_endpoint(url, cfg, suite, label, baseline, baseline_items, show_progress)
+    else:
+        from packager.engine import EngineServer
+
+        log_path = None
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            log_path = Path(out_dir) / "engine.log"
+        with EngineServer(model_dir, cfg.engine, served_name=label, log_path=log_path) as srv:
+            summary, results = _evaluate_endpoint(srv.base_url, cfg, suite, label, baseline, baseline_items,
+                                                  show_progress)
+        summary.model_dir, summary.url = str(model_dir), None
+    summary.wall_time_s = time.perf_counter() - t0
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        items_path = out / "items.jsonl"
+        atomic_write_text(items_path, "".join(r.model_dump_json() + "\n" for r in results))
+        summary.items_path = str(items_path.resolve())
+        atomic_write_json(out / "summary.json", summary.model_dump(mode="json"))
+    return summary
+
+
+def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, baseline: EvalSummary | None,
+                       baseline_items: dict[str, ItemResult] | None,
+                       show_progress: bool) -> tuple[EvalSummary, list[ItemResult]]:
+    items = suite.items[: cfg.eval.max_items] if cfg.eval.max_items else suite.items
+    t0 = time.perf_counter()
+    client = OpenAIClient(url, timeout_s=cfg.eval.request_timeout_s)
+    try:
+        model = client.model_id()
+        want_topk = cfg.eval.fidelity_top_k if baseline is None else None
+        results: list[ItemResult] = []
+        with _progress(len(items), f"evaluate {label}", show_progress) as prog, \
+                ThreadPoolExecutor(cfg.eval.concurrency) as ex:
+            task = prog.add_task(f"evaluate {label}", total=len(items))
+            futs = [ex.submit(_score_item, client, model, it, want_topk) for it in items]
+            for fut in as_completed(futs):
+                results.append(fut.result())
+                prog.advance(task)
+        order = {it.id: i for i, it in enumerate(items)}
+        results.sort(key=lambda r: order[r.id])
+        errors = [r for r in results if r.error]
+        if errors and len(errors) == len(results):
+            raise ServerError(f"Every request to {url} failed; first error: {errors[0].error}")
+        score, by_tag, by_cat = _aggregate(results)
+
+        ppl, ppl_tokens, corpus_digest = None, 0, None
+        if cfg.eval.perplexity:
+            from packager.evaluate.corpus import corpus_sha256, split_corpus
+
+            _, heldout = split_corpus()
+            try:
+                ppl, ppl_tokens = perplexity(client, model, heldout, cfg.eval.perplexity_chunk_tokens * 4,
+                                             cfg.eval.perplexity_max_chunks, cfg.eval.concurrency, show_progress)
+            except ServerError:
+                ppl, ppl_tokens = None, 0  # endpoints without prompt logprobs (e.g. llama.cpp) have no perplexity
+            corpus_digest = corpus_sha256()
+
+        summary = EvalSummary(
+            name=label, url=url, served_model=model, engine=cfg.engine.model_dump(mode="json"),
+            suite=suite.name, suite_sha256=suite.sha256, n_items=len(results), n_errors=len(errors), score=score,
+            score_by_tag=by_tag, score_by_category=by_cat, perplexity=ppl, perplexity_tokens=ppl_tokens,
+            corpus_sha256=corpus_digest, behaviour=behaviour_metrics(results),
+            wall_time_s=time.perf_counter() - t0, config=cfg.model_dump(mode="json"),
+        )
+        if baseline is not None:
+            summary.baseline_name = baseline.name
+            summary.baseline_score = baseline.score
+            summary.recovery = score / baseline.score if baseline.score > 0 else None
+            summary.recovery_by_category = {c: by_cat[c] / s for c, s in baseline.score_by_category.items()
+                                            if c in by_cat and s > 0}
+            if baseline_items is None and baseline.items_path and Path(baseline.items_path).exists():
+                baseline_items = load_items(Path(baseline.items_path))
+            if baseline_items:
+                agree, kl, npos = fidelity(results, baseline_items, client, model, cfg.eval.fidelity_top_k,
+                                           cfg.eval.concurrency)
+                summary.fidelity_agreement, summary.fidelity_mean_kl, summary.fidelity_kl_positions = agree, kl, npos
+    finally:
+        client.close()
+    return summary, results
