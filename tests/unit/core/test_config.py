@@ -1,0 +1,48 @@
+import pytest
+import yaml
+
+from packager.config import EngineConfig, RunConfig, dump_config, env_overrides, load_config
+from packager.errors import ConfigError
+
+
+def test_defaults_round_trip_yaml(tmp_path):
+    cfg = RunConfig()
+    p = tmp_path / "c.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p) == cfg
+
+
+def test_precedence_file_env_flags(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"engine": {"dtype": "float32", "max_model_len": 1024}, "quality_floor": 0.8}))
+    cfg = load_config(p, {"engine": {"max_model_len": 512}},
+                      environ={"PACKAGER_ENGINE__DTYPE": "float16", "PACKAGER_QUALITY_FLOOR": "0.95"})
+    assert cfg.engine.dtype == "float16"  # env beats file
+    assert cfg.engine.max_model_len == 512  # flags beat file
+    assert cfg.quality_floor == 0.95
+
+
+def test_env_ignores_unrelated_variables():
+    assert env_overrides({"PACKAGER_HOME": "/x", "PACKAGER_NOPE": "1", "OTHER": "2"}) == {}
+
+
+def test_unknown_field_is_refused_with_its_location(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"engine": {"dtipe": "float32"}}))
+    with pytest.raises(ConfigError, match=r"engine\.dtipe"):
+        load_config(p)
+
+
+def test_bad_values_name_the_value(tmp_path):
+    with pytest.raises(ConfigError, match="usd_per_hour"):
+        load_config(None, {"pricing": {"usd_per_hour": -1}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_engine_config_json_round_trip():
+    e = EngineConfig(target="gpu", tensor_parallel_size=2, gpu_memory_utilization=0.8)
+    assert EngineConfig.model_validate_json(e.model_dump_json()) == e
