@@ -1,0 +1,126 @@
+"""The release report: data first. A versioned pydantic model holds the run configuration, versions and every
+figure; renderers (JSON, Markdown, HTML with plots) only read it."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from packager.provenance import now_iso, package_versions, platform_info
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class SweepPoint(BaseModel):
+    """One step of a load sweep: the offered load and what the server sustained there."""
+
+    offered: float  # concurrency (users) or arrival rate (requests/s), see LoadSummary.sweep_unit
+    requests_per_s: float
+    output_tokens_per_s: float
+    ttft_ms_p95: float | None = None
+    tpot_ms_p95: float | None = None
+    goodput_requests_per_s: float | None = None
+
+
+class LoadSummary(BaseModel):
+    """Headline load-test figures of one variant (the full result lives in `raw`)."""
+
+    requests: int = 0
+    errors: int = 0
+    duration_s: float = 0.0
+    requests_per_s: float = 0.0
+    output_tokens_per_s: float = 0.0
+    input_tokens_per_s: float = 0.0
+    ttft_ms_p50: float | None = None
+    ttft_ms_p90: float | None = None
+    ttft_ms_p95: float | None = None
+    ttft_ms_p99: float | None = None
+    tpot_ms_p50: float | None = None
+    tpot_ms_p90: float | None = None
+    tpot_ms_p95: float | None = None
+    tpot_ms_p99: float | None = None
+    itl_ms_p50: float | None = None
+    itl_ms_p95: float | None = None
+    e2e_ms_p50: float | None = None
+    e2e_ms_p95: float | None = None
+    e2e_ms_p99: float | None = None
+    goodput_requests_per_s: float | None = None
+    goodput_fraction: float | None = None  # share of requests meeting every SLO
+    usd_per_hour: float | None = None
+    usd_per_million_output_tokens: float | None = None
+    usd_per_million_input_tokens: float | None = None
+    usd_per_million_output_tokens_at_slo: float | None = None
+    utilization_assumed: float | None = None
+    sweep_unit: str | None = None  # "concurrency" or "requests_per_s"
+    sweep: list[SweepPoint] = Field(default_factory=list)
+    max_load_meeting_slo: float | None = None
+    generator_bottleneck: bool = False
+    # per-request samples for latency distribution plots (ms)
+    ttft_ms_samples: list[float] = Field(default_factory=list)
+    tpot_ms_samples: list[float] = Field(default_factory=list)
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+
+class VariantResult(BaseModel):
+    name: str
+    recipe: str | None = None  # None for the uncompressed baseline
+    is_baseline: bool = False
+    engine: str = "vllm"
+    dtype: str | None = None
+    model_dir: str | None = None
+    model_digest: str | None = None
+    size_bytes: int | None = None
+    parameters: int | None = None
+    compression_wall_time_s: float | None = None
+    stages: list[dict[str, Any]] = Field(default_factory=list)
+    # quality
+    score: float | None = None
+    score_by_category: dict[str, float] = Field(default_factory=dict)
+    recovery: float | None = None
+    perplexity: float | None = None
+    fidelity_agreement: float | None = None
+    fidelity_mean_kl: float | None = None
+    behaviour: dict[str, float] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+    # serving and load
+    bento_tag: str | None = None
+    registry_name: str | None = None
+    registry_version: str | None = None
+    load: LoadSummary | None = None
+    # verdicts
+    meets_quality_floor: bool | None = None
+    meets_slo: bool | None = None
+    errors: list[str] = Field(default_factory=list)
+
+
+class Recommendation(BaseModel):
+    variant: str | None
+    reason: str
+    considered: list[str] = Field(default_factory=list)
+    rejected: dict[str, str] = Field(default_factory=dict)  # variant -> why not
+
+
+class Report(BaseModel):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    title: str = "packager release report"
+    created_at: str = Field(default_factory=now_iso)
+    model: str
+    baseline: str
+    quality_floor: float
+    slo: dict[str, float] = Field(default_factory=dict)  # ttft_ms, tpot_ms
+    pricing: dict[str, Any] = Field(default_factory=dict)  # instance, usd_per_hour, source
+    variants: list[VariantResult]
+    pareto: list[str] = Field(default_factory=list)  # names on the quality-vs-cost frontier
+    recommendation: Recommendation
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    time_budget_s: float | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=package_versions)
+    platform: dict[str, str] = Field(default_factory=platform_info)
+    notes: list[str] = Field(default_factory=list)
+
+    def variant(self, name: str) -> VariantResult:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
