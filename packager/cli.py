@@ -48,6 +48,46 @@ def models_resolve(source: str = typer.Argument("default", help="'default', a lo
     typer.echo(str(m.path))
 
 
+@app.command("release")
+def release(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="release configuration YAML (defaults work without one)"),
+    model: Optional[str] = typer.Option(None, help="model source (default: the bundled SmolLM2-135M-Instruct)"),
+    recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="recipe name or file; repeat for several (default: w8a8-int8, gptq-w4a16)"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/latest)"),
+    serve_via: str = typer.Option("bento", help="'bento' (build and serve the real bento, as shipped) or 'engine' (bare vLLM, faster)"),
+    max_items: Optional[int] = typer.Option(None, help="score only the first N suite items"),
+    time_budget_s: Optional[float] = typer.Option(None, help="time budget for the whole run, in seconds"),
+    no_register: bool = typer.Option(False, "--no-register", help="do not record variants in the registry"),
+) -> None:
+    """Compress, evaluate through the engine, build and serve bentos, load-test, register, and write the report."""
+    from packager.config import load_config
+
+    def go():
+        from packager.release import run_release
+
+        over: dict = {}
+        if model:
+            over["model"] = model
+        if recipe:
+            over["recipes"] = list(recipe)
+        if out:
+            over["output_dir"] = str(out)
+        if max_items:
+            over["eval"] = {"max_items": max_items}
+        if time_budget_s:
+            over["time_budget_s"] = time_budget_s
+        if serve_via not in ("bento", "engine"):
+            from packager.errors import ConfigError
+
+            raise ConfigError(f"--serve-via must be 'bento' or 'engine', got {serve_via!r}.")
+        cfg = load_config(config, over)
+        report = run_release(cfg, serve_via=serve_via, register=not no_register)
+        rec = report.recommendation
+        console.print(f"[bold]recommendation:[/] {rec.variant or 'none'}: {rec.reason}")
+
+    run_guarded(go)
+
+
 from packager.compress.cli import register as _reg_compress  # noqa: E402
 from packager.evaluate.cli import register as _reg_evaluate  # noqa: E402
 from packager.loadtest.cli import register as _reg_loadtest  # noqa: E402
