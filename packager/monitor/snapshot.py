@@ -15,7 +15,6 @@ histograms, which equal Prometheus's `histogram_quantile(q, sum by (le) (<name>_
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -36,9 +35,14 @@ from packager.monitor.scrape import (
 from packager.registry_util import Registry
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
-# Outcomes of packager_requests_total that count as errors: the service failed the caller. client_error
-# (4xx: the caller sent a bad request) is counted as a request but not as an error of the endpoint.
-ERROR_OUTCOMES = ("server_error", "timeout", "rejected")
+# Outcomes of packager_requests_total that are NOT errors of the endpoint: ok, and client_error (4xx: the
+# caller sent a bad request). Every other outcome (server_error, timeout, rejected, ...) is an error. The
+# recording rule packager:request_errors:rate5m uses the same definition (outcome!~"ok|client_error").
+NON_ERROR_OUTCOMES = ("ok", "client_error")
+
+
+def is_error_outcome(outcome: str) -> bool:
+    return outcome not in NON_ERROR_OUTCOMES
 INFERENCE_HANDLERS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 Match = dict[str, "str | tuple[str, ...] | Callable[[str], bool]"]
@@ -61,6 +65,7 @@ class SeriesSource:
     usd_per_hour_gauge: str | None
     variant_labels: tuple[str, ...]
     fallback_requests_total: str | None = None  # when requests_total is absent (no error figures then)
+    fallback_tpot_histogram: str | None = None  # when tpot_histogram is absent
 
 
 SOURCES: Registry[SeriesSource] = Registry("metrics source")
@@ -76,7 +81,7 @@ PACKAGER_SOURCE = _register(SeriesSource(
     detect="packager_output_tokens",
     requests_total="packager_requests_total",
     requests_match=None,
-    errors_match={"outcome": ERROR_OUTCOMES},
+    errors_match={"outcome": is_error_outcome},
     input_tokens_total="packager_input_tokens_total",
     output_tokens_total="packager_output_tokens_total",
     ttft_histogram="packager_ttft_seconds",
@@ -100,6 +105,7 @@ VLLM_SOURCE = _register(SeriesSource(
     usd_per_hour_gauge=None,
     variant_labels=("model_name",),
     fallback_requests_total="vllm:request_success_total",
+    fallback_tpot_histogram="vllm:inter_token_latency_seconds",
 ))
 
 
@@ -245,6 +251,9 @@ def compute_snapshot(prev: Scrape, cur: Scrape, usd_per_hour: float | None = Non
         err_rate = 0.0  # the error outcomes have not happened yet: no series for them
     err_ratio = err_rate / req_rate if (err_rate is not None and req_rate) else None
     out_rate = window_rate(src.output_tokens_total)
+    tpot_name = src.tpot_histogram
+    if not cur.series(tpot_name + "_bucket") and src.fallback_tpot_histogram:
+        tpot_name = src.fallback_tpot_histogram
 
     if usd_per_hour is not None:
         price, price_from = float(usd_per_hour), "flag"
@@ -255,7 +264,7 @@ def compute_snapshot(prev: Scrape, cur: Scrape, usd_per_hour: float | None = Non
     window = WindowStats(
         elapsed_s=elapsed, request_rate_per_s=req_rate, error_rate_per_s=err_rate, error_ratio=err_ratio,
         input_tokens_per_s=window_rate(src.input_tokens_total), output_tokens_per_s=out_rate,
-        ttft=_hist_window(prev, cur, src.ttft_histogram), tpot=_hist_window(prev, cur, src.tpot_histogram),
+        ttft=_hist_window(prev, cur, src.ttft_histogram), tpot=_hist_window(prev, cur, tpot_name),
         e2e=_hist_window(prev, cur, src.e2e_histogram),
     )
     errors_total = cur.total(req_name, err_match) if (req_name and err_match is not None) else None
@@ -264,7 +273,7 @@ def compute_snapshot(prev: Scrape, cur: Scrape, usd_per_hour: float | None = Non
     lifetime = LifetimeStats(
         requests_total=cur.total(req_name, req_match) if req_name else None, errors_total=errors_total,
         input_tokens_total=cur.total(src.input_tokens_total), output_tokens_total=cur.total(src.output_tokens_total),
-        ttft=_hist_lifetime(cur, src.ttft_histogram), tpot=_hist_lifetime(cur, src.tpot_histogram),
+        ttft=_hist_lifetime(cur, src.ttft_histogram), tpot=_hist_lifetime(cur, tpot_name),
         e2e=_hist_lifetime(cur, src.e2e_histogram),
     )
     ttft95, tpot95 = window.ttft.p95_ms, window.tpot.p95_ms
@@ -281,7 +290,3 @@ def compute_snapshot(prev: Scrape, cur: Scrape, usd_per_hour: float | None = Non
 
 def snapshot_json(snap: MonitorSnapshot) -> str:
     return snap.model_dump_json(indent=2)
-
-
-def _is_nan(x: float | None) -> bool:
-    return x is not None and math.isnan(x)
