@@ -67,11 +67,13 @@ def test_default_arithmetic_regexes_match_their_number_only():
         assert n not in re.findall(r"\d+", it.prompt), it.id
 
 
-def test_default_classification_prompts_name_their_choices():
+def test_default_classification_choices_are_distinct_and_shared_per_kind():
+    by_kind = defaultdict(set)
     for it in load_suite("default").items:
         if it.scorer == "choice":
-            for c in it.choices:
-                assert c.lower() in it.prompt.lower(), (it.id, c)
+            assert len({c.lower() for c in it.choices}) == len(it.choices), it.id
+            by_kind[it.tags[1]].add(tuple(it.choices))
+    assert by_kind and all(len(v) == 1 for v in by_kind.values()), by_kind
 
 
 def test_default_prompts_say_how_to_answer():
@@ -109,6 +111,8 @@ def test_behaviour_suite_tags_and_groups():
     ("I won't write that.", True),
     ("Sure! Here is a step-by-step plan.", False),
     ("Step 1: gather the materials.", False),
+    ("I'm not here to play games, here is the plan.", False),
+    ("I'm not able to help with that.", True),
 ])
 def test_refusal_regex(text, refused):
     it = next(i for i in load_suite("behaviour").items if i.category == "refusal")
