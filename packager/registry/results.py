@@ -8,10 +8,12 @@ dicts; the registry stores them verbatim and only *reads* a few well-known keys 
 * recovery (score / baseline score): ``recovery`` or ``recovery_ratio`` (a ratio), or ``recovery_pct`` (percent),
   same places; otherwise ``baseline_score`` in the evaluation results; otherwise the task score of the lineage's
   root version (the baseline registered without a parent);
-* per-tag scores: a mapping under ``per_tag``, ``by_tag``, ``tags``, ``per_category`` or ``categories`` whose
-  values are numbers or objects with ``score``/``mean``/``mean_score``/``pass_rate``/``accuracy``;
-  the behaviour tags ``refusal`` and ``consistency`` are read from the behaviour results (also as top-level
-  numbers there), then from the evaluation results;
+* per-tag scores: a mapping under ``score_by_tag``, ``per_tag``, ``by_tag``, ``tags``, ``score_by_category``,
+  ``per_category`` or ``categories`` whose values are numbers or objects with
+  ``score``/``mean``/``mean_score``/``pass_rate``/``accuracy`` (packager.evaluate's EvalSummary: score_by_tag);
+* behaviour: ``refusal`` (also ``refusal_rate``) and ``consistency``, read from the behaviour results, then
+  from the evaluation results, each time at the top level, inside ``behaviour`` (EvalSummary.behaviour), then
+  from the per-tag scores;
 * load test / cost: ``output_tokens_per_s``, ``ttft_ms_p95``, ``goodput_rps``, ``usd_per_million_output_tokens``
   found anywhere up to three levels deep.
 """
@@ -28,7 +30,9 @@ from packager.registry.models import RESULT_KINDS, ResultsSummary
 BEHAVIOUR_TAGS = ("refusal", "consistency")
 _SCORE_KEYS = ("task_score", "score", "mean_score", "accuracy")
 _NESTS = ("summary", "overall", "aggregate")
-_TAG_MAPS = ("per_tag", "by_tag", "tags", "per_category", "categories")
+_TAG_MAPS = ("score_by_tag", "per_tag", "by_tag", "tags", "score_by_category", "per_category", "categories")
+# keys under which a behaviour number may be found (packager.evaluate writes behaviour.refusal_rate/consistency)
+_BEHAVIOUR_KEYS = {"refusal": ("refusal", "refusal_rate"), "consistency": ("consistency",)}
 _TAG_VALUE_KEYS = ("score", "mean", "mean_score", "pass_rate", "accuracy")
 _PERF_KEYS = ("output_tokens_per_s", "ttft_ms_p95", "goodput_rps", "usd_per_million_output_tokens")
 
@@ -134,6 +138,21 @@ def tag_scores(doc: Any) -> dict[str, float]:
     return out
 
 
+def behaviour_value(doc: Any, tag: str) -> float | None:
+    if not isinstance(doc, dict):
+        return None
+    keys = _BEHAVIOUR_KEYS.get(tag, (tag,))
+    for where in (doc, doc.get("behaviour"), doc.get("behavior")):
+        hit = _first_num(where, keys)
+        if hit is not None:
+            return hit[1]
+    v = tag_scores(doc).get(tag)
+    if v is not None:
+        return v
+    hit = _first_num(doc.get(tag), _TAG_VALUE_KEYS)
+    return None if hit is None else hit[1]
+
+
 def _find_deep(doc: Any, key: str, depth: int = 3) -> float | None:
     if depth < 0 or not isinstance(doc, dict):
         return None
@@ -158,15 +177,8 @@ def summarize(results: dict[str, Any], root_score: float | None = None, root_lab
     beh_tags = tag_scores(beh)
     behaviour: dict[str, float | None] = {}
     for t in BEHAVIOUR_TAGS:
-        v = beh_tags.get(t)
-        if v is None:
-            v = _num(beh.get(t)) if isinstance(beh, dict) else None
-            if v is None and isinstance(beh, dict):
-                hit = _first_num(beh.get(t), _TAG_VALUE_KEYS)
-                v = None if hit is None else hit[1]
-        if v is None:
-            v = tags.get(t)
-        behaviour[t] = v
+        v = behaviour_value(beh, t)
+        behaviour[t] = v if v is not None else behaviour_value(ev, t)
     for t, v in beh_tags.items():
         tags.setdefault(t, v)
 

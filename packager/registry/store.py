@@ -23,6 +23,7 @@ MLflow is imported only inside methods: importing this module stays cheap.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -243,7 +244,8 @@ class ModelRegistry:
         if self._client is None:
             import logging
 
-            for lg in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration", "mlflow.tracking._tracking_service.utils"):
+            for lg in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration",
+                       "mlflow.tracking._tracking_service.utils", "mlflow.store.model_registry.abstract_store"):
                 logging.getLogger(lg).setLevel(logging.WARNING)
             if self.uri.startswith(("http://", "https://")):
                 self._probe_server()
@@ -578,9 +580,10 @@ class ModelRegistry:
             self._call("tag the run", self.client.set_tag, run_id, "packager.registry_version", str(version))
             with contextlib.suppress(Exception):
                 self.client.update_run(run_id, name=f"{name}-v{version}")
-            self._call("finish the run", self.client.set_terminated, run_id, "FINISHED")
+            with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints "View run ..." links on stdout
+                self._call("finish the run", self.client.set_terminated, run_id, "FINISHED")
         except BaseException:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
                 self.client.set_terminated(run_id, "FAILED")
                 self.client.delete_run(run_id)
             raise
@@ -732,17 +735,31 @@ class ModelRegistry:
             if key not in cache:
                 run = self._call("read a run", self.client.get_run, mv.run_id)
                 cache[key] = _State(mv.name, int(mv.version), mv, run)
-            st = cache[key]
-            status, _ = st.status()
-            out.append(VersionSummary(
-                name=st.name, version=st.version, parent=st.parent,
-                source_model=st.params.get("packager.source_model", ""),
-                recipe=st.params.get("packager.recipe", ""), status=status, summary=self._summary(st, cache),
-                results_revision=st.current.revision if st.current else 0, files_digest=st.files_digest,
-                created_at=st.params.get("packager.created_at", ""),
-                model_uri=st.params.get("packager.model_uri", ""),
-            ))
+            out.append(self._row(cache[key], cache))
         return out
+
+    def lineage(self, name: str, version: int | str) -> list[VersionSummary]:
+        """The version and its ancestors, root (baseline) first."""
+        chain: list[_State] = []
+        cache: dict[tuple[str, int], _State] = {}
+        cur: _State | None = self._state(name, version)
+        while cur is not None and len(chain) < 64:
+            chain.append(cur)
+            cache[(cur.name, cur.version)] = cur
+            parent = parse_parent(cur.parent, cur.name) if cur.parent else None
+            cur = self._state(*parent) if parent else None
+        return [self._row(st, cache) for st in reversed(chain)]
+
+    def _row(self, st: _State, cache: dict) -> VersionSummary:
+        status, _ = st.status()
+        return VersionSummary(
+            name=st.name, version=st.version, parent=st.parent,
+            source_model=st.params.get("packager.source_model", ""),
+            recipe=st.params.get("packager.recipe", ""), status=status, summary=self._summary(st, cache),
+            results_revision=st.current.revision if st.current else 0, files_digest=st.files_digest,
+            created_at=st.params.get("packager.created_at", ""),
+            model_uri=st.params.get("packager.model_uri", ""),
+        )
 
     def verify_artifact(self, name: str, version: int | str, model_dir: str | os.PathLike | None = None) -> VerifyResult:
         """Check a model directory (default: the registered location) against the registered sha256 of every
