@@ -1,8 +1,190 @@
 """CLI commands of packager.loadtest: `register(app)` adds them to the top-level `packager` command."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
+
+PROFILE_HELP = (
+    "Traffic profile: concurrency | rate | sweep | burst | replay. Its fields come from --set KEY=VALUE "
+    "(e.g. --set requests_per_s=4, --set 'values=[1,2,4]', --set trace=trace.jsonl) or the shortcuts "
+    "--users/--rate/--duration."
+)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """['a=1', 'values=[1,2]'] -> {'a': 1, 'values': [1, 2]} (values parsed as YAML)."""
+    import yaml
+
+    from packager.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"--set expects KEY=VALUE, got {it!r}.")
+        k, v = it.split("=", 1)
+        k = k.strip()
+        if not k:
+            raise ConfigError(f"--set expects KEY=VALUE, got {it!r}.")
+        try:
+            out[k] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {k}: value {v!r} is not valid YAML ({e}).") from None
+    return out
+
+
+def parse_prompts(spec: str) -> dict[str, Any]:
+    """'synthetic' | 'suite:NAME_OR_PATH' | 'jsonl:PATH' -> a prompt source dict."""
+    from packager.errors import ConfigError
+
+    if spec == "synthetic":
+        return {"kind": "synthetic"}
+    kind, _, arg = spec.partition(":")
+    if kind == "suite" and arg:
+        return {"kind": "suite", "suite": arg}
+    if kind == "jsonl" and arg:
+        return {"kind": "jsonl", "path": arg}
+    raise ConfigError(f"--prompts {spec!r} is not understood; give 'synthetic', 'suite:NAME_OR_PATH' or 'jsonl:PATH'.")
+
+
+def build_loadtest_dict(base: dict[str, Any], profile: str | None, sets: dict[str, Any], users: int | None,
+                        rate: float | None, duration: float | None, prompts: str | None, input_tokens: int | None,
+                        output_tokens: int | None, scalars: dict[str, Any]) -> dict[str, Any]:
+    """Merge CLI flags over RunConfig.loadtest (a dict) without validating it."""
+    lt = dict(base)
+    prof = dict(lt.get("profile") or {})
+    if profile is not None and prof.get("kind") != profile:
+        prof = {"kind": profile}
+    prof.setdefault("kind", "concurrency")
+    kind = prof["kind"]
+    if users is not None:
+        if kind == "sweep":
+            prof.update({"mode": "concurrency", "values": [users]})
+        else:
+            prof["users"] = users
+    if rate is not None:
+        if kind == "sweep":
+            prof.update({"mode": "rate", "values": [rate]})
+        else:
+            prof["requests_per_s"] = rate
+    if duration is not None:
+        prof["step_duration_s" if kind == "sweep" else "duration_s"] = duration
+    prof.update(sets)
+    lt["profile"] = prof
+    src = dict(lt.get("prompts") or {"kind": "synthetic"})
+    if prompts is not None:
+        new = parse_prompts(prompts)
+        src = new if new["kind"] != src.get("kind") else {**src, **new}
+    if input_tokens is not None or output_tokens is not None:
+        if src.get("kind", "synthetic") != "synthetic":
+            from packager.errors import ConfigError
+
+            raise ConfigError("--input-tokens/--output-tokens apply to synthetic prompts only; drop them or use "
+                              "--prompts synthetic.")
+        if input_tokens is not None:
+            src["input_tokens"] = {"dist": "constant", "mean": input_tokens}
+        if output_tokens is not None:
+            src["output_tokens"] = {"dist": "constant", "mean": output_tokens}
+    lt["prompts"] = src
+    lt.update({k: v for k, v in scalars.items() if v is not None})
+    return lt
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`. Keep imports of heavy libraries inside the commands."""
+
+    @app.command("loadtest")
+    def loadtest(
+        target: str = typer.Option(..., "--target", help="Base URL of an OpenAI-compatible server on this machine "
+                                   "(loopback only), e.g. http://127.0.0.1:8000"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run configuration YAML (its loadtest:, "
+                                              "slo: and pricing: sections)"),
+        profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
+        set_: list[str] = typer.Option([], "--set", help="Profile field KEY=VALUE (repeatable)"),
+        users: Optional[int] = typer.Option(None, "--users", help="Concurrent users (concurrency profile)"),
+        rate: Optional[float] = typer.Option(None, "--rate", help="Requests per second (rate profile)"),
+        duration: Optional[float] = typer.Option(None, "--duration", help="Seconds of load (per step for a sweep)"),
+        prompts: Optional[str] = typer.Option(None, "--prompts", help="synthetic | suite:NAME_OR_PATH | jsonl:PATH"),
+        input_tokens: Optional[int] = typer.Option(None, "--input-tokens", help="Synthetic prompt length (tokens)"),
+        output_tokens: Optional[int] = typer.Option(None, "--output-tokens", help="Synthetic output length (tokens)"),
+        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Override every request's max_tokens"),
+        max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Hard cap on requests sent"),
+        max_duration: Optional[float] = typer.Option(None, "--max-duration", help="Hard cap on dispatch time (s)"),
+        workers: Optional[int] = typer.Option(None, "--workers", help="0: one locust process; N: a master and N "
+                                              "local worker processes"),
+        model: Optional[str] = typer.Option(None, "--model", help="Model name to send (default: GET /v1/models)"),
+        slo_ttft_ms: Optional[float] = typer.Option(None, "--slo-ttft-ms", help="TTFT SLO (ms)"),
+        slo_tpot_ms: Optional[float] = typer.Option(None, "--slo-tpot-ms", help="TPOT SLO (ms)"),
+        instance: Optional[str] = typer.Option(None, "--instance", help="Instance name in the price table"),
+        usd_per_hour: Optional[float] = typer.Option(None, "--usd-per-hour", help="Hourly price (overrides --instance)"),
+        price_table: Optional[Path] = typer.Option(None, "--price-table", help="Your price table (YAML)"),
+        utilisation: Optional[float] = typer.Option(None, "--utilisation", help="Share of paid hours at this load "
+                                                    "(0-1], for the cost"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: "
+                                           "<output_dir>/loadtest)"),
+        json_out: bool = typer.Option(False, "--json", help="Also print the result as JSON on stdout"),
+    ) -> None:
+        """Load-test a server with locust (headless, in subprocesses): latency percentiles, goodput, $/1M tokens."""
+        args = dict(locals())
+        from packager.cli import run_guarded
+
+        run_guarded(_loadtest, **args)
+
+
+def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[str], users: int | None,
+              rate: float | None, duration: float | None, prompts: str | None, input_tokens: int | None,
+              output_tokens: int | None, max_tokens: int | None, max_requests: int | None,
+              max_duration: float | None, workers: int | None, model: str | None, slo_ttft_ms: float | None,
+              slo_tpot_ms: float | None, instance: str | None, usd_per_hour: float | None, price_table: Path | None,
+              utilisation: float | None, out: Path | None, json_out: bool) -> None:
+    import json
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from packager.cli import console
+    from packager.config import load_config
+    from packager.loadtest.config import parse_loadtest_config
+    from packager.loadtest.pricing import resolve_price
+    from packager.loadtest.render import summary_renderables
+    from packager.loadtest.runner import check_loopback_target, run_loadtest
+
+    check_loopback_target(target)
+    overrides: dict[str, Any] = {}
+    slo = {k: v for k, v in (("ttft_ms", slo_ttft_ms), ("tpot_ms", slo_tpot_ms)) if v is not None}
+    if slo:
+        overrides["slo"] = slo
+    pricing: dict[str, Any] = {}
+    if instance is not None:
+        pricing.update({"instance": instance, "usd_per_hour": None})
+    if usd_per_hour is not None:
+        pricing["usd_per_hour"] = usd_per_hour
+        if instance is None:
+            pricing["instance"] = None  # an explicit price is not the default instance's
+    if price_table is not None:
+        pricing["price_table"] = str(price_table)
+    if pricing:
+        overrides["pricing"] = pricing
+    run_cfg = load_config(config, overrides)
+    lt = build_loadtest_dict(run_cfg.loadtest, profile, parse_set(set_), users, rate, duration, prompts,
+                             input_tokens, output_tokens,
+                             {"max_tokens": max_tokens, "max_requests": max_requests, "max_duration_s": max_duration,
+                              "workers": workers, "utilisation_fraction": utilisation})
+    cfg = parse_loadtest_config(lt, "the load-test configuration (config file + flags)")
+    if run_cfg.pricing.instance or run_cfg.pricing.usd_per_hour is not None:
+        resolve_price(run_cfg.pricing)  # fail before any load is sent or anything is written
+    out_dir = out or Path(run_cfg.output_dir) / "loadtest"
+    with Progress(TextColumn("[bold]load test[/]"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("run", total=None, info="starting locust")
+
+        def progress(p: dict[str, Any]) -> None:
+            bar.update(task, total=p["planned_s"], completed=min(p["elapsed_s"], p["planned_s"]),
+                       info=f"{p['requests_done']} requests done")
+
+        result = run_loadtest(target, cfg, run_cfg.slo, run_cfg.pricing, out_dir, model=model, progress=progress)
+    for r in summary_renderables(result):
+        console.print(r)
+    console.print(f"Result: {out_dir / 'loadtest.json'}")
+    if json_out:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))

@@ -1,0 +1,178 @@
+"""Pure functions from per-request records to figures: percentiles, TPOT, goodput, phase summaries, cost.
+
+A request record (one JSON line written by the locustfile) holds: phase, ok, status, error_kind, ttft_ms,
+itl_ms (list), e2e_ms, input_tokens and output_tokens (from the server's usage), usage_present,
+dispatch_lag_ms, t_start_unix, t_end_unix. A phase summary record (one per generator share and phase)
+holds start_unix, dispatch_end_unix, drain_end_unix, dropped_arrivals, not_sent_request_cap,
+cancelled_at_drain_timeout.
+
+Definitions (DESIGN.md): TTFT = request sent -> first content token; ITL = gap between consecutive content
+chunks; TPOT = (E2E - TTFT) / (output tokens - 1); goodput = successful requests meeting every SLO (TTFT
+and TPOT limits) per second, as DistServe and `vllm bench serve --goodput` (a request with one output token
+has no TPOT and is judged on TTFT alone).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, Iterable, Sequence
+
+from packager.config import SLOConfig
+from packager.loadtest.pricing import PriceQuote, usd_per_million_tokens
+from packager.loadtest.result import CostPoint, CostResult, LatencySummary, PhaseResult, SweepResult
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks (numpy's default)."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be within [0, 100], got {q}")
+    if not values:
+        return None
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def summarize_latencies(values: Iterable[float | None]) -> LatencySummary:
+    v = sorted(float(x) for x in values if x is not None)
+    if not v:
+        return LatencySummary()
+    return LatencySummary(count=len(v), mean_ms=sum(v) / len(v), p50_ms=percentile(v, 50), p90_ms=percentile(v, 90),
+                          p95_ms=percentile(v, 95), p99_ms=percentile(v, 99), max_ms=v[-1])
+
+
+def tpot_ms(e2e_ms: float | None, ttft_ms: float | None, output_tokens: int | None) -> float | None:
+    """(E2E - TTFT) / (output tokens - 1); None when undefined (fewer than 2 output tokens, or no TTFT)."""
+    if e2e_ms is None or ttft_ms is None or output_tokens is None or output_tokens < 2:
+        return None
+    return (e2e_ms - ttft_ms) / (output_tokens - 1)
+
+
+def meets_slo(rec: dict[str, Any], slo: SLOConfig) -> bool:
+    """A successful request with a first token within slo.ttft_ms and a TPOT within slo.tpot_ms."""
+    if not rec.get("ok") or rec.get("ttft_ms") is None:
+        return False
+    if rec["ttft_ms"] > slo.ttft_ms:
+        return False
+    t = tpot_ms(rec.get("e2e_ms"), rec.get("ttft_ms"), rec.get("output_tokens"))
+    return t is None or t <= slo.tpot_ms
+
+
+def goodput_requests_per_s(records: Iterable[dict[str, Any]], slo: SLOConfig, duration_s: float) -> float:
+    if duration_s <= 0:
+        return 0.0
+    return sum(1 for r in records if meets_slo(r, slo)) / duration_s
+
+
+def summarize_phase(index: int, label: str, load: dict[str, float], records: list[dict[str, Any]],
+                    share_summaries: list[dict[str, Any]], slo: SLOConfig, slo_attainment_target: float,
+                    planned_dispatch_s: float) -> PhaseResult:
+    """Every figure of one phase from its request records and its per-share summaries."""
+    reqs = [r for r in records if r.get("type", "request") == "request"]
+    ok = [r for r in reqs if r.get("ok")]
+    starts = [s["start_unix"] for s in share_summaries if s.get("start_unix") is not None]
+    ends = [s["dispatch_end_unix"] for s in share_summaries if s.get("dispatch_end_unix") is not None]
+    t_start = min(starts) if starts else min((r["t_start_unix"] for r in reqs), default=0.0)
+    t_end = max([r["t_end_unix"] for r in reqs if r.get("t_end_unix") is not None] + ends + [t_start])
+    duration = max(t_end - t_start, 1e-9)
+    dispatch_s = (max(ends) - t_start) if ends else planned_dispatch_s
+    with_usage = [r for r in ok if r.get("usage_present")]
+    in_tok = sum(int(r.get("input_tokens") or 0) for r in with_usage)
+    out_tok = sum(int(r.get("output_tokens") or 0) for r in with_usage)
+    good = [r for r in reqs if meets_slo(r, slo)]
+    good_out = sum(int(r.get("output_tokens") or 0) for r in good if r.get("usage_present"))
+    good_in = sum(int(r.get("input_tokens") or 0) for r in good if r.get("usage_present"))
+    dropped = sum(int(s.get("dropped_arrivals", 0)) for s in share_summaries)
+    not_sent = sum(int(s.get("not_sent_request_cap", 0)) for s in share_summaries)
+    cancelled = sum(int(s.get("cancelled_at_drain_timeout", 0)) for s in share_summaries)
+    offered = len(reqs) + dropped
+    attainment = len(good) / offered if offered else 0.0
+    errors = Counter(r.get("error_kind") or "unknown" for r in reqs if not r.get("ok"))
+    if dropped:
+        errors["dropped_arrival"] += dropped
+    itls = [g for r in ok for g in (r.get("itl_ms") or ())]
+    return PhaseResult(
+        index=index, label=label, load=load, dispatch_s=dispatch_s, duration_s=duration,
+        requests_sent=len(reqs), requests_ok=len(ok), requests_failed=len(reqs) - len(ok),
+        requests_missing_usage=len(ok) - len(with_usage), dropped_arrivals=dropped, not_sent_request_cap=not_sent,
+        cancelled_at_drain_timeout=cancelled, errors_by_kind=dict(sorted(errors.items())),
+        request_throughput_per_s=len(ok) / duration,
+        input_tokens_total=in_tok, output_tokens_total=out_tok,
+        input_tokens_mean=in_tok / len(with_usage) if with_usage else None,
+        output_tokens_mean=out_tok / len(with_usage) if with_usage else None,
+        input_token_throughput_per_s=in_tok / duration, output_token_throughput_per_s=out_tok / duration,
+        ttft=summarize_latencies(r.get("ttft_ms") for r in ok),
+        itl=summarize_latencies(itls),
+        tpot=summarize_latencies(tpot_ms(r.get("e2e_ms"), r.get("ttft_ms"), r.get("output_tokens")) for r in ok),
+        e2e=summarize_latencies(r.get("e2e_ms") for r in ok),
+        dispatch_lag=summarize_latencies(r.get("dispatch_lag_ms") for r in reqs),
+        goodput_requests_per_s=len(good) / duration, goodput_output_tokens_per_s=good_out / duration,
+        goodput_input_tokens_per_s=good_in / duration,
+        slo_attainment_fraction=attainment,
+        meets_slo=bool(offered) and attainment >= slo_attainment_target,
+    )
+
+
+def load_value(ph: PhaseResult) -> float:
+    """The size of a phase's load: requests/s for open loop, users for closed loop."""
+    return float(ph.load.get("requests_per_s", ph.load.get("users", 0.0)))
+
+
+def highest_load_meeting_slo(phases: Sequence[PhaseResult]) -> PhaseResult | None:
+    ok = [p for p in phases if p.meets_slo]
+    return max(ok, key=load_value) if ok else None
+
+
+def sweep_result(mode: str, phases: Sequence[PhaseResult], target: float) -> SweepResult:
+    best = highest_load_meeting_slo(phases)
+    peak = max(phases, key=lambda p: p.output_token_throughput_per_s) if phases else None
+    return SweepResult(mode=mode, slo_attainment_target=target,
+                       highest_load_meeting_slo=dict(best.load) if best else None,
+                       highest_load_phase_index=best.index if best else None,
+                       peak_output_token_throughput_per_s=peak.output_token_throughput_per_s if peak else 0.0,
+                       peak_phase_index=peak.index if peak else None)
+
+
+def cost_point(basis: str, phase_index: int | None, output_tps: float, input_tps: float, usd_per_hour: float,
+               utilisation_fraction: float) -> CostPoint:
+    return CostPoint(
+        basis=basis, phase_index=phase_index, output_tokens_per_s=output_tps, input_tokens_per_s=input_tps,
+        usd_per_million_output_tokens=usd_per_million_tokens(usd_per_hour, output_tps, utilisation_fraction),
+        usd_per_million_input_tokens=usd_per_million_tokens(usd_per_hour, input_tps, utilisation_fraction),
+        usd_per_million_total_tokens=usd_per_million_tokens(usd_per_hour, output_tps + input_tps, utilisation_fraction),
+    )
+
+
+def cost_result(quote: PriceQuote, phases: Sequence[PhaseResult], sweep: bool, utilisation_fraction: float) -> CostResult:
+    """Cost at the measured sustained throughput and at the throughput the SLOs allow.
+
+    One phase: measured = its token throughput; SLO-limited = the token throughput of the requests that met
+    every SLO (goodput). A sweep: measured = the step with the highest output token throughput; SLO-limited =
+    the step at the highest load that met the SLOs (None when no step did).
+    """
+    u = utilisation_fraction
+    assumption = (f"The instance is paid for every hour and serves at the stated throughput {u:.0%} of the time "
+                  "(utilisation_fraction). Each per-token figure charges the whole hourly price to that token "
+                  "type; 'total' spreads it over input and output tokens together.")
+    if sweep:
+        peak = max(phases, key=lambda p: p.output_token_throughput_per_s)
+        measured = cost_point(f"sweep step with the highest output token throughput ({peak.label})", peak.index,
+                              peak.output_token_throughput_per_s, peak.input_token_throughput_per_s,
+                              quote.usd_per_hour, u)
+        best = highest_load_meeting_slo(phases)
+        slo_pt = None if best is None else cost_point(
+            f"sweep step at the highest load meeting the SLOs ({best.label})", best.index,
+            best.output_token_throughput_per_s, best.input_token_throughput_per_s, quote.usd_per_hour, u)
+    else:
+        ph = phases[0]
+        measured = cost_point(f"measured throughput at {ph.label}", ph.index, ph.output_token_throughput_per_s,
+                              ph.input_token_throughput_per_s, quote.usd_per_hour, u)
+        slo_pt = cost_point(f"throughput of the requests meeting every SLO at {ph.label} (goodput)", ph.index,
+                            ph.goodput_output_tokens_per_s, ph.goodput_input_tokens_per_s, quote.usd_per_hour, u)
+    return CostResult(instance=quote.instance, usd_per_hour=quote.usd_per_hour, price_source=quote.source,
+                      utilisation_fraction=u, assumption=assumption, at_measured_throughput=measured,
+                      at_slo_limited_throughput=slo_pt)

@@ -1,0 +1,105 @@
+"""Renderers of a LoadTestResult: a rich summary for the terminal and a sweep plot. They only read the result."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from packager.loadtest.result import LatencySummary, LoadTestResult
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def _triple(s: LatencySummary) -> str:
+    return f"{_ms(s.p50_ms)} / {_ms(s.p90_ms)} / {_ms(s.p99_ms)}"
+
+
+def _usd(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"${x:.4f}" if x < 1 else f"${x:,.2f}"
+
+
+def summary_renderables(r: LoadTestResult) -> list:
+    """Rich renderables: the per-phase table, then cost, generator and warnings."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=f"Load test of {r.model} at {r.target_url}", title_justify="left")
+    for col in ("load", "sent", "ok", "failed", "dropped", "req/s", "out tok/s", "goodput req/s", "SLO met"):
+        t.add_column(col, justify="left" if col == "load" else "right")
+    lat = Table(title="Latency (ms), p50 / p90 / p99", title_justify="left")
+    for col in ("load", "TTFT", "TPOT", "ITL", "E2E"):
+        lat.add_column(col, justify="left" if col == "load" else "right")
+    for p in r.phases:
+        mark = "[green]yes[/]" if p.meets_slo else "[red]no[/]"
+        t.add_row(p.label, str(p.requests_sent), str(p.requests_ok), str(p.requests_failed), str(p.dropped_arrivals),
+                  f"{p.request_throughput_per_s:.2f}", f"{p.output_token_throughput_per_s:.1f}",
+                  f"{p.goodput_requests_per_s:.2f}", f"{mark} {p.slo_attainment_fraction:.0%}")
+        lat.add_row(p.label, _triple(p.ttft), _triple(p.tpot), _triple(p.itl), _triple(p.e2e))
+    out: list = [t, lat]
+    lines = [f"SLOs: TTFT <= {r.slo.ttft_ms:g} ms, TPOT <= {r.slo.tpot_ms:g} ms; a load meets them when "
+             f">= {r.slo_attainment_target:.0%} of its requests do. Summary: {r.summary_basis}."]
+    errs = {k: v for p in r.phases for k, v in p.errors_by_kind.items()}
+    if errs:
+        lines.append("Errors by kind: " + ", ".join(f"{k}={sum(p.errors_by_kind.get(k, 0) for p in r.phases)}"
+                                                    for k in sorted(errs)))
+    if r.sweep is not None:
+        hl = r.sweep.highest_load_meeting_slo
+        lines.append(f"Highest load meeting the SLOs: {hl if hl else 'none'}; peak output throughput "
+                     f"{r.sweep.peak_output_token_throughput_per_s:.1f} tok/s.")
+    if r.cost is not None:
+        c = r.cost
+        lines.append(f"Price: {_usd(c.usd_per_hour)}/h ({c.instance + '; ' if c.instance else ''}{c.price_source}); "
+                     f"utilisation assumed {c.utilisation_fraction:.0%}.")
+        for name, pt in (("measured", c.at_measured_throughput), ("SLO-limited", c.at_slo_limited_throughput)):
+            if pt is None:
+                lines.append(f"  {name}: no load met the SLOs, no SLO-limited cost")
+                continue
+            lines.append(f"  {name} ({pt.output_tokens_per_s:.1f} out tok/s, {pt.input_tokens_per_s:.1f} in tok/s): "
+                         f"{_usd(pt.usd_per_million_output_tokens)} per 1M output tokens, "
+                         f"{_usd(pt.usd_per_million_input_tokens)} per 1M input tokens")
+    g = r.generator
+    cpu = "-" if g.cpu_fraction_of_core_max is None else f"{g.cpu_fraction_of_core_max:.0%}"
+    lag = "-" if g.dispatch_lag_ms_p99 is None else f"{g.dispatch_lag_ms_p99:.1f} ms"
+    lines.append(f"Generator: busiest locust process {cpu} of a core (limit {g.cpu_limit_fraction:.0%}), "
+                 f"dispatch lag p99 {lag}" + (" [bold red]BOTTLENECK SUSPECTED[/]" if g.bottleneck_suspected else ""))
+    out.append(Text.from_markup("\n".join(lines)))
+    if r.warnings:
+        out.append(Text.from_markup("\n".join(f"[yellow]warning:[/] {w}" for w in r.warnings)))
+    return out
+
+
+def plot_sweep(r: LoadTestResult, path: Path) -> None:
+    """Throughput and goodput (left) and TTFT/TPOT p90 with the SLO limits (right) against the load."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from packager.loadtest.metrics import load_value
+
+    x = [load_value(p) for p in r.phases]
+    unit = "requests/s offered" if r.sweep and r.sweep.mode == "rate" else "concurrent users"
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    a.plot(x, [p.request_throughput_per_s for p in r.phases], "o-", label="throughput (req/s)")
+    a.plot(x, [p.goodput_requests_per_s for p in r.phases], "s--", label="goodput (req/s)")
+    a.set_xlabel(unit)
+    a.set_ylabel("requests/s")
+    a.grid(alpha=0.3)
+    a.legend()
+    b.plot(x, [p.ttft.p90_ms for p in r.phases], "o-", label="TTFT p90 (ms)")
+    b.plot(x, [p.tpot.p90_ms for p in r.phases], "s-", label="TPOT p90 (ms)")
+    b.axhline(r.slo.ttft_ms, color="C0", ls=":", label=f"TTFT SLO {r.slo.ttft_ms:g} ms")
+    b.axhline(r.slo.tpot_ms, color="C1", ls=":", label=f"TPOT SLO {r.slo.tpot_ms:g} ms")
+    b.set_yscale("log")
+    b.set_xlabel(unit)
+    b.set_ylabel("ms")
+    b.grid(alpha=0.3)
+    b.legend(fontsize=8)
+    fig.suptitle(f"{r.model}: load sweep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

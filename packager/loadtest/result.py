@@ -1,0 +1,127 @@
+"""The load-test result: data first; every figure is named with its unit. Renderers only read it."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from packager.config import PricingConfig, SLOConfig
+
+RESULT_SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LatencySummary(_Strict):
+    """Percentiles with linear interpolation between closest ranks (numpy's default, as vLLM's benchmark)."""
+
+    count: int = 0
+    mean_ms: float | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+
+
+class PhaseResult(_Strict):
+    index: int
+    label: str
+    load: dict[str, float]  # {"requests_per_s": 4.0} (open loop) or {"users": 8} (closed loop)
+    dispatch_s: float  # time requests were being sent
+    duration_s: float  # phase start -> its last completion: the denominator of every rate below
+    requests_sent: int
+    requests_ok: int
+    requests_failed: int
+    requests_missing_usage: int  # answered without a `usage` block: no token counts for them
+    dropped_arrivals: int  # open loop: arrivals that found max_in_flight requests outstanding
+    not_sent_request_cap: int  # arrivals after max_requests was reached
+    cancelled_at_drain_timeout: int
+    errors_by_kind: dict[str, int]
+    request_throughput_per_s: float  # successful requests / duration_s
+    input_tokens_total: int
+    output_tokens_total: int
+    input_tokens_mean: float | None
+    output_tokens_mean: float | None
+    input_token_throughput_per_s: float
+    output_token_throughput_per_s: float
+    ttft: LatencySummary
+    itl: LatencySummary
+    tpot: LatencySummary
+    e2e: LatencySummary
+    dispatch_lag: LatencySummary  # open loop: actual send time - scheduled arrival time (generator health)
+    goodput_requests_per_s: float  # successful requests meeting every SLO / duration_s
+    goodput_output_tokens_per_s: float
+    goodput_input_tokens_per_s: float
+    slo_attainment_fraction: float  # requests meeting every SLO / (sent + dropped arrivals)
+    meets_slo: bool  # slo_attainment_fraction >= slo_attainment_target
+
+
+class CostPoint(_Strict):
+    basis: str
+    phase_index: int | None
+    output_tokens_per_s: float
+    input_tokens_per_s: float
+    usd_per_million_output_tokens: float | None  # the whole hourly price charged to output tokens
+    usd_per_million_input_tokens: float | None  # the whole hourly price charged to input tokens
+    usd_per_million_total_tokens: float | None  # the hourly price over input + output tokens
+
+
+class CostResult(_Strict):
+    instance: str | None
+    usd_per_hour: float
+    price_source: str
+    utilisation_fraction: float
+    assumption: str
+    at_measured_throughput: CostPoint
+    at_slo_limited_throughput: CostPoint | None
+
+
+class GeneratorProcess(_Strict):
+    role: str  # local | master | worker
+    pid: int
+    cpu_seconds: float
+    cpu_fraction_of_core_mean: float | None  # while requests were running
+    cpu_fraction_of_core_max: float | None  # highest 0.5 s sample
+
+
+class GeneratorResult(_Strict):
+    processes: list[GeneratorProcess]
+    cpu_fraction_of_core_max: float | None  # the busiest process's mean while requests were running
+    cpu_limit_fraction: float
+    dispatch_lag_ms_p99: float | None
+    bottleneck_suspected: bool
+    reasons: list[str] = Field(default_factory=list)
+
+
+class SweepResult(_Strict):
+    mode: str  # rate | concurrency
+    slo_attainment_target: float
+    highest_load_meeting_slo: dict[str, float] | None
+    highest_load_phase_index: int | None
+    peak_output_token_throughput_per_s: float
+    peak_phase_index: int | None
+
+
+class LoadTestResult(_Strict):
+    schema_version: int = RESULT_SCHEMA_VERSION
+    created_unix: float
+    target_url: str
+    model: str
+    config: dict[str, Any]  # the LoadTestConfig, verbatim
+    slo: SLOConfig
+    pricing: PricingConfig
+    slo_attainment_target: float
+    phases: list[PhaseResult]
+    summary: PhaseResult  # one phase: that phase; a sweep: the highest load meeting the SLOs, else the peak
+    summary_basis: str
+    sweep: SweepResult | None = None
+    cost: CostResult | None = None
+    generator: GeneratorResult
+    complete: bool  # every share of the generator reported its phases
+    warnings: list[str] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict)  # relative to the output directory
+    versions: dict[str, str] = Field(default_factory=dict)
+    wall_time_s: float
