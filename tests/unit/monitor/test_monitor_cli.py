@@ -1,0 +1,128 @@
+"""`packager monitor` and `packager canary` end to end against the local fake (real HTTP, no vLLM)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from fakes.fake_openai import FakeOpenAIServer
+from typer.testing import CliRunner
+
+from packager.cli import app
+from packager.monitor.live import render_snapshot, take_snapshot
+
+runner = CliRunner()
+
+
+def flat(text: str) -> str:
+    """The output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeOpenAIServer(ttft_ms=30, itl_ms=5, output_tokens=10) as srv:
+        yield srv
+
+
+class Traffic:
+    """Chat requests one after another in a thread until stopped; counts what the server answered."""
+
+    def __init__(self, base_url: str):
+        self.base_url, self.stop_flag, self.requests, self.tokens = base_url, threading.Event(), 0, 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        with httpx.Client() as c:
+            while not self.stop_flag.is_set():
+                r = c.post(self.base_url + "/v1/chat/completions", timeout=10,
+                           json={"model": "fake-model", "messages": [{"role": "user", "content": "one two three"}]})
+                self.requests += 1
+                self.tokens += r.json()["usage"]["completion_tokens"]
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join(10)
+
+
+def test_monitor_once_json(fake):
+    with Traffic(fake.base_url) as t:
+        res = runner.invoke(app, ["monitor", fake.base_url, "--once", "--json", "--interval-s", "1", "--usd-per-hour", "0.36"])
+    assert res.exit_code == 0, res.output
+    snap = json.loads(res.stdout)
+    assert snap["source"] == "vllm" and snap["metrics_url"] == fake.base_url + "/metrics"
+    w = snap["window"]
+    # one stream: ~30 ms TTFT + 9 x 5 ms ITL per request of 10 tokens -> roughly 100 tokens/s
+    assert 20 < w["output_tokens_per_s"] < 400
+    assert w["request_rate_per_s"] == pytest.approx(w["output_tokens_per_s"] / 10, rel=0.35)
+    assert w["input_tokens_per_s"] == pytest.approx(w["request_rate_per_s"] * 3, rel=0.35)
+    assert 25 <= w["ttft"]["p50_ms"] <= 40  # in the (20, 40] ms bucket of the fake
+    assert snap["usd_per_million_output_tokens"] == pytest.approx(0.36 / (w["output_tokens_per_s"] * 3600) * 1e6)
+    assert snap["usd_per_hour_from"] == "flag"
+    assert snap["lifetime"]["output_tokens_total"] <= t.tokens + 10
+    assert snap["slo"]["ttft_ok"] is True
+
+
+def test_monitor_json_lines_and_rich_view(fake):
+    with Traffic(fake.base_url):
+        res = runner.invoke(app, ["monitor", fake.base_url, "--json", "--interval-s", "0.5", "--iterations", "2"])
+        assert res.exit_code == 0, res.output
+        lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+        assert len(lines) == 2 and lines[1]["scraped_at_s"] > lines[0]["scraped_at_s"]
+        assert all(x["window"]["output_tokens_per_s"] > 0 for x in lines)
+        res = runner.invoke(app, ["monitor", fake.base_url, "--once", "--interval-s", "0.5", "--usd-per-hour", "1"])
+    assert res.exit_code == 0, res.output
+    for text in ("packager monitor", "requests/s", "output tokens/s", "USD / 1M output tokens", "TTFT (window)",
+                 "TPOT (window)", "E2E  (window)", "source vllm", "model_name=fake-model"):
+        assert text in res.stdout, text
+
+
+def test_render_snapshot_without_traffic_or_price(fake):
+    fake.reset()
+    snap = take_snapshot(fake.base_url, 0.2)
+    assert snap.window.ttft.observations == 0 and snap.usd_per_million_output_tokens is None
+    from rich.console import Console
+
+    con = Console(width=140, record=True)
+    con.print(render_snapshot(snap, error="boom"))
+    out = con.export_text()
+    assert "no request finished in this window" in out
+    assert "no price: pass --usd-per-hour" in out
+    assert "last scrape failed: boom" in out
+
+
+def test_monitor_errors_are_for_people():
+    res = runner.invoke(app, ["monitor", "http://127.0.0.1:1", "--once", "--json", "--interval-s", "0.1"])
+    assert res.exit_code == 2
+    assert "Could not read http://127.0.0.1:1/metrics" in flat(res.output) and "Traceback" not in res.output
+    res = runner.invoke(app, ["monitor", "http://127.0.0.1:1", "--once", "--interval-s", "0"])
+    assert res.exit_code == 2 and "--interval-s must be > 0 seconds, got 0.0" in flat(res.output)
+    res = runner.invoke(app, ["monitor", "http://127.0.0.1:1", "--once", "--usd-per-hour", "-2"])
+    assert res.exit_code == 2 and "--usd-per-hour must be >= 0, got -2.0" in flat(res.output)
+
+
+def test_canary_cli_one_run(fake, tmp_path):
+    suite = tmp_path / "golden.jsonl"
+    suite.write_text("\n".join(json.dumps(x) for x in [
+        {"id": "t1", "prompt": "Say tok.", "reference": "tok", "scorer": "contains", "tags": ["a"], "max_tokens": 2},
+        {"id": "t2", "prompt": "Capital of France?", "reference": "Paris", "scorer": "contains", "tags": ["b"], "max_tokens": 2},
+    ]) + "\n")
+    res = runner.invoke(app, ["canary", fake.base_url, "--suite", str(suite), "--iterations", "1", "--port", "0",
+                              "--host", "127.0.0.1", "--json", "--interval-s", "1"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(next(x for x in res.stdout.splitlines() if x.startswith("{")))
+    assert result["n_pass"] == 1 and result["n_fail"] == 1 and result["pass_ratio"] == 0.5
+    assert result["model"] == "fake-model"
+    assert "pass 50%" in res.output
+
+
+def test_canary_cli_bad_suite(tmp_path):
+    res = runner.invoke(app, ["canary", "http://127.0.0.1:1", "--suite", str(tmp_path / "nope.jsonl"), "--port", "0"])
+    assert res.exit_code == 2 and "nope.jsonl does not exist" in flat(res.output)
