@@ -28,6 +28,19 @@ class StageArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     requires_calibration_data: ClassVar[bool] = False
+    # True for methods that change layer shapes or counts (pruning): checks of later stages against the
+    # source model's shapes are then deferred to the start of those stages.
+    changes_architecture: ClassVar[bool] = False
+    # True for methods whose output is a quantized checkpoint; no stage can read one, so they come last.
+    quantizes: ClassVar[bool] = False
+
+    def needs_calibration(self) -> bool:
+        """Whether THIS configuration reads calibration data (e.g. int8 only with SmoothQuant on)."""
+        return self.requires_calibration_data
+
+    def validate_for(self, model_dir: Path) -> None:
+        """Cheap checks against the input model's config (no weights read), run before any work starts.
+        Raise packager.errors.ConfigError naming the value and what to do."""
 
 
 @dataclass

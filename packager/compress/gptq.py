@@ -1,0 +1,173 @@
+"""`gptq`: GPTQ weight-only quantization (W4A16 / W8A16) with GPTQModel, saved in the GPTQ checkpoint format
+that vLLM loads (CPU build: its mixed-precision CPU kernel; GPUs: exllama/Marlin).
+
+The group size must divide the input dimension of every quantized Linear; it is checked from config.json
+(and the safetensors headers) before the model is even loaded, with an error naming the dimension and
+the group sizes that would fit.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from packager.compress.base import METHODS, StageArgs, StageContext
+from packager.errors import ConfigError
+
+_PREFERRED_GROUPS = (32, 64, 128, 256)
+
+
+class GPTQArgs(StageArgs):
+    """GPTQ weight-only int4/int8 (activations stay 16-bit)."""
+
+    quantizes: ClassVar[bool] = True
+    kind: Literal["gptq"] = "gptq"
+    requires_calibration_data: ClassVar[bool] = True
+    bits: Literal[4, 8] = Field(4, description="weight bits: 4 (W4A16) or 8 (W8A16)")
+    group_size: int = Field(64, description="weights per quantization group along the input dimension; -1 = one group per row")
+    desc_act: bool = Field(False, description="quantize columns in order of decreasing activation (act-order)")
+    sym: bool = Field(True, description="symmetric quantization (no zero points)")
+    damp_percent: float = Field(0.05, gt=0.0, lt=1.0, description="Hessian dampening as a fraction of its mean diagonal")
+    n_samples: int = Field(128, ge=1, le=4096, description="calibration samples")
+    seq_len: int = Field(512, ge=16, le=32768, description="tokens per calibration sample")
+    batch_size: int = Field(4, ge=1, le=256, description="calibration batch size")
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError(f"group_size must be -1 (one group per row) or a positive integer, got {v}")
+        return v
+
+    def validate_for(self, model_dir: Path) -> None:
+        check_group_size(model_dir, self.group_size)
+
+
+def linear_input_dims(config: dict[str, Any]) -> dict[str, tuple[int, str]]:
+    """{dimension name: (size, which projections read it)} for a decoder-only transformer config."""
+    text = config.get("text_config") or config
+    hidden = int(text["hidden_size"])
+    dims: dict[str, tuple[int, str]] = {"hidden_size": (hidden, "q/k/v/gate/up projections")}
+    if text.get("intermediate_size"):
+        dims["intermediate_size"] = (int(text["intermediate_size"]), "down projection")
+    heads = text.get("num_attention_heads")
+    head_dim = text.get("head_dim") or (hidden // int(heads) if heads else None)
+    if heads and head_dim:
+        dims["num_attention_heads*head_dim"] = (int(heads) * int(head_dim), "o projection")
+    return dims
+
+
+def fitting_group_sizes(dims: list[int]) -> list[int]:
+    """Group sizes that divide every dimension: the usual powers of two (32..256) plus the largest common
+    divisor itself when it is a multiple of 32 and at most 1024."""
+    g = 0
+    for d in dims:
+        g = math.gcd(g, d)
+    out = {c for c in _PREFERRED_GROUPS if g % c == 0}
+    if g % 32 == 0 and g <= 1024:
+        out.add(g)
+    return sorted(out)
+
+
+def check_group_size(model_dir: Path, group_size: int) -> None:
+    """Raise ConfigError when group_size does not divide a Linear input dimension of the model."""
+    from packager.compress.checkpoint import read_config, tensor_shapes
+
+    if group_size == -1:
+        return
+    cfg = read_config(model_dir)
+    try:
+        dims = linear_input_dims(cfg)
+    except (KeyError, TypeError, ValueError):
+        dims = {}
+    # The weights themselves too: a pruned model may carry layers narrower than its config says.
+    shapes = {}
+    try:
+        shapes = tensor_shapes(model_dir)
+    except ConfigError:
+        pass
+    all_dims = [v for v, _ in dims.values()]
+    for name, (_dt, shape) in shapes.items():
+        if name.endswith("_proj.weight") and len(shape) == 2:
+            all_dims.append(shape[1])
+    fits = fitting_group_sizes(all_dims) if all_dims else []
+    hint = f"use one of {', '.join(map(str, fits))}" if fits else "no power-of-two group size fits"
+    hint += " (or -1 for one group per row)"
+    for dim_name, (size, users) in dims.items():
+        if size % group_size:
+            raise ConfigError(f"group_size {group_size} does not divide {dim_name} {size} (used by {users}); {hint}.")
+    for name, (_dt, shape) in sorted(shapes.items()):
+        if name.endswith("_proj.weight") and len(shape) == 2 and shape[1] % group_size:
+            raise ConfigError(
+                f"group_size {group_size} does not divide the input dimension {shape[1]} of {name}; {hint}.")
+
+
+def _calibration_examples(tokenizer, texts: list[str], seq_len: int) -> list[dict[str, list[int]]]:
+    out = []
+    for t in texts:
+        enc = tokenizer(t, truncation=True, max_length=seq_len)
+        ids = list(enc["input_ids"])
+        if len(ids) >= 2:
+            out.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
+    return out
+
+
+@METHODS.register("gptq")
+def apply_gptq(args: GPTQArgs, ctx: StageContext) -> dict[str, Any]:
+    check_group_size(ctx.input_dir, args.group_size)
+    if not ctx.calibration_texts:
+        raise ConfigError("gptq needs calibration data, and none was given.")
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, min(os.cpu_count() or 1, 8))))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoTokenizer
+
+    from gptqmodel import GPTQModel, QuantizeConfig
+
+    from packager.compress.checkpoint import ensure_tokenizer_files, read_config, weight_files
+
+    tok = AutoTokenizer.from_pretrained(str(ctx.input_dir))
+    examples = _calibration_examples(tok, ctx.calibration_texts[: args.n_samples], args.seq_len)
+    if not examples:
+        raise ConfigError("Every calibration text tokenized to fewer than 2 tokens; give longer calibration texts.")
+    qcfg = QuantizeConfig(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=args.sym,
+                          damp_percent=args.damp_percent, offload_to_disk=False)
+    device = "cuda:0" if ctx.device == "cuda" else "cpu"
+    ctx.log(f"GPTQ W{args.bits}A16 group {args.group_size} on {len(examples)} samples (device {device})")
+    model = GPTQModel.load(str(ctx.input_dir), qcfg, device=device)
+    model.quantize(examples, batch_size=args.batch_size)
+    model.save(str(ctx.output_dir))
+    del model
+    ensure_tokenizer_files(ctx.input_dir, ctx.output_dir)
+    weight_files(ctx.output_dir)  # safetensors only; raises on pickles
+    losses = _read_quant_log(Path(ctx.output_dir) / "quant_log.csv")
+    q = read_config(ctx.output_dir).get("quantization_config", {})
+    return {
+        "scheme": f"W{args.bits}A16",
+        "format": q.get("checkpoint_format") or q.get("format"),
+        "bits": args.bits,
+        "group_size": args.group_size,
+        "calibration_samples": len(examples),
+        "calibration_tokens": sum(len(e["input_ids"]) for e in examples),
+        **losses,
+    }
+
+
+def _read_quant_log(path: Path) -> dict[str, Any]:
+    """Summarise GPTQModel's per-module loss log (layer,module,loss,samples,damp,time)."""
+    import csv
+
+    if not path.is_file():
+        return {}
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    losses = []
+    for r in rows:
+        try:
+            losses.append(float(r["loss"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    if not losses:
+        return {"quantized_modules": len(rows)}
+    return {"quantized_modules": len(rows), "gptq_loss_mean": sum(losses) / len(losses), "gptq_loss_max": max(losses)}
