@@ -1,0 +1,336 @@
+"""Decisions from a release Report: the quality-vs-cost Pareto frontier, the recommendation, and consistency checks.
+
+Pure functions over packager.report.model objects (no I/O, no heavy imports).
+
+* `pareto_frontier(variants)`: names of the variants no other variant beats on both task score (higher is better)
+  and USD per 1M output tokens (lower is better), cheapest first.
+* `recommend(variants, quality_floor, slo_ttft_ms, slo_tpot_ms, required_goodput_rps=None)`: the cheapest variant
+  that keeps enough quality (recovery >= floor; the baseline counts as 1.0) and meets the SLO at the tested load,
+  or none with a plain statement of each variant's failure. Sets `meets_quality_floor` / `meets_slo` on every
+  variant as a side effect.
+* `consistency_problems(report)`: every figure that disagrees with another (cost vs price and throughput,
+  recovery vs scores, percentile order, ...); an empty list means the report is internally consistent.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+from packager.report.model import LoadSummary, Recommendation, Report, VariantResult
+
+# A variant meets the SLO at the tested load when at least this share of its requests met every SLO
+# (unless the caller asks for an absolute goodput in requests/s instead).
+MIN_GOODPUT_FRACTION = 0.9
+REL_TOL = 1e-6
+
+
+# ----------------------------------------------------------------------------------------------- formatting helpers
+def _fmt_pct_pair(value: float, limit: float) -> tuple[str, str]:
+    """Format two fractions as percentages with just enough decimals that unequal values never print the same."""
+    for decimals in (0, 1, 2, 3):
+        a, b = f"{value * 100:.{decimals}f}%", f"{limit * 100:.{decimals}f}%"
+        if a != b or value == limit:
+            return a, b
+    return f"{value * 100:.4f}%", f"{limit * 100:.4f}%"
+
+
+def _fmt_ms_pair(value: float, limit: float) -> tuple[str, str]:
+    for decimals in (0, 1, 2, 3):
+        a, b = f"{value:.{decimals}f}", f"{limit:.{decimals}f}"
+        if a != b or value == limit:
+            return a, b
+    return f"{value:.4f}", f"{limit:.4f}"
+
+
+def fmt_usd(x: float | None) -> str:
+    """USD amounts from fractions of a cent to thousands, with 3 significant digits at least."""
+    if x is None:
+        return "—"
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}" if abs(x) >= 0.001 else f"{x:.2e}"
+
+
+# ----------------------------------------------------------------------------------------------------------- pareto
+def _cost(v: VariantResult) -> float | None:
+    return v.load.usd_per_million_output_tokens if v.load is not None else None
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def pareto_frontier(variants: Iterable[VariantResult]) -> list[str]:
+    """Names of the variants on the quality-vs-cost frontier, cheapest first.
+
+    A variant is on the frontier when no other variant has a score >= its score AND a cost <= its cost with at
+    least one of the two strictly better. Variants lacking a score or a USD per 1M output tokens figure are left
+    out. Exact ties (same score and cost) are all kept.
+    """
+    pts = [(v.name, float(v.score), float(_cost(v))) for v in variants  # type: ignore[arg-type]
+           if _finite(v.score) and _finite(_cost(v))]
+    front = []
+    for name, s, c in pts:
+        dominated = any((s2 >= s and c2 <= c) and (s2 > s or c2 < c) for _, s2, c2 in pts)
+        if not dominated:
+            front.append((c, -s, name))
+    return [name for _, _, name in sorted(front)]
+
+
+# ------------------------------------------------------------------------------------------------------- recommend
+def effective_recovery(v: VariantResult) -> float | None:
+    """The recovery used against the quality floor: the baseline counts as 1.0 by definition."""
+    if v.recovery is not None:
+        return v.recovery
+    return 1.0 if v.is_baseline else None
+
+
+def load_failure(v: VariantResult) -> str | None:
+    """Why a variant has no usable load-test figures, or None when it has them."""
+    if v.load is None:
+        return "; ".join(v.errors) if v.errors else "no load-test result"
+    if v.load.requests <= 0:
+        raw_err = v.load.raw.get("error") if isinstance(v.load.raw, dict) else None
+        detail = str(raw_err) if raw_err else ("; ".join(v.errors) if v.errors else "")
+        what = f"no request completed ({v.load.errors} error(s))"
+        return f"{what}: {detail}" if detail else what
+    return None
+
+
+def _quality_failure(v: VariantResult, quality_floor: float) -> str | None:
+    rec = effective_recovery(v)
+    if rec is None:
+        if v.score is None:
+            why = "has no task score"
+            if v.errors:
+                why += f" ({'; '.join(v.errors)})"
+            return why
+        return "has no recovery (the baseline has no usable score to compare with)"
+    if rec + 1e-12 < quality_floor:
+        a, b = _fmt_pct_pair(rec, quality_floor)
+        return f"recovers {a} < floor {b}"
+    return None
+
+
+def _slo_failures(load: LoadSummary, slo_ttft_ms: float, slo_tpot_ms: float,
+                  required_goodput_rps: float | None) -> list[str]:
+    out: list[str] = []
+    if required_goodput_rps is not None:
+        g = load.goodput_requests_per_s
+        if g is None:
+            out.append("has no goodput figure")
+        elif g + 1e-12 < required_goodput_rps:
+            out.append(f"goodput {g:.3g} req/s < required {required_goodput_rps:.3g} req/s")
+    else:
+        f = load.goodput_fraction
+        if f is None:
+            out.append("has no goodput figure (share of requests meeting the SLO)")
+        elif f + 1e-12 < MIN_GOODPUT_FRACTION:
+            a, b = _fmt_pct_pair(f, MIN_GOODPUT_FRACTION)
+            out.append(f"only {a} of requests meet the SLO < {b} required")
+    for label, value, limit in (("TTFT", load.ttft_ms_p95, slo_ttft_ms), ("TPOT", load.tpot_ms_p95, slo_tpot_ms)):
+        if value is None:
+            out.append(f"has no {label} p95")
+        elif value > limit:
+            a, b = _fmt_ms_pair(value, limit)
+            out.append(f"misses {label} p95 {a} ms > {b} ms")
+    return out
+
+
+def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_ms: float, slo_tpot_ms: float,
+              required_goodput_rps: float | None = None) -> Recommendation:
+    """The cheapest variant (USD per 1M output tokens) that keeps recovery >= quality_floor and meets the SLO
+    at the tested load: goodput_fraction >= 0.9 (or goodput >= required_goodput_rps when given) and p95 TTFT and
+    TPOT within the SLO. Ties on cost go to the higher recovery, then the smaller model, then the name.
+
+    Sets `meets_quality_floor` and `meets_slo` on every variant (None where it could not be judged). When no
+    variant qualifies, `variant` is None and `reason` names each variant's failure.
+    """
+    passing: list[VariantResult] = []
+    failures: dict[str, str] = {}
+    for v in variants:
+        q_fail = _quality_failure(v, quality_floor)
+        v.meets_quality_floor = None if effective_recovery(v) is None else q_fail is None
+        lf = load_failure(v)
+        if v.load is None or lf is not None:
+            v.meets_slo = None
+            if v.load is not None:
+                s_fails = [f"load test failed: {lf}"]
+            elif v.errors and v.score is not None:  # errors not already named by the quality verdict
+                s_fails = [f"has no load-test result ({'; '.join(v.errors)})"]
+            else:
+                s_fails = ["has no load-test result"]
+        else:
+            s_fails = _slo_failures(v.load, slo_ttft_ms, slo_tpot_ms, required_goodput_rps)
+            v.meets_slo = not s_fails
+        fails = ([q_fail] if q_fail else []) + s_fails
+        if not fails and not _finite(_cost(v)):
+            fails.append("has no USD per 1M output tokens figure (no price or no output tokens), so it cannot be ranked")
+        if fails:
+            failures[v.name] = ", ".join(fails)
+        else:
+            passing.append(v)
+
+    considered = [v.name for v in variants]
+    if not variants:
+        return Recommendation(variant=None, reason="No variant was evaluated, so none can be recommended.",
+                              considered=[], rejected={})
+    if not passing:
+        reason = ("No variant meets both the quality floor and the SLO: "
+                  + "; ".join(f"{name} {why}" for name, why in failures.items()) + ".")
+        return Recommendation(variant=None, reason=reason, considered=considered, rejected=dict(failures))
+
+    def key(v: VariantResult):
+        return (_cost(v), -(effective_recovery(v) or 0.0), v.size_bytes if v.size_bytes is not None else math.inf,
+                v.name)
+
+    passing.sort(key=key)
+    best = passing[0]
+    best_cost = float(_cost(best))  # type: ignore[arg-type]  # passing variants all have a finite cost
+    rejected: dict[str, str] = {}
+    for v in passing[1:]:
+        c = _cost(v)
+        if c == best_cost:
+            rejected[v.name] = (f"meets the floor and the SLO at the same cost (USD {fmt_usd(c)} per 1M output tokens) "
+                                f"but {best.name} wins the tie (higher recovery, then smaller size, then name)")
+        else:
+            rejected[v.name] = (f"meets the floor and the SLO but costs USD {fmt_usd(c)} per 1M output tokens "
+                                f"> {fmt_usd(best_cost)} ({best.name})")
+    rejected.update(failures)
+    order = {name: i for i, name in enumerate(considered)}
+    rejected = dict(sorted(rejected.items(), key=lambda kv: order.get(kv[0], len(order))))
+    rec = float(effective_recovery(best))  # type: ignore[arg-type]  # passing variants all have one
+    rec_s, floor_s = _fmt_pct_pair(rec, quality_floor)
+    load: LoadSummary = best.load  # type: ignore[assignment]  # passing variants all have a load summary
+    slo_bits = [f"TTFT p95 {load.ttft_ms_p95:.0f} ms <= {slo_ttft_ms:.0f} ms",
+                f"TPOT p95 {load.tpot_ms_p95:.0f} ms <= {slo_tpot_ms:.0f} ms"]
+    if required_goodput_rps is not None:
+        slo_bits.append(f"goodput {load.goodput_requests_per_s:.3g} req/s >= {required_goodput_rps:.3g} req/s")
+    elif load.goodput_fraction is not None:
+        slo_bits.append(f"{load.goodput_fraction * 100:.0f}% of requests within the SLO")
+    reason = (f"{best.name} is the cheapest variant that keeps the quality floor (recovery {rec_s} >= {floor_s}) "
+              f"and meets the SLO at the tested load ({', '.join(slo_bits)}): "
+              f"USD {fmt_usd(best_cost)} per 1M output tokens")
+    baseline = next((v for v in variants if v.is_baseline), None)
+    if baseline is not None and baseline is not best and _finite(_cost(baseline)) and _cost(baseline):
+        bc = float(_cost(baseline))  # type: ignore[arg-type]
+        change = (bc - best_cost) / bc
+        word = "cheaper" if change >= 0 else "dearer"
+        base_name = "the baseline" if baseline.name.lower() == "baseline" else f"the baseline {baseline.name}"
+        reason += f", {abs(change) * 100:.0f}% {word} than {base_name} (USD {fmt_usd(bc)})"
+    reason += "."
+    return Recommendation(variant=best.name, reason=reason, considered=considered, rejected=rejected)
+
+
+# -------------------------------------------------------------------------------------------------- consistency
+def _close(a: float, b: float, rel_tol: float = REL_TOL) -> bool:
+    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12)
+
+
+PERCENTILE_CHAINS: dict[str, tuple[str, ...]] = {
+    "ttft_ms": ("p50", "p90", "p95", "p99"),
+    "tpot_ms": ("p50", "p90", "p95", "p99"),
+    "itl_ms": ("p50", "p95"),
+    "e2e_ms": ("p50", "p95", "p99"),
+}
+
+
+def _load_problems(name: str, load: LoadSummary) -> list[str]:
+    out: list[str] = []
+    for field, value in load.model_dump(exclude={"raw", "sweep", "ttft_ms_samples", "tpot_ms_samples"}).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out.append(f"{name}: load.{field} is {value} (not a finite number)")
+    for field in ("ttft_ms_samples", "tpot_ms_samples"):
+        bad = [x for x in getattr(load, field) if not math.isfinite(x) or x < 0]
+        if bad:
+            out.append(f"{name}: load.{field} holds {len(bad)} negative or non-finite value(s), e.g. {bad[0]}")
+    # cost = price / (output tokens per second * 3600) * 1e6
+    price, tps, cost = load.usd_per_hour, load.output_tokens_per_s, load.usd_per_million_output_tokens
+    if cost is not None:
+        if price is None or not tps or tps <= 0:
+            out.append(f"{name}: usd_per_million_output_tokens is {cost} but usd_per_hour ({price}) or "
+                       f"output_tokens_per_s ({tps}) is missing or zero, so it cannot be derived")
+        elif math.isfinite(cost):
+            expected = price / (tps * 3600.0) * 1e6
+            if not _close(cost, expected):
+                out.append(f"{name}: usd_per_million_output_tokens {cost:.6g} != usd_per_hour {price:.6g} / "
+                           f"(output_tokens_per_s {tps:.6g} * 3600) * 1e6 = {expected:.6g}")
+    elif price is not None and tps and tps > 0:
+        out.append(f"{name}: usd_per_million_output_tokens is missing although usd_per_hour ({price}) and "
+                   f"output_tokens_per_s ({tps}) are known")
+    for metric, chain in PERCENTILE_CHAINS.items():
+        vals = [(p, getattr(load, f"{metric}_{p}")) for p in chain]
+        vals = [(p, x) for p, x in vals if x is not None and math.isfinite(x)]
+        for (p1, x1), (p2, x2) in zip(vals, vals[1:]):
+            if x1 > x2 * (1 + REL_TOL) + 1e-12:
+                out.append(f"{name}: {metric}_{p1} {x1:.6g} > {metric}_{p2} {x2:.6g} (percentiles must not decrease)")
+    f = load.goodput_fraction
+    if f is not None and math.isfinite(f) and not (0.0 <= f <= 1.0):
+        out.append(f"{name}: goodput_fraction {f} is outside [0, 1]")
+    g, r = load.goodput_requests_per_s, load.requests_per_s
+    if g is not None and math.isfinite(g) and g > r * (1 + REL_TOL) + 1e-12:
+        out.append(f"{name}: goodput_requests_per_s {g:.6g} > requests_per_s {r:.6g}")
+    for i, sp in enumerate(load.sweep):
+        if sp.goodput_requests_per_s is not None and sp.goodput_requests_per_s > sp.requests_per_s * (1 + REL_TOL) + 1e-12:
+            out.append(f"{name}: sweep point {i} (offered {sp.offered}) goodput {sp.goodput_requests_per_s:.6g} "
+                       f"> requests_per_s {sp.requests_per_s:.6g}")
+    return out
+
+
+def consistency_problems(report: Report) -> list[str]:
+    """Every pair of figures in the report that disagree, as sentences; [] when the report is consistent.
+
+    Checks: one baseline and it is the variant `report.baseline` names; usd_per_million_output_tokens ==
+    usd_per_hour / (output_tokens_per_s * 3600) * 1e6 (rel tol 1e-6); recovery == score / baseline score; the
+    baseline's recovery is 1 or None; percentiles ordered (p50 <= p90 <= p95 <= p99); goodput within bounds;
+    no NaN/inf; names unique; `pareto` matches the frontier computed from the variants; the recommended
+    variant exists and passed both verdicts.
+    """
+    out: list[str] = []
+    names = [v.name for v in report.variants]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        out.append(f"variant names are not unique: {dupes}")
+    flagged = [v.name for v in report.variants if v.is_baseline]
+    if report.baseline not in names:
+        out.append(f"baseline {report.baseline!r} is not one of the variants {names}")
+    if flagged != [report.baseline] and report.baseline in names:
+        out.append(f"variants flagged is_baseline {flagged} do not match report.baseline {report.baseline!r}")
+    base = next((v for v in report.variants if v.name == report.baseline), None)
+    if base is not None and base.recovery is not None and not _close(base.recovery, 1.0):
+        out.append(f"baseline {base.name}: recovery is {base.recovery}, expected 1 or None")
+    base_score = base.score if base is not None else None
+    for v in report.variants:
+        for field in ("score", "recovery", "perplexity", "fidelity_agreement", "fidelity_mean_kl"):
+            x = getattr(v, field)
+            if x is not None and not math.isfinite(x):
+                out.append(f"{v.name}: {field} is {x} (not a finite number)")
+        if v.recovery is not None and math.isfinite(v.recovery):
+            if base_score is None or v.score is None or base_score == 0:
+                if v is not base:
+                    out.append(f"{v.name}: recovery {v.recovery:.6g} cannot be derived: score {v.score} / baseline "
+                               f"score {base_score}")
+            elif not _close(v.recovery, v.score / base_score):
+                out.append(f"{v.name}: recovery {v.recovery:.6g} != score {v.score:.6g} / baseline score "
+                           f"{base_score:.6g} = {v.score / base_score:.6g}")
+        if v.load is not None:
+            out.extend(_load_problems(v.name, v.load))
+    front = pareto_frontier(report.variants)
+    if sorted(report.pareto) != sorted(front):
+        out.append(f"pareto {report.pareto} differs from the frontier computed from the variants {front}")
+    rec = report.recommendation
+    if rec.variant is not None:
+        if rec.variant not in names:
+            out.append(f"recommended variant {rec.variant!r} is not one of the variants {names}")
+        else:
+            chosen = report.variant(rec.variant)
+            if chosen.meets_quality_floor is False or chosen.meets_slo is False:
+                out.append(f"recommended variant {rec.variant} is marked meets_quality_floor="
+                           f"{chosen.meets_quality_floor}, meets_slo={chosen.meets_slo}")
+            if rec.variant in rec.rejected:
+                out.append(f"recommended variant {rec.variant} is also listed as rejected")
+    return out
