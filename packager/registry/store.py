@@ -421,15 +421,23 @@ class ModelRegistry:
             return None, None
         return cur.current.summary.task_score, f"root {cur.name} version {cur.version}"
 
+    @staticmethod
+    def _root_summary(s: ResultsSummary) -> ResultsSummary:
+        """A root (baseline) without an explicit recovery is its own reference: recovery 1.0."""
+        if s.recovery is None and s.task_score is not None:
+            return s.model_copy(update={"baseline_score": s.task_score, "recovery": 1.0,
+                                        "recovery_source": "this version is the lineage root (baseline)"})
+        return s
+
     def _summary(self, state: _State, cache: dict | None = None) -> ResultsSummary:
+        """The current summary, with the recovery taken from the lineage root when the results carry none."""
         cur = state.current
         if cur is None:
             return ResultsSummary()
         s = cur.summary
         if s.recovery is None and s.task_score is not None:
             if state.parent is None:
-                return s.model_copy(update={"baseline_score": s.task_score, "recovery": 1.0,
-                                            "recovery_source": "this version is the lineage root (baseline)"})
+                return self._root_summary(s)
             root, label = self._root_score(state, cache)
             if root is not None and root > 0:
                 return s.model_copy(update={"baseline_score": root, "recovery": s.task_score / root,
@@ -511,8 +519,15 @@ class ModelRegistry:
         results = results_document(eval_results, behaviour_results, loadtest_results, cost_results)
         results_sha = digest(results)
         use_artifacts = self.log_artifacts if log_artifacts is None else log_artifacts
+        root_score: float | None = None
+        root_label: str | None = None
         if parent is not None:
-            self._state(*parent)  # must exist and be a packager version
+            pstate = self._state(*parent)  # must exist and be a packager version
+            if pstate.parent is None:
+                root_score = pstate.current.summary.task_score if pstate.current else None
+                root_label = f"root {pstate.name} version {pstate.version}"
+            else:
+                root_score, root_label = self._root_score(pstate)
         parent_s = f"{parent[0]}/{parent[1]}" if parent else None
         recipe_j = to_jsonable(recipe, "recipe")
         stages_j = to_jsonable(stage_records or [], "stage_records")
@@ -565,13 +580,14 @@ class ModelRegistry:
             self._call("record the registration", self.client.log_batch, run_id, params=plist)
             display = {**flatten_scalars(recipe_j, "recipe"), **flatten_scalars(env, "env")}
             display = {k: v for k, v in display.items() if k not in anchors}
-            self._log_display(run_id, dict(list(display.items())[:400]), _metrics_of(results, summary), step=1)
+            shown = summarize(results, root_score, root_label) if parent else self._root_summary(summary)
+            self._log_display(run_id, dict(list(display.items())[:400]), _metrics_of(results, shown), step=1)
             mv_tags = {
                 "packager.schema": str(SCHEMA_VERSION), "packager.source_model": source_model,
                 "packager.parent": parent_s or "", "packager.recipe": label, "packager.model_uri": model_uri,
                 "packager.files_digest": files_digest, "packager.results_revision": "1",
                 "packager.results_digest": results_sha, "packager.status": "pending",
-                "packager.summary": canonical_json(summary.model_dump(mode="json")),
+                "packager.summary": canonical_json(shown.model_dump(mode="json")),
             }
             desc = description or (f"{label} of {source_model}" if label else f"baseline: {source_model}")
             mv = self._call(f"create a version of {name}", self.client.create_model_version, name,
@@ -618,12 +634,13 @@ class ModelRegistry:
             self._log_json_artifacts(run_id, {f"packager/results/{sha}.json": doc})
             if not self._log_params_write_once(run_id, f"{RESULTS_PREFIX}{n:04d}", _revision_value(sha, at, summary)):
                 continue  # someone else recorded revision n first: merge onto theirs
-            self._log_display(run_id, {}, _metrics_of(doc, summary), step=n)
             state = self._state(name, version)
-            rev = ResultsRevision(revision=n, sha256=sha, at=at, summary=self._summary(state))
+            shown = self._summary(state)
+            self._log_display(run_id, {}, _metrics_of(doc, shown), step=n)
+            rev = ResultsRevision(revision=n, sha256=sha, at=at, summary=shown)
             status, _ = state.status()
             for k, v in {"packager.results_revision": str(n), "packager.results_digest": sha,
-                         "packager.summary": canonical_json(summary.model_dump(mode="json")),
+                         "packager.summary": canonical_json(shown.model_dump(mode="json")),
                          "packager.status": status}.items():
                 self._call("tag the version", self.client.set_model_version_tag, state.name, str(state.version), k, v)
             return rev
