@@ -59,8 +59,9 @@ def _secs(x: float | None) -> str:
     return f"{x:.1f} s"
 
 
-def _yes_no(b: bool | None) -> str:
-    return {True: "yes", False: "no", None: DASH}[b]
+def _usd_hour(x: float | None) -> str:
+    """Hourly prices as list prices print them (0.1785), not rounded to 3 significant digits."""
+    return DASH if x is None else (f"{x:,.2f}" if x >= 100 else f"{x:.4g}")
 
 
 # ----------------------------------------------------------------------------------------------- the summary table
@@ -175,7 +176,7 @@ LOAD_ROWS: list[tuple[str, Callable[[LoadSummary], str]]] = [
     ("requests within SLO", lambda l: _pct(l.goodput_fraction)),
     ("max load meeting SLO", lambda l: DASH if l.max_load_meeting_slo is None
      else f"{l.max_load_meeting_slo:g} {_sweep_unit_short(l.sweep_unit)}"),
-    ("USD per hour", lambda l: fmt_usd(l.usd_per_hour)),
+    ("USD per hour", lambda l: _usd_hour(l.usd_per_hour)),
     ("utilization assumed", lambda l: _pct(l.utilization_assumed, 0)),
     ("USD / 1M input tokens", lambda l: fmt_usd(l.usd_per_million_input_tokens)),
     ("USD / 1M output tokens", lambda l: fmt_usd(l.usd_per_million_output_tokens)),
@@ -290,7 +291,7 @@ def render_markdown(report: Report) -> str:
     price = report.pricing
     L.append(f"Quality floor: recovery ≥ {report.quality_floor * 100:g}% · SLO: TTFT p95 ≤ {_num(slo.get('ttft_ms'), 'g')} ms, "
              f"TPOT p95 ≤ {_num(slo.get('tpot_ms'), 'g')} ms · price: {e(price.get('instance', DASH))} at "
-             f"USD {fmt_usd(price.get('usd_per_hour'))}/hour"
+             f"USD {_usd_hour(price.get('usd_per_hour'))}/hour"
              + (f" ({e(price['source'])})" if price.get("source") else ""))
     L.append("")
     L.append("## Variants")
@@ -823,7 +824,7 @@ def render_html(report: Report, plots: dict[str, Any] | None = None) -> str:
     P.append("</div>")
     P.append(f'<p class="criteria">Quality floor: recovery ≥ {report.quality_floor * 100:g}% · SLO: TTFT p95 ≤ '
              f'{_h(_num(slo.get("ttft_ms"), "g"))} ms, TPOT p95 ≤ {_h(_num(slo.get("tpot_ms"), "g"))} ms · '
-             f'price: {_h(price.get("instance", DASH))} at USD {_h(fmt_usd(price.get("usd_per_hour")))}/hour'
+             f'price: {_h(price.get("instance", DASH))} at USD {_h(_usd_hour(price.get("usd_per_hour")))}/hour'
              + (f" ({_h(price['source'])})" if price.get("source") else "") + "</p></section>")
 
     P.append('<section id="variants"><h2>Variants</h2>')
