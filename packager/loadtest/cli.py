@@ -91,6 +91,24 @@ def build_loadtest_dict(base: dict[str, Any], profile: str | None, sets: dict[st
     return lt
 
 
+def manual_run_instructions(plan_path: Path, workers: int) -> str:
+    from packager.loadtest.runner import locustfile_path
+
+    d = plan_path.parent
+    lf = locustfile_path()
+    return (
+        f"Wrote {plan_path}. To run it by hand with {workers} worker(s) (any hosts that reach the target at the "
+        "same loopback URL, e.g. through `ssh -N -L PORT:127.0.0.1:PORT server-host`):\n"
+        f"  master:  PACKAGER_LOADTEST_PLAN={plan_path} PACKAGER_LOADTEST_RECORDS={d / 'records.jsonl'} \\\n"
+        f"           python -m locust -f {lf} --headless --only-summary --exit-code-on-error 0 --master \\\n"
+        f"           --master-bind-host 0.0.0.0 --expect-workers {workers} -u {workers} -r {workers} --run-time 1h\n"
+        f"  workers: python -m locust -f {lf} --worker --master-host MASTER_HOST\n"
+        f"  then:    packager loadtest-analyse {d}\n"
+        "The master hands the plan to the workers and collects their records; the run ends by itself when "
+        "every phase has been run (--run-time is only a backstop)."
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `app`. Keep imports of heavy libraries inside the commands."""
 
@@ -124,6 +142,8 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: "
                                            "<output_dir>/loadtest)"),
         json_out: bool = typer.Option(False, "--json", help="Also print the result as JSON on stdout"),
+        plan_only: bool = typer.Option(False, "--plan-only", help="Write plan.json only and print the locust "
+                                       "commands to run it by hand (e.g. with workers on other hosts)"),
     ) -> None:
         """Load-test a server with locust (headless, in subprocesses): latency percentiles, goodput, $/1M tokens."""
         args = dict(locals())
@@ -131,13 +151,50 @@ def register(app: typer.Typer) -> None:
 
         run_guarded(_loadtest, **args)
 
+    @app.command("loadtest-analyse")
+    def loadtest_analyse(
+        run_dir: Path = typer.Argument(..., help="A directory with plan.json and records.jsonl"),
+        slo_ttft_ms: Optional[float] = typer.Option(None, "--slo-ttft-ms", help="TTFT SLO (ms); default: the plan's"),
+        slo_tpot_ms: Optional[float] = typer.Option(None, "--slo-tpot-ms", help="TPOT SLO (ms); default: the plan's"),
+        json_out: bool = typer.Option(False, "--json", help="Also print the result as JSON on stdout"),
+    ) -> None:
+        """(Re)analyse the records of a load test, e.g. one run by hand with remote workers; writes loadtest.json."""
+        from packager.cli import console, run_guarded
+
+        def go() -> None:
+            import json
+
+            from pydantic import ValidationError
+
+            from packager.config import SLOConfig, format_validation_error
+            from packager.errors import ConfigError
+            from packager.loadtest.render import summary_renderables
+            from packager.loadtest.runner import analyse_run_dir
+
+            slo = None
+            if slo_ttft_ms is not None or slo_tpot_ms is not None:
+                plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").exists() else {}
+                base = dict((plan.get("meta") or {}).get("slo") or {})
+                base.update({k: v for k, v in (("ttft_ms", slo_ttft_ms), ("tpot_ms", slo_tpot_ms)) if v is not None})
+                try:
+                    slo = SLOConfig.model_validate(base)
+                except ValidationError as e:
+                    raise ConfigError(format_validation_error(e, "the SLO flags")) from None
+            result = analyse_run_dir(run_dir, slo=slo)
+            for r in summary_renderables(result):
+                console.print(r)
+            if json_out:
+                print(json.dumps(result.model_dump(mode="json"), indent=2))
+
+        run_guarded(go)
+
 
 def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[str], users: int | None,
               rate: float | None, duration: float | None, prompts: str | None, input_tokens: int | None,
               output_tokens: int | None, max_tokens: int | None, max_requests: int | None,
               max_duration: float | None, workers: int | None, model: str | None, slo_ttft_ms: float | None,
               slo_tpot_ms: float | None, instance: str | None, usd_per_hour: float | None, price_table: Path | None,
-              utilisation: float | None, out: Path | None, json_out: bool) -> None:
+              utilisation: float | None, out: Path | None, json_out: bool, plan_only: bool) -> None:
     import json
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -147,7 +204,7 @@ def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[
     from packager.loadtest.config import parse_loadtest_config
     from packager.loadtest.pricing import resolve_price
     from packager.loadtest.render import summary_renderables
-    from packager.loadtest.runner import check_loopback_target, run_loadtest
+    from packager.loadtest.runner import check_loopback_target, run_loadtest, write_plan
 
     check_loopback_target(target)
     overrides: dict[str, Any] = {}
@@ -174,6 +231,10 @@ def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[
     if run_cfg.pricing.instance or run_cfg.pricing.usd_per_hour is not None:
         resolve_price(run_cfg.pricing)  # fail before any load is sent or anything is written
     out_dir = out or Path(run_cfg.output_dir) / "loadtest"
+    if plan_only:
+        plan_path = write_plan(target, cfg, run_cfg.slo, run_cfg.pricing, out_dir, model=model)
+        console.print(manual_run_instructions(plan_path, max(1, cfg.workers)), highlight=False)
+        return
     with Progress(TextColumn("[bold]load test[/]"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("run", total=None, info="starting locust")

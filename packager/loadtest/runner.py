@@ -32,7 +32,7 @@ from packager.loadtest.config import LoadTestConfig
 from packager.loadtest.metrics import cost_result, highest_load_meeting_slo, summarize_phase, sweep_result
 from packager.loadtest.plan import build_plan, planned_wall_s
 from packager.loadtest.pricing import PriceQuote, resolve_price
-from packager.loadtest.result import GeneratorProcess, GeneratorResult, LatencySummary, LoadTestResult, PhaseResult
+from packager.loadtest.result import GeneratorProcess, GeneratorResult, LoadTestResult, PhaseResult
 
 PLAN_ENV = "PACKAGER_LOADTEST_PLAN"
 RECORDS_ENV = "PACKAGER_LOADTEST_RECORDS"
@@ -230,6 +230,7 @@ def run_locust(plan_path: Path, records_path: Path, work_dir: Path, target_url: 
             progress({"elapsed_s": time.monotonic() - t0, "planned_s": planned_s,
                       "requests_done": _count_requests(records_path, state)})
         return {"returncode": main.returncode, "timed_out": timed_out, "monitor": mon,
+                "timeout_s": timeout_s + STARTUP_MARGIN_S,
                 "logs": [str(plog.name) for _, _, plog in procs]}
     finally:
         for p, _, _ in procs:
@@ -318,73 +319,129 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def run_loadtest(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: PricingConfig, out_dir: Path,
-                 model: str | None = None, progress: ProgressFn | None = None) -> LoadTestResult:
-    """Load-test an OpenAI-compatible server on a loopback address; write out_dir atomically; return the result."""
-    t_wall = time.monotonic()
+def _prepare(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: PricingConfig,
+             model: str | None) -> tuple[str, PriceQuote | None, str, dict]:
+    """Validate everything that can fail before a request is sent or a file is written; build the plan."""
     base = check_loopback_target(target_url)
     quote = resolve_price(pricing) if (pricing.instance or pricing.usd_per_hour is not None) else None
     model = model or discover_model(base)
     plan = build_plan(cfg, base, model)
-    planned = planned_wall_s(plan)
-    dispatch = sum(float(p["duration_s"]) for p in plan["phases"])
+    # Everything needed to analyse the records later (packager loadtest-analyse), e.g. after a manual run.
+    plan["meta"] = {"loadtest_config": cfg.model_dump(mode="json"), "slo": slo.model_dump(mode="json"),
+                    "pricing": pricing.model_dump(mode="json")}
+    return base, quote, model, plan
+
+
+def _finalize(run_dir: Path, plan: dict, cfg: LoadTestConfig, slo: SLOConfig, pricing: PricingConfig,
+              quote: PriceQuote | None, run: dict[str, Any] | None, t_wall: float) -> LoadTestResult:
+    """Analyse run_dir/records.jsonl and write run_dir/loadtest.json (and sweep.png)."""
+    records_path = run_dir / "records.jsonl"
     warnings: list[str] = []
     for ph in plan["phases"]:
         if ph.get("trace_requests_beyond_max_duration"):
             warnings.append(f"{ph['trace_requests_beyond_max_duration']} trace requests arrive after "
                             f"max_duration_s={cfg.max_duration_s:g} s and were not sent")
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    reqs, sums, errs = read_records(records_path)
+    if not reqs and not sums:
+        from packager.engine import tail
+
+        where = "" if run is None else (f" (locust exit code {run['returncode']}"
+                                        f"{', timed out' if run['timed_out'] else ''})")
+        raise ServerError(f"The load test produced no records{where}. Last lines of the locust log:\n"
+                          f"{tail(run_dir / 'locust.log')}")
+    expected = len(plan["phases"]) * plan["shares"]
+    timed_out = bool(run and run["timed_out"])
+    complete = len(sums) == expected and not errs and not timed_out
+    if timed_out:
+        warnings.append(f"locust did not finish within {run['timeout_s']:.0f} s and was stopped")  # type: ignore[index]
+    if len(sums) != expected:
+        warnings.append(f"{len(sums)} of {expected} phase reports arrived: some generator shares did not finish")
+    for e in errs:
+        warnings.append(f"generator share {e.get('share')} failed: {e.get('error')}")
+    a = analyse(plan, cfg, slo, quote, reqs, sums, run["monitor"] if run else None)
+    if run is None:
+        warnings.append("the generator's CPU use was not measured (records analysed after a run packager did not "
+                        "start)")
+    warnings += a["generator"].reasons
+    for ph in a["phases"]:
+        if ph.requests_missing_usage:
+            warnings.append(f"phase {ph.index}: {ph.requests_missing_usage} responses carried no usage block; "
+                            "their tokens are not counted (does the server support stream_options.include_usage?)")
+        if ph.requests_sent == 0:
+            warnings.append(f"phase {ph.index} ({ph.label}) sent no request")
+    if a["sweep"] is not None and a["sweep"].highest_load_meeting_slo is None:
+        warnings.append("no sweep step met the SLOs")
+    files = {"records": "records.jsonl", "plan": "plan.json"}
+    if run is not None:
+        files["log"] = run["logs"][0]
+        for i, name in enumerate(run["logs"][1:]):
+            files[f"worker_log_{i}"] = name
+    result = LoadTestResult(
+        created_unix=time.time(), target_url=plan["target_url"], model=plan["model"],
+        config=cfg.model_dump(mode="json"), slo=slo, pricing=pricing, slo_attainment_target=cfg.slo_attainment_target,
+        phases=a["phases"], summary=a["summary"], summary_basis=a["summary_basis"], sweep=a["sweep"], cost=a["cost"],
+        generator=a["generator"], complete=complete, warnings=warnings, files=files, versions=_versions(),
+        wall_time_s=time.monotonic() - t_wall)
+    if a["sweep"] is not None:
+        try:
+            from packager.loadtest.render import plot_sweep
+
+            plot_sweep(result, run_dir / "sweep.png")
+            result.files["plot"] = "sweep.png"
+        except Exception as e:  # noqa: BLE001 - a plot must never cost the measurement
+            result.warnings.append(f"sweep plot not drawn: {type(e).__name__}: {e}")
+    result.wall_time_s = time.monotonic() - t_wall
+    atomic_write_json(run_dir / "loadtest.json", result.model_dump(mode="json"))
+    return result
+
+
+def run_loadtest(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: PricingConfig, out_dir: Path,
+                 model: str | None = None, progress: ProgressFn | None = None) -> LoadTestResult:
+    """Load-test an OpenAI-compatible server on a loopback address; write out_dir atomically; return the result.
+
+    Refuses non-loopback targets and bad prices before any request is sent or any file is written. The model
+    name is discovered from GET /v1/models when not given.
+    """
+    t_wall = time.monotonic()
+    base, quote, model, plan = _prepare(target_url, cfg, slo, pricing, model)
+    planned = planned_wall_s(plan)
+    dispatch = sum(float(p["duration_s"]) for p in plan["phases"])
+    with atomic_dir(Path(out_dir)) as tmp:
         plan_path, records_path = tmp / "plan.json", tmp / "records.jsonl"
         atomic_write_text(plan_path, json.dumps(plan))
         records_path.touch()
         run = run_locust(plan_path, records_path, tmp, base, cfg.workers, timeout_s=planned + 30.0,
                          planned_s=dispatch, progress=progress)
-        reqs, sums, errs = read_records(records_path)
-        if not reqs and not sums:
-            from packager.engine import tail
-
-            raise ServerError(f"locust produced no records (exit code {run['returncode']}"
-                              f"{', timed out' if run['timed_out'] else ''}). Last lines of its log:\n"
-                              f"{tail(tmp / 'locust.log')}")
-        expected = len(plan["phases"]) * plan["shares"]
-        complete = len(sums) == expected and not errs and not run["timed_out"]
-        if run["timed_out"]:
-            warnings.append(f"locust did not finish within {planned + 30 + STARTUP_MARGIN_S:.0f} s and was stopped")
-        if len(sums) != expected:
-            warnings.append(f"{len(sums)} of {expected} phase reports arrived: some generator shares did not finish")
-        for e in errs:
-            warnings.append(f"generator share {e.get('share')} failed: {e.get('error')}")
-        a = analyse(plan, cfg, slo, quote, reqs, sums, run["monitor"])
-        warnings += a["generator"].reasons
-        for ph in a["phases"]:
-            if ph.requests_missing_usage:
-                warnings.append(f"phase {ph.index}: {ph.requests_missing_usage} responses carried no usage block; "
-                                "their tokens are not counted (does the server support stream_options.include_usage?)")
-            if ph.requests_sent == 0:
-                warnings.append(f"phase {ph.index} ({ph.label}) sent no request")
-        if a["sweep"] is not None and a["sweep"].highest_load_meeting_slo is None:
-            warnings.append("no sweep step met the SLOs")
-        files = {"records": "records.jsonl", "plan": "plan.json", "log": "locust.log"}
-        for i, name in enumerate(run["logs"][1:]):
-            files[f"worker_log_{i}"] = name
-        result = LoadTestResult(
-            created_unix=time.time(), target_url=base, model=model, config=cfg.model_dump(mode="json"),
-            slo=slo, pricing=pricing, slo_attainment_target=cfg.slo_attainment_target, phases=a["phases"],
-            summary=a["summary"], summary_basis=a["summary_basis"], sweep=a["sweep"], cost=a["cost"],
-            generator=a["generator"], complete=complete, warnings=warnings, files=files, versions=_versions(),
-            wall_time_s=time.monotonic() - t_wall)
-        if a["sweep"] is not None:
-            try:
-                from packager.loadtest.render import plot_sweep
-
-                plot_sweep(result, tmp / "sweep.png")
-                result.files["plot"] = "sweep.png"
-            except Exception as e:  # noqa: BLE001 - a plot must never cost the measurement
-                result.warnings.append(f"sweep plot not drawn: {type(e).__name__}: {e}")
-        result.wall_time_s = time.monotonic() - t_wall
-        atomic_write_json(tmp / "loadtest.json", result.model_dump(mode="json"))
+        result = _finalize(tmp, plan, cfg, slo, pricing, quote, run, t_wall)
     return result
+
+
+def write_plan(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: PricingConfig, out_dir: Path,
+               model: str | None = None) -> Path:
+    """Write out_dir/plan.json (and an empty records.jsonl) for a run started by hand, e.g. with workers on
+    other hosts (see loadtests/README.md); analyse it afterwards with analyse_run_dir(out_dir)."""
+    _, _, _, plan = _prepare(target_url, cfg, slo, pricing, model)
+    with atomic_dir(Path(out_dir)) as tmp:
+        atomic_write_text(tmp / "plan.json", json.dumps(plan))
+        (tmp / "records.jsonl").touch()
+    return Path(out_dir) / "plan.json"
+
+
+def analyse_run_dir(run_dir: Path, slo: SLOConfig | None = None, pricing: PricingConfig | None = None) -> LoadTestResult:
+    """Analyse plan.json + records.jsonl of a run directory (SLOs and prices default to those of the plan)."""
+    run_dir = Path(run_dir)
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{run_dir} holds no plan.json; write one with `packager loadtest --plan-only`.") from None
+    meta = plan.get("meta") or {}
+    from packager.loadtest.config import parse_loadtest_config
+
+    cfg = parse_loadtest_config(meta.get("loadtest_config"), f"{run_dir}/plan.json meta.loadtest_config")
+    slo = slo or SLOConfig.model_validate(meta.get("slo") or {})
+    pricing = pricing or PricingConfig.model_validate(meta.get("pricing") or {})
+    quote = resolve_price(pricing) if (pricing.instance or pricing.usd_per_hour is not None) else None
+    return _finalize(run_dir, plan, cfg, slo, pricing, quote, None, time.monotonic())
 
 
 def load_result(path: Path) -> LoadTestResult:
@@ -398,5 +455,5 @@ def load_result(path: Path) -> LoadTestResult:
         raise ConfigError(f"No load-test result at {p}.") from None
 
 
-__all__ = ["run_loadtest", "check_loopback_target", "discover_model", "locustfile_path", "load_result",
-           "LatencySummary"]
+__all__ = ["run_loadtest", "write_plan", "analyse_run_dir", "check_loopback_target", "discover_model",
+           "locustfile_path", "load_result"]

@@ -173,7 +173,6 @@ def build_app(settings: FakeSettings | None = None):
 
     st = _State(settings or FakeSettings())
     app = web.Application()
-    app["state"] = st
 
     def _count(request) -> None:
         st.requests_total += 1

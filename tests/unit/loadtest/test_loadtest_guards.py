@@ -1,0 +1,81 @@
+"""Loopback-only targets, nothing written on a refused run, no locust in the packager process, and the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from packager.config import PricingConfig, SLOConfig
+from packager.errors import ConfigError
+from packager.loadtest.config import LoadTestConfig
+from packager.loadtest.runner import check_loopback_target, run_loadtest
+
+
+@pytest.mark.parametrize("url,base", [
+    ("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+    ("http://127.3.4.5:8000/", "http://127.3.4.5:8000"),
+    ("http://localhost:8000/v1", "http://localhost:8000"),
+    ("http://LOCALHOST:8000/v1/", "http://LOCALHOST:8000"),
+    ("http://[::1]:8000", "http://[::1]:8000"),
+    ("https://127.0.0.1:8443/prefix", "https://127.0.0.1:8443/prefix"),
+])
+def test_loopback_targets_are_accepted(url, base):
+    assert check_loopback_target(url) == base
+
+
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.5:8000", "http://192.168.1.2", "http://example.com:8000", "http://0.0.0.0:8000",
+    "http://[::ffff:8.8.8.8]:80", "http://localhost.example.com", "http://127.0.0.1.nip.io:8000",
+    "ftp://127.0.0.1/", "127.0.0.1:8000", "http://[fe80::1]:80",
+])
+def test_other_targets_are_refused(url):
+    with pytest.raises(ConfigError):
+        check_loopback_target(url)
+
+
+def test_refused_run_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        run_loadtest("http://10.1.2.3:8000", LoadTestConfig(), SLOConfig(), PricingConfig(), out)
+    with pytest.raises(ConfigError, match="Unknown instance"):
+        run_loadtest("http://127.0.0.1:9", LoadTestConfig(), SLOConfig(), PricingConfig(instance="nope"), out,
+                     model="m")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_packager_never_imports_locust_or_gevent():
+    code = ("import sys, packager.cli, packager.loadtest.runner, packager.loadtest.cli, packager.loadtest.render;"
+            "print(sorted(m for m in ('locust', 'gevent', 'torch', 'vllm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_cli_runs_refuses_and_prices(fake_server, tmp_path):
+    from packager.cli import app
+
+    runner = CliRunner()
+    url = fake_server.base_url
+    r = runner.invoke(app, ["loadtest", "--target", "http://192.0.2.1:8000"])
+    assert r.exit_code == 2 and "not a loopback address" in r.output
+    r = runner.invoke(app, ["loadtest", "--target", url, "--usd-per-hour", "-1", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "usd_per_hour" in r.output and not (tmp_path / "a").exists()
+    r = runner.invoke(app, ["loadtest", "--target", url, "--instance", "c7i.xlarj", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "Close names: c7i.xlarge" in r.output and not (tmp_path / "b").exists()
+    fake_server.configure(ttft_ms=10, itl_ms=2, output_tokens=5)
+    r = runner.invoke(app, ["loadtest", "--target", url, "--profile", "rate", "--rate", "10", "--duration", "1",
+                            "--set", "arrival=constant", "--input-tokens", "4", "--output-tokens", "5",
+                            "--usd-per-hour", "3.6", "--out", str(tmp_path / "c"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "c" / "loadtest.json").read_text())
+    ph = res["phases"][0]
+    assert ph["requests_sent"] == 10 and ph["output_tokens_total"] == 50
+    cost = res["cost"]["at_measured_throughput"]
+    assert cost["usd_per_million_output_tokens"] == pytest.approx(3.6 / (cost["output_tokens_per_s"] * 3600) * 1e6)
+    assert res["cost"]["instance"] is None and res["cost"]["utilisation_fraction"] == 1.0
+    r = runner.invoke(app, ["loadtest-analyse", str(tmp_path / "c"), "--slo-ttft-ms", "1"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "c" / "loadtest.json").read_text())
+    assert res["slo"]["ttft_ms"] == 1 and res["phases"][0]["goodput_requests_per_s"] == 0

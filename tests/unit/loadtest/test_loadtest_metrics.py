@@ -1,0 +1,128 @@
+"""Percentiles, TPOT, goodput, phase summaries, sweeps and cost from known inputs (no server)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from packager.config import SLOConfig
+from packager.loadtest.metrics import (
+    cost_result,
+    goodput_requests_per_s,
+    highest_load_meeting_slo,
+    meets_slo,
+    percentile,
+    summarize_latencies,
+    summarize_phase,
+    sweep_result,
+    tpot_ms,
+)
+from packager.loadtest.pricing import PriceQuote, usd_per_million_tokens
+
+
+@pytest.mark.parametrize("q", [0, 1, 25, 50, 90, 95, 99, 100])
+def test_percentile_matches_numpy_linear(q):
+    rng = np.random.default_rng(0)
+    v = rng.lognormal(3, 1, size=137).tolist()
+    assert percentile(v, q) == pytest.approx(float(np.percentile(v, q)), rel=1e-12)
+
+
+def test_percentile_known_values_and_edges():
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([10], 99) == 10
+    assert percentile([], 50) is None
+    with pytest.raises(ValueError):
+        percentile([1], 101)
+    s = summarize_latencies([100, 200, None, 300, 400, 500])
+    assert (s.count, s.p50_ms, s.mean_ms, s.max_ms) == (5, 300, 300, 500)
+    assert s.p90_ms == pytest.approx(460)
+    assert summarize_latencies([]).p50_ms is None
+
+
+def test_tpot_definition():
+    assert tpot_ms(e2e_ms=1000, ttft_ms=100, output_tokens=10) == pytest.approx(100)
+    assert tpot_ms(500, 100, 1) is None  # one token: no TPOT
+    assert tpot_ms(500, None, 5) is None
+
+
+def _req(ttft, e2e, out, ok=True, inp=10, t0=0.0, phase=0):
+    return {"type": "request", "phase": phase, "ok": ok, "ttft_ms": ttft, "e2e_ms": e2e, "output_tokens": out,
+            "input_tokens": inp, "usage_present": True, "itl_ms": [], "t_start_unix": t0,
+            "t_end_unix": t0 + e2e / 1000.0, "error_kind": None if ok else "http_500", "dispatch_lag_ms": None}
+
+
+def test_meets_slo_and_goodput():
+    slo = SLOConfig(ttft_ms=200, tpot_ms=50)
+    good = _req(ttft=150, e2e=150 + 9 * 40, out=10)  # TPOT 40
+    slow_first = _req(ttft=250, e2e=300, out=2)
+    slow_tokens = _req(ttft=100, e2e=100 + 9 * 60, out=10)  # TPOT 60
+    one_token = _req(ttft=100, e2e=100, out=1)  # judged on TTFT alone (as vllm bench serve)
+    failed = _req(ttft=10, e2e=20, out=5, ok=False)
+    recs = [good, slow_first, slow_tokens, one_token, failed]
+    assert [meets_slo(r, slo) for r in recs] == [True, False, False, True, False]
+    assert goodput_requests_per_s(recs, slo, duration_s=4.0) == pytest.approx(0.5)
+    assert goodput_requests_per_s(recs, slo, duration_s=0) == 0.0
+
+
+def test_summarize_phase_counts_rates_and_attainment():
+    slo = SLOConfig(ttft_ms=200, tpot_ms=50)
+    recs = [_req(100, 100 + 9 * 10, 10, inp=20, t0=i * 0.5) for i in range(8)]  # 8 good, 10 out / 20 in tokens
+    recs += [_req(300, 400, 10, inp=20, t0=1.0)]  # misses TTFT
+    recs += [_req(None, 5, None, ok=False, t0=2.0)]  # failed
+    share = [{"start_unix": 0.0, "dispatch_end_unix": 4.0, "dropped_arrivals": 2, "not_sent_request_cap": 0,
+              "cancelled_at_drain_timeout": 0}]
+    ph = summarize_phase(0, "x", {"requests_per_s": 2.0}, recs, share, slo, 0.9, 4.0)
+    # phase start -> max(dispatch end, last completion): the last request ends at 3.69 s, dispatch at 4 s
+    assert ph.duration_s == pytest.approx(4.0)
+    assert ph.dispatch_s == pytest.approx(4.0)
+    assert (ph.requests_sent, ph.requests_ok, ph.requests_failed, ph.dropped_arrivals) == (10, 9, 1, 2)
+    assert ph.errors_by_kind == {"dropped_arrival": 2, "http_500": 1}
+    assert ph.output_tokens_total == 90 and ph.input_tokens_total == 180
+    assert ph.output_token_throughput_per_s == pytest.approx(90 / ph.duration_s)
+    assert ph.request_throughput_per_s == pytest.approx(9 / ph.duration_s)
+    assert ph.goodput_requests_per_s == pytest.approx(8 / ph.duration_s)
+    assert ph.goodput_output_tokens_per_s == pytest.approx(80 / ph.duration_s)
+    assert ph.slo_attainment_fraction == pytest.approx(8 / 12)  # 8 good of 10 sent + 2 dropped
+    assert ph.meets_slo is False
+    assert ph.ttft.p50_ms == 100 and ph.tpot.p50_ms == pytest.approx(10)
+
+
+def _phase(load, meets, out_tps):
+    slo = SLOConfig(ttft_ms=200, tpot_ms=50)
+    ttft = 100 if meets else 1000
+    recs = [_req(ttft, ttft + 90, 10, t0=0.0)]
+    ph = summarize_phase(int(load), f"{load} req/s", {"requests_per_s": load}, recs,
+                         [{"start_unix": 0.0, "dispatch_end_unix": 1.0}], slo, 0.9, 1.0)
+    return ph.model_copy(update={"output_token_throughput_per_s": out_tps, "input_token_throughput_per_s": out_tps * 2})
+
+
+def test_sweep_highest_load_meeting_slo_and_cost():
+    phases = [_phase(1, True, 100.0), _phase(2, True, 180.0), _phase(4, False, 250.0), _phase(3, True, 200.0)]
+    best = highest_load_meeting_slo(phases)
+    assert best is not None and best.load == {"requests_per_s": 3.0}
+    sw = sweep_result("rate", phases, 0.9)
+    assert sw.highest_load_meeting_slo == {"requests_per_s": 3.0} and sw.peak_output_token_throughput_per_s == 250.0
+    quote = PriceQuote(usd_per_hour=3.6, instance="x", source="test")
+    c = cost_result(quote, phases, sweep=True, utilisation_fraction=1.0)
+    # 3.6 $/h over 250 tok/s = 900,000 tok/h -> $4 per 1M; over 200 tok/s -> $5 per 1M
+    assert c.at_measured_throughput.usd_per_million_output_tokens == pytest.approx(4.0)
+    assert c.at_measured_throughput.usd_per_million_input_tokens == pytest.approx(2.0)
+    assert c.at_measured_throughput.usd_per_million_total_tokens == pytest.approx(3.6 / (750 * 3600) * 1e6)
+    assert c.at_slo_limited_throughput is not None
+    assert c.at_slo_limited_throughput.usd_per_million_output_tokens == pytest.approx(5.0)
+    assert c.at_slo_limited_throughput.phase_index == 3
+    none_ok = [_phase(1, False, 10.0)]
+    assert highest_load_meeting_slo(none_ok) is None
+    assert cost_result(quote, none_ok, sweep=True, utilisation_fraction=1.0).at_slo_limited_throughput is None
+
+
+def test_usd_per_million_tokens_formula():
+    assert usd_per_million_tokens(3.6, 1000.0) == pytest.approx(1.0)
+    assert usd_per_million_tokens(3.6, 1000.0, utilisation_fraction=0.5) == pytest.approx(2.0)
+    assert usd_per_million_tokens(0.1785, 410.0) == pytest.approx(0.1785 / (410 * 3600) * 1e6)
+    assert usd_per_million_tokens(1.0, 0.0) is None
+    from packager.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="-1"):
+        usd_per_million_tokens(-1.0, 10.0)
+    with pytest.raises(ConfigError, match="utilisation"):
+        usd_per_million_tokens(1.0, 10.0, utilisation_fraction=0.0)
