@@ -115,7 +115,7 @@ def render_snapshot(snap: MonitorSnapshot, error: str | None = None):
     lat.add_row(*_lat_row("TPOT (since start)", life.tpot, snap.slo.tpot_ms_p95_limit), style="dim")
     lat.add_row(*_lat_row("E2E  (since start)", life.e2e, None), style="dim")
 
-    parts = [head, t, lat]
+    parts = [head, Text(""), t, Text(""), lat]
     if w.ttft.observations == 0:
         parts.append(Text("no request finished in this window: percentiles need traffic", style="yellow"))
     if error:
