@@ -562,8 +562,13 @@ def plot_latency(report: Report) -> str | None:
                 for patch, (v, _) in zip(bp["boxes"], data):
                     patch.set_facecolor(colors[v.name])
                     patch.set_alpha(0.75)
-                ax.set_xticks(range(1, len(data) + 1), [f"{v.name}\n(n={len(xs)})" for v, xs in data],
-                              rotation=15 if len(data) > 3 else 0, fontsize=8.5)
+                crowded = len(data) > 3 or max(len(v.name) for v, _ in data) > 14
+                if crowded:  # slanted one-line labels never overlap
+                    ax.set_xticks(range(1, len(data) + 1), [f"{v.name} (n={len(xs)})" for v, xs in data],
+                                  rotation=35, ha="right", rotation_mode="anchor", fontsize=7.5)
+                else:
+                    ax.set_xticks(range(1, len(data) + 1), [f"{v.name}\n(n={len(xs)})" for v, xs in data],
+                                  fontsize=8.5)
                 values = [x for _, xs in data for x in xs]
                 positive = [x for x in values if x > 0]
                 top = max(values + ([slo] if slo else []))
@@ -625,7 +630,12 @@ def plot_sweep(report: Report) -> str | None:
                 ax.set_xscale("log", base=2)
                 ax.xaxis.set_major_formatter(_plain_formatter())
             ax.set_xlabel(xlabel, fontsize=9)
-            ax.legend(loc="best")
+        # one legend for both panels (a variant has the same colour in each), below them: never over a line
+        handles, labels = ax_t.get_legend_handles_labels()
+        h2, l2 = ax_l.get_legend_handles_labels()
+        handles += [h for h, lab in zip(h2, l2) if lab not in labels]
+        labels += [lab for lab in l2 if lab not in labels]
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
         ax_t.set_ylim(bottom=0)
         ax_l.set_ylim(bottom=0)
         ax_t.set_title("Throughput", loc="left")
@@ -655,14 +665,16 @@ def plot_categories(report: Report) -> str | None:
             vals += [y for y in ys if math.isfinite(y)]
             ax.bar(xs, [0 if not math.isfinite(y) else y for y in ys], width=width * 0.95, color=colors[v.name],
                    label=v.name, edgecolor="white", linewidth=0.5)
-        ax.set_xticks(range(len(cats)), cats, rotation=20 if len(cats) > 4 else 0, ha="right" if len(cats) > 4
-                      else "center", fontsize=8.5)
+        if len(cats) > 4 or max(len(c) for c in cats) > 22:
+            ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+        else:
+            ax.set_xticks(range(len(cats)), cats, fontsize=8.5)
         top = max(vals) if vals else 1.0
         ax.set_ylim(0, 1.05 if top <= 1.0 else top * 1.1)
         ax.set_ylabel("task score (share of items passed)")
         ax.set_xlabel("category")
         ax.set_title("Task score by category", loc="left")
-        ax.legend(loc="upper right", ncols=min(n, 3))
+        fig.legend(loc="outside lower center", ncols=min(n, 4), fontsize=8)
         return _fig_to_svg(fig, "plot-categories")
 
 
