@@ -331,19 +331,21 @@ class _Driver:
         end = t0 + float(ph["duration_s"])
         rng = random.Random(self.seed * 1_000_003 + k * 7919 + s)
         cap_in_flight = max(1, split_count(int(ph.get("max_in_flight") or 1), s, w)) if ph["kind"] != "closed" else None
-        stats = {"dropped_arrivals": 0, "not_sent_request_cap": 0}
+        stats = {"dropped_arrivals": 0, "request_cap_reached": False}
         group = Group()
         dispatchers = Group()
 
-        def arrive(scheduled: float, index: int | None = None) -> None:
+        def arrive(scheduled: float, index: int | None = None) -> bool:
+            """False once max_requests is reached: the dispatcher stops and the phase ends early."""
             if self.sent >= self.cap:
-                stats["not_sent_request_cap"] += 1
-                return
+                stats["request_cap_reached"] = True
+                return False
             if cap_in_flight is not None and self.in_flight >= cap_in_flight:
                 stats["dropped_arrivals"] += 1
-                return
+                return True
             self.sent += 1
             group.spawn(self.one_request, self.next_body(index), k, scheduled)
+            return True
 
         def poisson_or_constant(rate: float, arrival: str, offset: float) -> None:
             if rate <= 0:
@@ -352,9 +354,11 @@ class _Driver:
             t = t0 + (offset if arrival == "constant" else rng.expovariate(rate))
             while t < end:
                 gevent.sleep(max(0.0, t - time.time()))
-                arrive(t)
+                if not arrive(t):
+                    return
                 j += 1
                 t = (t0 + offset + j / rate) if arrival == "constant" else t + rng.expovariate(rate)
+            gevent.sleep(max(0.0, end - time.time()))  # the phase lasts its whole window
 
         def schedule(arrivals: list) -> None:
             for off, idx in arrivals:
@@ -362,11 +366,14 @@ class _Driver:
                 if t >= end:
                     break
                 gevent.sleep(max(0.0, t - time.time()))
-                arrive(t, idx)
+                if not arrive(t, idx):
+                    return
+            gevent.sleep(max(0.0, end - time.time()))  # the phase lasts its whole window
 
         def closed_user() -> None:
             while time.time() < end:
                 if self.sent >= self.cap:
+                    stats["request_cap_reached"] = True
                     return
                 self.sent += 1
                 self.one_request(self.next_body(), k, None)
@@ -386,8 +393,12 @@ class _Driver:
                 dispatchers.spawn(poisson_or_constant, bg / w, "poisson", 0.0)
         else:
             raise ValueError(f"unknown phase kind {kind!r}")
-        gevent.sleep(max(0.0, end - time.time()))
-        dispatchers.join(timeout=5.0)
+        if kind == "closed":
+            # returns at `end`, or earlier when every user stopped because max_requests was reached
+            while time.time() < end and len(group) and not stats["request_cap_reached"]:
+                group.join(timeout=min(0.2, max(0.0, end - time.time())))
+        else:
+            dispatchers.join(timeout=max(0.0, end - time.time()))  # early when the request cap stops them
         dispatchers.kill(block=True)
         dispatch_end = time.time()
         group.join(timeout=self.drain_timeout_s)

@@ -3,7 +3,7 @@
 A request record (one JSON line written by the locustfile) holds: phase, ok, status, error_kind, ttft_ms,
 itl_ms (list), e2e_ms, input_tokens and output_tokens (from the server's usage), usage_present,
 dispatch_lag_ms, t_start_unix, t_end_unix. A phase summary record (one per generator share and phase)
-holds start_unix, dispatch_end_unix, drain_end_unix, dropped_arrivals, not_sent_request_cap,
+holds start_unix, dispatch_end_unix, drain_end_unix, dropped_arrivals, request_cap_reached,
 cancelled_at_drain_timeout.
 
 Definitions (DESIGN.md): TTFT = request sent -> first content token; ITL = gap between consecutive content
@@ -87,7 +87,7 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
     good_out = sum(int(r.get("output_tokens") or 0) for r in good if r.get("usage_present"))
     good_in = sum(int(r.get("input_tokens") or 0) for r in good if r.get("usage_present"))
     dropped = sum(int(s.get("dropped_arrivals", 0)) for s in share_summaries)
-    not_sent = sum(int(s.get("not_sent_request_cap", 0)) for s in share_summaries)
+    cap_reached = any(bool(s.get("request_cap_reached")) for s in share_summaries)
     cancelled = sum(int(s.get("cancelled_at_drain_timeout", 0)) for s in share_summaries)
     offered = len(reqs) + dropped
     attainment = len(good) / offered if offered else 0.0
@@ -98,7 +98,7 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
     return PhaseResult(
         index=index, label=label, load=load, dispatch_s=dispatch_s, duration_s=duration,
         requests_sent=len(reqs), requests_ok=len(ok), requests_failed=len(reqs) - len(ok),
-        requests_missing_usage=len(ok) - len(with_usage), dropped_arrivals=dropped, not_sent_request_cap=not_sent,
+        requests_missing_usage=len(ok) - len(with_usage), dropped_arrivals=dropped, request_cap_reached=cap_reached,
         cancelled_at_drain_timeout=cancelled, errors_by_kind=dict(sorted(errors.items())),
         request_throughput_per_s=len(ok) / duration,
         input_tokens_total=in_tok, output_tokens_total=out_tok,

@@ -37,7 +37,7 @@ class PhaseResult(_Strict):
     requests_failed: int
     requests_missing_usage: int  # answered without a `usage` block: no token counts for them
     dropped_arrivals: int  # open loop: arrivals that found max_in_flight requests outstanding
-    not_sent_request_cap: int  # arrivals after max_requests was reached
+    request_cap_reached: bool  # max_requests was reached: the phase stopped sending early (see dispatch_s)
     cancelled_at_drain_timeout: int
     errors_by_kind: dict[str, int]
     request_throughput_per_s: float  # successful requests / duration_s

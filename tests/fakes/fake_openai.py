@@ -399,6 +399,7 @@ class FakeOpenAIServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self.proc: subprocess.Popen | None = None
+        self.log_path: str | None = None  # process mode: the server's stderr
 
     @property
     def base_url(self) -> str:
@@ -439,14 +440,18 @@ class FakeOpenAIServer:
         args = [sys.executable, os.path.abspath(__file__), "--host", self.host, "--port", "0"]
         for k, v in asdict(self.settings).items():
             args += [f"--{k.replace('_', '-')}", str(v)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+        import tempfile
+
+        fd, self.log_path = tempfile.mkstemp(prefix="fake-openai-", suffix=".log")
+        with os.fdopen(fd, "w") as log:  # stderr to a file: a pipe nobody reads could fill and block the server
+            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         try:
             info = json.loads(line)
             self.port = int(info["port"])
         except (ValueError, KeyError, TypeError):
-            err = self.proc.stderr.read() if self.proc.stderr else ""
+            with open(self.log_path) as f:
+                err = f.read()
             self.stop()
             raise RuntimeError(f"the fake OpenAI server process did not start: {line!r} {err[-2000:]}") from None
         return self
@@ -468,9 +473,8 @@ class FakeOpenAIServer:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait(10)
-            for f in (self.proc.stdout, self.proc.stderr):
-                if f is not None:
-                    f.close()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
             self.proc = None
 
     def configure(self, **settings: Any) -> dict[str, Any]:

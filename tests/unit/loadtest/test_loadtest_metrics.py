@@ -68,7 +68,7 @@ def test_summarize_phase_counts_rates_and_attainment():
     recs = [_req(100, 100 + 9 * 10, 10, inp=20, t0=i * 0.5) for i in range(8)]  # 8 good, 10 out / 20 in tokens
     recs += [_req(300, 400, 10, inp=20, t0=1.0)]  # misses TTFT
     recs += [_req(None, 5, None, ok=False, t0=2.0)]  # failed
-    share = [{"start_unix": 0.0, "dispatch_end_unix": 4.0, "dropped_arrivals": 2, "not_sent_request_cap": 0,
+    share = [{"start_unix": 0.0, "dispatch_end_unix": 4.0, "dropped_arrivals": 2, "request_cap_reached": False,
               "cancelled_at_drain_timeout": 0}]
     ph = summarize_phase(0, "x", {"requests_per_s": 2.0}, recs, share, slo, 0.9, 4.0)
     # phase start -> max(dispatch end, last completion): the last request ends at 3.69 s, dispatch at 4 s
