@@ -117,7 +117,7 @@ def _quality_failure(v: VariantResult, quality_floor: float) -> str | None:
 
 
 def _slo_failures(load: LoadSummary, slo_ttft_ms: float, slo_tpot_ms: float,
-                  required_goodput_rps: float | None) -> list[str]:
+                  required_goodput_rps: float | None, min_goodput_fraction: float) -> list[str]:
     out: list[str] = []
     if required_goodput_rps is not None:
         g = load.goodput_requests_per_s
@@ -129,8 +129,8 @@ def _slo_failures(load: LoadSummary, slo_ttft_ms: float, slo_tpot_ms: float,
         f = load.goodput_fraction
         if f is None:
             out.append("has no goodput figure (share of requests meeting the SLO)")
-        elif f + 1e-12 < MIN_GOODPUT_FRACTION:
-            a, b = _fmt_pct_pair(f, MIN_GOODPUT_FRACTION)
+        elif f + 1e-12 < min_goodput_fraction:
+            a, b = _fmt_pct_pair(f, min_goodput_fraction)
             out.append(f"only {a} of requests meet the SLO < {b} required")
     for label, value, limit in (("TTFT", load.ttft_ms_p95, slo_ttft_ms), ("TPOT", load.tpot_ms_p95, slo_tpot_ms)):
         if value is None:
@@ -142,10 +142,12 @@ def _slo_failures(load: LoadSummary, slo_ttft_ms: float, slo_tpot_ms: float,
 
 
 def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_ms: float, slo_tpot_ms: float,
-              required_goodput_rps: float | None = None) -> Recommendation:
+              required_goodput_rps: float | None = None, *,
+              min_goodput_fraction: float = MIN_GOODPUT_FRACTION) -> Recommendation:
     """The cheapest variant (USD per 1M output tokens) that keeps recovery >= quality_floor and meets the SLO
-    at the tested load: goodput_fraction >= 0.9 (or goodput >= required_goodput_rps when given) and p95 TTFT and
-    TPOT within the SLO. Ties on cost go to the higher recovery, then the smaller model, then the name.
+    at the tested load: goodput_fraction >= min_goodput_fraction (0.9; pass the load test's
+    slo_attainment_target to match it), or goodput >= required_goodput_rps when that is given, and p95 TTFT
+    and TPOT within the SLO. Ties on cost go to the higher recovery, then the smaller model, then the name.
 
     Sets `meets_quality_floor` and `meets_slo` on every variant (None where it could not be judged). When no
     variant qualifies, `variant` is None and `reason` names each variant's failure.
@@ -165,7 +167,7 @@ def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_
             else:
                 s_fails = ["has no load-test result"]
         else:
-            s_fails = _slo_failures(v.load, slo_ttft_ms, slo_tpot_ms, required_goodput_rps)
+            s_fails = _slo_failures(v.load, slo_ttft_ms, slo_tpot_ms, required_goodput_rps, min_goodput_fraction)
             v.meets_slo = not s_fails
         fails = ([q_fail] if q_fail else []) + s_fails
         if not fails and not _finite(_cost(v)):
@@ -248,17 +250,22 @@ def _load_problems(name: str, load: LoadSummary) -> list[str]:
         bad = [x for x in getattr(load, field) if not math.isfinite(x) or x < 0]
         if bad:
             out.append(f"{name}: load.{field} holds {len(bad)} negative or non-finite value(s), e.g. {bad[0]}")
-    # cost = price / (output tokens per second * 3600) * 1e6
+    # cost = price / (output tokens per second * utilisation * 3600) * 1e6 (utilisation 1 unless recorded)
     price, tps, cost = load.usd_per_hour, load.output_tokens_per_s, load.usd_per_million_output_tokens
+    util = load.utilization_assumed if load.utilization_assumed is not None else 1.0
+    if not (0.0 < util <= 1.0):
+        out.append(f"{name}: utilization_assumed {util} is outside (0, 1]")
+        util = 1.0
     if cost is not None:
         if price is None or not tps or tps <= 0:
             out.append(f"{name}: usd_per_million_output_tokens is {cost} but usd_per_hour ({price}) or "
                        f"output_tokens_per_s ({tps}) is missing or zero, so it cannot be derived")
         elif math.isfinite(cost):
-            expected = price / (tps * 3600.0) * 1e6
+            expected = price / (tps * util * 3600.0) * 1e6
             if not _close(cost, expected):
+                util_s = "" if util == 1.0 else f" * utilization {util:.6g}"
                 out.append(f"{name}: usd_per_million_output_tokens {cost:.6g} != usd_per_hour {price:.6g} / "
-                           f"(output_tokens_per_s {tps:.6g} * 3600) * 1e6 = {expected:.6g}")
+                           f"(output_tokens_per_s {tps:.6g}{util_s} * 3600) * 1e6 = {expected:.6g}")
     elif price is not None and tps and tps > 0:
         out.append(f"{name}: usd_per_million_output_tokens is missing although usd_per_hour ({price}) and "
                    f"output_tokens_per_s ({tps}) are known")
@@ -285,7 +292,8 @@ def consistency_problems(report: Report) -> list[str]:
     """Every pair of figures in the report that disagree, as sentences; [] when the report is consistent.
 
     Checks: one baseline and it is the variant `report.baseline` names; usd_per_million_output_tokens ==
-    usd_per_hour / (output_tokens_per_s * 3600) * 1e6 (rel tol 1e-6); recovery == score / baseline score; the
+    usd_per_hour / (output_tokens_per_s * utilization_assumed * 3600) * 1e6 (utilization 1 when not recorded;
+    rel tol 1e-6); recovery == score / baseline score; the
     baseline's recovery is 1 or None; percentiles ordered (p50 <= p90 <= p95 <= p99); goodput within bounds;
     no NaN/inf; names unique; `pareto` matches the frontier computed from the variants; the recommended
     variant exists and passed both verdicts.

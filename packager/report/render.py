@@ -212,22 +212,33 @@ def _behaviours(report: Report) -> list[str]:
     return sorted({c for v in report.variants for c in v.behaviour})
 
 
-def _timing_rows(report: Report) -> tuple[list[list[str]], str | None]:
+def _timing_total(report: Report) -> float:
+    """The run's wall time: the recorded "total" when there is one (steps may overlap or leave gaps), else the sum
+    of the steps."""
+    t = report.timings_s
+    return t["total"] if "total" in t else sum(t.values())
+
+
+def _timing_rows(report: Report) -> tuple[list[tuple[str, float]], str | None]:
+    """(step, seconds) rows ending with the total, and a sentence on the budget."""
     budget = report.time_budget_s
-    rows = []
-    for step, secs in report.timings_s.items():
-        rows.append([step, _secs(secs), _pct(secs / budget) if budget else DASH])
-    total = sum(report.timings_s.values())
+    rows = [(step, secs) for step, secs in report.timings_s.items() if step != "total"]
+    if not report.timings_s:
+        return [], None
+    total = _timing_total(report)
+    rows.append(("total", total))
     verdict_line = None
-    if report.timings_s:
-        rows.append(["total", _secs(total), _pct(total / budget) if budget else DASH])
-        if budget:
-            if total <= budget:
-                verdict_line = f"Within the time budget: {_secs(total)} of {_secs(budget)} ({_pct(total / budget)})."
-            else:
-                verdict_line = (f"OVER the time budget by {_secs(total - budget)}: {_secs(total)} against "
-                                f"{_secs(budget)}.")
+    if budget:
+        if total <= budget:
+            verdict_line = f"Within the time budget: {_secs(total)} of {_secs(budget)} ({_pct(total / budget)})."
+        else:
+            verdict_line = f"OVER the time budget by {_secs(total - budget)}: {_secs(total)} against {_secs(budget)}."
     return rows, verdict_line
+
+
+def _timing_cells(report: Report, step: str, secs: float) -> list[str]:
+    budget = report.time_budget_s
+    return [step, _secs(secs), _pct(secs / budget) if budget else DASH]
 
 
 def _config_yaml(report: Report) -> str:
@@ -372,7 +383,7 @@ def render_markdown(report: Report) -> str:
     L.append("")
     trows, tverdict = _timing_rows(report)
     if trows:
-        L += _md_table(["step", "wall time", "share of budget"], trows)
+        L += _md_table(["step", "wall time", "share of budget"], [_timing_cells(report, *r) for r in trows])
         L.append("")
     if tverdict:
         L.append(tverdict)
@@ -901,8 +912,8 @@ def render_html(report: Report, plots: dict[str, Any] | None = None) -> str:
     if trows:
         P.append('<div class="table-wrap"><table><thead><tr><th>step</th><th>wall time</th><th>share of budget</th>'
                  "<th></th></tr></thead><tbody>")
-        values = list(report.timings_s.values()) + [sum(report.timings_s.values())]
-        for (step, wall, share), secs in zip(trows, values):
+        for step, secs in trows:
+            _, wall, share = _timing_cells(report, step, secs)
             frac = secs / budget if budget else 0.0
             bar = (f'<div class="bar{" over" if frac > 1 else ""}"><span style="width:{min(frac, 1.0) * 100:.1f}%">'
                    "</span></div>") if budget else ""

@@ -177,6 +177,23 @@ def test_catches_a_wrong_cost():
                                "(output_tokens_per_s 200 * 3600) * 1e6 = 1.38889")
 
 
+def test_cost_check_accounts_for_the_assumed_utilisation():
+    r = consistent_report()
+    ld = r.variant("int8").load
+    ld.utilization_assumed = 0.5
+    assert any("* utilization 0.5 * 3600) * 1e6 = 2.77778" in p for p in consistency_problems(r))
+    ld.usd_per_million_output_tokens = ld.usd_per_hour / (ld.output_tokens_per_s * 0.5 * 3600) * 1e6
+    r.pareto = pareto_frontier(r.variants)  # int8 now costs as much as the baseline, which scores higher
+    assert r.pareto == ["base"]
+    assert consistency_problems(r) == []
+
+
+def test_min_goodput_fraction_follows_the_load_tests_target():
+    v = variant("a", 0.6, tps=100, frac=0.85)
+    assert recommend([v], 0.9, 2000, 250).variant is None
+    assert recommend([v], 0.9, 2000, 250, min_goodput_fraction=0.8).variant == "a"
+
+
 def test_cost_within_tolerance_is_accepted():
     r = consistent_report()
     r.variant("int8").load.usd_per_million_output_tokens *= 1 + 1e-9

@@ -138,6 +138,14 @@ def test_markdown_has_every_section_and_the_config(report):
     assert yaml.safe_load(cfg) == report.config
 
 
+def test_a_recorded_total_is_used_rather_than_the_sum_of_steps():
+    r = sample_report()
+    r.timings_s = {"baseline/evaluate": 100.0, "baseline/loadtest": 200.0, "total": 400.0}
+    md = render_markdown(r)
+    assert "| total | 400 s (6.7 min) | 22.2% |" in md and md.count("| total |") == 1
+    assert "Within the time budget: 400 s (6.7 min) of 1,800 s (30.0 min) (22.2%)." in md
+
+
 def test_markdown_says_when_nothing_is_recommended_and_over_budget():
     r = sample_report()
     r.quality_floor = 1.01  # even the baseline falls short
