@@ -94,8 +94,14 @@ def load_failure(v: VariantResult) -> str | None:
     if v.load is None:
         return "; ".join(v.errors) if v.errors else "no load-test result"
     if v.load.requests <= 0:
-        raw_err = v.load.raw.get("error") if isinstance(v.load.raw, dict) else None
-        detail = str(raw_err) if raw_err else ("; ".join(v.errors) if v.errors else "")
+        raw = v.load.raw if isinstance(v.load.raw, dict) else {}
+        by_kind = (raw.get("summary") or {}).get("errors_by_kind") if isinstance(raw.get("summary"), dict) else None
+        if raw.get("error"):
+            detail = str(raw["error"])
+        elif by_kind:
+            detail = ", ".join(f"{k}: {n}" for k, n in by_kind.items())
+        else:
+            detail = "; ".join(v.errors)
         what = f"no request completed ({v.load.errors} error(s))"
         return f"{what}: {detail}" if detail else what
     return None

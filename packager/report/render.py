@@ -186,6 +186,22 @@ LOAD_ROWS: list[tuple[str, Callable[[LoadSummary], str]]] = [
      else "no"),
 ]
 
+def _load_notes(report: Report) -> list[tuple[str, str, str]]:
+    """(variant, kind, text): which operating point the figures describe, load-test warnings, failures."""
+    out: list[tuple[str, str, str]] = []
+    for v in report.variants:
+        err = _load_error_text(v)
+        if err:
+            out.append((v.name, "failed", err))
+            continue
+        raw = v.load.raw if v.load is not None and isinstance(v.load.raw, dict) else {}
+        if raw.get("summary_basis"):
+            out.append((v.name, "figures at", str(raw["summary_basis"])))
+        for w in raw.get("warnings") or []:
+            out.append((v.name, "warning", str(w)))
+    return out
+
+
 SWEEP_HEADERS = ["offered", "requests/s", "output tok/s", "TTFT p95 (ms)", "TPOT p95 (ms)", "goodput (req/s)"]
 
 
@@ -366,11 +382,10 @@ def render_markdown(report: Report) -> str:
         L += _md_table(["metric", *[v.name for v in loaded]],
                        [[label, *[get(v.load) for v in loaded]] for label, get in LOAD_ROWS])  # type: ignore[arg-type]
         L.append("")
-    for v in report.variants:
-        err = _load_error_text(v)
-        if err:
-            L.append(f"- `{v.name}`: {e(err)}")
-    if any(_load_error_text(v) for v in report.variants):
+    notes = _load_notes(report)
+    for name, kind, text in notes:
+        L.append(f"- `{name}` {kind}: {e(text)}")
+    if notes:
         L.append("")
     for v in loaded:
         if v.load is not None and v.load.sweep:
@@ -893,10 +908,11 @@ def render_html(report: Report, plots: dict[str, Any] | None = None) -> str:
     if loaded:
         P.append(_html_table(["metric", *[v.name for v in loaded]],
                              [[label, *[get(v.load) for v in loaded]] for label, get in LOAD_ROWS]))  # type: ignore[arg-type]
-    errs = [(v.name, _load_error_text(v)) for v in report.variants if _load_error_text(v)]
-    if errs:
-        P.append("<ul>" + "".join(f'<li><b>{_h(n)}</b>: <span class="v-bad">{_h(x)}</span></li>' for n, x in errs)
-                 + "</ul>")
+    notes = _load_notes(report)
+    if notes:
+        P.append("<ul>" + "".join(
+            f'<li><b>{_h(n)}</b> {_h(kind)}: <span class="{"v-bad" if kind != "figures at" else ""}">{_h(x)}</span></li>'
+            for n, kind, x in notes) + "</ul>")
     sweeps = [v for v in loaded if v.load and v.load.sweep]
     if sweeps:
         P.append('<div class="cols">')

@@ -130,6 +130,9 @@ def test_markdown_has_every_section_and_the_config(report):
     assert positions == sorted(positions)
     assert "| instruction following | 0.660 | 0.650 | 0.520 |" in md
     assert "| w8a8-int8 | 1 | 01-w8a8_int8 | w8a8_int8 | 41.7 s | 172.4 | 134.5M | 1,834 |" in md
+    assert "- `baseline` figures at: the highest load meeting the SLOs (16 users)" in md
+    assert "- `baseline` warning: phase 5: 3 responses carried no usage block" in md
+    assert "- `gptq-w4a16` failed: load test failed: no request completed (12 error(s))" in md
     assert "| total | 1,350 s (22.5 min) | 75.0% |" in md
     assert "Within the time budget: 1,350 s (22.5 min) of 1,800 s (30.0 min) (75.0%)." in md
     cfg = md[md.index("```yaml") + len("```yaml"):md.rindex("```")]
