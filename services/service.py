@@ -1,0 +1,113 @@
+"""The packager bento: ONE service template, parameterised by its arguments (packager/serve/args.py).
+
+    packager build VARIANT_DIR            # imports the model, runs `bentoml build`, prints the bento tag
+    bentoml serve TAG                     # or: packager serve TAG
+
+Layout of a running replica:
+
+    client ──HTTP──> BentoML server (this service, port 3000 by default)
+                       /v1/*         gateway (packager.serve.gateway): relays to the backend with httpx and
+                                     observes TTFT, TPOT, E2E, tokens and outcomes -> packager_* series
+                       /readyz       200 once the backend answers its readiness path
+                       /livez        200 while the backend process lives
+                       /metrics      BentoML's series + packager_* + the backend's (vllm:*) merged
+                       (other paths) BentoML's proxy straight to the backend
+                     backend (`__command__`): an OpenAI server on 127.0.0.1:<backend_port>, e.g. vLLM
+
+Before any worker starts, `bentoml serve` runs `verify_model` (an on_deployment hook, in the serving
+process): the model files' sha256 must match what was recorded at import and the digest this bento was
+built for; otherwise it refuses to start, with a message, and exits non-zero.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import bentoml
+
+from packager.serve.args import BentoArgs, deployment_overrides
+from packager.serve.backends import BACKENDS, launch_command
+from packager.serve.gateway import Gateway
+from packager.serve.integrity import MODEL_SUBDIR
+
+logger = logging.getLogger("bentoml.service")
+
+args = deployment_overrides(bentoml.use_arguments(BentoArgs))
+backend = BACKENDS.get(args.backend)
+model_ref = bentoml.models.BentoModel(args.model_tag)
+
+
+def _create_metrics():
+    from packager.serve.metrics import ServiceMetrics
+
+    return ServiceMetrics(args.metric_labels(), args.usd_per_hour)
+
+
+gateway = Gateway(f"http://127.0.0.1:{args.backend_port}", concurrency=args.inference_concurrency,
+                  metrics_factory=_create_metrics)
+
+
+def _image() -> bentoml.images.Image:
+    # The Python requirements shared by every target are in bentofile.yaml; the backend's are per target.
+    return bentoml.images.Image(python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+                                lock_python_packages=False).python_packages(*backend.python_packages(args.target))
+
+
+@bentoml.asgi_app(gateway.app, path="/v1", name="openai")
+@bentoml.service(
+    name=args.service_name,
+    workers=1,  # one gateway process per replica; it only relays, the backend does the work
+    traffic=args.traffic(),
+    resources=args.resources(),
+    labels=args.service_labels(),
+    http={"proxy_port": args.backend_port},
+    endpoints={"livez": backend.readiness_path},  # the backend path BentoML's proxy polls at start
+    image=_image(),
+)
+class PackagerLLM:
+    model = model_ref  # resolved on an instance: the stored model (its files are under model/)
+
+    @bentoml.on_deployment
+    def verify_model() -> None:
+        """Runs once in `bentoml serve` before workers start: refuse altered model files."""
+        from packager.errors import IntegrityError
+        from packager.serve.integrity import verify_model_files
+
+        stored = model_ref.resolve()
+        try:
+            verify_model_files(Path(stored.path) / MODEL_SUBDIR, stored.info.metadata, args.model_digest,
+                               f"BentoML model {args.model_tag}")
+        except IntegrityError as e:
+            msg = f"packager: refusing to serve {args.model_tag}: {e}"
+            logger.error(msg)
+            print(msg, file=sys.stderr, flush=True)
+            raise SystemExit(IntegrityError.exit_code) from None
+        logger.info("packager: model %s verified (digest %s)", args.model_tag, args.model_digest)
+
+    def __command__(self) -> list[str]:
+        import os
+
+        model_dir = Path(self.model.path) / MODEL_SUBDIR
+        return launch_command(backend, model_dir, args, os.environ)
+
+    async def __metrics__(self, content: str) -> str:
+        if backend.metrics_path is None:
+            return content
+        try:
+            r = await gateway.get(backend.metrics_path)
+            r.raise_for_status()
+        except Exception as e:  # the backend may be starting or gone; BentoML's own series still answer
+            logger.warning("packager: backend metrics unavailable: %s", e)
+            return content
+        return content.rstrip("\n") + "\n" + r.text
+
+    async def __is_ready__(self) -> bool:
+        try:
+            return (await gateway.get(backend.readiness_path, timeout_s=3.0)).status_code == 200
+        except Exception:
+            return False
+
+    def __is_alive__(self) -> bool:
+        proc = PackagerLLM.context.state.get("proc")  # the backend, started by BentoML's proxy
+        return proc is None or proc.returncode is None
