@@ -79,3 +79,23 @@ def test_cli_runs_refuses_and_prices(fake_server, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "c" / "loadtest.json").read_text())
     assert res["slo"]["ttft_ms"] == 1 and res["phases"][0]["goodput_requests_per_s"] == 0
+
+
+def test_locustfile_itself_refuses_a_non_loopback_plan(tmp_path):
+    """Defence in depth: a plan edited by hand to point elsewhere is refused by the locust process too."""
+    import os
+
+    from packager.loadtest.runner import locustfile_path
+
+    plan = {"plan_version": 1, "target_url": "http://10.255.255.1:9", "endpoint": "/v1/chat/completions", "model": "m",
+            "requests": [{"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}],
+            "phases": [{"index": 0, "kind": "closed", "users": 1, "duration_s": 1, "label": "x", "load": {"users": 1}}],
+            "max_requests": 1, "drain_timeout_s": 1, "request_timeout_s": 1, "seed": 0, "shares": 1}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    env = dict(os.environ, PACKAGER_LOADTEST_PLAN=str(tmp_path / "plan.json"),
+               PACKAGER_LOADTEST_RECORDS=str(tmp_path / "records.jsonl"))
+    p = subprocess.run([sys.executable, "-m", "locust", "-f", str(locustfile_path()), "--headless", "-u", "1", "-r", "1",
+                        "--run-time", "20s", "--only-summary"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert "is not a loopback address; refused" in p.stderr + p.stdout
+    assert not (tmp_path / "records.jsonl").exists() or (tmp_path / "records.jsonl").read_text() == ""
