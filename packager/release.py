@@ -246,7 +246,7 @@ class ReleaseRunner:
                     if summary.items_path and Path(summary.items_path).exists():
                         baseline_items = load_items(Path(summary.items_path))
                 _fill_quality(vr, summary)
-                vr.load = load_summary_from(lt_d)
+                vr.load = load_summary_from(lt_d, v.root / "loadtest")
                 if self.register:
                     with self.timed(f"{v.name}/register"):
                         self._register(v, vr, summary_d, lt_d, source)
@@ -258,7 +258,8 @@ class ReleaseRunner:
             atomic_write_json(v.root / "variant.json", vr.model_dump(mode="json"))
 
         rec_floor = cfg.quality_floor
-        rec = recommend(results, rec_floor, cfg.slo.ttft_ms, cfg.slo.tpot_ms)
+        rec = recommend(results, rec_floor, cfg.slo.ttft_ms, cfg.slo.tpot_ms,
+                        min_goodput_fraction=self.lt_cfg.slo_attainment_target)
         report = Report(
             model=source.name, baseline=BASELINE, quality_floor=rec_floor,
             slo={"ttft_ms": cfg.slo.ttft_ms, "tpot_ms": cfg.slo.tpot_ms},
@@ -317,11 +318,11 @@ def _fill_quality(vr, s) -> None:
     vr.eval = {k: v for k, v in s.model_dump(mode="json").items() if k not in ("config", "versions", "platform")}
 
 
-def load_summary_from(lt: dict):
-    """Map a LoadTestResult (as JSON) onto the report's LoadSummary."""
+def load_summary_from(lt: dict, run_dir: Path | None = None):
+    """Map a LoadTestResult (as JSON) onto the report's LoadSummary, with latency samples from its records."""
     from packager.report.loadsummary import from_loadtest_result
 
-    return from_loadtest_result(lt)
+    return from_loadtest_result(lt, run_dir)
 
 
 def run_release(cfg: RunConfig, **kw) -> "Report":  # noqa: F821

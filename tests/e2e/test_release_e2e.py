@@ -1,0 +1,103 @@
+"""The main job end to end on the bundled model, reduced: baseline + W8A8 int8, each built as a real bento,
+served with `bentoml serve`, scored through it, load-tested with locust, registered, reported."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids: set[str] = set()
+        self.svgs = 0
+
+    def handle_starttag(self, tag, attrs):
+        d = dict(attrs)
+        if "id" in d:
+            self.ids.add(d["id"])
+        if tag == "svg":
+            self.svgs += 1
+
+
+@pytest.fixture(scope="module")
+def release_run(tmp_path_factory, default_model):
+    out = tmp_path_factory.mktemp("release")
+    cfg = {
+        "model": "default",
+        "recipes": ["w8a8-int8"],
+        "output_dir": str(out / "run"),
+        "eval": {"max_items": 60, "perplexity_max_chunks": 8},
+        "loadtest": {
+            "profile": {"kind": "sweep", "mode": "concurrency", "values": [1, 4], "step_duration_s": 8},
+            "prompts": {"kind": "synthetic", "input_tokens": {"mean": 64}, "output_tokens": {"mean": 32}},
+            "max_duration_s": 30, "max_requests": 400,
+        },
+        "registry": {"uri": f"sqlite:///{out / 'registry.db'}", "name": "smollm2-e2e"},
+        "pricing": {"instance": "c7i.xlarge"},
+        "quality_floor": 0.5,
+        "time_budget_s": 3000,
+    }
+    cfg_path = out / "release.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    cp = subprocess.run([sys.executable, "-m", "packager.cli", "release", "--config", str(cfg_path)],
+                        capture_output=True, text=True, timeout=2400)
+    assert cp.returncode == 0, (cp.stdout[-3000:], cp.stderr[-5000:])
+    return out / "run", cp
+
+
+def test_report_files_and_structure(release_run):
+    run, cp = release_run
+    from packager.report.model import Report
+
+    report = Report.model_validate_json((run / "report.json").read_text())
+    names = [v.name for v in report.variants]
+    assert names == ["baseline", "w8a8-int8"]
+    for v in report.variants:
+        assert not v.errors, v.errors
+        assert v.score is not None and 0 < v.score < 1
+        assert v.bento_tag and v.registry_version
+        assert v.load is not None and v.load.requests > 0 and v.load.output_tokens_per_s > 0
+        assert v.load.ttft_ms_p50 <= v.load.ttft_ms_p95 <= v.load.ttft_ms_p99
+        assert v.load.usd_per_million_output_tokens > 0
+    md = (run / "report.md").read_text()
+    assert "w8a8-int8" in md and "recommend" in md.lower()
+    assert "recommendation:" in cp.stderr.lower() or "recommendation:" in cp.stdout.lower()
+    p = _Tags()
+    p.feed((run / "report.html").read_text())
+    assert p.svgs >= 3
+
+
+def test_report_numbers_are_consistent(release_run):
+    run, _ = release_run
+    from packager.report.analysis import consistency_problems
+    from packager.report.model import Report
+
+    report = Report.model_validate_json((run / "report.json").read_text())
+    assert consistency_problems(report) == []
+    base, w8 = report.variants
+    assert base.recovery == 1.0
+    assert w8.recovery == pytest.approx(w8.score / base.score)
+    cost = w8.load.usd_per_hour / (w8.load.output_tokens_per_s * 3600) * 1e6
+    assert w8.load.usd_per_million_output_tokens == pytest.approx(cost, rel=1e-6)
+    assert w8.size_bytes < base.size_bytes  # int8 weights are smaller than the float checkpoint
+    assert w8.fidelity_agreement is not None and 0 <= w8.fidelity_agreement <= 1
+    assert w8.fidelity_mean_kl is not None and w8.fidelity_mean_kl >= 0
+
+
+def test_rerun_reuses_every_finished_step(release_run):
+    run, _ = release_run
+    cfg_path = run.parent / "release.yaml"
+    cp = subprocess.run([sys.executable, "-m", "packager.cli", "release", "--config", str(cfg_path)],
+                        capture_output=True, text=True, timeout=900)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert cp.stderr.count("reused from the cache") == 2
+    timings = json.loads((run / "report.json").read_text())["timings_s"]
+    assert not any(k.endswith("/serve_start") for k in timings)
