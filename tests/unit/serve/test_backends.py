@@ -1,0 +1,78 @@
+"""Target settings -> the backend's command line and environment."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from packager.errors import ConfigError
+from packager.serve.args import parse_args
+from packager.serve.backends import BACKENDS, VLLM_PACKAGES, launch_command
+
+BASE = {"model_tag": "m:v1", "model_digest": "d" * 64, "model_name": "SmolLM2-135M-Instruct"}
+
+
+def opt(cmd: list[str], flag: str) -> str | None:
+    return cmd[cmd.index(flag) + 1] if flag in cmd else None
+
+
+def test_vllm_on_cpu_listens_on_the_proxy_port_of_loopback():
+    args = parse_args({**BASE, "backend_port": 18005, "dtype": "bfloat16", "max_model_len": 1024, "max_num_seqs": 16})
+    cmd = BACKENDS.get("vllm").command(Path("/store/m/v1/model"), args)
+    assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    assert opt(cmd, "--model") == "/store/m/v1/model"
+    assert (opt(cmd, "--host"), opt(cmd, "--port")) == ("127.0.0.1", "18005")
+    assert (opt(cmd, "--dtype"), opt(cmd, "--max-model-len"), opt(cmd, "--max-num-seqs")) == ("bfloat16", "1024", "16")
+    assert opt(cmd, "--served-model-name") == "SmolLM2-135M-Instruct"
+    assert "--tensor-parallel-size" not in cmd and "--gpu-memory-utilization" not in cmd
+
+
+def test_vllm_on_gpu_gets_tensor_parallelism_and_memory_share():
+    args = parse_args({**BASE, "target": "gpu", "tensor_parallel_size": 4, "gpu_memory_utilization": 0.85,
+                       "max_num_seqs": 256, "extra_args": ["--enforce-eager"]})
+    cmd = BACKENDS.get("vllm").command(Path("/m"), args)
+    assert opt(cmd, "--tensor-parallel-size") == "4"
+    assert opt(cmd, "--gpu-memory-utilization") == "0.85"
+    assert opt(cmd, "--max-num-seqs") == "256"
+    assert cmd[-1] == "--enforce-eager"
+    env = BACKENDS.get("vllm").env(args, {})
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env and env["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+
+
+def test_vllm_cpu_environment_sets_kv_cache_and_thread_binding_but_keeps_an_operator_choice():
+    args = parse_args({**BASE, "cpu_kvcache_space_gib": 4, "cpu_omp_threads_bind": "0-3"})
+    vllm = BACKENDS.get("vllm")
+    env = vllm.env(args, {})
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "4" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0-3"
+    assert env["VLLM_NO_USAGE_STATS"] == "1" and env["HF_HUB_OFFLINE"] == "1"
+    # a binding the deployment already sets is left alone; only what changes is passed
+    env2 = vllm.env(args, {"VLLM_CPU_OMP_THREADS_BIND": "4-7", "HF_HUB_OFFLINE": "1"})
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env2 and "HF_HUB_OFFLINE" not in env2
+    assert env2["VLLM_CPU_KVCACHE_SPACE"] == "4"
+
+
+def test_launch_command_hides_bentomls_prometheus_directory_from_the_backend():
+    args = parse_args({**BASE, "cpu_kvcache_space_gib": 2})
+    cmd = launch_command(BACKENDS.get("vllm"), Path("/m"), args, {"PROMETHEUS_MULTIPROC_DIR": "/tmp/prom"})
+    assert cmd[:3] == ["env", "-u", "PROMETHEUS_MULTIPROC_DIR"]
+    assert "VLLM_CPU_KVCACHE_SPACE=2" in cmd
+    i = cmd.index(sys.executable)
+    assert all("=" in c for c in cmd[3:i])  # only assignments between `env -u X` and the program
+
+
+def test_backend_table_readiness_and_metrics_paths():
+    vllm = BACKENDS.get("vllm")
+    assert (vllm.readiness_path, vllm.metrics_path) == ("/health", "/metrics")
+    with pytest.raises(ConfigError, match="Unknown serving backend 'llamacpp'. Known: vllm"):
+        BACKENDS.get("llamacpp")
+
+
+def test_vllm_packages_match_the_pyproject_extras():
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())
+    extras = pyproject["project"]["optional-dependencies"]
+    for target, pkgs in VLLM_PACKAGES.items():
+        assert set(pkgs) <= set(extras[target]), (target, pkgs, extras[target])
+    assert BACKENDS.get("vllm").python_packages("gpu") == VLLM_PACKAGES["gpu"]
