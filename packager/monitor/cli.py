@@ -53,15 +53,20 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 from packager.monitor.live import iter_snapshots
 
+                printed = 0
                 for item in iter_snapshots(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations):
                     if isinstance(item, ScrapeError):
                         console.print(f"[red]scrape failed:[/] {item}", highlight=False)
                     else:
                         typer.echo(item.model_dump_json())
+                        printed += 1
+                if not printed:
+                    raise ScrapeError(f"No snapshot of {url} in {iterations} intervals: every scrape failed (see above).")
                 return
             from packager.monitor.live import run_live
 
-            run_live(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations)
+            if run_live(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations) is None:
+                raise ScrapeError(f"No snapshot of {url} in {iterations} intervals: every scrape failed (see above).")
 
         run_guarded(go)
 

@@ -126,3 +126,12 @@ def test_canary_cli_one_run(fake, tmp_path):
 def test_canary_cli_bad_suite(tmp_path):
     res = runner.invoke(app, ["canary", "http://127.0.0.1:1", "--suite", str(tmp_path / "nope.jsonl"), "--port", "0"])
     assert res.exit_code == 2 and "nope.jsonl does not exist" in flat(res.output)
+
+
+def test_monitor_live_modes_fail_when_every_scrape_fails():
+    for extra in ([], ["--json"]):
+        res = runner.invoke(app, ["monitor", "http://127.0.0.1:1", "--iterations", "2", "--interval-s", "0.1", *extra])
+        assert res.exit_code == 2, res.output
+        out = flat(res.output)
+        assert "Could not read http://127.0.0.1:1/metrics" in out
+        assert "No snapshot of http://127.0.0.1:1 in 2 intervals: every scrape failed" in out
