@@ -35,14 +35,15 @@ from packager.monitor.scrape import (
 from packager.registry_util import Registry
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
-# Outcomes of packager_requests_total that are NOT errors of the endpoint: ok, and client_error (4xx: the
-# caller sent a bad request). Every other outcome (server_error, timeout, rejected, ...) is an error. The
-# recording rule packager:request_errors:rate5m uses the same definition (outcome!~"ok|client_error").
-NON_ERROR_OUTCOMES = ("ok", "client_error")
+# Outcomes of packager_requests_total (packager.serve.metrics.OUTCOMES: success, client_error, server_error,
+# timeout, rejected, cancelled) that are errors of the endpoint: it failed (5xx), answered too late (504) or
+# shed the request (429). client_error (4xx: the caller sent a bad request) and cancelled (the caller went
+# away) are not. The recording rule packager:request_errors:rate5m uses the same list.
+ERROR_OUTCOMES = ("server_error", "timeout", "rejected")
 
 
 def is_error_outcome(outcome: str) -> bool:
-    return outcome not in NON_ERROR_OUTCOMES
+    return outcome in ERROR_OUTCOMES
 INFERENCE_HANDLERS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 Match = dict[str, "str | tuple[str, ...] | Callable[[str], bool]"]
@@ -81,7 +82,7 @@ PACKAGER_SOURCE = _register(SeriesSource(
     detect="packager_output_tokens",
     requests_total="packager_requests_total",
     requests_match=None,
-    errors_match={"outcome": is_error_outcome},
+    errors_match={"outcome": ERROR_OUTCOMES},
     input_tokens_total="packager_input_tokens_total",
     output_tokens_total="packager_output_tokens_total",
     ttft_histogram="packager_ttft_seconds",

@@ -135,11 +135,19 @@ def _served_model(base_url: str) -> str:
 
 
 def _chat(client: httpx.Client, base_url: str, model: str, i: int) -> dict:
-    r = client.post(base_url + "/v1/chat/completions", timeout=300, json={
-        "model": model, "max_tokens": 16, "temperature": 0.0,
-        "messages": [{"role": "user", "content": f"Write a short sentence about the number {i}."}]})
-    assert r.status_code == 200, r.text
-    return r.json()["usage"]
+    """One streamed chat completion (the bento times TTFT/TPOT on streamed requests); returns its usage."""
+    usage = None
+    with client.stream("POST", base_url + "/v1/chat/completions", timeout=300, json={
+            "model": model, "max_tokens": 16, "temperature": 0.0, "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": f"Write a short sentence about the number {i}."}]}) as r:
+        assert r.status_code == 200, r.read().decode()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[len("data: "):])
+                usage = chunk.get("usage") or usage
+    assert usage and usage["completion_tokens"] > 0, usage
+    return usage
 
 
 def _monitor_json(base_url: str, interval_s: float) -> dict:
@@ -159,14 +167,16 @@ def endpoint(request):
     except pytest.FixtureLookupError:
         pytest.skip(f"fixture {profile.fixture!r} is not defined (tests/integration/conftest.py); "
                     f"the {request.param} endpoint is not tested here")
-    return profile, _base_url(srv)
+    base_url = _base_url(srv)
+    model = getattr(srv, "model", None) or _served_model(base_url)
+    return profile, base_url, model
 
 
 @pytest.fixture
 def prometheus(tmp_path, endpoint):
     if PROMETHEUS is None:
         pytest.skip("prometheus is not installed: apt-get install -y prometheus")
-    _, base_url = endpoint
+    _, base_url, _ = endpoint
     srv = PrometheusServer(tmp_path, base_url.split("://", 1)[1])
     srv.start()
     yield srv
@@ -174,9 +184,8 @@ def prometheus(tmp_path, endpoint):
 
 
 def test_prometheus_scrapes_endpoint_and_monitor_agrees(endpoint, prometheus):
-    profile, base_url = endpoint
+    profile, base_url, model = endpoint
     prom = prometheus
-    model = _served_model(base_url)
 
     # The target is up and the shipped rules loaded and evaluate without error.
     prom.wait_for('up{job="packager"}', lambda v: v == 1.0, what="target up")

@@ -17,7 +17,7 @@ def packager_page(*, ok, client_error, server_error=None, timeout=None, out_toke
                   usd=(0.36,), vllm_tokens=None) -> str:
     """ttft/tpot/e2e: cumulative counts for buckets le=0.1, 0.5, 1, 2, +Inf; the _sum is given last."""
     lines = ["# TYPE packager_requests_total counter",
-             f'packager_requests_total{{{V},outcome="ok"}} {ok}',
+             f'packager_requests_total{{{V},outcome="success"}} {ok}',
              f'packager_requests_total{{{V},outcome="client_error"}} {client_error}']
     if server_error is not None:
         lines.append(f'packager_requests_total{{{V},outcome="server_error"}} {server_error}')
@@ -124,8 +124,10 @@ def test_scrapes_must_be_in_order():
 
 
 def test_error_outcomes():
-    assert [o for o in ("ok", "client_error", "server_error", "timeout", "rejected", "overloaded") if is_error_outcome(o)] \
-        == ["server_error", "timeout", "rejected", "overloaded"]
+    from packager.serve.metrics import OUTCOMES  # what the bento exports
+
+    assert [o for o in OUTCOMES if is_error_outcome(o)] == ["server_error", "timeout", "rejected"]
+    assert not is_error_outcome("success") and not is_error_outcome("client_error") and not is_error_outcome("cancelled")
 
 
 def test_real_vllm_pages_fall_back_to_vllm_series():
