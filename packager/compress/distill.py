@@ -1,0 +1,452 @@
+"""Knowledge distillation: train the student (the stage's input model, e.g. a pruned one) on the teacher's logits.
+
+Loss per token: ``(1 - alpha) * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + alpha * CE(next token)``,
+averaged over every position of fixed-length chunks of the calibration text. The teacher is frozen (eval mode,
+no gradients). AdamW with linear warm-up and cosine decay to ``min_lr_ratio * lr``; gradients clipped.
+
+Held-out measurement: the calibration texts are split by a hash of their content (deterministic, the same on
+every machine) into training texts and held-out texts; the held-out texts are never trained on. The
+held-out KL(teacher || student) at temperature 1 is measured before training, every ``eval_every`` steps and
+after training.
+
+Resumable: every ``checkpoint_every`` steps (and at the end) the student weights (safetensors), the
+optimizer state (torch.save, our own scratch file, loaded with weights_only=True), the RNG state
+(safetensors) and the step, loss curve and counters (JSON) are written atomically to
+``ctx.work_dir/distill-checkpoint``. A rerun with the same student, teacher and training arguments continues
+from that step; ``steps``, ``max_minutes``, ``eval_every`` and ``checkpoint_every`` may change between runs
+(the learning-rate schedule follows the new ``steps``). A checkpoint of a different run is ignored.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from packager.compress.base import METHODS, StageArgs, StageContext
+from packager.compress.prune import (
+    calibration_chunks,
+    copy_aux_files,
+    count_parameters,
+    load_causal_lm,
+    read_model_config,
+)
+from packager.errors import ConfigError
+from packager.fsutil import atomic_dir, atomic_write_text
+
+CHECKPOINT_DIR = "distill-checkpoint"
+# Arguments that may change between an interrupted run and its continuation.
+_RESUMABLE_CHANGES = {"steps", "max_minutes", "eval_every", "checkpoint_every"}
+
+
+class DistillArgs(StageArgs):
+    """Distil the teacher into the student (the stage's input model) on the calibration text."""
+
+    kind: Literal["distill"] = "distill"
+    requires_calibration_data: ClassVar[bool] = True
+
+    teacher: str | None = Field(None, description="teacher model directory; default: the recipe's source model")
+    steps: int = Field(80, ge=1, description="optimizer steps")
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    batch_size: int = Field(4, ge=1, description="chunks per step")
+    seq_len: int = Field(128, ge=8, description="tokens per chunk")
+    temperature: float = Field(2.0, gt=0.0, le=100.0)
+    alpha: float = Field(0.0, ge=0.0, le=1.0, description="weight of the next-token label loss (1-alpha on KL)")
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(8, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine decay ends at lr * min_lr_ratio")
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    eval_every: int = Field(20, ge=1, description="measure held-out KL every N steps")
+    eval_chunks: int = Field(8, ge=1, description="held-out chunks of seq_len tokens for the KL measurement")
+    holdout_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="fraction of calibration texts held out")
+    checkpoint_every: int = Field(20, ge=1)
+    seed: int = 0
+    max_minutes: float | None = Field(None, gt=0.0, description="stop training after this wall time (minutes)")
+    bf16_autocast: bool | None = Field(None, description="bfloat16 autocast; default: on for cuda, off for cpu")
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistillArgs":
+        if self.warmup_steps >= self.steps and self.steps > 1:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be smaller than steps={self.steps}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def split_texts(texts: list[str], holdout_fraction: float) -> tuple[list[str], list[str]]:
+    """(train, held-out) by the sha256 of each text: the lowest round(n * fraction) digests are held out.
+    With a single text, its last fraction (by characters, cut at a line break when possible) is held out."""
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise ConfigError("Distillation needs calibration texts and none were given; give the recipe calibration "
+                          "data (the bundled corpus or your own texts).")
+    if len(texts) == 1:
+        t = texts[0]
+        cut = int(len(t) * (1 - holdout_fraction))
+        nl = t.rfind("\n", 0, cut)
+        cut = nl if nl > len(t) // 2 else cut
+        return [t[:cut]], [t[cut:]]
+    k = min(max(round(len(texts) * holdout_fraction), 1), len(texts) - 1)
+    order = sorted(range(len(texts)), key=lambda i: (hashlib.sha256(texts[i].encode()).hexdigest(), i))
+    held = set(order[:k])
+    return [t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held]
+
+
+def lr_at(step: int, args: DistillArgs) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine to lr * min_lr_ratio."""
+    if args.warmup_steps and step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    span = max(1, args.steps - args.warmup_steps)
+    progress = min(1.0, (step - args.warmup_steps) / span)
+    return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_indices(step: int, n_chunks: int, batch_size: int, seed: int) -> list[int]:
+    """Chunk indices of step `step`: epochs of a seeded permutation, a pure function of the step (so a resumed
+    run sees exactly the batches an uninterrupted one would)."""
+    import torch
+
+    out = []
+    for g in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(g, n_chunks)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        out.append(int(torch.randperm(n_chunks, generator=gen)[pos]))
+    return out
+
+
+def distill_loss(student_logits, teacher_logits, input_ids, temperature: float, alpha: float):
+    """(total, kd, ce): KD = T^2 * mean over tokens of KL(teacher_T || student_T); CE on next tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    s = student_logits.float()
+    t = teacher_logits.float()
+    vocab = s.shape[-1]
+    kd = F.kl_div(F.log_softmax(s / temperature, -1).view(-1, vocab), F.log_softmax(t / temperature, -1).view(-1, vocab),
+                  log_target=True, reduction="batchmean") * temperature ** 2
+    ce = torch.zeros((), device=s.device)
+    if alpha > 0:
+        ce = F.cross_entropy(s[:, :-1].reshape(-1, vocab), input_ids[:, 1:].reshape(-1))
+    return (1 - alpha) * kd + alpha * ce, kd, ce
+
+
+def heldout_metrics(student, teacher, chunks, batch_size: int, device: str, autocast: bool) -> dict[str, float]:
+    """Mean per-token KL(teacher || student) at T=1 (nats), and both models' next-token cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+
+    kl_sum = ce_s = ce_t = 0.0
+    n_kl = n_ce = 0
+    was_training = student.training
+    student.eval()
+    with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
+        for i in range(0, chunks.shape[0], batch_size):
+            ids = chunks[i: i + batch_size].to(device)
+            ls = F.log_softmax(student(input_ids=ids, use_cache=False).logits.float(), -1)
+            lt = F.log_softmax(teacher(input_ids=ids, use_cache=False).logits.float(), -1)
+            kl_sum += float(F.kl_div(ls, lt, log_target=True, reduction="sum"))
+            n_kl += ids.shape[0] * ids.shape[1]
+            tgt = ids[:, 1:]
+            ce_s += float(-ls[:, :-1].gather(-1, tgt.unsqueeze(-1)).sum())
+            ce_t += float(-lt[:, :-1].gather(-1, tgt.unsqueeze(-1)).sum())
+            n_ce += tgt.numel()
+    student.train(was_training)
+    return {"kl_teacher_student_nats": kl_sum / n_kl, "student_ce_nats": ce_s / n_ce, "teacher_ce_nats": ce_t / n_ce}
+
+
+def _file_fingerprint(model_dir: Path) -> dict[str, Any]:
+    """Cheap identity of a model directory: config.json digest, and per weight file its size and the sha256 of
+    its first and last MiB."""
+    out: dict[str, Any] = {"config": hashlib.sha256((Path(model_dir) / "config.json").read_bytes()).hexdigest()}
+    for p in sorted(Path(model_dir).glob("*.safetensors")):
+        size = p.stat().st_size
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            h.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            h.update(f.read(1 << 20))
+        out[p.name] = [size, h.hexdigest()]
+    return out
+
+
+def run_fingerprint(args: DistillArgs, student_dir: Path, teacher_dir: Path, n_train_chunks: int,
+                    data_digest: str) -> str:
+    payload = {
+        "args": {k: v for k, v in args.model_dump().items() if k not in _RESUMABLE_CHANGES and k != "teacher"},
+        "student": _file_fingerprint(student_dir), "teacher": _file_fingerprint(teacher_dir),
+        "n_train_chunks": n_train_chunks, "data": data_digest,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def save_checkpoint(ckpt_dir: Path, student, optimizer, state: dict[str, Any]) -> None:
+    import torch
+    from safetensors.torch import save_file, save_model
+
+    with atomic_dir(ckpt_dir) as tmp:
+        save_model(student, str(tmp / "student.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, str(tmp / "rng.safetensors"))
+        atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
+
+
+def load_checkpoint(ckpt_dir: Path, student, optimizer) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file, load_model
+
+    load_model(student, str(ckpt_dir / "student.safetensors"))
+    optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True,
+                                         map_location=next(student.parameters()).device))
+    rng = load_file(str(ckpt_dir / "rng.safetensors"))
+    torch.set_rng_state(rng["cpu"])
+    cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    return json.loads((ckpt_dir / "state.json").read_text())
+
+
+def read_checkpoint_state(ckpt_dir: Path) -> dict[str, Any] | None:
+    p = Path(ckpt_dir) / "state.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _train_step(student, teacher, ids, optimizer, args: DistillArgs, lr: float, device: str, autocast: bool):
+    """One optimizer step; returns (loss, kd, ce) as floats."""
+    import torch
+
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad():
+            t_logits = teacher(input_ids=ids, use_cache=False).logits
+        s_logits = student(input_ids=ids, use_cache=False).logits
+    loss, kd, ce = distill_loss(s_logits, t_logits, ids, args.temperature, args.alpha)
+    if not torch.isfinite(loss):
+        raise ConfigError(f"The distillation loss became {float(loss)} at lr={lr:g}; lower lr or raise "
+                          "temperature, and check that teacher and student share a tokenizer.")
+    loss.backward()
+    if args.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), args.grad_clip)
+    optimizer.step()
+    return loss.item(), kd.item(), ce.item()
+
+
+class _Bar:
+    """A rich progress bar over training steps that shows the loss, or nothing."""
+
+    def __init__(self, show: bool, total: int, done: int):
+        self.show, self.total, self.done = show, total, done
+
+    def __enter__(self):
+        if self.show:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.p = Progress(TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("loss {task.fields[loss]}"), TextColumn("held-out KL {task.fields[kl]}"),
+                              TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+            self.p.__enter__()
+            self.t = self.p.add_task("distill", total=self.total, completed=self.done, loss="-", kl="-")
+        return self
+
+    def update(self, step: int, loss: float | None = None, kl: float | None = None) -> None:
+        if self.show:
+            fields = {}
+            if loss is not None:
+                fields["loss"] = f"{loss:.4f}"
+            if kl is not None:
+                fields["kl"] = f"{kl:.4f}"
+            self.p.update(self.t, completed=step, **fields)
+
+    def __exit__(self, *exc):
+        if self.show:
+            return self.p.__exit__(*exc)
+        return False
+
+
+# -------------------------------------------------------------------------------------------------------- stage
+def _resolve_teacher(args: DistillArgs, ctx: StageContext) -> Path:
+    if args.teacher is not None:
+        teacher = Path(args.teacher).expanduser()
+    elif ctx.teacher_dir is not None:
+        teacher = Path(ctx.teacher_dir)
+    else:
+        raise ConfigError("Distillation needs a teacher: set `teacher:` in the stage to a model directory, or run it "
+                          "in a recipe whose source model is the teacher.")
+    if not (teacher / "config.json").is_file():
+        raise ConfigError(f"The teacher {teacher} is not a transformers model directory (no config.json).")
+    return teacher
+
+
+def _check_pair(student_cfg: dict[str, Any], teacher_cfg: dict[str, Any], student_dir: Path, teacher_dir: Path):
+    if student_cfg.get("quantization_config"):
+        raise ConfigError(f"The student {student_dir} is quantized; distil a float model and quantize afterwards "
+                          "(put the distill stage before quantization).")
+    if student_cfg.get("vocab_size") != teacher_cfg.get("vocab_size"):
+        raise ConfigError(
+            f"Teacher and student vocabularies differ (teacher {teacher_cfg.get('vocab_size')} tokens in {teacher_dir}, "
+            f"student {student_cfg.get('vocab_size')} in {student_dir}); logit distillation needs the same tokenizer.")
+
+
+@METHODS.register("distill")
+def apply_distill(args: DistillArgs, ctx: StageContext) -> dict[str, Any]:
+    import torch
+    from transformers import AutoTokenizer
+
+    t_start = time.monotonic()
+    student_dir, output_dir = Path(ctx.input_dir), Path(ctx.output_dir)
+    teacher_dir = _resolve_teacher(args, ctx)
+    student_cfg, teacher_cfg = read_model_config(student_dir), read_model_config(teacher_dir)
+    _check_pair(student_cfg, teacher_cfg, student_dir, teacher_dir)
+    device = ctx.device
+    autocast = args.bf16_autocast if args.bf16_autocast is not None else device == "cuda"
+
+    tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
+    train_texts, held_texts = split_texts(ctx.calibration_texts, args.holdout_fraction)
+    train_chunks = calibration_chunks(tokenizer, train_texts, args.seq_len)
+    try:
+        eval_chunks = calibration_chunks(tokenizer, held_texts, args.seq_len, args.eval_chunks)
+    except ConfigError:
+        # The held-out texts are shorter than one chunk: hold out the last training chunks instead.
+        n_eval = min(args.eval_chunks, train_chunks.shape[0] // 10)
+        if n_eval < 1:
+            raise ConfigError(
+                f"The calibration texts give only {train_chunks.shape[0]} chunk(s) of seq_len={args.seq_len} tokens, "
+                "too few to hold any out for measuring the KL to the teacher; give more text or a smaller seq_len."
+            ) from None
+        train_chunks, eval_chunks = train_chunks[:-n_eval], train_chunks[-n_eval:]
+    data_digest = hashlib.sha256(train_chunks.numpy().tobytes() + eval_chunks.numpy().tobytes()).hexdigest()
+    ctx.log(f"distill: {train_chunks.shape[0]} training chunks and {eval_chunks.shape[0]} held-out chunks of "
+            f"{args.seq_len} tokens ({len(train_texts)} / {len(held_texts)} texts)")
+
+    torch.manual_seed(args.seed)
+    ctx.log(f"distill: teacher {teacher_dir}, student {student_dir}, device {device}"
+            f"{', bf16 autocast' if autocast else ''}")
+    teacher = load_causal_lm(teacher_dir, device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = load_causal_lm(student_dir, device, dtype=torch.float32)
+    save_dtype = getattr(torch, str(student_cfg.get("dtype") or student_cfg.get("torch_dtype") or "float32"),
+                         torch.float32)
+    if args.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+    student.config.use_cache = False
+    student.train()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  betas=(0.9, 0.95))
+
+    # ---- resume
+    work_dir = Path(ctx.work_dir) if ctx.work_dir is not None else None
+    ckpt_dir = work_dir / CHECKPOINT_DIR if work_dir is not None else None
+    fingerprint = run_fingerprint(args, student_dir, teacher_dir, int(train_chunks.shape[0]), data_digest)
+    state: dict[str, Any] = {"step": 0, "history": [], "tokens_seen": 0, "train_time_s": 0.0,
+                             "heldout_before": None, "fingerprint": fingerprint}
+    resumed_from = None
+    if ckpt_dir is not None:
+        old = read_checkpoint_state(ckpt_dir)
+        if old is not None and old.get("fingerprint") == fingerprint:
+            state = load_checkpoint(ckpt_dir, student, optimizer)
+            resumed_from = state["step"]
+            ctx.log(f"distill: resuming from the checkpoint at step {resumed_from} in {ckpt_dir}")
+        elif old is not None:
+            ctx.log(f"distill: ignoring the checkpoint in {ckpt_dir}: it belongs to a different student, teacher, "
+                    "data or arguments")
+    else:
+        ctx.log("distill: no work_dir was given, so this run cannot be resumed if interrupted")
+
+    if state["heldout_before"] is None:
+        state["heldout_before"] = heldout_metrics(student, teacher, eval_chunks, args.batch_size, device, autocast)
+        ctx.log(f"distill: held-out KL(teacher || student) before training: "
+                f"{state['heldout_before']['kl_teacher_student_nats']:.4f} nats/token")
+
+    # ---- train
+    deadline = t_start + args.max_minutes * 60 if args.max_minutes is not None else None
+    stopped = "steps"
+    start_step = state["step"]
+    window: list[float] = []
+    last_ckpt = start_step
+    tokens_per_step = args.batch_size * args.seq_len
+    t_train = t_loop = time.monotonic()
+    with _Bar(ctx.show_progress, args.steps, start_step) as bar:
+        step = state["step"]
+        while step < args.steps:
+            if deadline is not None and time.monotonic() > deadline:
+                stopped = "time budget"
+                ctx.log(f"distill: stopping at step {step} of {args.steps}: max_minutes={args.max_minutes} reached")
+                break
+            idx = batch_indices(step, int(train_chunks.shape[0]), args.batch_size, args.seed)
+            ids = train_chunks[idx].to(device)
+            loss, kd, ce = _train_step(student, teacher, ids, optimizer, args, lr_at(step, args), device, autocast)
+            step += 1
+            window.append(loss)
+            state["step"] = step
+            state["tokens_seen"] += tokens_per_step
+            point = None
+            if step % args.eval_every == 0 or step == args.steps:
+                m = heldout_metrics(student, teacher, eval_chunks, args.batch_size, device, autocast)
+                point = {"step": step, "train_loss": round(sum(window) / len(window), 6),
+                         "heldout_kl_nats": round(m["kl_teacher_student_nats"], 6),
+                         "heldout_student_ce_nats": round(m["student_ce_nats"], 6),
+                         "lr": lr_at(step - 1, args)}
+                state["history"].append(point)
+                window = []
+            bar.update(step, loss, point["heldout_kl_nats"] if point else None)
+            if ckpt_dir is not None and (step % args.checkpoint_every == 0 or step == args.steps):
+                state["train_time_s"] += time.monotonic() - t_train
+                t_train = time.monotonic()
+                save_checkpoint(ckpt_dir, student, optimizer, state)
+                last_ckpt = step
+    state["train_time_s"] += time.monotonic() - t_train
+    loop_s = time.monotonic() - t_loop
+    if ckpt_dir is not None and state["step"] != last_ckpt:
+        save_checkpoint(ckpt_dir, student, optimizer, state)
+
+    # ---- measure and write
+    after = heldout_metrics(student, teacher, eval_chunks, args.batch_size, device, autocast)
+    ctx.log(f"distill: held-out KL(teacher || student) after {state['step']} steps: "
+            f"{after['kl_teacher_student_nats']:.4f} nats/token")
+    student.config.use_cache = True
+    if args.gradient_checkpointing:
+        student.gradient_checkpointing_disable()
+    student.to(save_dtype)
+    student.save_pretrained(str(output_dir), safe_serialization=True)
+    copied = copy_aux_files(student_dir, output_dir)
+    before = state["heldout_before"]
+    wall = time.monotonic() - t_start
+    steps_this_run = state["step"] - start_step
+    return {
+        "method": "distill",
+        "teacher": str(teacher_dir), "student": str(student_dir),
+        "student_params": count_parameters(student), "teacher_params": count_parameters(teacher),
+        "device": device, "bf16_autocast": autocast,
+        "steps": state["step"], "steps_requested": args.steps, "steps_this_run": steps_this_run,
+        "resumed_from_step": resumed_from, "stopped_because": stopped,
+        "tokens_seen": state["tokens_seen"],
+        "train_chunks": int(train_chunks.shape[0]), "heldout_chunks": int(eval_chunks.shape[0]),
+        "heldout_texts": len(held_texts), "seq_len": args.seq_len,
+        "heldout_kl_before_nats": round(before["kl_teacher_student_nats"], 6),
+        "heldout_kl_after_nats": round(after["kl_teacher_student_nats"], 6),
+        "heldout_student_ce_before_nats": round(before["student_ce_nats"], 6),
+        "heldout_student_ce_after_nats": round(after["student_ce_nats"], 6),
+        "heldout_teacher_ce_nats": round(after["teacher_ce_nats"], 6),
+        "loss_curve": state["history"],
+        "train_time_s_total": round(state["train_time_s"], 2),
+        "train_loop_s_this_run": round(loop_s, 2),
+        "train_tokens_per_s_this_run": round(steps_this_run * tokens_per_step / loop_s, 1) if steps_this_run else None,
+        "wall_time_s": round(wall, 2),
+        "checkpoint_dir": str(ckpt_dir) if ckpt_dir is not None else None,
+        "copied_files": copied,
+    }
