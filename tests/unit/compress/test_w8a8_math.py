@@ -157,3 +157,26 @@ def test_fp8_conversion_math_with_test_bypass(tiny_llama_dir, tmp_path):
     assert rep["weight_relative_error_max"] < 0.05
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["quantization_config"]["format"] == "float-quantized"
+
+
+def test_compressed_tensors_reads_our_int8_checkpoint_back(tiny_llama_dir, tmp_path):
+    """The compressed-tensors library (through transformers) decompresses the checkpoint we wrote into a float
+    model whose outputs stay close to the original's: the format is the one the library defines."""
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    out = tmp_path / "w8a8"
+    out.mkdir()
+    apply_w8a8_int8(W8A8Int8Args(dtype="float32"), StageContext(tiny_llama_dir, out))
+    deq = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32,
+                                               quantization_config=CompressedTensorsConfig(run_compressed=False)).eval()
+    ref = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32).eval()
+    src = _tensors(tiny_llama_dir / "model.safetensors")
+    w = deq.model.layers[1].mlp.down_proj.weight.detach()
+    assert w.dtype == torch.float32
+    rel = (w - src["model.layers.1.mlp.down_proj.weight"]).norm() / src["model.layers.1.mlp.down_proj.weight"].norm()
+    assert 0 < rel < 0.01  # dequantized: close to, but not exactly, the original
+    ids = torch.arange(1, 33).unsqueeze(0)
+    with torch.no_grad():
+        a, b = deq(input_ids=ids).logits, ref(input_ids=ids).logits
+    assert (a - b).abs().max() < 0.05 * b.abs().max()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
