@@ -77,6 +77,11 @@ class DistillArgs(StageArgs):
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
+def _now() -> float:
+    """The clock of the time budget (a function of its own so tests can move it)."""
+    return time.monotonic()
+
+
 def split_texts(texts: list[str], holdout_fraction: float) -> tuple[list[str], list[str]]:
     """(train, held-out) by the sha256 of each text: the lowest round(n * fraction) digests are held out.
     With a single text, its last fraction (by characters, cut at a line break when possible) is held out."""
@@ -306,7 +311,7 @@ def apply_distill(args: DistillArgs, ctx: StageContext) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer
 
-    t_start = time.monotonic()
+    t_start = _now()
     student_dir, output_dir = Path(ctx.input_dir), Path(ctx.output_dir)
     teacher_dir = _resolve_teacher(args, ctx)
     student_cfg, teacher_cfg = read_model_config(student_dir), read_model_config(teacher_dir)
@@ -383,7 +388,7 @@ def apply_distill(args: DistillArgs, ctx: StageContext) -> dict[str, Any]:
     with _Bar(ctx.show_progress, args.steps, start_step) as bar:
         step = state["step"]
         while step < args.steps:
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and _now() > deadline:
                 stopped = "time budget"
                 ctx.log(f"distill: stopping at step {step} of {args.steps}: max_minutes={args.max_minutes} reached")
                 break
@@ -425,7 +430,7 @@ def apply_distill(args: DistillArgs, ctx: StageContext) -> dict[str, Any]:
     student.save_pretrained(str(output_dir), safe_serialization=True)
     copied = copy_aux_files(student_dir, output_dir)
     before = state["heldout_before"]
-    wall = time.monotonic() - t_start
+    wall = _now() - t_start
     steps_this_run = state["step"] - start_step
     return {
         "method": "distill",
