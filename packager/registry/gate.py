@@ -73,13 +73,14 @@ def verify_artifact(name: str, version: int | str, model_dir: str | os.PathLike 
 
 def bento_labels(name: str, version: int | str, *, registry: ModelRegistry | None = None,
                  registry_uri: str | None = None) -> dict[str, str]:
-    """Labels for a bento built from a registered version: which registry version it serves and its files."""
+    """Labels for a bento built from a registered version: which registry version it serves, its files and
+    results digests, and its status when built. Keys follow packager.serve's `packager.registry_version`."""
     reg = _registry(registry, registry_uri)
     rec = reg.get(name, version)
     return {
-        "packager.registry.model": rec.name,
-        "packager.registry.version": str(rec.version),
-        "packager.registry.files_sha256": rec.files_digest,
-        "packager.registry.results_sha256": rec.results_digest,
-        "packager.registry.status": rec.history.status,
+        "packager.registry_model": rec.name,
+        "packager.registry_version": str(rec.version),
+        "packager.registry_files_sha256": rec.files_digest,
+        "packager.registry_results_sha256": rec.results_digest,
+        "packager.registry_status": rec.history.status,
     }

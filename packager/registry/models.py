@@ -24,7 +24,6 @@ class RegistryConfig(Strict):
     name: str | None = None  # registered model name; None: the source model's name
     uri: str | None = None  # None: PACKAGER_REGISTRY_URI, MLFLOW_TRACKING_URI, then the embedded SQLite store
     log_artifacts: bool = False  # upload the model files into MLflow too (large); default records path + hashes
-    quality_floor: float | None = Field(None, ge=0.0, le=1.5)  # overrides RunConfig.quality_floor for the gate
 
 
 class ResultsSummary(Strict):

@@ -42,7 +42,7 @@ from packager.registry.chain import (
 from packager.registry.environment import collect_environment
 from packager.registry.errors import RegistryError, TamperedHistoryError
 from packager.registry.models import (
-    ApprovalEntry, ApprovalHistory, Decision, ResultsRevision, ResultsSummary, VariantRecord, VerifyResult,
+    ApprovalEntry, ApprovalHistory, Decision, RegistryConfig, ResultsRevision, ResultsSummary, VariantRecord, VerifyResult,
     VersionSummary,
 )
 from packager.registry.results import (
@@ -91,6 +91,19 @@ def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def registry_config(cfg: Any) -> RegistryConfig:
+    """Validate RunConfig.registry (or a dict of it) as a RegistryConfig; ConfigError names the bad field."""
+    from pydantic import ValidationError
+
+    from packager.config import format_validation_error
+
+    data = getattr(cfg, "registry", cfg)
+    try:
+        return RegistryConfig.model_validate(data or {})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, "the run configuration's registry section")) from None
 
 
 def validate_name(name: str) -> str:
@@ -237,6 +250,12 @@ class ModelRegistry:
 
     def __repr__(self) -> str:
         return f"ModelRegistry({self.uri!r})"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ModelRegistry":
+        """From a RunConfig (its `registry:` section) or that section as a dict; unknown keys are refused."""
+        rc = registry_config(cfg)
+        return cls(rc.uri, log_artifacts=rc.log_artifacts)
 
     # ---------------------------------------------------------------- MLflow plumbing
     @property

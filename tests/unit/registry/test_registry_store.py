@@ -142,7 +142,8 @@ def test_approve_reject_history_and_gate(registry, pair):
     assert registry.history(name, v1).status == "approved"
 
     labels = bento_labels(name, v2, registry=registry)
-    assert labels["packager.registry.version"] == "2" and labels["packager.registry.status"] == "approved"
+    assert labels["packager.registry_model"] == name and labels["packager.registry_version"] == "2"
+    assert labels["packager.registry_status"] == "approved" and labels["packager.registry_files_sha256"] == ok.files_digest
     assert verify_artifact(name, v2, var, registry=registry).files_checked == 2
 
 
@@ -303,3 +304,13 @@ def test_unreachable_server_fails_fast_with_what_to_do():
     reg = ModelRegistry("http://127.0.0.1:9")
     with pytest.raises(RegistryError, match=r"Cannot reach the MLflow tracking server at http://127.0.0.1:9 .*--registry-uri"):
         reg.list()
+
+
+def test_registry_section_of_the_run_configuration(tmp_path):
+    from packager.config import RunConfig
+
+    cfg = RunConfig(registry={"uri": str(tmp_path / "team"), "log_artifacts": True, "name": "smol"})
+    reg = ModelRegistry.from_config(cfg)
+    assert reg.uri == "sqlite:///" + (tmp_path / "team" / "mlflow.db").as_posix() and reg.log_artifacts
+    with pytest.raises(ConfigError, match="registry section is not valid:\n  - url: Extra inputs are not permitted"):
+        ModelRegistry.from_config({"url": "http://x"})
