@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from packager.errors import ConfigError, IntegrityError
@@ -60,11 +60,24 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
     return json.loads(p.read_text())
 
 
+def is_inside_relpath(rel: str) -> bool:
+    """True for a relative POSIX path that stays inside its directory: not empty, not absolute, no '..'.
+
+    Lexical on purpose (no resolve()): a model directory may hold symlinks (a Hugging Face cache snapshot
+    does), and what must be refused is a recorded name that points outside, e.g. '../secret'."""
+    p = PurePosixPath(rel)
+    return bool(rel) and "\x00" not in rel and not p.is_absolute() and ".." not in p.parts and bool(p.parts)
+
+
 def verify_files(root: Path, expected: dict[str, str]) -> None:
-    """Raise IntegrityError naming every file that is missing, extra-changed or altered."""
+    """Raise IntegrityError naming every file that is missing, extra-changed or altered, and every recorded
+    name that points outside root (a tampered manifest must not make packager read or copy other files)."""
     root = Path(root)
     problems: list[str] = []
     for rel, digest in sorted(expected.items()):
+        if not is_inside_relpath(rel):
+            problems.append(f"path outside the directory: {rel!r}")
+            continue
         p = root / rel
         if not p.is_file():
             problems.append(f"missing: {rel}")
