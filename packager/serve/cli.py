@@ -55,11 +55,12 @@ def register(app: typer.Typer) -> None:
                 return build_bento(variant_dir, engine=cfg.engine, name=name, model_name=model_name,
                                    registry_version=registry_version, hardware=hardware, usd_per_hour=price,
                                    max_concurrency=max_concurrency, timeout_s=timeout_s, build_ctx=build_ctx,
-                                   log=lambda m: err.print(m, highlight=False))
+                                   log=lambda m: err.print(m, highlight=False, soft_wrap=True))
 
         res = run_guarded(go)
         err.print(f"[green]built[/] {res.bento_tag} (model {res.model_tag}); serve it with: "
-                  f"packager serve {res.bento_tag}   (or: bentoml serve {res.bento_tag})", highlight=False)
+                  f"packager serve {res.bento_tag}   (or: bentoml serve {res.bento_tag})", highlight=False,
+                  soft_wrap=True)
         typer.echo(res.bento_tag)
 
     @app.command("serve")
