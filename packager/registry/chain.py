@@ -8,7 +8,8 @@ Each entry is stored twice:
 
 Each entry carries the sha256 of the previous one (``prev_hash``) and its own (``hash``, over every other
 field). Reading verifies: sequence numbers 1..n without gaps, every hash, every link, and that each tag equals
-its param. Any failure is reported as a problem naming the entry and the version's status becomes "tampered".
+its param. Any failure is reported as a problem naming the entry and the version's status becomes "tampered"
+(except the newest entry's tag not being written yet: a decision in progress, see verify_chain).
 What this cannot detect: someone with write access to the database who rewrites both copies of every entry
 consistently (there is no external anchor or signature).
 """
@@ -63,12 +64,16 @@ def entry_text(entry: ApprovalEntry) -> str:
     return canonical_json(entry.model_dump(mode="json"))
 
 
-def verify_chain(params: dict[int, str], tags: dict[int, str]) -> tuple[list[ApprovalEntry], list[str]]:
+def verify_chain(params: dict[int, str], tags: dict[int, str]) -> tuple[list[ApprovalEntry], list[str], list[str]]:
     """Check the write-once copies (params) and the visible copies (tags) of a history.
 
-    Returns the entries that verified, in order, and a list of problems (empty when the chain is intact).
+    Returns the entries that verified, in order, a list of problems (empty when the chain is intact), and notes.
+    The newest entry may lack its tag for a moment: a writer records the param first, then the tag. That is a
+    note, not a problem (the next writer copies the tag from the param); an older entry without its tag is a
+    problem (the tag was deleted).
     """
     problems: list[str] = []
+    notes: list[str] = []
     entries: list[ApprovalEntry] = []
     prev = GENESIS
     n = max(params) if params else 0
@@ -98,7 +103,10 @@ def verify_chain(params: dict[int, str], tags: dict[int, str]) -> tuple[list[App
         prev = entry.hash
         entries.append(entry)
         tag = tags.get(seq)
-        if tag is None:
+        if tag is None and seq == n:
+            notes.append(f"entry {seq} is recorded but its model version tag {key} is not written yet (a decision "
+                         "in progress, or an interrupted one; the next decision writes it)")
+        elif tag is None:
             problems.append(f"entry {seq}: the model version tag {key} was deleted (the write-once record is intact)")
         elif tag != raw:
             problems.append(f"entry {seq}: the model version tag {key} was edited and no longer matches the "
@@ -106,7 +114,7 @@ def verify_chain(params: dict[int, str], tags: dict[int, str]) -> tuple[list[App
     for seq in sorted(set(tags) - set(params)):
         problems.append(f"entry {seq}: the model version tag {approval_key(seq)} has no write-once record: "
                         "it was added outside packager (forged)")
-    return entries, problems
+    return entries, problems, notes
 
 
 def compute_status(entries: list[ApprovalEntry], problems: list[str], results_digest: str,

@@ -339,6 +339,8 @@ def register(app: typer.Typer) -> None:
             c.print(f"status: {_status(hist.status)}  {hist.status_detail}")
             for p in hist.problems:
                 c.print(f"[bold red]problem:[/] {p}")
+            for n in hist.notes:
+                c.print(f"[dim]note: {n}[/]")
         if hist.problems:
             raise typer.Exit(3)
 

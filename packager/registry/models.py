@@ -73,6 +73,7 @@ class ApprovalHistory(Strict):
     entries: list[ApprovalEntry]
     chain_ok: bool
     problems: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # harmless, e.g. the newest entry's tag not written yet
     status: ApprovalStatus
     status_detail: str
     current_results_revision: int

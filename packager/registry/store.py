@@ -200,7 +200,7 @@ class _State:
             self.problems.append("no results revision recorded")
         p_entries = {n: v for k, v in self.params.items() if (n := parse_seq(k)) is not None}
         t_entries = {n: v for k, v in self.tags.items() if (n := parse_seq(k)) is not None}
-        self.entries, chain_problems = verify_chain(p_entries, t_entries)
+        self.entries, chain_problems, self.notes = verify_chain(p_entries, t_entries)
         self.chain_ok = not chain_problems
         self.problems += chain_problems
         self.files_digest = self.params.get("packager.files_digest", "")
@@ -227,7 +227,7 @@ class _State:
         cur = self.current
         return ApprovalHistory(
             name=self.name, version=self.version, entries=self.entries, chain_ok=self.chain_ok,
-            problems=list(self.problems), status=status, status_detail=detail,
+            problems=list(self.problems), notes=list(self.notes), status=status, status_detail=detail,
             current_results_revision=cur.revision if cur else 0, current_results_digest=self.results_digest,
         )
 
@@ -690,6 +690,12 @@ class ModelRegistry:
                     f"{'; '.join(state.problems[:5])}. Investigate (and re-register the artifact) first.")
             summary = self._summary(state)
             run_id = state.run.info.run_id
+            if state.entries and approval_key(state.entries[-1].seq) not in state.tags:
+                # the previous decision's param is there but not yet its tag (in progress or interrupted):
+                # write the visible copy from the write-once record, so the history stays complete
+                last = state.entries[-1]
+                self._call("tag the version", self.client.set_model_version_tag, state.name, str(state.version),
+                           approval_key(last.seq), state.params[approval_key(last.seq)])
             self._log_json_artifacts(run_id, {f"packager/approvals/results-{state.results_digest}.json": results})
             seq = len(state.entries) + 1
             entry_summary = summary.model_dump(mode="json", exclude={"tag_scores"})

@@ -28,7 +28,7 @@ def test_entries_link_by_hash_and_verify():
     assert entries[1].prev_hash == entries[0].hash and entries[2].prev_hash == entries[1].hash
     assert entries[0].hash == entry_hash(json.loads(entry_text(entries[0])))
     params, tags = _stored(entries)
-    got, problems = verify_chain(params, tags)
+    got, problems, notes = verify_chain(params, tags)
     assert problems == []
     assert [e.decision for e in got] == ["approved", "rejected", "approved"]
 
@@ -38,7 +38,7 @@ def test_edited_entry_without_rehash_is_named():
     d = json.loads(params[1])
     d["reason"] = "edited later"
     params[1] = tags[1] = json.dumps(d, sort_keys=True)
-    _, problems = verify_chain(params, tags)
+    _, problems, notes = verify_chain(params, tags)
     assert len(problems) == 1 and problems[0].startswith("entry 1 (packager.approval.0001) was altered")
 
 
@@ -48,7 +48,7 @@ def test_rehashed_edit_breaks_the_next_link():
     d["decision"] = "approved"
     d["hash"] = entry_hash(d)
     params[1] = tags[1] = json.dumps(d)
-    _, problems = verify_chain(params, tags)
+    _, problems, notes = verify_chain(params, tags)
     assert any("entry 2" in p and "does not link to entry 1" in p for p in problems)
 
 
@@ -58,7 +58,7 @@ def test_edited_visible_tag_is_detected_against_write_once_record():
     d["by"] = "mallory"
     d["hash"] = entry_hash(d)
     tags[1] = json.dumps(d)
-    _, problems = verify_chain(params, tags)
+    _, problems, notes = verify_chain(params, tags)
     assert problems == ["entry 1: the model version tag packager.approval.0001 was edited and no longer matches the "
                         "write-once record"]
 
@@ -66,16 +66,25 @@ def test_edited_visible_tag_is_detected_against_write_once_record():
 def test_removed_and_forged_entries_are_reported():
     params, tags = _stored(_chain(["approved", "approved", "approved"]))
     del params[2], tags[2]
-    _, problems = verify_chain(params, tags)
+    _, problems, notes = verify_chain(params, tags)
     assert any("entry 2 is missing" in p for p in problems)
     params, tags = _stored(_chain(["approved"]))
     tags[2] = tags[1]
-    _, problems = verify_chain(params, tags)
+    _, problems, notes = verify_chain(params, tags)
     assert any("entry 2" in p and "forged" in p for p in problems)
-    params, tags = _stored(_chain(["approved"]))
+    params, tags = _stored(_chain(["approved", "approved"]))
     del tags[1]
-    _, problems = verify_chain(params, tags)
-    assert any("was deleted" in p for p in problems)
+    _, problems, notes = verify_chain(params, tags)
+    assert any("entry 1" in p and "was deleted" in p for p in problems)
+
+
+def test_newest_entry_without_its_tag_is_a_decision_in_progress_not_tampering():
+    params, tags = _stored(_chain(["approved", "approved"]))
+    del tags[2]
+    got, problems, notes = verify_chain(params, tags)
+    assert problems == [] and len(got) == 2
+    assert notes == ["entry 2 is recorded but its model version tag packager.approval.0002 is not written yet (a "
+                     "decision in progress, or an interrupted one; the next decision writes it)"]
 
 
 def test_status_follows_last_decision_and_current_digests():

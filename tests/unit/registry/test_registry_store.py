@@ -253,7 +253,7 @@ def test_modified_stored_results_document_is_detected(registry, pair):
 
 def test_concurrent_decisions_take_distinct_sequence_numbers(registry, pair):
     name, _, v2, _, _ = pair
-    regs = [ModelRegistry(registry.uri) for _ in range(3)]
+    regs = [ModelRegistry(registry.uri) for _ in range(4)]
     errors: list[BaseException] = []
 
     def decide(i: int) -> None:
@@ -262,15 +262,16 @@ def test_concurrent_decisions_take_distinct_sequence_numbers(registry, pair):
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=decide, args=(i,)) for i in range(3)]
+    threads = [threading.Thread(target=decide, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == []
     hist = registry.history(name, v2)
-    assert hist.chain_ok and [e.seq for e in hist.entries] == [1, 2, 3]
-    assert sorted(e.by for e in hist.entries) == ["user0", "user1", "user2"]
+    assert hist.chain_ok and hist.problems == [] and [e.seq for e in hist.entries] == [1, 2, 3, 4]
+    assert sorted(e.by for e in hist.entries) == ["user0", "user1", "user2", "user3"]
+    assert all(b.prev_hash == a.hash for a, b in zip(hist.entries, hist.entries[1:]))
 
 
 def test_list_shows_behaviour_next_to_task_score(registry, pair):
