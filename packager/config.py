@@ -43,6 +43,7 @@ class EngineConfig(Strict):
 
 class EvalConfig(Strict):
     suite: str = "default"  # "default", "behaviour", or a path to a JSONL suite
+    behaviour_suite: str | None = "behaviour"  # scored next to the task suite by `packager release`; None: skip
     concurrency: int = Field(8, ge=1, le=256)
     max_items: int | None = Field(None, ge=1)
     perplexity: bool = True

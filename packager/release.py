@@ -68,6 +68,8 @@ class Variant:
     digest: str | None = None
     stages: list[dict] = field(default_factory=list)
     compression_wall_time_s: float | None = None
+    bento_tag: str | None = None
+    registry_version: str | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -134,7 +136,7 @@ class ReleaseRunner:
         v.compression_wall_time_s = sum(s.get("wall_time_s", 0.0) for s in v.stages) or (time.monotonic() - t)
 
     @contextmanager
-    def served(self, v: Variant) -> Iterator[str]:
+    def served(self, v: Variant, registry_version: str | None) -> Iterator[str]:
         """Serve the variant the way it ships (a bento) or, for fast checks, on the bare engine."""
         if self.serve_via == "engine":
             from packager.engine import EngineServer
@@ -147,18 +149,22 @@ class ReleaseRunner:
             finally:
                 srv.stop()
             return
-        from packager.serve.api import build_bento, serve_bento
+        from packager.serve.build import build_bento
+        from packager.serve.server import BentoServer
 
         with self.timed(f"{v.name}/build"):
-            tag = build_bento(v.model_dir, engine=self.cfg.engine, name=f"packager-{v.name}",
-                              usd_per_hour=self.usd_per_hour())
-        v.bento_tag = tag  # type: ignore[attr-defined]
+            built = build_bento(v.model_dir, engine=self.cfg.engine, name=f"packager-{v.name}", model_name=v.name,
+                                registry_version=registry_version or "unregistered", hardware=self.cfg.engine.target,
+                                usd_per_hour=self.usd_per_hour(), log=lambda m: None)
+        v.bento_tag = built.bento_tag
+        self.log(f"{v.name}: bento {built.bento_tag}; starting `bentoml serve` (about 2-3 minutes on 2 cores)")
         with self.timed(f"{v.name}/serve_start"):
-            handle = serve_bento(tag, log_path=v.root / "bento.log", startup_timeout_s=self.cfg.engine.startup_timeout_s)
+            srv = BentoServer(built.bento_tag, log_path=v.root / "bento.log",
+                              startup_timeout_s=self.cfg.engine.startup_timeout_s).start()
         try:
-            yield handle.base_url
+            yield srv.base_url
         finally:
-            handle.stop()
+            srv.stop()
 
     def usd_per_hour(self) -> float | None:
         from packager.loadtest.cost import resolve_price
@@ -222,15 +228,25 @@ class ReleaseRunner:
                 lt_key = cache_key("loadtest", v.digest, self.lt_cfg, cfg.engine, cfg.slo, cfg.pricing)
                 summary_d = cache.get("evaluate", eval_key)
                 lt_d = cache.get("loadtest", lt_key)
+                if self.register:
+                    with self.timed(f"{v.name}/register"):
+                        self._register(v, source)
+                    vr.registry_name, vr.registry_version = self.registry_name(source), v.registry_version
                 if summary_d is None or lt_d is None:
-                    with self.served(v) as url:
-                        vr.bento_tag = getattr(v, "bento_tag", None)
+                    with self.served(v, v.registry_version) as url:
                         if summary_d is None:
                             with self.timed(f"{v.name}/evaluate"):
                                 s = evaluate_model(None, cfg, url=url, baseline=baseline_summary,
                                                    baseline_items=baseline_items, out_dir=v.root / "eval",
                                                    name=v.name, suite=suite, show_progress=self.show_progress)
                             s.model_dir = str(v.model_dir)
+                            if cfg.eval.behaviour_suite:
+                                with self.timed(f"{v.name}/evaluate_behaviour"):
+                                    b = evaluate_model(None, cfg.model_copy(update={"eval": cfg.eval.model_copy(
+                                        update={"suite": cfg.eval.behaviour_suite, "perplexity": False,
+                                                "max_items": None})}), url=url, out_dir=v.root / "behaviour",
+                                        name=v.name, show_progress=self.show_progress)
+                                s.behaviour = {**b.behaviour, "behaviour_score": b.score}
                             summary_d = s.model_dump(mode="json")
                             cache.put("evaluate", eval_key, summary_d)
                         if lt_d is None:
@@ -240,6 +256,10 @@ class ReleaseRunner:
                             cache.put("loadtest", lt_key, lt_d)
                 else:
                     self.log(f"{v.name}: evaluation and load test reused from the cache")
+                    v.bento_tag = cache.get("bento", v.digest or "")
+                if v.bento_tag:
+                    cache.put("bento", v.digest or "", v.bento_tag)
+                vr.bento_tag = v.bento_tag
                 summary = EvalSummary.model_validate(summary_d)
                 if v.recipe is None:
                     baseline_summary = summary
@@ -249,7 +269,7 @@ class ReleaseRunner:
                 vr.load = load_summary_from(lt_d, v.root / "loadtest")
                 if self.register:
                     with self.timed(f"{v.name}/register"):
-                        self._register(v, vr, summary_d, lt_d, source)
+                        self._record_results(v, source, summary_d, lt_d)
             except PackagerError as e:
                 vr.errors.append(str(e))
                 self.log(f"[red]{v.name} failed:[/] {e}")
@@ -272,22 +292,50 @@ class ReleaseRunner:
         self.log(f"report: {', '.join(str(p) for p in paths.values())}")
         return report
 
-    def _register(self, v: Variant, vr, summary_d: dict, lt_d: dict, source) -> None:
+    # ------------------------------------------------------------------ registry
+    def registry(self):
         from packager.registry.store import ModelRegistry
 
-        reg = ModelRegistry(self.cfg.registry.get("uri") if self.cfg.registry else None)
-        name = self.cfg.registry.get("name") if self.cfg.registry else None
-        name = name or f"{source.name}"
-        parent = getattr(self, "_baseline_version", None)
-        version = reg.register_variant(
-            name, v.model_dir, source_model=str(source.source), source_digest=source.digest,
-            parent_version=parent if v.recipe else None, recipe=v.recipe, stage_records=v.stages,
-            eval_results=summary_d, behaviour_results=summary_d.get("behaviour") or {},
-            loadtest_results=lt_d, run_config=self.cfg.model_dump(mode="json"),
+        if not hasattr(self, "_registry"):
+            self._registry = ModelRegistry.from_config(self.cfg)
+        return self._registry
+
+    def registry_name(self, source) -> str:
+        from packager.registry.store import validate_name
+
+        name = (self.cfg.registry or {}).get("name") or source.name
+        return validate_name(name)
+
+    def _register(self, v: Variant, source) -> None:
+        """One registered version per variant and model content; a rerun finds the version it made."""
+        cache = StepCache(v.root)
+        key = cache_key("register", self.registry().uri, self.registry_name(source), v.digest)
+        found = cache.get("register", key)
+        if found is not None:
+            v.registry_version = str(found)
+            return
+        parent = getattr(self, "_baseline_version", None) if v.recipe else None
+        version = self.registry().register_variant(
+            self.registry_name(source), v.model_dir, source_model=str(source.source), source_digest=source.digest,
+            parent_version=parent, recipe=v.recipe, stage_records=v.stages, run_config=self.cfg.model_dump(mode="json"),
+            description=f"packager release: {v.name}",
         )
-        vr.registry_name, vr.registry_version = name, str(getattr(version, "version", version))
+        v.registry_version = str(version)
+        cache.put("register", key, v.registry_version)
+
+    def _record_results(self, v: Variant, source, summary_d: dict, lt_d: dict) -> None:
         if v.recipe is None:
-            self._baseline_version = vr.registry_version
+            self._baseline_version = v.registry_version
+        cache = StepCache(v.root)
+        key = cache_key("results", v.registry_version, summary_d.get("created_at"), lt_d.get("created_unix"))
+        if cache.get("results", key) is not None:
+            return
+        self.registry().update_results(
+            self.registry_name(source), v.registry_version, eval_results=summary_d,
+            behaviour_results=summary_d.get("behaviour") or {}, loadtest_results=lt_d,
+            cost_results=lt_d.get("cost"),
+        )
+        cache.put("results", key, True)
 
 
 def _weights_size(model_dir: Path | None) -> int | None:
