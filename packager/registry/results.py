@@ -46,12 +46,30 @@ def digest(obj: Any) -> str:
     return sha256_bytes(canonical_json(obj).encode("utf-8"))
 
 
+def _json_default(obj: Any) -> Any:
+    """What json cannot write by itself but results commonly hold: pydantic models, dataclasses, paths, times."""
+    import dataclasses
+    import datetime
+    from pathlib import PurePath
+
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, (datetime.datetime, datetime.date)):
+        return obj.isoformat()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
 def to_jsonable(value: Any, what: str) -> Any:
-    """Plain JSON-able data from a dict, list, or anything with `model_dump` (pydantic); refuse the rest."""
-    if hasattr(value, "model_dump"):
-        value = value.model_dump(mode="json")
+    """Plain JSON-able data from dicts and lists (which may hold pydantic models, dataclasses, paths, datetimes);
+    refuse anything else with a message naming `what`."""
     try:
-        return json.loads(json.dumps(value, allow_nan=True))
+        return json.loads(json.dumps(value, allow_nan=True, default=_json_default))
     except (TypeError, ValueError) as e:
         raise ConfigError(
             f"{what} must be JSON-able data (dicts, lists, strings, numbers); got {type(value).__name__}: {e}. "

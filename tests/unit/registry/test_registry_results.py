@@ -55,6 +55,16 @@ def test_non_json_results_are_refused_with_what_to_do():
             return {"score": 1.0}
 
     assert to_jsonable(Dumpable(), "x") == {"score": 1.0}
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    class Stage(BaseModel):
+        kind: str
+        bits: int
+
+    assert to_jsonable([Stage(kind="gptq", bits=4), {"dir": Path("/m")}], "recipe") == [
+        {"kind": "gptq", "bits": 4}, {"dir": "/m"}]
 
 
 def test_flatten_numbers_keeps_numeric_leaves_only():
