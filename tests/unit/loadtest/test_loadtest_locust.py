@@ -98,19 +98,22 @@ def test_request_cap_bounds_the_run_and_errors_are_counted_by_kind(fake_server, 
 
 
 def test_sweep_finds_the_highest_rate_meeting_the_slos(fake_server, run_lt, tmp_path):
-    # The fake serves 2 streams at once, each ~120 ms: ~16 req/s capacity. 3 req/s is comfortable; at 40 req/s
-    # the queue grows and TTFT leaves the 150 ms SLO behind.
+    # The fake serves 2 streams at once, each ~120 ms: ~16 req/s capacity. 4 req/s is comfortable; at 60 req/s
+    # the queue (up to max_in_flight=30) grows and TTFT leaves the 300 ms SLO far behind.
     fake_server.configure(ttft_ms=20, itl_ms=10, output_tokens=10, max_concurrent_streams=2)
-    r = run_lt(fake_server.base_url, tmp_path / "s", slo=SLOConfig(ttft_ms=150, tpot_ms=50),
-               profile={"kind": "sweep", "mode": "rate", "values": [3, 40], "step_duration_s": 1.5,
-                        "arrival": "constant"},
+    r = run_lt(fake_server.base_url, tmp_path / "s", slo=SLOConfig(ttft_ms=300, tpot_ms=50),
+               slo_attainment_target=0.85,  # one stalled request of 8 (a busy CI machine) may miss
+               profile={"kind": "sweep", "mode": "rate", "values": [4, 60], "step_duration_s": 2,
+                        "arrival": "constant", "max_in_flight": 30},
                prompts={"kind": "synthetic", "input_tokens": {"mean": 4}, "output_tokens": {"mean": 10}})
     low, high = r.phases
+    assert low.requests_sent == 8 and high.requests_sent + high.dropped_arrivals == 120
     assert low.meets_slo and not high.meets_slo
-    assert high.ttft.p90_ms > 150 > low.ttft.p90_ms
-    assert r.sweep is not None and r.sweep.highest_load_meeting_slo == {"requests_per_s": 3.0}
+    assert high.ttft.p50_ms > 300 > low.ttft.p50_ms
+    assert r.sweep is not None and r.sweep.highest_load_meeting_slo == {"requests_per_s": 4.0}
     assert r.summary.index == 0 and "highest load" in r.summary_basis
-    assert high.request_throughput_per_s < 25  # capped near the fake's capacity, not the offered 40
+    assert high.request_throughput_per_s < 25  # capped near the fake's capacity, not the offered 60
+    assert r.cost is None  # no price given
     assert (tmp_path / "s" / "sweep.png").stat().st_size > 10_000
 
 
@@ -121,7 +124,7 @@ def test_burst_and_replay_shapes(fake_server, run_lt, tmp_path):
     reqs = _requests(tmp_path / "b")
     starts = sorted(q["t_start_unix"] for q in reqs)
     assert len(starts) == 12
-    assert starts[5] - starts[0] < 0.1 and starts[6] - starts[0] == pytest.approx(0.8, abs=0.1)
+    assert starts[5] - starts[0] < 0.2 and starts[6] - starts[0] == pytest.approx(0.8, abs=0.2)
     trace = tmp_path / "trace.jsonl"
     trace.write_text("\n".join(json.dumps({"timestamp_s": 10 + 0.3 * i, "input_tokens": 3 + i, "output_tokens": 2 + i})
                                for i in range(6)))
@@ -130,7 +133,7 @@ def test_burst_and_replay_shapes(fake_server, run_lt, tmp_path):
     assert [q["output_tokens"] for q in reqs] == [2, 3, 4, 5, 6, 7]  # forced lengths (ignore_eos/min_tokens)
     assert [q["input_tokens"] for q in reqs] == [3, 4, 5, 6, 7, 8]
     span = reqs[-1]["t_start_unix"] - reqs[0]["t_start_unix"]
-    assert span == pytest.approx(1.5 / 3, abs=0.08)
+    assert span == pytest.approx(1.5 / 3, abs=0.15)
     assert r.phases[0].requests_ok == 6
 
 
@@ -146,7 +149,7 @@ def test_distributed_run_matches_single_process(fake_server, run_lt, tmp_path):
     assert a.output_tokens_total == b.output_tokens_total == 240
     for name in ("ttft", "tpot", "e2e"):
         pa, pb = getattr(a, name).p50_ms, getattr(b, name).p50_ms
-        assert abs(pa - pb) <= 20, (name, pa, pb)
+        assert abs(pa - pb) <= 25, (name, pa, pb)
     # both shares of the distributed run sent requests, and their records reached the master's file
     assert {q["share"] for q in _requests(tmp_path / "w2")} == {0, 1}
     assert [p.role for p in dist.generator.processes] == ["master", "worker", "worker"]
