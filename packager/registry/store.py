@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from packager.errors import ConfigError, IntegrityError
 from packager.fsutil import MANIFEST_NAME, dir_size_bytes, hash_tree, read_manifest, tree_digest
 from packager.registry.chain import (
-    APPROVAL_PREFIX, GENESIS, MAX_BY_CHARS, MAX_REASON_CHARS, approval_key, compute_status, entry_text,
+    GENESIS, MAX_BY_CHARS, MAX_REASON_CHARS, approval_key, compute_status, entry_text,
     make_entry, now_utc, parse_seq, verify_chain,
 )
 from packager.registry.environment import collect_environment
@@ -412,8 +412,15 @@ class ModelRegistry:
         from mlflow.entities import Metric, Param
 
         ts = int(time.time() * 1000)
-        plist = [Param(_metric_key(k), v[:500]) for k, v in params.items()]
-        mlist = [Metric(_metric_key(k), v, ts, step) for k, v in metrics.items()]
+        # keys are sanitised for MLflow; two keys that become one keep the first value (params are write-once)
+        pdict: dict[str, str] = {}
+        for k, v in params.items():
+            pdict.setdefault(_metric_key(k), v[:500])
+        mdict: dict[str, float] = {}
+        for k, v in metrics.items():
+            mdict.setdefault(_metric_key(k), v)
+        plist = [Param(k, v) for k, v in pdict.items()]
+        mlist = [Metric(k, v, ts, step) for k, v in mdict.items()]
         for i in range(0, len(plist), 100):
             self._call("log params", self.client.log_batch, run_id, params=plist[i:i + 100])
         for i in range(0, len(mlist), 1000):

@@ -247,7 +247,7 @@ def test_modified_stored_results_document_is_detected(registry, pair):
     stored.write_text(json.dumps(doc))
     again = registry.get(name, v2)
     assert again.status == "tampered"
-    assert any(f"results revision 1) was modified" in p for p in again.history.problems)
+    assert any("results revision 1) was modified" in p for p in again.history.problems)
     assert not check_release_gate(name, v2, 0.9, registry=registry).allowed
 
 
