@@ -69,6 +69,18 @@ class DistillArgs(StageArgs):
     bf16_autocast: bool | None = Field(None, description="bfloat16 autocast; default: on for cuda, off for cpu")
     gradient_checkpointing: bool = False
 
+    def validate_for(self, model_dir: Path) -> None:
+        """The student must be a float checkpoint; an explicit teacher must be a model directory that shares the
+        student's vocabulary (config.json only, no weights read)."""
+        student_cfg = read_model_config(model_dir)
+        if self.teacher is not None:
+            teacher = Path(self.teacher).expanduser()
+            if not (teacher / "config.json").is_file():
+                raise ConfigError(f"The teacher {teacher} is not a transformers model directory (no config.json).")
+            _check_pair(student_cfg, read_model_config(teacher), Path(model_dir), teacher)
+        elif student_cfg.get("quantization_config"):
+            _check_pair(student_cfg, student_cfg, Path(model_dir), Path(model_dir))
+
     @model_validator(mode="after")
     def _check(self) -> "DistillArgs":
         if self.warmup_steps >= self.steps and self.steps > 1:

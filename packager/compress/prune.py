@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from packager.compress.base import METHODS, StageArgs, StageContext
+from packager.compress.checkpoint import STAGE_RECORD_NAME
 from packager.errors import ConfigError, PackagerError
 from packager.fsutil import atomic_write_json
 
@@ -42,8 +43,7 @@ PLAN_FILE = "packager-prune.json"
 _PER_LAYER_CONFIG_LISTS = ("layer_types", "no_rope_layers")
 # Files of a model directory that are rewritten by save_pretrained (never copied from the input).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".gguf")
-_NOT_COPIED = {"config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
-               "packager-manifest.json", PLAN_FILE}
+_NOT_COPIED = {"config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json", STAGE_RECORD_NAME}
 
 
 class PruneArgs(StageArgs):
@@ -52,6 +52,7 @@ class PruneArgs(StageArgs):
 
     kind: Literal["prune"] = "prune"
     requires_calibration_data: ClassVar[bool] = True
+    changes_architecture: ClassVar[bool] = True
 
     # depth
     target_layers: int | None = Field(None, ge=1, description="number of decoder layers to keep")
@@ -95,6 +96,10 @@ class PruneArgs(StageArgs):
             raise ValueError("bias_compensation applies to MLP channel pruning; set mlp_keep_ratio too")
         return self
 
+    def validate_for(self, model_dir: Path) -> None:
+        """Check the targets against the input model's config.json (no weights read)."""
+        _check_supported(read_model_config(model_dir), self, Path(model_dir))
+
     @property
     def wants_depth(self) -> bool:
         return any(v is not None for v in (self.target_layers, self.remove_layers, self.layers_to_remove))
@@ -137,7 +142,8 @@ def copy_aux_files(src: Path, dst: Path) -> list[str]:
     """Copy tokenizer, chat template, generation config and other non-weight files of a model directory."""
     copied = []
     for p in sorted(Path(src).iterdir()):
-        if not p.is_file() or p.name in _NOT_COPIED or p.name.endswith(_WEIGHT_SUFFIXES) or p.name.startswith("."):
+        if (not p.is_file() or p.name in _NOT_COPIED or p.name.endswith(_WEIGHT_SUFFIXES) or p.name.startswith(".")
+                or p.name.startswith("packager-")):  # packager's own records (manifest, plans) stay behind
             continue
         shutil.copy2(p, Path(dst) / p.name)
         copied.append(p.name)

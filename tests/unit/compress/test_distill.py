@@ -226,3 +226,19 @@ def test_distill_loss_is_zero_for_identical_logits_and_scales_with_t_squared():
     manual_ce = F.cross_entropy(s[:, :-1].reshape(-1, 11), ids[:, 1:].reshape(-1))
     assert float(ce) == pytest.approx(float(manual_ce), rel=1e-5)
     assert float(total) == pytest.approx(0.75 * float(kd) + 0.25 * float(ce), rel=1e-5)
+
+
+def test_validate_for_checks_teacher_and_student_configs(tiny_llama_dir, tmp_path):
+    other = tmp_path / "teacher"
+    other.mkdir()
+    cfg = json.loads((tiny_llama_dir / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "vocab_size": 32000}))
+    DistillArgs().validate_for(tiny_llama_dir)
+    DistillArgs(teacher=str(tiny_llama_dir)).validate_for(tiny_llama_dir)
+    with pytest.raises(ConfigError, match="vocabularies differ"):
+        DistillArgs(teacher=str(other)).validate_for(tiny_llama_dir)
+    quant = tmp_path / "quant"
+    quant.mkdir()
+    (quant / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "gptq"}}))
+    with pytest.raises(ConfigError, match="quantized"):
+        DistillArgs().validate_for(quant)

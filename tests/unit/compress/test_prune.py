@@ -329,3 +329,13 @@ def test_import_is_cheap():
             "heavy = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_validate_for_checks_the_config_without_loading_weights(tiny_llama_dir, tmp_path):
+    cfg_only = tmp_path / "cfg"
+    cfg_only.mkdir()
+    shutil.copy(tiny_llama_dir / "config.json", cfg_only / "config.json")  # no weights at all
+    PruneArgs(target_layers=3, kv_groups_keep=1).validate_for(cfg_only)
+    with pytest.raises(ConfigError, match="between 1 and 3"):
+        PruneArgs(target_layers=8).validate_for(cfg_only)
+    assert PruneArgs.changes_architecture is True
