@@ -143,7 +143,8 @@ def distill_loss(student_logits, teacher_logits, input_ids, temperature: float, 
     s = student_logits.float()
     t = teacher_logits.float()
     vocab = s.shape[-1]
-    kd = F.kl_div(F.log_softmax(s / temperature, -1).view(-1, vocab), F.log_softmax(t / temperature, -1).view(-1, vocab),
+    kd = F.kl_div(F.log_softmax(s / temperature, -1).view(-1, vocab),
+                  F.log_softmax(t / temperature, -1).view(-1, vocab),
                   log_target=True, reduction="batchmean") * temperature ** 2
     ce = torch.zeros((), device=s.device)
     if alpha > 0:
@@ -160,7 +161,7 @@ def heldout_metrics(student, teacher, chunks, batch_size: int, device: str, auto
     n_kl = n_ce = 0
     was_training = student.training
     student.eval()
-    with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
+    with torch.no_grad(), torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
         for i in range(0, chunks.shape[0], batch_size):
             ids = chunks[i: i + batch_size].to(device)
             ls = F.log_softmax(student(input_ids=ids, use_cache=False).logits.float(), -1)
@@ -258,7 +259,7 @@ def _train_step(student, teacher, ids, optimizer, args: DistillArgs, lr: float, 
     for g in optimizer.param_groups:
         g["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
         with torch.no_grad():
             t_logits = teacher(input_ids=ids, use_cache=False).logits
         s_logits = student(input_ids=ids, use_cache=False).logits
@@ -326,7 +327,8 @@ def _check_pair(student_cfg: dict[str, Any], teacher_cfg: dict[str, Any], studen
                           "(put the distill stage before quantization).")
     if student_cfg.get("vocab_size") != teacher_cfg.get("vocab_size"):
         raise ConfigError(
-            f"Teacher and student vocabularies differ (teacher {teacher_cfg.get('vocab_size')} tokens in {teacher_dir}, "
+            f"Teacher and student vocabularies differ (teacher {teacher_cfg.get('vocab_size')} tokens in "
+            f"{teacher_dir}, "
             f"student {student_cfg.get('vocab_size')} in {student_dir}); logit distillation needs the same tokenizer.")
 
 
@@ -341,7 +343,7 @@ def apply_distill(args: DistillArgs, ctx: StageContext) -> dict[str, Any]:
     student_cfg, teacher_cfg = read_model_config(student_dir), read_model_config(teacher_dir)
     _check_pair(student_cfg, teacher_cfg, student_dir, teacher_dir)
     device = ctx.device
-    autocast = args.bf16_autocast if args.bf16_autocast is not None else device == "cuda"
+    autocast = args.bf16_autocast if args.bf16_autocast is not None else device.startswith("cuda")
 
     tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
     train_texts, held_texts = split_texts(ctx.calibration_texts, args.holdout_fraction)
@@ -364,7 +366,7 @@ def apply_distill(args: DistillArgs, ctx: StageContext) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     ctx.log(f"distill: teacher {teacher_dir}, student {student_dir}, device {device}"
             f"{', bf16 autocast' if autocast else ''}")
-    teacher = load_causal_lm(teacher_dir, device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    teacher = load_causal_lm(teacher_dir, device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = load_causal_lm(student_dir, device, dtype=torch.float32)

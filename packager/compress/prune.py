@@ -518,7 +518,8 @@ def _check_supported(cfg: dict[str, Any], args: PruneArgs, input_dir: Path) -> N
     if args.layers_to_remove is not None:
         bad = [i for i in args.layers_to_remove if i >= n_layers]
         if bad:
-            raise ConfigError(f"layers_to_remove holds {bad}, beyond the model's {n_layers} layers (0..{n_layers - 1}).")
+            raise ConfigError(f"layers_to_remove holds {bad}, beyond the model's {n_layers} layers "
+                              f"(0..{n_layers - 1}).")
         if len(args.layers_to_remove) >= n_layers:
             raise ConfigError(f"layers_to_remove names all {n_layers} layers; keep at least one.")
     if args.kv_groups_keep is not None:

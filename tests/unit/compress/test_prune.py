@@ -31,7 +31,8 @@ def build_tiny_llama(*args, **kw):
     `conftest` is ambiguous."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_packager_root_conftest", Path(__file__).resolve().parents[2] / "conftest.py")
+    path = Path(__file__).resolve().parents[2] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_packager_root_conftest", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.build_tiny_llama(*args, **kw)
@@ -168,7 +169,8 @@ def test_block_strategy_removes_the_contiguous_identity_block(tmp_path, texts, d
     report = _prune(src, out, texts, remove_layers=2, depth_strategy="block")
     blocks = report["depth"]["block_importance"]
     assert [b["start"] for b in blocks] == list(range(5))
-    assert blocks[3]["angular_distance"] < 1e-3 and blocks[3]["angular_distance"] == min(b["angular_distance"] for b in blocks)
+    assert blocks[3]["angular_distance"] < 1e-3
+    assert blocks[3]["angular_distance"] == min(b["angular_distance"] for b in blocks)
     assert report["depth"]["removed_layers"] == [3, 4]
     ids = _ids(src, texts)
     torch.testing.assert_close(_logits(_load(out), ids), _logits(_load(src), ids), rtol=1e-5, atol=1e-5)
@@ -206,7 +208,8 @@ def test_width_prune_reduces_mlp_and_kv_groups(tiny_llama_dir, tmp_path, texts):
     out = tmp_path / "out"
     report = _prune(tiny_llama_dir, out, texts, mlp_keep_ratio=0.5, mlp_round_to=32, kv_groups_keep=1)
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == (64, 2, 1, 16)
+    shape = (cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"])
+    assert shape == (64, 2, 1, 16)
     assert cfg["num_hidden_layers"] == 4
     w = report["width"]
     assert (w["intermediate_size_before"], w["intermediate_size_after"]) == (128, 64)
