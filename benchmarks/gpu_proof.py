@@ -84,7 +84,8 @@ def versions() -> dict[str, str]:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = "(not installed)"
-    out["packager_git_commit"] = sh(["git", "-C", str(ROOT), "rev-parse", "HEAD"]) or "(no git)"
+    commit = sh(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", "HEAD"])
+    out["packager_git_commit"] = commit if len(commit) == 40 else "(no git checkout)"
     return out
 
 
