@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 # Servers the tests start for real: Prometheus (monitoring) and Chromium (the HTML report check).
 system-deps:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v chromium >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null)
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus chromium >/dev/null)
 	@# the Debian package starts a system Prometheus on :9090 where an init system runs; tests use their own
 	@-pkill -x prometheus 2>/dev/null; true
 
