@@ -75,12 +75,19 @@ def one_run(fake, name: str, lt: dict[str, Any], work: Path) -> dict[str, Any]:
         "generator_processes": [p.model_dump(mode="json") for p in gen.processes],
         "generator_cpu_fraction_of_core_busiest": gen.cpu_fraction_of_core_max,
         "generator_cpu_fraction_of_cores_total": sum(p.cpu_fraction_of_core_mean or 0.0 for p in gen.processes),
+        "generator_cpu_ms_per_request": None,
+        "generator_cpu_us_per_content_chunk": None,
         "fake_server_cpu_fraction_of_core": (fake_cpu1 - fake_cpu0) / max(t1 - t0, 1e-9),
         "fake_server_cpu_fraction_of_core_note": "over the whole run incl. locust start-up; a lower bound while busy",
         "busy_window_s": busy,
         "bottleneck_suspected": gen.bottleneck_suspected,
         "warnings": res.warnings,
     }
+    total = out["generator_cpu_fraction_of_cores_total"]
+    if total and out["requests_per_s"]:
+        # CPU cost per request / per chunk: independent of how much CPU other processes left to the generator
+        out["generator_cpu_ms_per_request"] = total / out["requests_per_s"] * 1000.0
+        out["generator_cpu_us_per_content_chunk"] = total / max(out["content_chunks_per_s"], 1e-9) * 1e6
     print(f"  {name}: {out['requests_per_s']:.1f} req/s, {out['content_chunks_per_s']:.0f} chunks/s, generator "
           f"{(gen.cpu_fraction_of_core_max or 0):.0%} of a core (busiest), fake {out['fake_server_cpu_fraction_of_core']:.0%}"
           + (f", lag p99 {out['dispatch_lag_ms_p99']:.1f} ms" if out["dispatch_lag_ms_p99"] is not None else ""),
@@ -147,11 +154,18 @@ def main() -> None:
         "generator_capacity_requests_per_s_closed_loop_2_workers": runs[1]["requests_per_s"],
         "generator_capacity_content_chunks_per_s_long_outputs": runs[2]["content_chunks_per_s"],
         "open_loop_capacity_requests_per_s": max((r["offered_requests_per_s"] for r in kept), default=None),
+        "generator_cpu_ms_per_request_short_outputs": single["generator_cpu_ms_per_request"],
+        "generator_cpu_us_per_content_chunk_long_outputs": runs[2]["generator_cpu_us_per_content_chunk"],
+        "projected_requests_per_s_per_dedicated_core_short_outputs":
+            1000.0 / single["generator_cpu_ms_per_request"] if single["generator_cpu_ms_per_request"] else None,
+        "projected_content_chunks_per_s_per_dedicated_core":
+            1e6 / runs[2]["generator_cpu_us_per_content_chunk"] if runs[2]["generator_cpu_us_per_content_chunk"] else None,
         "runs": runs,
         "wall_time_s": time.time() - t_start,
         "note": ("The fake and the generator share this machine's cores; fake_server_cpu_fraction_of_core near 1.0 "
                  "means the fake, not the generator, set the limit. Other processes on the machine (see the load "
-                 "averages) lower every figure."),
+                 "averages) lower every measured rate; the CPU cost per request/chunk does not depend on them, so "
+                 "the projected per-core figures say what one dedicated core would sustain."),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out, result)
