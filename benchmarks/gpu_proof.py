@@ -2,6 +2,8 @@
 
 Steps (each one records its figures, or its error, and the run goes on with the next):
   prepare      the bundled model: packager.models.ensure_default_model() (GGUF -> float32 safetensors)
+  pad-heads    (tensor parallelism) a copy of the source model with zero attention heads appended so the
+               TP size divides the head counts (same function); later steps use it
   compress     packager.compress.recipe.run_recipe on device "cuda", target gpu: the built-in recipes
                `w8a8-int8` and `fp8`, and W8A8 int8 with SmoothQuant (alpha 0.5), whose calibration
                forward passes run on the GPU
@@ -105,8 +107,9 @@ def device_facts() -> dict[str, Any]:
 
 class Proof:
     def __init__(self, work: Path, out: Path | None, fake_engine: bool, device: str = "cuda",
-                 gpu_type: str | None = None, variants: list[str] | None = None):
+                 gpu_type: str | None = None, variants: list[str] | None = None, tensor_parallel_size: int = 1):
         self.device = device
+        self.tensor_parallel_size = tensor_parallel_size
         self.gpu_type = gpu_type
         self.variants = variants or list(VARIANT_RECIPES)
         self.work = work
@@ -138,7 +141,8 @@ class Proof:
         from packager.config import EngineConfig
 
         return EngineConfig(target="gpu", dtype="bfloat16", gpu_type=self.gpu_type, max_model_len=2048, max_num_seqs=64,
-                            gpu_memory_utilization=0.8, startup_timeout_s=420.0)
+                            gpu_memory_utilization=0.8, startup_timeout_s=420.0,
+                            tensor_parallel_size=self.tensor_parallel_size)
 
     def run_config(self):
         from packager.config import RunConfig
@@ -157,6 +161,7 @@ class Proof:
     # ------------------------------------------------------------------------------------------ steps
     def step_env(self) -> None:
         self.data["device"] = device_facts()
+        self.data["tensor_parallel_size"] = self.tensor_parallel_size
         self.data["versions"] = versions()
 
     def step_prepare(self) -> None:
@@ -173,6 +178,59 @@ class Proof:
         self.data["source_model"] = {"path": str(m.path), "name": m.name, "digest": m.digest,
                                      "conversion_wall_time_s": round(wall, 2),
                                      "same_bytes_as_local_conversion": same}
+
+    def step_pad_heads(self) -> None:
+        """vLLM splits attention heads over tensor-parallel ranks and refuses a head count that the TP size
+        does not divide (SmolLM2-135M: 9 query heads, 3 KV heads). Write a copy of the source model with
+        zero heads appended (query heads and KV heads each rounded up to a multiple of the TP size, the
+        query/KV group size kept): the new query heads read a new all-zero KV head and their o_proj columns
+        are zero, so the network computes the same function. Later steps use the copy as the source."""
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        sm = self.data.get("source_model")
+        if not sm:
+            raise RuntimeError("the prepare step has not run (no source model)")
+        src = Path(sm.get("unpadded_path") or sm["path"])
+        cfg = json.loads((src / "config.json").read_text())
+        tp = self.tensor_parallel_size
+        nq, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+        hd = cfg.get("head_dim") or cfg["hidden_size"] // nq
+        group = nq // nkv
+        nkv2 = -(-nkv // tp) * tp
+        nq2 = nkv2 * group
+        if nq2 % tp:
+            raise RuntimeError(f"cannot pad {nq}/{nkv} heads to a multiple of tensor parallel size {tp}")
+        dst = self.work / f"source-padded-tp{tp}"
+        tmp = dst.with_name(dst.name + ".tmp")
+        if tmp.exists():
+            import shutil
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.is_file() and f.name not in ("model.safetensors", "config.json", "packager-manifest.json"):
+                (tmp / f.name).write_bytes(f.read_bytes())
+        sd = load_file(str(src / "model.safetensors"))
+        for k, w in list(sd.items()):
+            if k.endswith("self_attn.q_proj.weight"):
+                sd[k] = torch.cat([w, w.new_zeros((nq2 - nq) * hd, w.shape[1])], 0)
+            elif k.endswith(("self_attn.k_proj.weight", "self_attn.v_proj.weight")):
+                sd[k] = torch.cat([w, w.new_zeros((nkv2 - nkv) * hd, w.shape[1])], 0)
+            elif k.endswith("self_attn.o_proj.weight"):
+                sd[k] = torch.cat([w, w.new_zeros(w.shape[0], (nq2 - nq) * hd)], 1)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        cfg.update(num_attention_heads=nq2, num_key_value_heads=nkv2, head_dim=hd)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        if dst.exists():
+            import shutil
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+        sm.setdefault("unpadded_path", str(src))
+        sm["path"] = str(dst)
+        sm["padded_for_tensor_parallel"] = {"tensor_parallel_size": tp, "num_attention_heads": [nq, nq2],
+                                            "num_key_value_heads": [nkv, nkv2], "head_dim": hd,
+                                            "how": "zero q/k/v rows and zero o_proj columns appended"}
 
     def source(self):
         from packager.models import resolve_model
@@ -290,6 +348,8 @@ class Proof:
             try:
                 if step == "prepare":
                     self.step_prepare()
+                elif step == "pad-heads":
+                    self.step_pad_heads()
                 elif step == "compress":
                     for name in self.variants:
                         try:
@@ -367,9 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fake-engine", action="store_true", help="wiring check only: a fake OpenAI server")
     ap.add_argument("--device", default="cuda", help="compression device (cuda on the GPU host)")
     ap.add_argument("--gpu-type", default=None, help="wiring check only: the GPU to plan for without one")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1,
+                    help="GPUs per vLLM server (EngineConfig.tensor_parallel_size); compression stays on one device")
     a = ap.parse_args(argv)
     a.work.mkdir(parents=True, exist_ok=True)
-    p = Proof(a.work, a.out, a.fake_engine, a.device, a.gpu_type, [v for v in a.variants.split(",") if v])
+    p = Proof(a.work, a.out, a.fake_engine, a.device, a.gpu_type, [v for v in a.variants.split(",") if v],
+              tensor_parallel_size=a.tensor_parallel_size)
     p.run([s.strip() for s in a.steps.split(",") if s.strip()])
     return 1 if any(not s["ok"] for s in p.data["steps"].values()) else 0
 
