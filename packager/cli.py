@@ -88,6 +88,31 @@ def release(
     run_guarded(go)
 
 
+@app.command("manifests")
+def manifests(
+    tag: str = typer.Argument(..., help="a bento tag built by `packager build`"),
+    out: Path = typer.Option(Path("deploy"), help="folder for bentoml-deployment.yaml and kubernetes.yaml"),
+    replicas: int = typer.Option(1, help="replicas (BentoML min_replicas)"),
+    max_replicas: Optional[int] = typer.Option(None, help="BentoML max_replicas (autoscaling)"),
+    image: Optional[str] = typer.Option(None, help="container image (default: the tag `bentoml containerize` gives)"),
+    namespace: str = typer.Option("default", help="Kubernetes namespace"),
+    cpu: str = typer.Option("2", help="CPU request per replica"),
+    memory: str = typer.Option("8Gi", help="memory request and limit per replica"),
+    gpus: Optional[int] = typer.Option(None, help="GPUs per replica (default: the bento's tensor parallel size on a GPU target)"),
+) -> None:
+    """Write deployment manifests for a bento: a BentoML deployment config and a Kubernetes Deployment + Service
+    with readiness/liveness probes on /readyz and /livez and Prometheus scrape annotations."""
+    def go():
+        from packager.serve.manifests import ManifestOptions, write_manifests
+
+        opts = ManifestOptions(replicas=replicas, max_replicas=max_replicas, image=image, namespace=namespace,
+                               cpu=cpu, memory=memory, gpus=gpus)
+        for kind, p in write_manifests(tag, out, opts).items():
+            typer.echo(f"{kind}: {p}")
+
+    run_guarded(go)
+
+
 from packager.compress.cli import register as _reg_compress  # noqa: E402
 from packager.evaluate.cli import register as _reg_evaluate  # noqa: E402
 from packager.loadtest.cli import register as _reg_loadtest  # noqa: E402
