@@ -105,13 +105,13 @@ def render_manifests(info: dict[str, Any], opts: ManifestOptions) -> dict[str, l
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": opts.namespace, "labels": app_labels},
+        "metadata": {"name": name, "namespace": opts.namespace, "labels": dict(app_labels)},
         "spec": {
             "replicas": opts.replicas,
             "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
             "template": {
                 "metadata": {
-                    "labels": app_labels,
+                    "labels": dict(app_labels),
                     "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(BENTO_PORT),
                                     "prometheus.io/path": "/metrics"},
                 },
@@ -122,7 +122,7 @@ def render_manifests(info: dict[str, Any], opts: ManifestOptions) -> dict[str, l
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": opts.namespace, "labels": app_labels},
+        "metadata": {"name": name, "namespace": opts.namespace, "labels": dict(app_labels)},
         "spec": {"selector": {"app.kubernetes.io/name": name},
                  "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
     }
