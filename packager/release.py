@@ -166,13 +166,13 @@ class ReleaseRunner:
         finally:
             srv.stop()
 
-    def usd_per_hour(self) -> float | None:
-        from packager.loadtest.cost import resolve_price
+    def usd_per_hour(self) -> float:
+        """The hourly price of one replica (explicit, or the instance's row of the price table)."""
+        if not hasattr(self, "_price"):
+            from packager.loadtest.pricing import resolve_price
 
-        try:
-            return resolve_price(self.cfg.pricing).usd_per_hour
-        except PackagerError:
-            return self.cfg.pricing.usd_per_hour
+            self._price = resolve_price(self.cfg.pricing)
+        return self._price.usd_per_hour
 
     # ------------------------------------------------------------------ main
     def run(self) -> "Report":  # noqa: F821
@@ -185,6 +185,7 @@ class ReleaseRunner:
         from packager.report.render import write_report
 
         cfg = self.cfg
+        self.usd_per_hour()  # a bad price or unknown instance fails here, before any work or file
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         lt_s = (self.lt_cfg.profile.planned_dispatch_s() or self.lt_cfg.max_duration_s) + 10
@@ -283,7 +284,8 @@ class ReleaseRunner:
         report = Report(
             model=source.name, baseline=BASELINE, quality_floor=rec_floor,
             slo={"ttft_ms": cfg.slo.ttft_ms, "tpot_ms": cfg.slo.tpot_ms},
-            pricing={"instance": cfg.pricing.instance, "usd_per_hour": self.usd_per_hour()},
+            pricing={"instance": cfg.pricing.instance, "usd_per_hour": self.usd_per_hour(),
+                     "source": self._price.source},
             variants=results, pareto=pareto_frontier(results), recommendation=rec or Recommendation(variant=None, reason="no variant"),
             timings_s={**self.timings, "total": round(time.monotonic() - self.t0, 1)},
             time_budget_s=cfg.time_budget_s, config=cfg.model_dump(mode="json"), notes=self.notes,
