@@ -50,7 +50,7 @@ class DistillArgs(StageArgs):
     requires_calibration_data: ClassVar[bool] = True
 
     teacher: str | None = Field(None, description="teacher model directory; default: the recipe's source model")
-    steps: int = Field(80, ge=1, description="optimizer steps")
+    steps: int = Field(60, ge=1, description="optimizer steps")
     lr: float = Field(1e-4, gt=0.0, le=1.0)
     batch_size: int = Field(4, ge=1, description="chunks per step")
     seq_len: int = Field(128, ge=8, description="tokens per chunk")
