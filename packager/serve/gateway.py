@@ -20,6 +20,7 @@ the usage event, a substring test per relayed chunk.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any, Callable
@@ -189,17 +190,13 @@ class Gateway:
             await self.client.aclose()
             self.client = None
 
-    def _lifespan(self, app):
-        gateway = self
-
-        class _Ctx:
-            async def __aenter__(self):
-                gateway.open()
-
-            async def __aexit__(self, *exc):
-                await gateway.close()
-
-        return _Ctx()
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
+        self.open()
+        try:
+            yield
+        finally:
+            await self.close()
 
     def record(self, outcome: str, t0: float, ttft_s: float | None = None, input_tokens: int | None = None,
                output_tokens: int | None = None) -> None:

@@ -15,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from packager.errors import ConfigError, IntegrityError, ModelNotFoundError
 from packager.fsutil import MANIFEST_NAME, hash_tree, read_manifest, tree_digest, verify_files
@@ -26,18 +26,22 @@ from packager.serve.integrity import MODEL_SUBDIR, verify_model_files
 _MANIFEST_OWN_KEYS = ("files", "digest")
 
 
-def bentoml_home() -> Path:
-    """BENTOML_HOME if set, else $PACKAGER_HOME/bentoml."""
+def bentoml_home(environ: Mapping[str, str] | None = None) -> Path:
+    """BENTOML_HOME if set, else $PACKAGER_HOME/bentoml (in `environ`, default os.environ)."""
     from packager.models import packager_home
 
-    env = os.environ.get("BENTOML_HOME")
-    return Path(env).expanduser() if env else packager_home() / "bentoml"
+    env = os.environ if environ is None else environ
+    if env.get("BENTOML_HOME"):
+        return Path(env["BENTOML_HOME"]).expanduser()
+    if env.get("PACKAGER_HOME"):
+        return Path(env["PACKAGER_HOME"]).expanduser() / "bentoml"
+    return packager_home() / "bentoml"
 
 
 def bentoml_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a BentoML subprocess: packager's store, no usage tracking, offline Hugging Face."""
     env = dict(os.environ if base is None else base)
-    env["BENTOML_HOME"] = str(bentoml_home())
+    env["BENTOML_HOME"] = str(bentoml_home(env))
     env.setdefault("BENTOML_DO_NOT_TRACK", "True")
     env.setdefault("DO_NOT_TRACK", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")

@@ -327,3 +327,14 @@ async def test_no_first_token_within_traffic_timeout_is_504_and_counted_as_timeo
     assert sent[0]["status"] == 504
     await asyncio.sleep(0.05)  # TimeoutMiddleware answers first, then the cancelled relay records its outcome
     assert sample(registry, "packager_requests_total", outcome="timeout") == 1
+
+
+@pytest.mark.anyio
+async def test_lifespan_opens_and_closes_the_client_and_creates_the_metrics():
+    registry = CollectorRegistry()
+    gw = Gateway("http://backend", concurrency=1,
+                 metrics_factory=lambda: ServiceMetrics(LABELS, usd_per_hour=2.0, registry=registry))
+    async with gw.app.router.lifespan_context(gw.app):
+        assert gw.client is not None and gw.metrics is not None
+        assert registry.get_sample_value("packager_usd_per_hour", LABELS) == 2.0
+    assert gw.client is None

@@ -98,3 +98,9 @@ def test_bentoml_home_defaults_under_packager_home(monkeypatch, tmp_path):
     assert env["BENTOML_HOME"] == str(tmp_path / "bentoml") and env["BENTOML_DO_NOT_TRACK"] == "True"
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "mine"))
     assert bentoml_home() == tmp_path / "mine"
+
+
+def test_bentoml_env_follows_the_home_of_the_environment_it_is_given(tmp_path):
+    env = bentoml_env({"BENTOML_HOME": str(tmp_path / "b")})
+    assert env["BENTOML_HOME"] == str(tmp_path / "b")
+    assert bentoml_env({"PACKAGER_HOME": str(tmp_path)})["BENTOML_HOME"] == str(tmp_path / "bentoml")
