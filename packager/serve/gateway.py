@@ -265,7 +265,7 @@ class _Endpoint:
         if self.observe and body:
             try:
                 req = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deeply: the backend answers 400
                 req = None
             if isinstance(req, dict) and req.get("stream"):
                 stream = True
