@@ -32,6 +32,10 @@ def register(app: typer.Typer) -> None:
         timeout_s: float = typer.Option(300.0, help="seconds before a request without a response (a stream without its first token) gets 504"),
         usd_per_hour: Optional[float] = typer.Option(None, help="price of one replica in USD per hour (exported as packager_usd_per_hour)"),
         build_ctx: Optional[Path] = typer.Option(None, help="folder with bentofile.yaml and services/ (default: packager's source tree)"),
+        release: bool = typer.Option(False, "--release", help="a release build: refuse unless the registry version (--registry-name, --registry-version) is approved, its approval is current, its recovery meets the quality floor and VARIANT_DIR matches its registered hashes"),
+        registry_name: Optional[str] = typer.Option(None, help="registered model name (with --release)"),
+        registry_uri: Optional[str] = typer.Option(None, help="registry URI (default: the embedded store)"),
+        quality_floor: Optional[float] = typer.Option(None, help="minimum recovery for --release (default: the configuration's quality_floor)"),
     ) -> None:
         """Import VARIANT_DIR into the BentoML model store and build its bento; print the bento tag on stdout."""
         from rich.console import Console
@@ -50,6 +54,18 @@ def register(app: typer.Typer) -> None:
                 "gpu_memory_utilization": gpu_memory_utilization, "cpu_kvcache_space_gib": kvcache_gib,
                 "cpu_omp_threads_bind": omp_threads_bind}.items() if v is not None}
             cfg = load_config(config, {"engine": engine_over})
+            if release:
+                from packager.errors import ConfigError
+                from packager.registry.gate import check_release_gate
+
+                if not registry_name or registry_version == "unregistered":
+                    raise ConfigError("--release needs --registry-name and --registry-version: a release bento is "
+                                      "built only from an approved registry version.")
+                floor = quality_floor if quality_floor is not None else cfg.quality_floor
+                decision = check_release_gate(registry_name, registry_version, floor, registry_uri=registry_uri,
+                                              model_dir=variant_dir)
+                decision.raise_if_refused()
+                err.print(f"[green]release gate passed[/]: {decision.message}", highlight=False)
             price = usd_per_hour if usd_per_hour is not None else cfg.pricing.usd_per_hour
             with err.status("building the bento (import model, bentoml build)"):
                 return build_bento(variant_dir, engine=cfg.engine, name=name, model_name=model_name,
