@@ -146,6 +146,19 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
+def iter_jsonl(text: str, where: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every JSON line of `text`; blank lines and `#` comments are skipped.
+    A line that is not JSON raises ConfigError naming `where` and the line."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        try:
+            yield lineno, json.loads(s)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
+
+
 def safe_join(root: Path, rel: str) -> Path:
     """Join a config-supplied relative path to root, refusing anything that escapes root."""
     root = Path(root).resolve()

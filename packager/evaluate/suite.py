@@ -11,7 +11,6 @@ ConfigError naming the file, the line number and the field.
 """
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from packager.errors import ConfigError
-from packager.fsutil import sha256_bytes
+from packager.fsutil import iter_jsonl, sha256_bytes
 
 BUILTIN_SUITES = {"default": "suite_default.jsonl", "behaviour": "suite_behaviour.jsonl"}
 
@@ -105,14 +104,7 @@ def _field_of(err: dict[str, Any]) -> str:
 def parse_suite_text(text: str, where: str) -> list[SuiteItem]:
     items: list[SuiteItem] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        try:
-            data = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
+    for lineno, data in iter_jsonl(text, where):
         if not isinstance(data, dict):
             raise ConfigError(f"{where}, line {lineno}: expected a JSON object, got {type(data).__name__}.")
         try:

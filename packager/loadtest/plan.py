@@ -12,13 +12,13 @@ Each phase also carries `index`, `label` and `load` ({"requests_per_s": x} or {"
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 from typing import Any, Callable
 
 from packager.errors import ConfigError
+from packager.fsutil import iter_jsonl
 from packager.loadtest.config import (
     BurstProfile,
     ConcurrencyProfile,
@@ -118,14 +118,7 @@ def jsonl_requests(src: JsonlPrompts, cfg: LoadTestConfig) -> list[RequestBody]:
     except (UnicodeDecodeError, OSError) as e:
         raise ConfigError(f"Request file {p} cannot be read as UTF-8 text: {e}.") from None
     out: list[RequestBody] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        try:
-            obj = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{p}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
+    for lineno, obj in iter_jsonl(text, str(p)):
         if not isinstance(obj, dict):
             raise ConfigError(f"{p}, line {lineno}: expected a JSON object (a chat request), got {type(obj).__name__}.")
         msgs = obj.get("messages")
@@ -200,14 +193,7 @@ def read_trace(path: str) -> list[dict]:
     except (UnicodeDecodeError, OSError) as e:
         raise ConfigError(f"Trace file {p} cannot be read as UTF-8 text: {e}.") from None
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        try:
-            obj = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{p}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
+    for lineno, obj in iter_jsonl(text, str(p)):
         if not isinstance(obj, dict):
             raise ConfigError(f"{p}, line {lineno}: expected a JSON object.")
         ts = obj.get("timestamp_s")
