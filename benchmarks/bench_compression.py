@@ -13,6 +13,8 @@ One server per variant, stopped before the next. Results: benchmarks/results/com
 
     flock /tmp/packager-heavy.lock .venv/bin/python benchmarks/bench_compression.py
     .venv/bin/python benchmarks/bench_compression.py --variants w8a8-int8 --no-eval
+    # add or replace variants in an existing results file, reusing its baseline (same --work):
+    .venv/bin/python benchmarks/bench_compression.py --append --variants gptq-w8a16 my-recipe.yaml
 """
 from __future__ import annotations
 
@@ -91,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-eval", action="store_true", help="skip task score / recovery")
     ap.add_argument("--requests-single", type=int, default=4, help="sequential requests at 1 stream")
     ap.add_argument("--requests-per-stream-32", type=int, default=2, help="requests per stream at 32 streams")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the variants already in --out and reuse its baseline (and the baseline's evaluation "
+                         "summary under --work) instead of measuring it again; same-named variants are replaced")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -113,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         "method": {"max_tokens": 64, "ignore_eos": True, "temperature": 0.0, "endpoint": "/v1/completions",
                    "requests_single_stream": args.requests_single,
                    "requests_per_stream_at_32": args.requests_per_stream_32,
-                   "eval_suite": None if args.no_eval else cfg.eval.suite},
+                   "eval_suite": None if args.no_eval else cfg.eval.suite,
+                   "model_dirs": "$WORK = --work (default $PACKAGER_HOME/bench-compression)"},
         "variants": [],
     }
 
@@ -123,22 +129,37 @@ def main(argv: list[str] | None = None) -> int:
     def weights(d: Path) -> int:
         return sum(p.stat().st_size for p in d.glob("*.safetensors"))
 
-    print(f"baseline: {src.path}", flush=True)
-    base = {"name": "baseline-bf16", "recipe": None, "model_dir": str(src.path), "compression_wall_time_s": 0.0,
-            "size_bytes_dir": sum(p.stat().st_size for p in src.path.iterdir() if p.is_file()),
-            "weights_bytes": weights(src.path), "parameter_count": parameter_count(src.path),
-            "note": "source checkpoint is float32 on disk; served in bfloat16"}
-    m = measure_variant("baseline-bf16", src.path, cfg, None, not args.no_eval, work, args.requests_single,
-                        args.requests_per_stream_32)
-    baseline = m.pop("_summary", None)
-    base.update(m)
-    out["variants"].append(base)
-    save()
+    baseline = None
+    if args.append:
+        from packager.evaluate.runner import load_summary
+
+        prev = json.loads(args.out.read_text())
+        base = next(v for v in prev["variants"] if v["name"] == "baseline-bf16")
+        summary = work / "eval" / "baseline-bf16" / "summary.json"
+        if not args.no_eval:
+            baseline = load_summary(summary)
+        out["variants"] = list(prev["variants"])
+        out["appended_at"] = out.pop("created_at")
+        out["created_at"] = prev.get("created_at")
+        print(f"baseline: reusing {args.out} and {summary}", flush=True)
+    else:
+        print(f"baseline: {src.path}", flush=True)
+        base = {"name": "baseline-bf16", "recipe": None, "model_dir": "default (bundled model)", "compression_wall_time_s": 0.0,
+                "size_bytes_dir": sum(p.stat().st_size for p in src.path.iterdir() if p.is_file()),
+                "weights_bytes": weights(src.path), "parameter_count": parameter_count(src.path),
+                "note": "source checkpoint is float32 on disk; served in bfloat16"}
+        m = measure_variant("baseline-bf16", src.path, cfg, None, not args.no_eval, work, args.requests_single,
+                            args.requests_per_stream_32)
+        baseline = m.pop("_summary", None)
+        base.update(m)
+        out["variants"].append(base)
+        save()
     for name in args.variants:
         print(f"variant {name}: compressing", flush=True)
         v: dict[str, Any] = {"name": name, "recipe": name}
         try:
             rec = load_recipe(name)
+            v["name"] = rec.name
             t = time.perf_counter()
             res = run_recipe(src, rec, work / rec.name, engine=cfg.engine, device="cpu", progress=False)
             v["compression_run_wall_time_s"] = round(time.perf_counter() - t, 1)
@@ -149,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             v["compression_wall_time_s"] = round(sum(s.wall_time_s for s in res.stages), 1)
             v["compression_peak_rss_mb"] = max(s.peak_rss_mb for s in res.stages)
             d = Path(res.final_dir)
-            v.update({"model_dir": str(d), "size_bytes_dir": res.stages[-1].size_bytes, "weights_bytes": weights(d),
+            v.update({"model_dir": f"$WORK/{d.relative_to(work)}", "size_bytes_dir": res.stages[-1].size_bytes, "weights_bytes": weights(d),
                       "parameter_count": res.stages[-1].parameter_count})
             m = measure_variant(name, d, cfg, baseline, not args.no_eval, work, args.requests_single,
                                 args.requests_per_stream_32)
@@ -162,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         except (PackagerError, Exception) as e:  # record and go on with the next variant
             v["error"] = f"{type(e).__name__}: {e}"
             print(f"  {name}: FAILED {v['error']}", flush=True)
-        out["variants"].append(v)
+        out["variants"] = [x for x in out["variants"] if x["name"] != v["name"]] + [v]
         save()
     print(json.dumps([{k: v.get(k) for k in ("name", "weights_bytes", "compression_wall_time_s", "error")}
                       for v in out["variants"]], indent=1))
