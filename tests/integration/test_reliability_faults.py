@@ -30,7 +30,11 @@ from typing import Any
 import httpx
 import pytest
 
-pytestmark = pytest.mark.slow
+# These ran against the gateway with the fake server, but their first run against a real tiny bento had not
+# finished when the session that wrote them ended: they run and record their figures, bounded to 10 minutes
+# each, and do not yet gate CI (not strict) until a run confirms them.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
+              pytest.mark.xfail(strict=False, reason="first run against a real bento not yet confirmed")]
 
 MAX_CONCURRENCY = 4  # in-flight inference requests the bento admits (the gateway's limit; BentoML's is +8)
 BURST_REQUESTS = 96
