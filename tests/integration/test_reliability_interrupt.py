@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+# Not yet confirmed by a run against a real engine in the session that wrote them: bounded, and not gating CI
+# (not strict) until a run confirms them.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
+              pytest.mark.xfail(strict=False, reason="first run against a real engine not yet confirmed")]
 
 
 def _env() -> dict[str, str]:
