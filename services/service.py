@@ -64,6 +64,7 @@ def _image() -> bentoml.images.Image:
     http={"proxy_port": args.backend_port},
     endpoints={"livez": backend.readiness_path},  # the backend path BentoML's proxy polls at start
     image=_image(),
+    **({"tracing": args.tracing()} if args.tracing() else {}),
 )
 class PackagerLLM:
     model = model_ref  # resolved on an instance: the stored model (its files are under model/)
@@ -95,16 +96,17 @@ class PackagerLLM:
         if backend.metrics_path is None:
             return content
         try:
-            r = await gateway.get(backend.metrics_path)
-            r.raise_for_status()
+            status, text = await gateway.get(backend.metrics_path)
         except Exception as e:  # the backend may be starting or gone; BentoML's own series still answer
-            logger.warning("packager: backend metrics unavailable: %s", e)
+            status, text = 0, repr(e)
+        if status != 200:
+            logger.warning("packager: backend metrics unavailable (%s): %s", status, text[:200])
             return content
-        return content.rstrip("\n") + "\n" + r.text
+        return content.rstrip("\n") + "\n" + text
 
     async def __is_ready__(self) -> bool:
         try:
-            return (await gateway.get(backend.readiness_path, timeout_s=3.0)).status_code == 200
+            return (await gateway.get(backend.readiness_path, timeout_s=3.0))[0] == 200
         except Exception:
             return False
 

@@ -93,3 +93,8 @@ def test_args_round_trip_through_yaml_like_the_arg_file():
                                        ("--x--", "x"), ("", "model")])
 def test_bento_name(text, name):
     assert bento_name(text) == name
+
+
+def test_inference_routes_are_left_out_of_tracing_unless_asked():
+    assert parse_args(BASE).tracing() == {"excluded_urls": ["/v1/chat/completions", "/v1/completions"]}
+    assert parse_args({**BASE, "trace_inference": "true"}).tracing() == {}

@@ -39,6 +39,7 @@ def test_cpu_bento_declares_traffic_limits_proxy_port_and_backend_probe():
     assert cfg["http"]["proxy_port"] == 18080
     assert cfg["endpoints"]["livez"] == "/health"
     assert cfg["workers"] == 1
+    assert cfg["tracing"]["excluded_urls"] == ["/v1/chat/completions", "/v1/completions"]
     assert not cfg.get("resources")
     assert mod.PackagerLLM.has_custom_command()
     assert [path for _, path, _ in mod.PackagerLLM.mount_apps] == ["/v1"]
