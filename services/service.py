@@ -44,7 +44,7 @@ def _create_metrics():
     return ServiceMetrics(args.metric_labels(), args.usd_per_hour)
 
 
-gateway = Gateway(f"http://127.0.0.1:{args.backend_port}", concurrency=args.inference_concurrency,
+gateway = Gateway(f"http://127.0.0.1:{args.backend_port}", concurrency=args.concurrency_per_worker,
                   metrics_factory=_create_metrics)
 
 
@@ -57,7 +57,7 @@ def _image() -> bentoml.images.Image:
 @bentoml.asgi_app(gateway.app, path="/v1", name="openai")
 @bentoml.service(
     name=args.service_name,
-    workers=1,  # one gateway process per replica; it only relays, the backend does the work
+    workers=args.workers,  # gateway processes; only the first starts the backend
     traffic=args.traffic(),
     resources=args.resources(),
     labels=args.service_labels(),

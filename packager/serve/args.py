@@ -65,6 +65,9 @@ class BentoArgs(BaseModel):
     cpu_omp_threads_bind: str = "auto"
     extra_args: list[str] = Field(default_factory=list)
     backend_port: int = Field(8000, ge=1, le=65535)  # the service's proxy port; the backend listens there
+    # BentoML worker processes relaying to the one backend. One relays a few thousand tokens per second
+    # (about 0.1-0.2 ms of CPU per streamed token); a fast GPU replica may need more.
+    workers: int = Field(1, ge=1, le=64)
     # Traffic: in-flight inference requests beyond max_concurrency get 429; no response start within
     # timeout_s gives 504 (for streams: no first token within timeout_s).
     max_concurrency: int | None = Field(None, ge=1)  # default: max_num_seqs
@@ -134,6 +137,11 @@ class BentoArgs(BaseModel):
     def inference_concurrency(self) -> int:
         """In-flight inference requests the gateway admits; follows max_num_seqs unless set."""
         return self.max_concurrency or self.max_num_seqs
+
+    @property
+    def concurrency_per_worker(self) -> int:
+        """The gateway's limit in each worker (BentoML divides traffic.max_concurrency the same way)."""
+        return -(-self.inference_concurrency // self.workers)
 
     @property
     def served_name(self) -> str:

@@ -40,7 +40,7 @@ def project_root() -> Path:
 def make_args(*, model_tag: str, model_digest: str, engine: EngineConfig, service_name: str, model_name: str,
               registry_version: str = "unregistered", hardware: str | None = None,
               usd_per_hour: float | None = None, max_concurrency: int | None = None, timeout_s: float = 300.0,
-              backend_port: int = 8000) -> BentoArgs:
+              backend_port: int = 8000, workers: int = 1) -> BentoArgs:
     """The bento's arguments from the run configuration's engine settings and the variant's identity."""
     return parse_args({
         "model_tag": model_tag, "model_digest": model_digest, "service_name": service_name,
@@ -50,7 +50,7 @@ def make_args(*, model_tag: str, model_digest: str, engine: EngineConfig, servic
         "gpu_memory_utilization": engine.gpu_memory_utilization,
         "cpu_kvcache_space_gib": engine.cpu_kvcache_space_gib, "cpu_omp_threads_bind": engine.cpu_omp_threads_bind,
         "extra_args": list(engine.extra_args), "backend_port": backend_port, "max_concurrency": max_concurrency,
-        "timeout_s": timeout_s, "usd_per_hour": usd_per_hour, "model_name": model_name,
+        "timeout_s": timeout_s, "usd_per_hour": usd_per_hour, "model_name": model_name, "workers": workers,
         "registry_version": registry_version, "hardware": hardware,
     })
 
@@ -79,7 +79,7 @@ def run_bentoml_build(args: BentoArgs, build_ctx: Path, log: Callable[[str], Non
 def build_bento(variant_dir: str | Path, *, engine: EngineConfig | None = None, name: str | None = None,
                 model_name: str | None = None, registry_version: str = "unregistered", hardware: str | None = None,
                 usd_per_hour: float | None = None, max_concurrency: int | None = None, timeout_s: float = 300.0,
-                build_ctx: Path | None = None, log: Callable[[str], None] = print) -> BuildResult:
+                workers: int = 1, build_ctx: Path | None = None, log: Callable[[str], None] = print) -> BuildResult:
     """Verify a variant, import it into the BentoML model store, build the bento; nothing is left half-made
     (BentoML stages models and bentos in temporary folders and moves them into the store when complete)."""
     from packager.models import resolve_model
@@ -93,11 +93,12 @@ def build_bento(variant_dir: str | Path, *, engine: EngineConfig | None = None, 
     # Validate the arguments before the (slow) import so a bad flag fails at once.
     make_args(model_tag="pending:pending", model_digest=record.digest, engine=engine, service_name=service_name,
               model_name=model_name, registry_version=registry_version, hardware=hardware,
-              usd_per_hour=usd_per_hour, max_concurrency=max_concurrency, timeout_s=timeout_s)
+              usd_per_hour=usd_per_hour, max_concurrency=max_concurrency, timeout_s=timeout_s, workers=workers)
     model_tag = import_model(record, registry_version=registry_version, target=engine.target,
                              model_name=model_name, log=log)
     args = make_args(model_tag=model_tag, model_digest=record.digest, engine=engine, service_name=service_name,
                      model_name=model_name, registry_version=registry_version, hardware=hardware,
-                     usd_per_hour=usd_per_hour, max_concurrency=max_concurrency, timeout_s=timeout_s)
+                     usd_per_hour=usd_per_hour, max_concurrency=max_concurrency, timeout_s=timeout_s,
+                     workers=workers)
     bento_tag = run_bentoml_build(args, ctx, log=log)
     return BuildResult(bento_tag=bento_tag, model_tag=model_tag, args=args)

@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         max_concurrency: Optional[int] = typer.Option(None, help="in-flight inference requests before 429 (default: max_num_seqs)"),
         timeout_s: float = typer.Option(300.0, help="seconds before a request without a response (a stream without its first token) gets 504"),
         usd_per_hour: Optional[float] = typer.Option(None, help="price of one replica in USD per hour (exported as packager_usd_per_hour)"),
+        workers: int = typer.Option(1, help="gateway worker processes per replica (more for fast GPU replicas)"),
         build_ctx: Optional[Path] = typer.Option(None, help="folder with bentofile.yaml and services/ (default: packager's source tree)"),
         release: bool = typer.Option(False, "--release", help="a release build: refuse unless the registry version (--registry-name, --registry-version) is approved, its approval is current, its recovery meets the quality floor and VARIANT_DIR matches its registered hashes"),
         registry_name: Optional[str] = typer.Option(None, help="registered model name (with --release)"),
@@ -70,7 +71,8 @@ def register(app: typer.Typer) -> None:
             with err.status("building the bento (import model, bentoml build)"):
                 return build_bento(variant_dir, engine=cfg.engine, name=name, model_name=model_name,
                                    registry_version=registry_version, hardware=hardware, usd_per_hour=price,
-                                   max_concurrency=max_concurrency, timeout_s=timeout_s, build_ctx=build_ctx,
+                                   max_concurrency=max_concurrency, timeout_s=timeout_s, workers=workers,
+                                   build_ctx=build_ctx,
                                    log=lambda m: err.print(m, highlight=False, soft_wrap=True))
 
         res = run_guarded(go)

@@ -98,3 +98,8 @@ def test_bento_name(text, name):
 def test_inference_routes_are_left_out_of_tracing_unless_asked():
     assert parse_args(BASE).tracing() == {"excluded_urls": ["/v1/chat/completions", "/v1/completions"]}
     assert parse_args({**BASE, "trace_inference": "true"}).tracing() == {}
+
+
+def test_more_gateway_workers_share_the_concurrency_limit():
+    a = parse_args({**BASE, "max_num_seqs": 64, "workers": 3})
+    assert a.inference_concurrency == 64 and a.concurrency_per_worker == 22

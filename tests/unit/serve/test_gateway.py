@@ -1,17 +1,12 @@
-"""The /v1 relay against a fake backend that answers like vLLM's OpenAI server (SSE events, role-only first
-chunk, usage-only final chunk when stream_options.include_usage is set). The fake runs in a thread of the
-test process (uvicorn on a loopback port); the gateway is driven in-process as an ASGI app."""
+"""The /v1 relay against an in-process fake backend that answers like vLLM's OpenAI server (SSE events,
+role-only first chunk, usage-only final chunk when stream_options.include_usage is set)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -56,51 +51,18 @@ def fake_backend(seen: list[dict]) -> Starlette:
                              Route("/v1/models", models, methods=["GET"])])
 
 
-class ThreadServer:
-    """uvicorn serving an ASGI app on a free loopback port, in a thread."""
-
-    def __init__(self, app):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                                    lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> "ThreadServer":
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("fake backend did not start")
-            time.sleep(0.01)
-        self.base_url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def backend():
+@pytest.fixture()
+def setup():
     seen: list[dict] = []
-    with ThreadServer(fake_backend(seen)) as srv:
-        srv.seen = seen
-        yield srv
-
-
-@contextlib.asynccontextmanager
-async def gateway_client(backend_url: str, registry, concurrency: int = 4, usd_per_hour: float | None = 1.5):
-    gw = Gateway(backend_url, concurrency=concurrency,
-                 metrics_factory=lambda: ServiceMetrics(LABELS, usd_per_hour=usd_per_hour, registry=registry))
+    registry = CollectorRegistry()
+    gw = Gateway("http://backend", concurrency=4,
+                 metrics_factory=lambda: ServiceMetrics(LABELS, usd_per_hour=1.5, registry=registry),
+                 transport=httpx.ASGITransport(app=fake_backend(seen)))
+    gw.open()
     outer = Starlette()
     outer.mount("/v1", gw.app)
-    async with gw.app.router.lifespan_context(gw.app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://bento") as client:
-            yield gw, client
-
-
-@pytest.fixture()
-def registry():
-    return CollectorRegistry()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://bento")
+    return gw, client, registry, seen
 
 
 def sample(registry, name, **labels):
@@ -112,10 +74,10 @@ def events_of(text: str) -> list[str]:
 
 
 @pytest.mark.anyio
-async def test_stream_relays_every_event_and_counts_tokens(backend, registry):
-    async with gateway_client(backend.base_url, registry) as (gw, client):
-        r = await client.post("/v1/chat/completions", json={"model": "m", "stream": True,
-                                                             "messages": [{"role": "user", "content": "Capital?"}]})
+async def test_stream_relays_every_event_and_counts_tokens(setup):
+    gw, client, registry, seen = setup
+    r = await client.post("/v1/chat/completions", json={"model": "m", "stream": True,
+                                                         "messages": [{"role": "user", "content": "Capital?"}]})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     evs = events_of(r.text)
@@ -123,7 +85,7 @@ async def test_stream_relays_every_event_and_counts_tokens(backend, registry):
     assert len(evs) == 7 and evs[-1] == "data: [DONE]"
     assert "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in evs[:-1]) == "Paris is the capital."
     assert not any('"usage"' in e for e in evs)
-    assert backend.seen[-1]["stream_options"] == {"include_usage": True}
+    assert seen[-1]["stream_options"] == {"include_usage": True}
     assert sample(registry, "packager_requests_total", outcome="success") == 1
     assert sample(registry, "packager_output_tokens_total") == 5
     assert sample(registry, "packager_input_tokens_total") == 7
@@ -135,11 +97,11 @@ async def test_stream_relays_every_event_and_counts_tokens(backend, registry):
 
 
 @pytest.mark.anyio
-async def test_stream_keeps_usage_event_when_the_caller_asked(backend, registry):
-    async with gateway_client(backend.base_url, registry) as (_, client):
-        r = await client.post("/v1/chat/completions", json={
-            "model": "m", "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "Capital?"}]})
+async def test_stream_keeps_usage_event_when_the_caller_asked(setup):
+    _, client, registry, seen = setup
+    r = await client.post("/v1/chat/completions", json={
+        "model": "m", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Capital?"}]})
     evs = events_of(r.text)
     usage_events = [json.loads(e[6:]) for e in evs if '"usage"' in e]
     assert usage_events and usage_events[0]["usage"]["completion_tokens"] == 5
@@ -147,12 +109,12 @@ async def test_stream_keeps_usage_event_when_the_caller_asked(backend, registry)
 
 
 @pytest.mark.anyio
-async def test_non_stream_passes_body_and_reads_usage(backend, registry):
-    async with gateway_client(backend.base_url, registry) as (_, client):
-        r = await client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "?"}]})
+async def test_non_stream_passes_body_and_reads_usage(setup):
+    _, client, registry, seen = setup
+    r = await client.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "?"}]})
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["content"] == "Paris is the capital."
-    assert "stream_options" not in backend.seen[-1]
+    assert "stream_options" not in seen[-1]
     assert sample(registry, "packager_output_tokens_total") == 5
     assert sample(registry, "packager_input_tokens_total") == 7
     assert sample(registry, "packager_e2e_seconds_count") == 1
@@ -160,39 +122,47 @@ async def test_non_stream_passes_body_and_reads_usage(backend, registry):
 
 
 @pytest.mark.anyio
-async def test_backend_4xx_is_a_client_error_and_passes_through(backend, registry):
-    async with gateway_client(backend.base_url, registry) as (_, client):
-        r = await client.post("/v1/chat/completions", json={"model": "other", "messages": []})
+async def test_backend_4xx_is_a_client_error_and_passes_through(setup):
+    _, client, registry, _ = setup
+    r = await client.post("/v1/chat/completions", json={"model": "other", "messages": []})
     assert r.status_code == 404 and r.json()["error"]["message"] == "model not found"
     assert sample(registry, "packager_requests_total", outcome="client_error") == 1
     assert sample(registry, "packager_e2e_seconds_count") == 0
 
 
 @pytest.mark.anyio
-async def test_other_v1_paths_are_relayed_unobserved(backend, registry):
-    async with gateway_client(backend.base_url, registry) as (_, client):
-        r = await client.get("/v1/models")
+async def test_other_v1_paths_are_relayed_unobserved(setup):
+    _, client, registry, _ = setup
+    r = await client.get("/v1/models")
     assert r.status_code == 200 and r.json()["data"][0]["id"] == "m"
     assert sample(registry, "packager_requests_total", outcome="success") == 0
 
 
 @pytest.mark.anyio
-async def test_over_the_concurrency_limit_is_429_and_counted(backend, registry):
-    async with gateway_client(backend.base_url, registry) as (gw, client):
-        gw.in_flight = gw.concurrency  # as if 4 requests were streaming
-        r = await client.post("/v1/chat/completions", json={"model": "m", "messages": []})
-        assert gw.in_flight == gw.concurrency
+async def test_over_the_concurrency_limit_is_429_and_counted(setup):
+    gw, client, registry, _ = setup
+    gw.in_flight = gw.concurrency  # as if 4 requests were streaming
+    r = await client.post("/v1/chat/completions", json={"model": "m", "messages": []})
     assert r.status_code == 429 and "4 inference requests" in r.json()["error"]["message"]
     assert sample(registry, "packager_requests_total", outcome="rejected") == 1
+    assert gw.in_flight == gw.concurrency
 
 
 @pytest.mark.anyio
-async def test_backend_down_is_503_and_a_server_error(registry):
-    from packager.engine import free_port
+async def test_backend_down_is_503_and_a_server_error():
+    registry = CollectorRegistry()
 
-    async with gateway_client(f"http://127.0.0.1:{free_port()}", registry, usd_per_hour=None) as (gw, client):
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    gw = Gateway("http://backend", concurrency=2, transport=httpx.MockTransport(refuse),
+                 metrics_factory=lambda: ServiceMetrics(LABELS, usd_per_hour=None, registry=registry))
+    gw.open()
+    outer = Starlette()
+    outer.mount("/v1", gw.app)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://bento") as client:
         r = await client.post("/v1/completions", json={"model": "m", "prompt": "x"})
-    assert r.status_code == 503 and "The backend is not answering (ClientConnectorError" in r.json()["error"]["message"]
+    assert r.status_code == 503 and "ConnectError" in r.json()["error"]["message"]
     assert sample(registry, "packager_requests_total", outcome="server_error") == 1
     assert registry.get_sample_value("packager_usd_per_hour", LABELS) is None  # no price, no gauge
     assert gw.in_flight == 0
@@ -276,21 +246,71 @@ async def call_asgi(app, body: dict, disconnect_after_chunks: int | None = None)
     return sent
 
 
+class StreamingASGITransport(httpx.AsyncBaseTransport):
+    """Like httpx.ASGITransport, but hands the response over as soon as it starts and streams its body
+    (httpx's own transport waits for the whole response), so cancellation reaches the backend mid-stream."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        queue: asyncio.Queue = asyncio.Queue()
+        started: asyncio.Future = asyncio.get_running_loop().create_future()
+        closed = asyncio.Event()
+        sent_body = False
+
+        async def receive():
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await closed.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(msg):
+            if msg["type"] == "http.response.start":
+                started.set_result(msg)
+            else:
+                await queue.put(msg.get("body", b""))
+                if not msg.get("more_body"):
+                    await queue.put(None)
+
+        scope = {"type": "http", "method": request.method, "path": request.url.path, "root_path": "",
+                 "query_string": request.url.query, "headers": list(request.headers.raw), "scheme": "http",
+                 "server": ("backend", 80)}
+        task = asyncio.create_task(self.app(scope, receive, send))
+        start = await started
+
+        class Body(httpx.AsyncByteStream):
+            async def __aiter__(self):
+                while (chunk := await queue.get()) is not None:
+                    yield chunk
+
+            async def aclose(self):
+                closed.set()
+                task.cancel()
+
+        return httpx.Response(start["status"], headers=start["headers"], stream=Body())
+
+
+def gateway_for(backend: Starlette, registry) -> Starlette:
+    gw = Gateway("http://backend", concurrency=4, transport=StreamingASGITransport(backend),
+                 metrics_factory=lambda: ServiceMetrics(LABELS, usd_per_hour=None, registry=registry))
+    gw.open()
+    outer = Starlette()
+    outer.mount("/v1", gw.app)
+    return outer
+
+
 @pytest.mark.anyio
 async def test_caller_going_away_cancels_the_backend_stream():
     registry, closed = CollectorRegistry(), []
-    with ThreadServer(slow_backend(0.0, 0.05, 200, closed)) as srv:
-        gw = Gateway(srv.base_url, 4, lambda: ServiceMetrics(LABELS, usd_per_hour=None, registry=registry))
-        outer = Starlette()
-        outer.mount("/v1", gw.app)
-        async with gw.app.router.lifespan_context(gw.app):
-            sent = await asyncio.wait_for(call_asgi(outer, {"model": "m", "stream": True},
-                                                    disconnect_after_chunks=1), 30)
-            for _ in range(100):  # the backend notices the closed connection
-                if closed:
-                    break
-                await asyncio.sleep(0.02)
+    backend = slow_backend(0.0, 0.05, 200, closed)
+    app = gateway_for(backend, registry)
+    sent = await asyncio.wait_for(call_asgi(app, {"model": "m", "stream": True}, disconnect_after_chunks=1), 30)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    await asyncio.sleep(0.05)
     assert closed == [True]  # the backend's generator was closed: vLLM would abort the request
     assert len([m for m in sent if m["type"] == "http.response.body"]) < 10
     assert sample(registry, "packager_requests_total", outcome="cancelled") == 1
@@ -302,24 +322,19 @@ async def test_no_first_token_within_traffic_timeout_is_504_and_counted_as_timeo
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
     registry, closed = CollectorRegistry(), []
-    with ThreadServer(slow_backend(2.0, 0.0, 3, closed)) as srv:
-        gw = Gateway(srv.base_url, 4, lambda: ServiceMetrics(LABELS, usd_per_hour=None, registry=registry))
-        outer = Starlette()
-        outer.mount("/v1", gw.app)
-        async with gw.app.router.lifespan_context(gw.app):
-            sent = await asyncio.wait_for(call_asgi(TimeoutMiddleware(outer, timeout=0.2),
-                                                    {"model": "m", "stream": True}), 30)
-            await asyncio.sleep(0.05)  # TimeoutMiddleware answers first, then the cancelled relay records it
+    app = TimeoutMiddleware(gateway_for(slow_backend(2.0, 0.0, 3, closed), registry), timeout=0.2)
+    sent = await asyncio.wait_for(call_asgi(app, {"model": "m", "stream": True}), 30)
     assert sent[0]["status"] == 504
+    await asyncio.sleep(0.05)  # TimeoutMiddleware answers first, then the cancelled relay records its outcome
     assert sample(registry, "packager_requests_total", outcome="timeout") == 1
 
 
 @pytest.mark.anyio
 async def test_lifespan_opens_and_closes_the_client_and_creates_the_metrics():
     registry = CollectorRegistry()
-    gw = Gateway("http://127.0.0.1:9", concurrency=1,
+    gw = Gateway("http://backend", concurrency=1,
                  metrics_factory=lambda: ServiceMetrics(LABELS, usd_per_hour=2.0, registry=registry))
     async with gw.app.router.lifespan_context(gw.app):
-        assert gw.client is not None and not gw.client.closed and gw.metrics is not None
+        assert gw.client is not None and gw.metrics is not None
         assert registry.get_sample_value("packager_usd_per_hour", LABELS) == 2.0
     assert gw.client is None

@@ -52,8 +52,9 @@ def test_cpu_bento_declares_traffic_limits_proxy_port_and_backend_probe():
 
 def test_gpu_bento_requests_the_gpus_vllm_shards_over():
     mod = load_service({**BASE, "target": "gpu", "tensor_parallel_size": 2, "gpu_type": "nvidia-a100-80gb",
-                        "max_num_seqs": 128})
+                        "max_num_seqs": 128, "workers": 2})
     cfg = mod.PackagerLLM.config
+    assert cfg["workers"] == 2 and mod.gateway.concurrency == 64
     assert cfg["resources"] == {"gpu": 2, "gpu_type": "nvidia-a100-80gb"}
     assert cfg["traffic"]["concurrency"] == 128
     assert "vllm==0.25.0" in mod.PackagerLLM.image.python_requirements.split()
