@@ -54,12 +54,15 @@ def _weights(path: Path):
     return load_file(str(path / "model.safetensors"))
 
 
-def test_distillation_lowers_heldout_kl(student_dir, tiny_llama_dir, tmp_path, texts):
+@pytest.mark.parametrize("bf16_autocast", [False, True])
+def test_distillation_lowers_heldout_kl(student_dir, tiny_llama_dir, tmp_path, texts, bf16_autocast):
     import torch
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "out"
-    r = _run(student_dir, tiny_llama_dir, out, tmp_path / "work", texts, steps=24, eval_every=8)
+    r = _run(student_dir, tiny_llama_dir, out, tmp_path / "work", texts, steps=24, eval_every=8,
+             bf16_autocast=bf16_autocast)
+    assert r["bf16_autocast"] is bf16_autocast
     assert r["heldout_kl_after_nats"] < r["heldout_kl_before_nats"]
     assert r["heldout_kl_after_nats"] < 0.8 * r["heldout_kl_before_nats"]
     assert r["steps"] == 24 and r["steps_this_run"] == 24 and r["resumed_from_step"] is None
@@ -242,3 +245,14 @@ def test_validate_for_checks_teacher_and_student_configs(tiny_llama_dir, tmp_pat
     (quant / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "gptq"}}))
     with pytest.raises(ConfigError, match="quantized"):
         DistillArgs().validate_for(quant)
+
+
+def test_autocast_default_follows_the_hardware(monkeypatch):
+    from packager import hardware
+
+    assert distill.default_autocast("cuda") and distill.default_autocast("cuda:1")
+    base = hardware.CPUInfo(model="x", arch="x86_64", logical_cores=2, usable_cores=2)
+    monkeypatch.setattr(hardware, "detect_cpu", lambda: base)
+    assert distill.default_autocast("cpu") is False
+    monkeypatch.setattr(hardware, "detect_cpu", lambda: hardware.CPUInfo("x", "x86_64", 2, 2, ["avx512_bf16"]))
+    assert distill.default_autocast("cpu") is True
