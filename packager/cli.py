@@ -15,7 +15,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 models_app = typer.Typer(no_args_is_help=True, help="Model sources (the bundled default, local dirs, HF cache).")
 app.add_typer(models_app, name="models")
 
-console = Console(stderr=True)
+# soft_wrap: messages are never broken across lines (paths stay whole for grep and copy); tables still fit the width
+console = Console(stderr=True, soft_wrap=True)
 
 
 def run_guarded(fn, *args, **kwargs):

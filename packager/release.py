@@ -20,7 +20,8 @@ from packager.config import RunConfig, dump_config
 from packager.errors import PackagerError
 from packager.fsutil import atomic_write_json, atomic_write_text, dir_size_bytes, read_manifest, sha256_bytes
 
-console = Console(stderr=True)
+# soft_wrap: messages are never broken across lines (paths stay whole for grep and copy); tables still fit the width
+console = Console(stderr=True, soft_wrap=True)
 BASELINE = "baseline"
 
 # Seconds each step takes for the bundled model on a 2-core CPU (measured), used for the up-front estimate.

@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         from packager.cli import run_guarded
         from packager.config import load_config
 
-        console = Console()
+        console = Console(soft_wrap=True)
 
         def go():
             from packager.compress.recipe import load_recipe, run_recipe, summary_markdown
@@ -126,7 +126,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(json.dumps({"cpu": cpu.to_dict(), "gpus": [g.to_dict() for g in gpus], "target": target,
                                        "gpu_type": gpu_type, "formats": support}, indent=2))
                 return
-            console = Console()
+            console = Console(soft_wrap=True)
             console.print(f"CPU: {cpu.model} ({cpu.arch}), {cpu.usable_cores} usable of {cpu.logical_cores} logical cores",
                           highlight=False)
             console.print(f"  flags: {', '.join(cpu.flags) or '(none of interest)'}; VNNI: {'yes' if cpu.has_vnni else 'no'}; "

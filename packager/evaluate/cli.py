@@ -81,8 +81,8 @@ def register(app: typer.Typer) -> None:
                 model_dir, url = resolved.path, None
             out_dir = out or Path(cfg.output_dir).parent / "eval" / label
             s = evaluate_model(model_dir, cfg, url=url, baseline=base, out_dir=out_dir, name=label)
-            Console().print(summary_table([s] if base is None else [base, s]))
-            Console().print(f"results: {out_dir}/summary.json, {out_dir}/items.jsonl")
+            Console(soft_wrap=True).print(summary_table([s] if base is None else [base, s]))
+            Console(soft_wrap=True).print(f"results: {out_dir}/summary.json, {out_dir}/items.jsonl")
             return s
 
         run_guarded(go)

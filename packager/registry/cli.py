@@ -75,7 +75,7 @@ def _pct(v: float | None) -> str:
 def _console():
     from rich.console import Console
 
-    return Console()
+    return Console(soft_wrap=True)
 
 
 def _dump(obj: Any) -> None:

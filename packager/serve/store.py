@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from packager.errors import ConfigError, IntegrityError, ModelNotFoundError
-from packager.fsutil import MANIFEST_NAME, hash_tree, read_manifest, tree_digest, verify_files
+from packager.fsutil import MANIFEST_NAME, hash_tree, read_manifest, refuse_pickled_weights, tree_digest, verify_files
 from packager.serve.args import bento_name
 from packager.serve.integrity import MODEL_SUBDIR, verify_model_files
 
@@ -116,6 +116,7 @@ def read_variant(variant_dir: Path, log: Callable[[str], None] = print) -> Varia
             f"{variant_dir} is not a model variant directory: it has no config.json. Point at a directory "
             "written by `packager compress` or save_pretrained (or `default` for the bundled model)."
         )
+    refuse_pickled_weights(variant_dir)  # a bento loads safetensors only (vLLM runs --load-format safetensors)
     manifest = read_manifest(variant_dir)
     if manifest is not None:
         files = manifest.get("files")

@@ -69,11 +69,6 @@ def test_packager_compress_refuses_a_model_with_pickled_weights(tiny_llama_dir, 
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known gap: `packager build` (packager.serve.store.read_variant) and `packager evaluate MODEL_DIR` "
-    "(packager.engine.EngineServer) do not refuse pickled weights; vLLM's --load-format auto falls back to "
-    "*.bin/*.pt when no safetensors exist. Fix: call packager.fsutil.refuse_pickled_weights in read_variant "
-    "and add `--load-format safetensors` to packager.engine.vllm_command"))
 def test_bento_import_refuses_pickled_weights(tiny_llama_dir, tmp_path):
     from packager.serve.store import read_variant
 

@@ -51,8 +51,8 @@ def test_a_variant_that_does_not_match_its_manifest_is_refused(tmp_path):
     with pytest.raises(IntegrityError, match="sha256 mismatch: model.safetensors"):
         read_variant(v)
     v2 = make_variant(tmp_path / "v2")
-    (v2 / "stray.bin").write_bytes(b"x")
-    with pytest.raises(IntegrityError, match="does not list: stray.bin"):
+    (v2 / "stray.json").write_bytes(b"x")
+    with pytest.raises(IntegrityError, match="does not list: stray.json"):
         read_variant(v2)
 
 
