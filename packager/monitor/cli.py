@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
                 else:
                     from rich.console import Console
 
-                    Console(soft_wrap=True).print(render_snapshot(snap))
+                    Console().print(render_snapshot(snap))
                 return
             if as_json:
                 from packager.monitor.live import iter_snapshots

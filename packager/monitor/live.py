@@ -130,7 +130,7 @@ def run_live(url: str, interval_s: float, usd_per_hour: float | None = None, slo
     from rich.live import Live
     from rich.text import Text
 
-    console = console or Console(soft_wrap=True)
+    console = console or Console()
     last: MonitorSnapshot | None = None
     waiting = Text(f"scraping {url} every {interval_s:g}s ... (Ctrl-C to stop)", style="dim")
     with Live(waiting, console=console, refresh_per_second=4, transient=False) as live:
