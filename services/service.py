@@ -12,7 +12,10 @@ Layout of a running replica:
                        /livez        200 while the backend process lives
                        /metrics      BentoML's series + packager_* + the backend's (vllm:*) merged
                        (other paths) BentoML's proxy straight to the backend
-                     backend (`__command__`): an OpenAI server on 127.0.0.1:<backend_port>, e.g. vLLM
+                     `__command__`: packager.serve.supervise -> the backend, an OpenAI server on
+                                     127.0.0.1:<backend_port>, e.g. vLLM. The supervisor lets in-flight
+                                     requests drain on SIGTERM; a backend that dies on its own ends the
+                                     worker (watchdog below) and BentoML starts a fresh worker and backend.
 
 Before any worker starts, `bentoml serve` runs `verify_model` (an on_deployment hook, in the serving
 process): the model files' sha256 must match what was recorded at import and the digest this bento was
@@ -54,6 +57,35 @@ def _image() -> bentoml.images.Image:
                                 lock_python_packages=False).python_packages(*backend.python_packages(args.target))
 
 
+DRAIN_MARGIN_S = 30.0
+
+
+async def _backend_watchdog() -> None:
+    """Wait for the backend's supervisor; on an exit it did not report as requested (non-zero), end the worker.
+
+    The worker's graceful shutdown (SIGTERM to itself) lets BentoML's arbiter start a new worker, which starts
+    a new backend; /readyz and /livez answer 503 meanwhile. A stop the worker asked for exits 0 and is ignored.
+    """
+    import asyncio
+    import os
+    import signal
+
+    state = PackagerLLM.context.state
+    while "proc" not in state:  # set by BentoML's proxy once the backend answered its health path
+        await asyncio.sleep(0.5)
+    proc = state["proc"]
+    if proc is None:  # another worker started the backend
+        return
+    code = await proc.wait()
+    if code == 0:
+        return
+    msg = (f"packager: the backend exited unexpectedly (supervisor exit code {code}); ending this worker so "
+           "a new one starts a new backend")
+    logger.error(msg)
+    print(msg, file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 @bentoml.asgi_app(gateway.app, path="/v1", name="openai")
 @bentoml.service(
     name=args.service_name,
@@ -89,8 +121,20 @@ class PackagerLLM:
     def __command__(self) -> list[str]:
         import os
 
+        from packager.serve.supervise import supervised_command
+
         model_dir = Path(self.model.path) / MODEL_SUBDIR
-        return launch_command(backend, model_dir, args, os.environ)
+        # The supervisor lets in-flight requests drain on SIGTERM and reports an unexpected backend exit
+        # (packager/serve/supervise.py); it waits for the worker at most the request timeout and a margin.
+        return supervised_command(launch_command(backend, model_dir, args, os.environ),
+                                  drain_timeout_s=args.timeout_s + DRAIN_MARGIN_S)
+
+    @bentoml.on_startup
+    async def watch_backend(self) -> None:
+        """Start the watchdog: a backend that exits on its own ends this worker, so BentoML starts a fresh one."""
+        import asyncio
+
+        asyncio.get_running_loop().create_task(_backend_watchdog())
 
     async def __metrics__(self, content: str) -> str:
         if backend.metrics_path is None:
