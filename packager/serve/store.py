@@ -74,7 +74,7 @@ class VariantRecord:
         recipe_name = recipe.get("name", "") if isinstance(recipe, dict) else (recipe or "")
         stages = m.get("stages") or []
         kinds = [s.get("kind", "?") for s in stages if isinstance(s, dict)]
-        return {
+        labels = {
             "packager.model": self.name,
             "packager.source": str(m.get("source") or m.get("source_model") or self.path.name),
             "packager.recipe": str(recipe_name) or ("none" if not kinds else "+".join(kinds)),
@@ -84,6 +84,11 @@ class VariantRecord:
             "packager.target": target,
             "packager.manifest": "present" if self.manifest is not None else "absent",
         }
+        if m.get("format"):  # e.g. a GGUF artifact of `packager gguf export`: format gguf, quant q8_0
+            labels["packager.format"] = str(m["format"])
+            if m.get("quant"):
+                labels["packager.quant"] = str(m["quant"])
+        return labels
 
     def metadata(self) -> dict[str, Any]:
         """Model metadata (BentoML accepts no None: absent values are left out)."""

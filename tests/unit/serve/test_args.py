@@ -33,8 +33,8 @@ def test_unknown_field_and_bad_values_are_refused_with_the_value():
 
 
 def test_unknown_backend_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"backend 'llamacpp' is not available; known backends: vllm"):
-        parse_args({**BASE, "backend": "llamacpp"})
+    with pytest.raises(ConfigError, match=r"backend 'tgi' is not available; known backends: llamacpp, vllm"):
+        parse_args({**BASE, "backend": "tgi"})
 
 
 def test_tensor_parallel_needs_a_gpu_target():

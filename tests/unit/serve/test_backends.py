@@ -64,8 +64,8 @@ def test_launch_command_hides_bentomls_prometheus_directory_from_the_backend():
 def test_backend_table_readiness_and_metrics_paths():
     vllm = BACKENDS.get("vllm")
     assert (vllm.readiness_path, vllm.metrics_path) == ("/health", "/metrics")
-    with pytest.raises(ConfigError, match="Unknown serving backend 'llamacpp'. Known: vllm"):
-        BACKENDS.get("llamacpp")
+    with pytest.raises(ConfigError, match="Unknown serving backend 'tgi'. Known: llamacpp, vllm"):
+        BACKENDS.get("tgi")
 
 
 def test_vllm_packages_match_the_pyproject_extras():

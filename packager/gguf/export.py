@@ -1,0 +1,509 @@
+"""GGUF export: a float safetensors variant -> one llama.cpp / Ollama artifact directory per quantization type.
+
+    export_gguf("runs/x/02-distill", "runs/x/gguf", quants=("q8_0", "q4_k_m"))
+
+1. The source is checked: a float checkpoint (safetensors, no `quantization_config`; a GPTQ or W8A8 stage is
+   refused before any work, naming the float stage it was made from), its files verified against its
+   manifest when it has one, and its lineage read from the stage records (stage.json) back to the source.
+2. llama.cpp's own converter (`convert_hf_to_gguf.py` from the llama-cpp-python sdist, installed by
+   `make install` under <venv>/share/packager/llama.cpp) writes a float GGUF (the intermediate) into a work
+   folder beside the output.
+3. `llama_cpp.llama_model_quantize` quantizes the intermediate to each type, in a subprocess of its own
+   (llama.cpp's per-tensor log goes to a log file and drives the progress bar; a crash in C cannot take the
+   caller down).
+4. Each artifact is assembled in a temporary directory and renamed into place when complete: model.gguf,
+   Modelfile, config.json, gguf-export.json (ExportRecord) and packager-manifest.json (sha256 of every file).
+   An artifact whose record matches the same source digest, type and tools is verified and reused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from packager.errors import ConfigError, IntegrityError, PackagerError
+from packager.fsutil import (MANIFEST_NAME, atomic_dir, atomic_write_json, atomic_write_text, hash_tree, read_manifest,
+                             sha256_file, tree_digest, verify_files, verify_manifest, write_manifest)
+from packager.gguf.artifact import ARTIFACT_FORMAT, EXPORT_RECORD_NAME, GGUF_FILE, MODELFILE
+from packager.gguf.quant import QUANT_TYPES, QuantType, parse_quants
+
+EXPORT_SCHEMA_VERSION = 1
+ENV_LLAMA_CPP_DIR = "PACKAGER_LLAMA_CPP_DIR"
+CONVERT_SCRIPT = "convert_hf_to_gguf.py"
+STAGE_RECORD_NAME = "stage.json"  # packager.compress.checkpoint.STAGE_RECORD_NAME
+RECIPE_RESULT_NAME = "recipe-result.json"  # packager.compress.recipe.RESULT_NAME
+MAKE_TARGET = "make install"
+# Float weights up to this size are converted to an f32 intermediate (no rounding before quantization).
+F32_INTERMEDIATE_MAX_BYTES = 2 * 2**30
+Outtype = Literal["auto", "f32", "f16", "bf16"]
+
+
+class ExportRecord(BaseModel):
+    """gguf-export.json: what one export did, with everything needed to reproduce and verify it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = EXPORT_SCHEMA_VERSION
+    name: str  # the artifact's model name, e.g. SmolLM2-135M-Instruct-q8_0
+    format: str = ARTIFACT_FORMAT
+    quant: str
+    ftype: int  # llama_ftype value used
+    source_dir: str
+    source_name: str
+    source_digest: str  # tree digest of the source's model files (manifest and stage record excluded)
+    source_manifest_digest: str | None = None  # the digest the source's own manifest records, if any
+    source_origin: str | None = None  # the source's manifest `source` (e.g. the bundled package)
+    lineage: list[dict[str, Any]] = Field(default_factory=list)  # stage records, oldest first
+    recipe: dict[str, Any] | None = None
+    intermediate_outtype: str
+    intermediate_sha256: str
+    intermediate_size_bytes: int
+    converter: dict[str, Any]  # script path name, its sha256
+    chat_template: dict[str, Any]
+    gguf_file: str = GGUF_FILE
+    size_bytes: int
+    sha256: str
+    convert_wall_time_s: float  # shared by every type of one export run
+    quantize_wall_time_s: float
+    wall_time_s: float
+    threads: int
+    versions: dict[str, str]
+    created_at: str
+
+
+class GgufArtifact(BaseModel):
+    """One exported artifact directory (what export_gguf returns)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quant: str
+    path: str
+    gguf_path: str
+    size_bytes: int
+    sha256: str
+    digest: str  # tree digest of the artifact's files (its manifest's `digest`)
+    reused: bool
+    record: ExportRecord
+
+
+# ------------------------------------------------------------------------------------------------ tools
+def llama_cpp_tools_dir(environ: dict[str, str] | None = None) -> Path:
+    """Where llama.cpp's converter lives: $PACKAGER_LLAMA_CPP_DIR, else <sys.prefix>/share/packager/llama.cpp."""
+    env = os.environ if environ is None else environ
+    root = Path(env[ENV_LLAMA_CPP_DIR]).expanduser() if env.get(ENV_LLAMA_CPP_DIR) else \
+        Path(sys.prefix) / "share" / "packager" / "llama.cpp"
+    missing = [n for n in (CONVERT_SCRIPT, "gguf-py", "conversion") if not (root / n).exists()]
+    if missing:
+        where = f"${ENV_LLAMA_CPP_DIR}={root}" if env.get(ENV_LLAMA_CPP_DIR) else str(root)
+        raise ConfigError(
+            f"llama.cpp's GGUF converter is not installed: {where} lacks {', '.join(missing)}. Run `{MAKE_TARGET}` "
+            "(it extracts convert_hf_to_gguf.py, conversion/ and gguf-py/ from the llama-cpp-python sdist), or set "
+            f"{ENV_LLAMA_CPP_DIR} to a llama.cpp checkout of the same version as llama-cpp-python."
+        )
+    return root
+
+
+def _llama_cpp_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llama_cpp_python")
+    except Exception:
+        raise ConfigError(
+            f"llama-cpp-python is not installed, so GGUF files cannot be quantized. Run `{MAKE_TARGET}` (it builds "
+            "llama-cpp-python[server]==0.3.36 from source for this CPU)."
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------ source
+def _read_json(p: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def lineage_of(model_dir: Path, max_depth: int = 32) -> tuple[list[dict[str, Any]], list[Path]]:
+    """(stage records oldest first, their directories) of a stage directory, following each record's input_dir.
+
+    A plain checkpoint (no stage.json) has no lineage."""
+    records: list[dict[str, Any]] = []
+    dirs: list[Path] = []
+    d: Path | None = Path(model_dir)
+    seen: set[str] = set()
+    while d is not None and len(records) < max_depth and str(d) not in seen:
+        seen.add(str(d))
+        rec = _read_json(d / STAGE_RECORD_NAME)
+        if rec is None:
+            break
+        records.append({k: rec.get(k) for k in ("label", "method", "arguments", "digest", "input_digest",
+                                                 "input_dir", "wall_time_s", "size_bytes", "parameter_count",
+                                                 "evaluation")})
+        dirs.append(d)
+        d = Path(rec["input_dir"]) if rec.get("input_dir") else None
+    return records[::-1], dirs[::-1]
+
+
+def _input_dir_of(model_dir: Path) -> Path | None:
+    rec = _read_json(Path(model_dir) / STAGE_RECORD_NAME)
+    return Path(rec["input_dir"]) if rec and rec.get("input_dir") else None
+
+
+def _quantization_config(model_dir: Path) -> dict[str, Any] | None:
+    cfg = _read_json(Path(model_dir) / "config.json") or {}
+    qc = cfg.get("quantization_config") or cfg.get("compression_config")
+    return qc if isinstance(qc, dict) else ({"quant_method": str(qc)} if qc else None)
+
+
+def float_ancestor(model_dir: Path) -> Path | None:
+    """The nearest stage input (following stage records) that is a float checkpoint, if known."""
+    d = _input_dir_of(model_dir)
+    seen: set[str] = set()
+    while d is not None and str(d) not in seen:
+        seen.add(str(d))
+        if (d / "config.json").is_file() and _quantization_config(d) is None:
+            return d
+        d = _input_dir_of(d)
+    return None
+
+
+def check_float_source(model_dir: Path) -> None:
+    """Refuse a quantized checkpoint (GPTQ, compressed-tensors W8A8/FP8) before any work, naming what to export."""
+    from packager.compress.checkpoint import weight_files
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(
+            f"{model_dir} is not a model variant directory: it has no config.json. Point at a directory written by "
+            "`packager compress` or save_pretrained, or `default` for the bundled model."
+        )
+    qc = _quantization_config(model_dir)
+    if qc is not None:
+        method = qc.get("quant_method") or qc.get("format") or "unknown"
+        anc = float_ancestor(model_dir)
+        what = (f"Export its float input instead: `packager gguf export {anc} --quant ...` (llama.cpp quantizes it "
+                "itself)." if anc is not None else
+                "Export the float model it was quantized from instead (llama.cpp quantizes it itself).")
+        raise ConfigError(
+            f"{model_dir} is a quantized checkpoint (quantization_config.quant_method {method!r}); llama.cpp's "
+            f"converter reads float weights only. {what}"
+        )
+    weight_files(model_dir)  # safetensors present, no pickles
+
+
+def _source_identity(model_dir: Path) -> tuple[dict[str, str], str, dict[str, Any] | None]:
+    """(files, tree digest of the model files, manifest) of the source; a manifest that no longer matches
+    the files is refused (the source was altered after it was recorded)."""
+    manifest = read_manifest(model_dir)
+    if manifest is not None:
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            raise IntegrityError(f"{model_dir / MANIFEST_NAME} has no 'files' map; rewrite it or remove it.")
+        verify_files(model_dir, files)
+    files = hash_tree(model_dir, exclude=(MANIFEST_NAME, STAGE_RECORD_NAME))
+    return files, tree_digest(files), manifest
+
+
+def _source_name(model_dir: Path, manifest: dict[str, Any] | None, lineage: list[dict[str, Any]]) -> str:
+    if manifest and manifest.get("name"):
+        return str(manifest["name"])
+    if lineage:
+        res = _read_json(model_dir.parent / RECIPE_RESULT_NAME)
+        src = (res or {}).get("source") or {}
+        if src.get("name"):
+            return f"{src['name']}-{lineage[-1].get('label') or model_dir.name}"
+    return model_dir.name
+
+
+def _auto_outtype(model_dir: Path) -> str:
+    cfg = _read_json(model_dir / "config.json") or {}
+    dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+    if dtype == "bfloat16":
+        return "bf16"
+    if dtype == "float16":
+        return "f16"
+    size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    return "f32" if size <= F32_INTERMEDIATE_MAX_BYTES else "f16"
+
+
+# ------------------------------------------------------------------------------------------------ steps
+class _Progress:
+    """A rich progress bar for one step, or nothing (progress=False)."""
+
+    def __init__(self, enabled: bool, description: str, total: int | None):
+        self.enabled = enabled
+        self.description = description
+        self.total = total
+        self._prog = None
+        self._task = None
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), transient=False)
+            self._prog.__enter__()
+            self._task = self._prog.add_task(self.description, total=self.total)
+        return self
+
+    def update(self, completed: int, description: str | None = None) -> None:
+        if self._prog is not None:
+            kw: dict[str, Any] = {"completed": completed}
+            if description:
+                kw["description"] = description
+            self._prog.update(self._task, **kw)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._prog is not None:
+            if exc[0] is None and self.total:
+                self._prog.update(self._task, completed=self.total)
+            self._prog.__exit__(*exc)
+
+
+def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], on_line: Callable[[str], None],
+                what: str) -> None:
+    """Run cmd with its output in log_path, calling on_line for each line; raise with the log's tail on failure."""
+    from packager.engine import tail
+
+    with open(log_path, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                                errors="replace", bufsize=1)
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                logf.write(line)
+                on_line(line)
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if rc != 0:
+        raise PackagerError(f"{what} failed (exit code {rc}). Last lines of its log ({log_path}):\n{tail(log_path, 25)}")
+
+
+def convert_to_gguf(model_dir: Path, out_file: Path, outtype: str, tools: Path, log_path: Path,
+                    progress: bool = True) -> float:
+    """llama.cpp's convert_hf_to_gguf.py: model_dir -> out_file (outtype f32/f16/bf16). Returns wall seconds."""
+    from packager.compress.checkpoint import tensor_shapes
+
+    n_tensors = len(tensor_shapes(model_dir))
+    cmd = [sys.executable, str(tools / CONVERT_SCRIPT), str(model_dir), "--outfile", str(out_file),
+           "--outtype", outtype]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py (of its version), not the installed one
+    seen = 0
+    t0 = time.perf_counter()
+    with _Progress(progress, f"convert to {outtype} GGUF", n_tensors or None) as bar:
+        def on_line(line: str) -> None:
+            nonlocal seen
+            if " --> " in line:  # "INFO:hf-to-gguf:blk.0.attn_q.weight, torch.float32 --> F32, shape = {...}"
+                seen += 1
+                bar.update(min(seen, n_tensors or seen))
+            elif line.startswith("Writing"):
+                bar.update(n_tensors or seen, "write GGUF")
+
+        _run_logged(cmd, log_path, env, on_line, f"llama.cpp's converter ({CONVERT_SCRIPT}) on {model_dir}")
+    if not out_file.is_file():
+        raise PackagerError(f"llama.cpp's converter exited without writing {out_file}; see {log_path}.")
+    return time.perf_counter() - t0
+
+
+_QUANTIZE_SNIPPET = """
+import ctypes, sys
+import llama_cpp
+llama_cpp.llama_backend_init()
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = int(sys.argv[3])
+params.nthread = int(sys.argv[4])
+rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params))
+sys.stdout.flush()
+sys.exit(0 if rc == 0 else 10 + (rc if 0 < rc < 100 else 0))
+"""
+_TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
+
+
+def quantize_gguf(in_file: Path, out_file: Path, quant: QuantType, threads: int, log_path: Path,
+                  progress: bool = True) -> float:
+    """llama_cpp.llama_model_quantize(in_file -> out_file, quant), in a subprocess. Returns wall seconds."""
+    cmd = [sys.executable, "-c", _QUANTIZE_SNIPPET, str(in_file), str(out_file), str(quant.ftype()), str(threads)]
+    t0 = time.perf_counter()
+    with _Progress(progress, f"quantize to {quant.name}", None) as bar:
+        def on_line(line: str) -> None:
+            m = _TENSOR_LINE.search(line)
+            if m:
+                done, total = int(m.group(1)), int(m.group(2))
+                if bar.total is None and bar._prog is not None:
+                    bar.total = total
+                    bar._prog.update(bar._task, total=total)
+                bar.update(done)
+
+        _run_logged(cmd, log_path, dict(os.environ), on_line, f"llama.cpp quantization to {quant.name}")
+    if not out_file.is_file():
+        raise PackagerError(f"llama.cpp's quantization wrote no {out_file}; see {log_path}.")
+    return time.perf_counter() - t0
+
+
+def _converter_identity(tools: Path) -> dict[str, Any]:
+    return {"script": CONVERT_SCRIPT, "script_sha256": sha256_file(tools / CONVERT_SCRIPT)}
+
+
+def _versions(llama_cpp_version: str) -> dict[str, str]:
+    from packager.provenance import package_versions
+
+    out = dict(package_versions())
+    out["llama_cpp_python"] = llama_cpp_version
+    return out
+
+
+def _reusable(art_dir: Path, source_digest: str, quant: str, converter: dict[str, Any], outtype: str,
+              llama_cpp_version: str) -> ExportRecord | None:
+    raw = _read_json(art_dir / EXPORT_RECORD_NAME)
+    if raw is None:
+        return None
+    try:
+        rec = ExportRecord.model_validate(raw)
+    except Exception:
+        return None
+    if (rec.source_digest, rec.quant, rec.converter, rec.intermediate_outtype) != (source_digest, quant, converter,
+                                                                                   outtype):
+        return None
+    if rec.versions.get("llama_cpp_python") != llama_cpp_version:
+        return None
+    try:
+        verify_manifest(art_dir)
+    except IntegrityError:
+        return None
+    return rec
+
+
+def _artifact(art_dir: Path, rec: ExportRecord, reused: bool) -> GgufArtifact:
+    m = read_manifest(art_dir) or {}
+    return GgufArtifact(quant=rec.quant, path=str(art_dir), gguf_path=str(art_dir / GGUF_FILE), size_bytes=rec.size_bytes,
+                        sha256=rec.sha256, digest=str(m.get("digest", "")), reused=reused, record=rec)
+
+
+def _now() -> str:
+    from packager.provenance import now_iso
+
+    return now_iso()
+
+
+# ------------------------------------------------------------------------------------------------ export
+def export_gguf(variant_dir: str | Path, out_dir: str | Path, quants: Iterable[str] = ("q8_0", "q4_k_m"), *,
+                outtype: Outtype = "auto", threads: int | None = None, force: bool = False, progress: bool = True,
+                log: Callable[[str], None] | None = None) -> list[GgufArtifact]:
+    """Export a float variant to one GGUF artifact per quant type under out_dir/<quant>/ (see the module doc)."""
+    from packager.gguf.modelfile import detect_chat_template, generation_parameters, render_modelfile
+    from packager.gguf.server import cpu_threads
+
+    log = log or (print if progress else (lambda _m: None))
+    qtypes = parse_quants(list(quants))
+    if outtype not in ("auto", "f32", "f16", "bf16"):
+        raise ConfigError(f"Unknown intermediate GGUF type {outtype!r}; use auto, f32, f16 or bf16.")
+    src = Path(variant_dir).expanduser().resolve()
+    out_root = Path(out_dir).expanduser().resolve()
+    if src == out_root or src in out_root.parents:
+        raise ConfigError(f"The output directory {out_root} is inside the variant {src}; choose a folder outside it.")
+    check_float_source(src)
+    tools = llama_cpp_tools_dir()
+    llama_cpp_version = _llama_cpp_version()
+    threads = threads or cpu_threads()
+    t_all = time.perf_counter()
+
+    _, source_digest, manifest = _source_identity(src)
+    lineage, _dirs = lineage_of(src)
+    recipe = (_read_json(src.parent / RECIPE_RESULT_NAME) or {}).get("recipe") if lineage else None
+    base_name = _source_name(src, manifest, lineage)
+    inter_type = _auto_outtype(src) if outtype == "auto" else outtype
+    converter = _converter_identity(tools)
+    chat = detect_chat_template(src)
+    gen_params = generation_parameters(src)
+    if chat.style != "chatml":
+        log(f"note: chat template of {src.name}: {chat.style} ({'; '.join(chat.notes)})")
+
+    results: list[GgufArtifact] = []
+    todo: list[QuantType] = []
+    for q in qtypes:
+        art_dir = out_root / q.name
+        rec = None if force else _reusable(art_dir, source_digest, q.name, converter, inter_type, llama_cpp_version)
+        if rec is not None:
+            log(f"{q.name}: reusing {art_dir} (same source digest {source_digest[:12]}, type and tools; verified)")
+            results.append(_artifact(art_dir, rec, reused=True))
+        else:
+            todo.append(q)
+    if not todo:
+        return results
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out_root, prefix=".gguf-work-"))
+    try:
+        inter = work / f"intermediate-{inter_type}.gguf"
+        log(f"converting {src} to a {inter_type} GGUF with llama.cpp's converter (log: {work / 'convert.log'})")
+        convert_s = convert_to_gguf(src, inter, inter_type, tools, work / "convert.log", progress=progress)
+        inter_sha, inter_size = sha256_file(inter), inter.stat().st_size
+        log(f"converted in {convert_s:.1f}s: {inter_size / 1e6:.1f} MB")
+        for q in todo:
+            art_dir = out_root / q.name
+            name = f"{base_name}-{q.name}"
+            with atomic_dir(art_dir) as tmp:
+                tmp.chmod(0o755)
+                t_q = time.perf_counter()
+                if q.name == inter_type:
+                    _link_or_copy(inter, tmp / GGUF_FILE)
+                    quant_s = 0.0
+                else:
+                    quant_s = quantize_gguf(inter, tmp / GGUF_FILE, q, threads, work / f"quantize-{q.name}.log",
+                                            progress=progress)
+                size, sha = (tmp / GGUF_FILE).stat().st_size, sha256_file(tmp / GGUF_FILE)
+                atomic_write_text(tmp / MODELFILE, render_modelfile(
+                    chat, title=f"{name}: {q.description}; exported by packager from {base_name}",
+                    parameters=gen_params))
+                shutil.copy2(src / "config.json", tmp / "config.json")
+                rec = ExportRecord(
+                    name=name, quant=q.name, ftype=q.ftype(), source_dir=str(src), source_name=base_name,
+                    source_digest=source_digest, source_manifest_digest=(manifest or {}).get("digest"),
+                    source_origin=(manifest or {}).get("source"), lineage=lineage, recipe=recipe,
+                    intermediate_outtype=inter_type, intermediate_sha256=inter_sha,
+                    intermediate_size_bytes=inter_size, converter=converter, chat_template=chat.as_record(),
+                    size_bytes=size, sha256=sha, convert_wall_time_s=round(convert_s, 3),
+                    quantize_wall_time_s=round(quant_s, 3),
+                    wall_time_s=round(convert_s + (time.perf_counter() - t_q), 3), threads=threads,
+                    versions=_versions(llama_cpp_version), created_at=_now(),
+                )
+                atomic_write_json(tmp / EXPORT_RECORD_NAME, rec.model_dump(mode="json"))
+                kinds = [{"kind": s.get("method"), "label": s.get("label")} for s in lineage]
+                write_manifest(tmp, {
+                    "name": name, "format": ARTIFACT_FORMAT, "quant": q.name, "source": (manifest or {}).get(
+                        "source") or base_name, "source_digest": source_digest, "recipe": recipe,
+                    "stages": kinds + [{"kind": f"gguf-{q.name}", "label": f"gguf-{q.name}"}],
+                })
+            log(f"{q.name}: {art_dir} ({size / 1e6:.1f} MB, sha256 {sha[:12]}, quantized in {quant_s:.1f}s)")
+            results.append(_artifact(art_dir, rec, reused=False))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    order = {q.name: i for i, q in enumerate(qtypes)}
+    results.sort(key=lambda a: order[a.quant])
+    log(f"exported {len(todo)} GGUF artifact(s) in {time.perf_counter() - t_all:.1f}s")
+    return results
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def known_quant_names() -> list[str]:
+    return QUANT_TYPES.names()
