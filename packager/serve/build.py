@@ -62,7 +62,7 @@ def choose_backend(variant_dir: Path, engine: EngineConfig, log: Callable[[str],
 
     if is_gguf_artifact(variant_dir):
         if engine.backend != "llamacpp":
-            log(f"{Path(variant_dir).name} is a GGUF artifact: serving it with backend llamacpp (llama.cpp), not "
+            log(f"{variant_dir} is a GGUF artifact: serving it with backend llamacpp (llama.cpp), not "
                 f"{engine.backend}")
             engine = engine.model_copy(update={"backend": "llamacpp"})
         return engine
