@@ -1,7 +1,6 @@
 """The `packager` command line: thin; it parses, builds the run configuration and calls the library."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -19,16 +18,40 @@ app.add_typer(models_app, name="models")
 console = Console(stderr=True, soft_wrap=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by `timeout`, systemd, CI runners, Kubernetes), raised like Ctrl+C so the same cleanup runs."""
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001
+    raise Terminated()
+
+
 def run_guarded(fn, *args, **kwargs):
-    """Call the library; print PackagerError for people and exit non-zero."""
+    """Call the library; print PackagerError for people and exit non-zero.
+
+    SIGTERM is turned into an exception while `fn` runs, so context managers stop the engines and servers
+    they started and nothing half-written is kept, exactly as on Ctrl+C (exit 143 instead of 130).
+    """
+    import signal
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return fn(*args, **kwargs)
     except PackagerError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(e.exit_code)
+    except Terminated:
+        console.print("[yellow]terminated (SIGTERM): engines stopped, nothing half-written was kept[/]")
+        raise typer.Exit(143)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: nothing half-written was kept[/]")
         raise typer.Exit(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @models_app.command("default")

@@ -21,10 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-# Not yet confirmed by a run against a real engine in the session that wrote them: bounded, and not gating CI
-# (not strict) until a run confirms them.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
-              pytest.mark.xfail(strict=False, reason="first run against a real engine not yet confirmed")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _env() -> dict[str, str]:
@@ -127,12 +124,8 @@ def test_evaluate_terminated_while_its_engine_starts_does_not_leave_the_engine_r
         orphaned = not wait_until(lambda: not engines_for(tiny_copy), 15)
         if orphaned:
             kill_engines(tiny_copy)
-            pytest.xfail(
-                "known gap: SIGTERM ends `packager` at once (Python's default action), so EngineServer never "
-                "stops the vLLM server it started in its own session; the engine keeps running (and holding "
-                "its memory and port) after the command is gone. Fix: packager.cli.run_guarded turns SIGTERM "
-                "into KeyboardInterrupt, so the same cleanup as Ctrl+C runs (exit 143).")
-        assert proc.returncode != 0
+        assert not orphaned, "the engine outlived `packager evaluate` after SIGTERM"
+        assert proc.returncode == 143, proc.returncode
     finally:
         if proc.poll() is None:
             proc.kill()
