@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             d = Path(res.final_dir)
             v.update({"model_dir": f"$WORK/{d.relative_to(work)}", "size_bytes_dir": res.stages[-1].size_bytes, "weights_bytes": weights(d),
                       "parameter_count": res.stages[-1].parameter_count})
-            m = measure_variant(name, d, cfg, baseline, not args.no_eval, work, args.requests_single,
+            m = measure_variant(rec.name, d, cfg, baseline, not args.no_eval, work, args.requests_single,
                                 args.requests_per_stream_32)
             m.pop("_summary", None)
             v.update(m)
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 v[f"{k}_vs_baseline"] = round(v[k]["output_tokens_per_s"] / b, 3) if b else None
             v["weights_vs_baseline_bf16"] = round(v["weights_bytes"] / (base["weights_bytes"] / 2), 3)
         except (PackagerError, Exception) as e:  # record and go on with the next variant
-            v["error"] = f"{type(e).__name__}: {e}"
+            v["error"] = f"{type(e).__name__}: {e}".replace(str(ROOT) + "/", "")
             print(f"  {name}: FAILED {v['error']}", flush=True)
         out["variants"] = [x for x in out["variants"] if x["name"] != v["name"]] + [v]
         save()
