@@ -195,8 +195,8 @@ class ReleaseRunner:
                  f"serving via {self.serve_via}; estimated {est / 60:.0f} min on this machine "
                  f"(time budget {cfg.time_budget_s / 60:.0f} min). Results: {self.run_dir}")
         if est > cfg.time_budget_s:
-            self.log(f"[yellow]The estimate exceeds the time budget: variants that do not fit are skipped and "
-                     f"named in the report. Raise time_budget_s or drop recipes to run them all.[/]")
+            self.log("[yellow]The estimate exceeds the time budget: variants that do not fit are skipped and "
+                     "named in the report. Raise time_budget_s or drop recipes to run them all.[/]")
 
         source = resolve_model(cfg.model)
         suite = load_suite(cfg.eval.suite)

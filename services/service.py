@@ -14,8 +14,8 @@ Layout of a running replica:
                        (other paths) BentoML's proxy straight to the backend
                      `__command__`: packager.serve.supervise -> the backend, an OpenAI server on
                                      127.0.0.1:<backend_port>, e.g. vLLM. The supervisor lets in-flight
-                                     requests drain on SIGTERM; a backend that dies on its own ends the
-                                     worker (watchdog below) and BentoML starts a fresh worker and backend.
+                                     requests drain on SIGTERM; a backend that dies on its own is started
+                                     again by the worker (watchdog below; /livez 200, /readyz 503 meanwhile).
 
 Before any worker starts, `bentoml serve` runs `verify_model` (an on_deployment hook, in the serving
 process): the model files' sha256 must match what was recorded at import and the digest this bento was
@@ -58,17 +58,26 @@ def _image() -> bentoml.images.Image:
 
 
 DRAIN_MARGIN_S = 30.0
+# A backend that dies on its own is started again by the worker, after 1, 2, 4, ... s; more than
+# MAX_BACKEND_RESTARTS within RESTART_WINDOW_S ends the worker instead (BentoML then starts a fresh one,
+# or, in a container, the orchestrator's liveness probe restarts the replica).
+MAX_BACKEND_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
 
 
-async def _backend_watchdog() -> None:
-    """Wait for the backend's supervisor; on an exit it did not report as requested (non-zero), end the worker.
+async def _backend_watchdog(instance) -> None:
+    """Restart the backend when its supervisor reports an exit nobody asked for (a non-zero exit code).
 
-    The worker's graceful shutdown (SIGTERM to itself) lets BentoML's arbiter start a new worker, which starts
-    a new backend; /readyz and /livez answer 503 meanwhile. A stop the worker asked for exits 0 and is ignored.
+    While the new backend starts, /livez answers 200 (the worker and a backend process live) and /readyz
+    and inference answer 503 (the backend does not answer yet): an orchestrator waits instead of killing
+    the replica. A stop the worker asked for (shutdown) exits 0 and ends the watch.
     """
     import asyncio
     import os
     import signal
+    import time
+
+    import anyio
 
     state = PackagerLLM.context.state
     while "proc" not in state:  # set by BentoML's proxy once the backend answered its health path
@@ -76,14 +85,32 @@ async def _backend_watchdog() -> None:
     proc = state["proc"]
     if proc is None:  # another worker started the backend
         return
-    code = await proc.wait()
-    if code == 0:
-        return
-    msg = (f"packager: the backend exited unexpectedly (supervisor exit code {code}); ending this worker so "
-           "a new one starts a new backend")
-    logger.error(msg)
-    print(msg, file=sys.stderr, flush=True)
-    os.kill(os.getpid(), signal.SIGTERM)
+    restarts: list[float] = []
+    while True:
+        code = await proc.wait()
+        if code == 0 or state.get("stopping"):
+            return
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
+        if len(restarts) > MAX_BACKEND_RESTARTS:
+            msg = (f"packager: the backend exited unexpectedly (supervisor exit code {code}) "
+                   f"{len(restarts)} times within {RESTART_WINDOW_S:g} s; ending this worker")
+            logger.error(msg)
+            print(msg, file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        delay_s = 2.0 ** (len(restarts) - 1)
+        msg = (f"packager: the backend exited unexpectedly (supervisor exit code {code}); starting it again in "
+               f"{delay_s:g} s (restart {len(restarts)} of at most {MAX_BACKEND_RESTARTS} per {RESTART_WINDOW_S:g} s)")
+        logger.error(msg)
+        print(msg, file=sys.stderr, flush=True)
+        await asyncio.sleep(delay_s)
+        if state.get("stopping"):
+            return
+        proc.terminate = lambda: None  # BentoML's proxy stops the process it started at shutdown: it is gone
+        proc = await anyio.open_process(instance.__command__(), stdout=None, stderr=None)
+        state["proc"] = proc
+        state["backend_restarts"] = state.get("backend_restarts", 0) + 1
 
 
 @bentoml.asgi_app(gateway.app, path="/v1", name="openai")
@@ -131,10 +158,26 @@ class PackagerLLM:
 
     @bentoml.on_startup
     async def watch_backend(self) -> None:
-        """Start the watchdog: a backend that exits on its own ends this worker, so BentoML starts a fresh one."""
+        """Start the watchdog: a backend that exits on its own is started again."""
         import asyncio
 
-        asyncio.get_running_loop().create_task(_backend_watchdog())
+        PackagerLLM.context.state["watchdog"] = asyncio.get_running_loop().create_task(_backend_watchdog(self))
+
+    @bentoml.on_shutdown
+    async def stop_restarted_backend(self) -> None:
+        """BentoML's proxy stops the backend it started; one the watchdog started again is stopped here."""
+        import asyncio
+
+        state = PackagerLLM.context.state
+        state["stopping"] = True
+        if (task := state.get("watchdog")) is not None:
+            task.cancel()
+        if state.get("backend_restarts") and (proc := state.get("proc")) is not None and proc.returncode is None:
+            proc.send_signal(15)  # the supervisor passes it on (it comes from the worker)
+            try:
+                await asyncio.wait_for(proc.wait(), 30.0)
+            except asyncio.TimeoutError:
+                proc.kill()
 
     async def __metrics__(self, content: str) -> str:
         if backend.metrics_path is None:

@@ -35,7 +35,7 @@ from packager.compress.base import METHODS, StageArgs, StageContext
 from packager.compress.checkpoint import STAGE_RECORD_NAME
 from packager.config import EngineConfig
 from packager.errors import ConfigError, HardwareError, IntegrityError, PackagerError
-from packager.fsutil import MANIFEST_NAME, atomic_dir, atomic_write_json, dir_size_bytes, hash_tree, tree_digest
+from packager.fsutil import MANIFEST_NAME, atomic_dir, atomic_write_json, hash_tree, tree_digest
 
 ARGS_CLASSES: tuple[type[StageArgs], ...] = (
     gptq.GPTQArgs,

@@ -12,7 +12,6 @@ written atomically so an interrupted run leaves nothing half-written.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed

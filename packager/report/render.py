@@ -812,7 +812,7 @@ def _summary_html(report: Report) -> str:
     out.append("</tr></thead><tbody>")
     for v in report.variants:
         is_rec = report.recommendation.variant == v.name
-        out.append(f'<tr class="recommended">' if is_rec else "<tr>")
+        out.append('<tr class="recommended">' if is_rec else "<tr>")
         badges = ""
         if is_rec:
             badges += '<span class="badge rec">★ recommended</span>'

