@@ -181,7 +181,7 @@ class ReleaseRunner:
         from packager.evaluate.suite import load_suite
         from packager.loadtest.runner import run_loadtest
         from packager.models import resolve_model
-        from packager.report.analysis import pareto_frontier, recommend
+        from packager.report.analysis import compare_engines, pareto_frontier, recommend
         from packager.report.model import Recommendation, Report, VariantResult
         from packager.report.render import write_report
 
@@ -221,6 +221,8 @@ class ReleaseRunner:
             try:
                 self.compress(v, source)
                 vr.model_dir, vr.model_digest = str(v.model_dir), v.digest
+                if _is_gguf(v.model_dir):  # a GGUF artifact is served (and scored) by llama.cpp
+                    vr.engine, vr.dtype = "llamacpp", _gguf_quant(v.model_dir)
                 vr.size_bytes = _weights_size(v.model_dir)
                 vr.parameters = _param_count(v.model_dir)
                 vr.stages, vr.compression_wall_time_s = v.stages, v.compression_wall_time_s
@@ -282,12 +284,15 @@ class ReleaseRunner:
         rec_floor = cfg.quality_floor
         rec = recommend(results, rec_floor, cfg.slo.ttft_ms, cfg.slo.tpot_ms,
                         min_goodput_fraction=self.lt_cfg.slo_attainment_target)
+        engines = compare_engines(results)  # after recommend: it leaves out variants below the quality floor
+        if engines is not None:
+            self.log(f"engines: {engines.summary}")
         report = Report(
             model=source.name, baseline=BASELINE, quality_floor=rec_floor,
             slo={"ttft_ms": cfg.slo.ttft_ms, "tpot_ms": cfg.slo.tpot_ms},
             pricing={"instance": cfg.pricing.instance, "usd_per_hour": self.usd_per_hour(),
                      "source": self._price.source},
-            variants=results, pareto=pareto_frontier(results), recommendation=rec or Recommendation(variant=None, reason="no variant"),
+            variants=results, pareto=pareto_frontier(results), engines=engines, recommendation=rec or Recommendation(variant=None, reason="no variant"),
             timings_s={**self.timings, "total": round(time.monotonic() - self.t0, 1)},
             time_budget_s=cfg.time_budget_s, config=cfg.model_dump(mode="json"), notes=self.notes,
         )
@@ -345,6 +350,19 @@ def _weights_size(model_dir: Path | None) -> int | None:
     if model_dir is None:
         return None
     return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) or dir_size_bytes(model_dir)
+
+
+def _is_gguf(model_dir: Path | None) -> bool:
+    from packager.gguf.artifact import is_gguf_artifact
+
+    return model_dir is not None and is_gguf_artifact(model_dir)
+
+
+def _gguf_quant(model_dir: Path) -> str | None:
+    from packager.gguf.artifact import read_export_record
+
+    rec = read_export_record(model_dir) or {}
+    return rec.get("quant") or rec.get("quant_type")
 
 
 def _param_count(model_dir: Path | None) -> int | None:

@@ -110,6 +110,8 @@ def check_model_dir(model_dir: Path) -> None:
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise IntegrityError(f"The stage wrote no config.json into {model_dir}; its output is not a model directory.")
+    if (model_dir / "model.gguf").is_file():  # a GGUF artifact (stage `gguf`): llama.cpp reads model.gguf
+        return
     weight_files(model_dir)
     if not any((model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise IntegrityError(f"The stage's output {model_dir} has no tokenizer files.")

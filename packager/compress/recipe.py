@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # The methods, imported explicitly (no package walking): each module registers its function in METHODS.
-from packager.compress import distill, fp8, gptq, int8, prune
+from packager.compress import distill, fp8, gguf_stage, gptq, int8, prune
 from packager.compress.base import METHODS, StageArgs, StageContext
 from packager.compress.checkpoint import STAGE_RECORD_NAME
 from packager.config import EngineConfig
@@ -43,6 +43,7 @@ ARGS_CLASSES: tuple[type[StageArgs], ...] = (
     fp8.FP8Args,
     prune.PruneArgs,
     distill.DistillArgs,
+    gguf_stage.GgufArgs,
 )
 ARGS_BY_KIND: dict[str, type[StageArgs]] = {c.model_fields["kind"].default: c for c in ARGS_CLASSES}
 StageSpec = Annotated[Union[ARGS_CLASSES], Field(discriminator="kind")]  # type: ignore[valid-type]

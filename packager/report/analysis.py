@@ -8,6 +8,8 @@ Pure functions over packager.report.model objects (no I/O, no heavy imports).
   that keeps enough quality (recovery >= floor; the baseline counts as 1.0) and meets the SLO at the tested load,
   or none with a plain statement of each variant's failure. Sets `meets_quality_floor` / `meets_slo` on every
   variant as a side effect.
+* `compare_engines(variants)`: with variants served by more than one engine (vLLM, llama.cpp), the best
+  output tokens/s of each engine at every offered load of the sweep and the load at which the lead changes.
 * `consistency_problems(report)`: every figure that disagrees with another (cost vs price and throughput,
   recovery vs scores, percentile order, ...); an empty list means the report is internally consistent.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-from packager.report.model import LoadSummary, Recommendation, Report, VariantResult
+from packager.report.model import EngineComparison, LoadSummary, Recommendation, Report, VariantResult
 
 # A variant meets the SLO at the tested load when at least this share of its requests met every SLO
 # (unless the caller asks for an absolute goodput in requests/s instead).
@@ -235,6 +237,66 @@ def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_
 
 
 # -------------------------------------------------------------------------------------------------- consistency
+ENGINE_NAMES = {"vllm": "vLLM", "llamacpp": "llama.cpp"}
+
+
+def engine_label(engine: str) -> str:
+    return ENGINE_NAMES.get(engine, engine)
+
+
+def compare_engines(variants: Sequence[VariantResult]) -> EngineComparison | None:
+    """Engines side by side over the load sweep, or None unless at least two engines have sweeps in one unit.
+
+    Variants known to miss the quality floor (`meets_quality_floor` False: run `recommend` first) are left
+    out: an engine should not lead on the strength of a variant nobody may ship.
+    """
+    swept = [v for v in variants if v.load is not None and v.load.sweep and v.meets_quality_floor is not False]
+    units = {v.load.sweep_unit for v in swept}  # type: ignore[union-attr]
+    engines = sorted({v.engine for v in swept})
+    if len(engines) < 2 or len(units) != 1:
+        return None
+    offered = sorted({p.offered for v in swept for p in v.load.sweep})  # type: ignore[union-attr]
+    best: dict[str, list[float | None]] = {e: [] for e in engines}
+    who: dict[str, list[str | None]] = {e: [] for e in engines}
+    for x in offered:
+        for e in engines:
+            cands = [(p.output_tokens_per_s, v.name) for v in swept if v.engine == e
+                     for p in v.load.sweep if p.offered == x]  # type: ignore[union-attr]
+            top = max(cands, default=None)
+            best[e].append(None if top is None else top[0])
+            who[e].append(None if top is None else top[1])
+    leader: list[str | None] = []
+    for i in range(len(offered)):
+        vals = [(best[e][i], e) for e in engines if best[e][i] is not None]
+        leader.append(max(vals)[1] if len(vals) >= 2 else None)
+    crossovers: list[dict] = []
+    prev_i = None
+    for i, lead in enumerate(leader):
+        if lead is None:
+            continue
+        if prev_i is not None and leader[prev_i] != lead:
+            crossovers.append({"from_engine": leader[prev_i], "to_engine": lead, "after": offered[prev_i],
+                               "at": offered[i]})
+        prev_i = i
+    unit = units.pop()
+
+    def at(x: float) -> str:
+        return f"{x:g} " + (("concurrent user" if x == 1 else "concurrent users") if unit == "concurrency" else "requests/s")
+    led = [(x, lead) for x, lead in zip(offered, leader) if lead is not None]
+    if not led:
+        summary = "No offered load was run on every engine, so the engines cannot be compared."
+    elif not crossovers:
+        summary = (f"{engine_label(led[0][1])} sustained the most output tokens/s at every offered load compared "
+                   f"({led[0][0]:g} to {at(led[-1][0])}).")
+    else:
+        parts = [f"{engine_label(led[0][1])} leads from {at(led[0][0])}"]
+        for c in crossovers:
+            parts.append(f"{engine_label(c['to_engine'])} from {c['at']:g} (crossover between {c['after']:g} and {c['at']:g})")
+        summary = "; ".join(parts) + ". Which is cheaper for you depends on the traffic you expect: the recommendation uses the configured load test."
+    return EngineComparison(sweep_unit=unit, offered=offered, best_output_tokens_per_s=best, best_variant=who,
+                            leader=leader, crossovers=crossovers, summary=summary)
+
+
 def _close(a: float, b: float, rel_tol: float = REL_TOL) -> bool:
     return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12)
 

@@ -93,6 +93,19 @@ class VariantResult(BaseModel):
     errors: list[str] = Field(default_factory=list)
 
 
+class EngineComparison(BaseModel):
+    """Serving engines side by side over the load sweep: at each offered load, the best output tokens/s any
+    variant of each engine sustained (variants below the quality floor left out), and where the lead changes."""
+
+    sweep_unit: str | None = None
+    offered: list[float] = Field(default_factory=list)
+    best_output_tokens_per_s: dict[str, list[float | None]] = Field(default_factory=dict)  # engine -> per offered
+    best_variant: dict[str, list[str | None]] = Field(default_factory=dict)  # engine -> per offered
+    leader: list[str | None] = Field(default_factory=list)  # per offered: the engine with the most tokens/s
+    crossovers: list[dict[str, Any]] = Field(default_factory=list)  # {from_engine, to_engine, after, at}
+    summary: str = ""
+
+
 class Recommendation(BaseModel):
     variant: str | None
     reason: str
@@ -111,6 +124,7 @@ class Report(BaseModel):
     pricing: dict[str, Any] = Field(default_factory=dict)  # instance, usd_per_hour, source
     variants: list[VariantResult]
     pareto: list[str] = Field(default_factory=list)  # names on the quality-vs-cost frontier
+    engines: EngineComparison | None = None  # set when variants of more than one engine were load-swept
     recommendation: Recommendation
     timings_s: dict[str, float] = Field(default_factory=dict)
     time_budget_s: float | None = None

@@ -209,6 +209,26 @@ def _sweep_unit_short(unit: str | None) -> str:
     return {"concurrency": "users", "requests_per_s": "req/s"}.get(unit or "", unit or "")
 
 
+def _engine_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Engines side by side: offered load, then per engine its best output tok/s (and which variant), leader."""
+    from packager.report.analysis import engine_label
+
+    ec = report.engines
+    if ec is None:
+        return [], []
+    engines = list(ec.best_output_tokens_per_s)
+    headers = ["offered", *[f"{engine_label(e)}: best output tok/s" for e in engines], "leads"]
+    rows = []
+    for i, x in enumerate(ec.offered):
+        cells = [f"{x:g}"]
+        for e in engines:
+            val, name = ec.best_output_tokens_per_s[e][i], ec.best_variant[e][i]
+            cells.append("-" if val is None else f"{val:,.1f} ({name})")
+        cells.append(engine_label(ec.leader[i]) if ec.leader[i] else "-")
+        rows.append(cells)
+    return headers, rows
+
+
 def _sweep_label(unit: str | None) -> str:
     return {"concurrency": "offered load (concurrent users)",
             "requests_per_s": "offered load (arrival rate, requests/s)"}.get(unit or "", f"offered load ({unit or 'unit unknown'})")
@@ -386,6 +406,13 @@ def render_markdown(report: Report) -> str:
     for name, kind, text in notes:
         L.append(f"- `{name}` {kind}: {e(text)}")
     if notes:
+        L.append("")
+    if report.engines is not None:
+        L.append(f"### Engines ({e(_sweep_label(report.engines.sweep_unit))})")
+        L.append("")
+        L.append(e(report.engines.summary))
+        L.append("")
+        L += _md_table(*_engine_rows(report), numeric_from=0)
         L.append("")
     for v in loaded:
         if v.load is not None and v.load.sweep:
@@ -637,14 +664,25 @@ def plot_sweep(report: Report) -> str | None:
         fig = _new_figure(7.2, 4.6)
         ax_t, ax_l = fig.subplots(1, 2)
         any_ttft = False
+        from packager.report.analysis import engine_label
+
+        several_engines = len({v.engine for v in swept}) > 1  # then: one line style per engine, named in the legend
+        styles = {e: ls for e, ls in zip(sorted({v.engine for v in swept}), ["-", "--", ":", "-."] * 4)}
         for v in swept:
             pts = sorted(v.load.sweep, key=lambda p: p.offered)  # type: ignore[union-attr]
+            label = f"{v.name} ({engine_label(v.engine)})" if several_engines else v.name
+            ls = styles[v.engine] if several_engines else "-"
             ax_t.plot([p.offered for p in pts], [p.output_tokens_per_s for p in pts], marker="o",
-                      color=colors[v.name], label=v.name)
+                      color=colors[v.name], label=label, linestyle=ls)
             lat = [(p.offered, p.ttft_ms_p95) for p in pts if p.ttft_ms_p95 is not None]
             if lat:
                 any_ttft = True
-                ax_l.plot([a for a, _ in lat], [b for _, b in lat], marker="o", color=colors[v.name], label=v.name)
+                ax_l.plot([a for a, _ in lat], [b for _, b in lat], marker="o", color=colors[v.name], label=label,
+                          linestyle=ls)
+        for c in (report.engines.crossovers if report.engines else []):
+            ax_t.axvline(c["at"], color="#555555", linestyle=":", linewidth=1.0)
+            ax_t.annotate(f"{engine_label(c['to_engine'])} leads", (c["at"], 0), xytext=(3, 4),
+                          textcoords="offset points", fontsize=7, color="#555555")
         slo = report.slo.get("ttft_ms")
         if slo:
             ax_l.axhline(slo, color="#c0392b", linestyle="--", linewidth=1.4, label=f"SLO TTFT {slo:g} ms")
@@ -913,6 +951,9 @@ def render_html(report: Report, plots: dict[str, Any] | None = None) -> str:
         P.append("<ul>" + "".join(
             f'<li><b>{_h(n)}</b> {_h(kind)}: <span class="{"v-bad" if kind != "figures at" else ""}">{_h(x)}</span></li>'
             for n, kind, x in notes) + "</ul>")
+    if report.engines is not None:
+        P.append(f'<div id="engines"><h3>Engines</h3><p class="meta">{_h(_sweep_label(report.engines.sweep_unit))}</p>'
+                 f"<p>{_h(report.engines.summary)}</p>" + _html_table(*_engine_rows(report), numeric_from=0) + "</div>")
     sweeps = [v for v in loaded if v.load and v.load.sweep]
     if sweeps:
         P.append('<div class="cols">')
