@@ -51,6 +51,7 @@ VARIANT_RECIPES = {
     "w8a8-int8": "w8a8-int8",  # built-in recipe (round to nearest, no calibration)
     "fp8": "fp8",  # built-in recipe (needs compute capability >= 8.9)
     "w8a8-int8-sq": None,  # built here: W8A8 int8 with SmoothQuant alpha 0.5 (calibration on the GPU)
+    "prune-distill-w8a8": "prune-distill-w8a8",  # built-in: prune -> distillation (training on the GPU) -> W8A8
 }
 
 
@@ -272,6 +273,9 @@ class Proof:
             "size_bytes": st.size_bytes, "source_size_bytes": res.source.size_bytes,
             "parameter_count": st.parameter_count, "report": st.report, "digest": st.digest,
             "reused": bool(res.reused_stages), "notes": st.notes,
+            "stages": [{"label": x.label, "method": x.method, "device": x.device, "wall_time_s": x.wall_time_s,
+                        "peak_rss_mb": x.peak_rss_mb, "parameter_count": x.parameter_count, "report": x.report}
+                       for x in res.stages],
         }
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # leave the GPU to the vLLM server started next
