@@ -140,11 +140,11 @@ class ReleaseRunner:
     def served(self, v: Variant, registry_version: str | None) -> Iterator[str]:
         """Serve the variant the way it ships (a bento) or, for fast checks, on the bare engine."""
         if self.serve_via == "engine":
-            from packager.engine import EngineServer
+            from packager.gguf.server import server_for_model  # llama.cpp for a GGUF artifact, else vLLM
 
             with self.timed(f"{v.name}/serve_start"):
-                srv = EngineServer(v.model_dir, self.cfg.engine, served_name=v.name,
-                                   log_path=v.root / "engine.log").start()
+                srv = server_for_model(v.model_dir, self.cfg.engine, served_name=v.name,
+                                       log_path=v.root / "engine.log").start()
             try:
                 yield srv.base_url
             finally:
@@ -240,9 +240,17 @@ class ReleaseRunner:
                     with self.served(v, v.registry_version) as url:
                         if summary_d is None:
                             with self.timed(f"{v.name}/evaluate"):
-                                s = evaluate_model(None, cfg, url=url, baseline=baseline_summary,
+                                ev_cfg, ev_notes = cfg, []
+                                if _is_gguf(v.model_dir):  # llama.cpp returns no prompt logprobs
+                                    from packager.gguf.server import LLAMACPP_EVAL_NOTES
+
+                                    ev_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
+                                        update={"perplexity": False})})
+                                    ev_notes = list(LLAMACPP_EVAL_NOTES)
+                                s = evaluate_model(None, ev_cfg, url=url, baseline=baseline_summary,
                                                    baseline_items=baseline_items, out_dir=v.root / "eval",
                                                    name=v.name, suite=suite, show_progress=self.show_progress)
+                                s.notes.extend(ev_notes)
                             s.model_dir = str(v.model_dir)
                             if cfg.eval.behaviour_suite:
                                 with self.timed(f"{v.name}/evaluate_behaviour"):

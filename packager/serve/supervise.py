@@ -16,7 +16,8 @@ stands between BentoML and it, for two reasons measured in tests/integration/tes
    ends the worker, so BentoML respawns it with a fresh backend (outside containers; in a container the
    orchestrator's liveness probe restarts the replica).
 
-The backend gets PR_SET_PDEATHSIG (SIGKILL): if the supervisor is killed outright, the backend dies too: it
+The backend runs in a process group of its own; whatever it leaves there when it exits (a killed vLLM server
+leaves its engine core) is ended. It also gets PR_SET_PDEATHSIG (SIGKILL): if the supervisor is killed outright, the backend dies too: it
 is never left running on its own, holding the port the worker's restart needs, and open streams fail fast.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ def _log(msg: str) -> None:
 
 def _child_setup() -> None:  # runs in the child between fork and exec
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the blocked mask is inherited: undo it
+    os.setsid()  # its own process group: what it leaves behind (vLLM's engine core) can be found and ended
     try:
         import ctypes
 
@@ -48,6 +50,25 @@ def _child_setup() -> None:  # runs in the child between fork and exec
         # drains; with nobody left to stop it when that hangs, open streams would hang with it.
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)
     except Exception:  # not Linux: best effort
+        pass
+
+
+def _end_group(pgid: int, grace_s: float) -> None:
+    """End what the backend left in its process group (a killed vLLM server leaves its engine core running,
+    holding memory): after a requested stop wait up to grace_s for it to go by itself, then SIGKILL."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    _log(f"ending what the backend left in its process group {pgid}")
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -84,6 +105,7 @@ def supervise(cmd: list[str], drain_timeout_s: float, parent_pid: int | None = N
         info = signal.sigtimedwait(WAIT_SIGNALS, POLL_S)
         rc = child.poll()
         if rc is not None:
+            _end_group(child.pid, grace_s=5.0 if stop_requested else 0.0)
             code = exit_code_for(rc, stop_requested)
             if code:
                 _log(f"the backend exited unexpectedly (returncode {rc}); exiting {code}")

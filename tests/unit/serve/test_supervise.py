@@ -143,3 +143,40 @@ def test_usage_errors():
 
     assert main(["--drain-timeout-s", "3"]) == 2
     assert main(["--"]) == 2
+
+
+GRANDCHILD_BACKEND = r"""
+import os, subprocess, sys, time
+from pathlib import Path
+out = Path(sys.argv[1])
+g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+(out / "grandchild").write_text(str(g.pid))
+(out / "pid").write_text(str(os.getpid()))
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_what_a_killed_backend_leaves_in_its_group_is_ended(tmp_path):
+    """A killed vLLM server leaves its engine core running; the supervisor ends its process group."""
+    script = tmp_path / "backend.py"
+    script.write_text(GRANDCHILD_BACKEND)
+    proc = subprocess.Popen(supervised_command([sys.executable, str(script), str(tmp_path)], 60.0),
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid, grandchild = int((tmp_path / "pid").read_text()), int((tmp_path / "grandchild").read_text())
+    try:
+        assert _alive(grandchild)
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait(20) == 137
+        deadline = time.monotonic() + 10
+        while _alive(grandchild) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(grandchild)
+        assert "ending what the backend left in its process group" in proc.stderr.read()
+    finally:
+        _stop(proc, pid)
+        if _alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
