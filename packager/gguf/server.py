@@ -16,14 +16,12 @@ What this server is and is not:
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from packager.config import EngineConfig
-from packager.engine import free_port, stop_process, wait_ready
+from packager.engine import LocalServer
 from packager.errors import ServerError
 from packager.gguf.artifact import gguf_path, is_gguf_artifact
 
@@ -75,59 +73,35 @@ def check_installed() -> None:
         )
 
 
-class LlamaCppServer:
+class LlamaCppServer(LocalServer):
     """llama.cpp's OpenAI server for one GGUF artifact directory, as a context manager (like EngineServer).
 
     >>> with LlamaCppServer(artifact_dir, EngineConfig(backend="llamacpp")) as srv:
     ...     srv.base_url  # http://127.0.0.1:PORT
     """
 
+    what = "llama.cpp server"
+    readiness_path = READINESS_PATH
+    log_prefix = "packager-llamacpp-"
+
     def __init__(self, model_dir: str | Path, engine: EngineConfig, served_name: str | None = None,
                  port: int | None = None, log_path: Path | None = None, n_threads: int | None = None):
+        super().__init__(port, log_path, engine.startup_timeout_s)
         self.model_dir = str(model_dir)
         self.engine = engine
         self.served_name = served_name or Path(self.model_dir).name
-        self.port = port or free_port()
         self.n_threads = n_threads
-        self.log_path = Path(log_path) if log_path else Path(
-            tempfile.mkstemp(prefix="packager-llamacpp-", suffix=".log")[1])
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         return llamacpp_command(gguf_path(self.model_dir), self.port, n_ctx=self.engine.max_model_len,
                                 served_name=self.served_name, n_threads=self.n_threads,
                                 extra_args=self.engine.extra_args)
 
-    def start(self) -> "LlamaCppServer":
+    def launch_spec(self) -> tuple[list[str], dict[str, str]]:
         check_installed()
-        cmd = self.command()
         env = dict(os.environ)
         env.update(llamacpp_env(os.environ))
-        logf = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        logf.close()
-        try:
-            wait_ready(self.base_url, self.proc, self.log_path, self.engine.startup_timeout_s, path=READINESS_PATH,
-                       what="llama.cpp server")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
-    def __enter__(self) -> "LlamaCppServer":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        return self.command(), env
 
 
 def server_for_model(model_dir: str | Path, engine: EngineConfig, served_name: str | None = None,

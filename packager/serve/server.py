@@ -1,12 +1,10 @@
 """Start and stop a built bento with the real `bentoml serve` (what `packager serve`, tests and benchmarks use)."""
 from __future__ import annotations
 
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from packager.engine import free_port, stop_process, wait_ready
+from packager.engine import LocalServer, free_port
 from packager.serve.args import ENV_BACKEND_PORT
 from packager.serve.store import bentoml_env
 
@@ -23,7 +21,7 @@ def serve_env(backend_port: int | None = None, base: dict[str, str] | None = Non
     return env
 
 
-class BentoServer:
+class BentoServer(LocalServer):
     """A bento served by `bentoml serve` on loopback, as a context manager.
 
     The backend gets a free port of its own (PACKAGER_BENTO_BACKEND_PORT) so several bentos, or a bento and
@@ -31,48 +29,20 @@ class BentoServer:
     whole process group (BentoML's arbiter, its worker and the backend the worker started).
     """
 
+    readiness_path = "/readyz"
+    log_prefix = "packager-bento-"
+    stop_grace_s = 40.0
+
     def __init__(self, bento_tag: str, port: int | None = None, backend_port: int | None = None,
                  log_path: Path | None = None, startup_timeout_s: float = 900.0, extra_env: dict[str, str] | None = None):
+        super().__init__(port, log_path, startup_timeout_s)
         self.tag = bento_tag
-        self.port = port or free_port()
+        self.what = f"bento server ({bento_tag})"
         self.backend_port = backend_port or free_port()
-        self.log_path = Path(log_path) if log_path else Path(
-            tempfile.mkstemp(prefix="packager-bento-", suffix=".log")[1])
         self.startup_timeout_s = startup_timeout_s
         self.extra_env = dict(extra_env or {})
-        self.proc: subprocess.Popen | None = None
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def launch(self) -> subprocess.Popen:
-        """Start `bentoml serve` without waiting for readiness."""
+    def launch_spec(self) -> tuple[list[str], dict[str, str]]:
         env = serve_env(self.backend_port)
         env.update(self.extra_env)
-        logf = open(self.log_path, "w")
-        self.proc = subprocess.Popen(serve_command(self.tag, self.port), stdout=logf, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
-        logf.close()
-        return self.proc
-
-    def start(self) -> "BentoServer":
-        self.launch()
-        try:
-            wait_ready(self.base_url, self.proc, self.log_path, self.startup_timeout_s, path="/readyz",
-                       what=f"bento server ({self.tag})")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, grace_s=40.0)
-            self.proc = None
-
-    def __enter__(self) -> "BentoServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return serve_command(self.tag, self.port), env

@@ -120,7 +120,7 @@ def test_recipe_with_unknown_method_lists_the_known_ones(work, tiny_llama_dir):
     before = tree(work)
     check_refused(run_cli(work, "compress", str(tiny_llama_dir), "--recipe", recipe, "--no-eval", "--out", "out"),
                   before, work, "stages[0].kind: unknown compression method 'magic_quant'",
-                  "Known kinds: distill, fp8, gptq, prune, w8a8_int8")
+                  "Known kinds: distill, fp8, gguf, gptq, prune, w8a8_int8")
 
 
 @pytest.mark.parametrize("group_size, needle", [
