@@ -139,13 +139,15 @@ def manifests(
 
 from packager.compress.cli import register as _reg_compress  # noqa: E402
 from packager.evaluate.cli import register as _reg_evaluate  # noqa: E402
+from packager.gguf.cli import register as _reg_gguf  # noqa: E402
 from packager.loadtest.cli import register as _reg_loadtest  # noqa: E402
 from packager.monitor.cli import register as _reg_monitor  # noqa: E402
 from packager.registry.cli import register as _reg_registry  # noqa: E402
 from packager.report.cli import register as _reg_report  # noqa: E402
 from packager.serve.cli import register as _reg_serve  # noqa: E402
 
-for _reg in (_reg_compress, _reg_evaluate, _reg_serve, _reg_loadtest, _reg_registry, _reg_monitor, _reg_report):
+for _reg in (_reg_compress, _reg_evaluate, _reg_serve, _reg_gguf, _reg_loadtest, _reg_registry, _reg_monitor,
+             _reg_report):
     _reg(app)
 
 
