@@ -367,10 +367,13 @@ def test_overload_is_refused_quickly_and_the_server_recovers(tiny_bento):
     # Refused at once, not queued: had the burst been queued, its last request would have waited about
     # (BURST_REQUESTS / MAX_CONCURRENCY - 1) admitted streams' time; every refusal came far sooner.
     assert b["time_to_refusal_ms_max"] < 0.25 * result["burst_queue_wait_estimate_ms"], result
-    # In the closed loop the refusals themselves saturate this 2-core machine (64 users retrying every
-    # 0.25 s, the load generator on the same cores), so refusals are not instant there; still, a typical
-    # refusal came far sooner than a typical admitted request finished, as it would not had it queued.
-    assert c["time_to_refusal_ms_p50"] < 0.25 * c["completed_e2e_ms_p50"], c
+    # In the closed loop the client, the bento and vLLM's spinning threads share 2 cores, so refusals are not
+    # instant there (client-side clocks under CPU starvation); still, had refused requests queued, one would
+    # wait about (users / limit - 1) admitted streams: a typical refusal came sooner than one admitted stream
+    # and the slowest well within that queue wait. (The server's own counters agree with the clients, above.)
+    closed_queue_wait_ms = (CLOSED_LOOP_USERS / MAX_CONCURRENCY - 1) * c["completed_e2e_ms_p50"]
+    assert c["time_to_refusal_ms_p50"] < c["completed_e2e_ms_p50"], c
+    assert c["time_to_refusal_ms_max"] < 0.5 * closed_queue_wait_ms, (closed_queue_wait_ms, c)
     # The gateway never runs more streams than its limit. Client clocks show it for the burst (every request
     # sent at once); in the closed loop a busy client notices a stream's end late while the server already
     # admitted the next, so there the server's own counters must agree with what the clients saw instead.
@@ -409,7 +412,7 @@ def test_sigterm_drains_in_flight_streams_then_exits(tiny_bento):
     if tb.server.proc.poll() is not None or not probe_ok(tb):
         tb.start()
     proc = tb.server.proc
-    n, max_tokens = MAX_CONCURRENCY, 200
+    n, max_tokens = MAX_CONCURRENCY, 440  # long enough to still be streaming when SIGTERM comes (max_model_len 512)
     after_sigterm: dict[str, Any] = {}
 
     def sigterm() -> float:
@@ -454,6 +457,7 @@ def test_sigterm_drains_in_flight_streams_then_exits(tiny_bento):
     assert code is not None, (result, log)  # it exits by itself
     assert after_sigterm["status"] != 200, result  # no new work is taken once shutdown began
     assert not left, result  # and takes its backend with it
+    assert result["last_stream_end_after_sigterm_s"] > 0.5, result  # the streams were in flight: a real drain
     assert len(completed) == n, (result, log)
     assert code == 0, (result, log)
 
@@ -546,6 +550,7 @@ def test_backend_killed_under_load_fails_cleanly(tiny_bento):
     assert probes["readyz_503_after_s"] is not None and probes["readyz_503_after_s"] < 10, result
     assert probes["livez_503_after_s"] is not None and probes["livez_503_after_s"] < 10, result
     assert probes["new_request_status"] == 503 and "backend" in probes["new_request_body"], result
+    assert not orphans, result  # the dead backend's engine processes went with it
     assert exit_code is None, (result, tb_log)  # the bento stays up ...
     assert ready_again_s is not None, (result, tb_log)  # ... and serves again with a fresh backend
     assert probe_ok(tb), tb.log_tail()
