@@ -41,10 +41,11 @@ def cpu_threads() -> int:
 def llamacpp_command(model_file: str | Path, port: int, *, n_ctx: int, served_name: str,
                      host: str = "127.0.0.1", n_threads: int | None = None,
                      extra_args: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """argv of llama-cpp-python's server for one GGUF file (flags as `python -m llama_cpp.server --help`)."""
+    """argv of llama-cpp-python's server for one GGUF file (flags as `python -m llama_cpp.server --help`), run
+    through packager.gguf.llamacpp_main, which adds the token counts (usage) to streamed answers."""
     threads = str(n_threads or cpu_threads())
     return [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-m", "packager.gguf.llamacpp_main",  # llama_cpp.server + usage in streams
         "--model", str(model_file),
         "--model_alias", served_name,
         "--host", host, "--port", str(port),

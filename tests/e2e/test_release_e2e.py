@@ -32,7 +32,7 @@ def release_run(tmp_path_factory, default_model):
     out = tmp_path_factory.mktemp("release")
     cfg = {
         "model": "default",
-        "recipes": ["w8a8-int8"],
+        "recipes": ["w8a8-int8", "gguf-q4_k_m"],  # vLLM int8 and a llama.cpp GGUF: two engines compared
         "output_dir": str(out / "run"),
         "eval": {"max_items": 60, "perplexity_max_chunks": 8},
         "loadtest": {
@@ -59,7 +59,8 @@ def test_report_files_and_structure(release_run):
 
     report = Report.model_validate_json((run / "report.json").read_text())
     names = [v.name for v in report.variants]
-    assert names == ["baseline", "w8a8-int8"]
+    assert names == ["baseline", "w8a8-int8", "gguf-q4_k_m"]
+    assert [v.engine for v in report.variants] == ["vllm", "vllm", "llamacpp"]
     for v in report.variants:
         assert not v.errors, v.errors
         assert v.score is not None and 0 < v.score < 1
@@ -82,7 +83,7 @@ def test_report_numbers_are_consistent(release_run):
 
     report = Report.model_validate_json((run / "report.json").read_text())
     assert consistency_problems(report) == []
-    base, w8 = report.variants
+    base, w8, q4 = report.variants
     assert base.recovery == 1.0
     assert w8.recovery == pytest.approx(w8.score / base.score)
     cost = w8.load.usd_per_hour / (w8.load.output_tokens_per_s * 3600) * 1e6
@@ -90,6 +91,25 @@ def test_report_numbers_are_consistent(release_run):
     assert w8.size_bytes < base.size_bytes  # int8 weights are smaller than the float checkpoint
     assert w8.fidelity_agreement is not None and 0 <= w8.fidelity_agreement <= 1
     assert w8.fidelity_mean_kl is not None and w8.fidelity_mean_kl >= 0
+    # the GGUF variant was scored through llama.cpp (no prompt logprobs there: no KL, said so)
+    assert q4.dtype == "q4_k_m" and q4.fidelity_mean_kl is None and q4.recovery == pytest.approx(q4.score / base.score)
+    assert any("llama-cpp-python's server returns no prompt logprobs" in n for n in q4.eval.get("notes", [])), q4.eval
+    assert q4.size_bytes < w8.size_bytes  # 4-bit k-quants are smaller than int8
+
+
+def test_engines_are_compared_over_the_sweep(release_run):
+    run, _ = release_run
+    from packager.report.model import Report
+
+    report = Report.model_validate_json((run / "report.json").read_text())
+    ec = report.engines
+    assert ec is not None and ec.sweep_unit == "concurrency" and ec.offered == [1.0, 4.0]
+    assert set(ec.best_output_tokens_per_s) == {"llamacpp", "vllm"}
+    for engine, vals in ec.best_output_tokens_per_s.items():
+        assert all(x is not None and x > 0 for x in vals), (engine, vals)
+    assert ec.leader == [max(ec.best_output_tokens_per_s, key=lambda e: ec.best_output_tokens_per_s[e][i])
+                         for i in range(2)]
+    assert ec.summary and ec.summary in (run / "report.md").read_text()
 
 
 def test_rerun_reuses_every_finished_step(release_run):
@@ -98,6 +118,6 @@ def test_rerun_reuses_every_finished_step(release_run):
     cp = subprocess.run([sys.executable, "-m", "packager.cli", "release", "--config", str(cfg_path)],
                         capture_output=True, text=True, timeout=900)
     assert cp.returncode == 0, cp.stderr[-3000:]
-    assert cp.stderr.count("reused from the cache") == 2
+    assert cp.stderr.count("reused from the cache") == 3
     timings = json.loads((run / "report.json").read_text())["timings_s"]
     assert not any(k.endswith("/serve_start") for k in timings)

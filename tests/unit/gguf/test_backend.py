@@ -34,7 +34,7 @@ def test_llamacpp_command_serves_the_gguf_on_the_proxy_port_with_every_cpu():
     args = parse_args({**BASE, "backend_port": 18011, "max_model_len": 4096, "served_model_name": "smol",
                        "extra_args": "--n_ubatch 256"})
     cmd = BACKENDS.get("llamacpp").command(Path("/store/m/v1/model"), args)
-    assert cmd[:3] == [sys.executable, "-m", "llama_cpp.server"]
+    assert cmd[:3] == [sys.executable, "-m", "packager.gguf.llamacpp_main"]
     assert opt(cmd, "--model") == "/store/m/v1/model/model.gguf"
     assert (opt(cmd, "--host"), opt(cmd, "--port"), opt(cmd, "--n_ctx")) == ("127.0.0.1", "18011", "4096")
     assert opt(cmd, "--model_alias") == "smol"

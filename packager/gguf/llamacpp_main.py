@@ -1,0 +1,85 @@
+"""`python -m packager.gguf.llamacpp_main [llama_cpp.server flags]`: llama-cpp-python's OpenAI server, plus
+the `usage` chunk at the end of every stream.
+
+llama-cpp-python 0.3.36 ignores `stream_options.include_usage`: a streamed answer carries no token counts, so
+the bento's gateway metrics (packager_output_tokens, TPOT) and the load test's tokens/s and cost per token
+came out as zero for GGUF variants (seen in the first end-to-end release with one). This launcher counts the
+tokens exactly where llama-cpp-python produces them (`Llama.generate`: the prompt it is given, and every
+generated token except the end-of-generation one, as its non-streamed `usage` does) and appends, after the
+last chunk of every stream, one chunk with `choices: []` and `usage`, as OpenAI does with include_usage.
+The bento's gateway removes that chunk for clients that did not ask for usage. The server answers one
+request at a time (its own lock), so per-model counters are not shared between concurrent requests.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Iterator
+
+
+def usage_chunk(last: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {"id": last.get("id"), "object": last.get("object"), "created": last.get("created"),
+            "model": last.get("model"), "choices": [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def with_stream_usage(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap Llama.create_chat_completion / Llama.__call__: a stream gets a final usage chunk."""
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        out = fn(self, *args, **kwargs)
+        if not kwargs.get("stream"):
+            return out
+
+        def chunks() -> Iterator[dict[str, Any]]:
+            last = None
+            for ch in out:
+                last = ch
+                yield ch
+            counts = getattr(self, "_packager_counts", None)
+            if last is not None and counts is not None:
+                yield usage_chunk(last, counts["prompt"], counts["completion"])
+
+        return chunks()
+
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
+    return call
+
+
+def counting_generate(generate: Callable[..., Any], is_eog: Callable[[Any, int], bool]) -> Callable[..., Any]:
+    """Wrap Llama.generate: record the prompt length and the generated tokens (end-of-generation excluded)."""
+
+    def wrapped(self, tokens, *args: Any, **kwargs: Any):
+        counts = {"prompt": len(tokens), "completion": 0}
+        self._packager_counts = counts
+        for token in generate(self, tokens, *args, **kwargs):
+            if not is_eog(self, token):
+                counts["completion"] += 1
+            yield token
+
+    wrapped.__wrapped__ = generate  # type: ignore[attr-defined]
+    return wrapped
+
+
+def install() -> None:
+    import llama_cpp
+
+    Llama = llama_cpp.Llama
+    if getattr(Llama.generate, "__wrapped__", None) is not None:
+        return
+    Llama.generate = counting_generate(Llama.generate,
+                                       lambda self, t: bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, t)))
+    Llama.create_chat_completion = with_stream_usage(Llama.create_chat_completion)
+    Llama.__call__ = with_stream_usage(Llama.__call__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    install()
+    from llama_cpp.server.__main__ import main as server_main
+
+    sys.argv = ["python -m llama_cpp.server", *(sys.argv[1:] if argv is None else argv)]
+    server_main()
+
+
+if __name__ == "__main__":
+    main()
