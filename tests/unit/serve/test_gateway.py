@@ -220,8 +220,9 @@ def slow_backend(first_event_delay_s: float, gap_s: float, n: int, closed: list[
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 
 
-async def call_asgi(app, body: dict, disconnect_after_chunks: int | None = None):
-    """Drive an ASGI app like a server would; optionally the client goes away after N body chunks."""
+async def call_asgi(app, body: dict, disconnect_after_chunks: int | None = None, disconnect_after_done: bool = False):
+    """Drive an ASGI app like a server would; optionally the client goes away after N body chunks, or as soon
+    as it has read `data: [DONE]`."""
     sent: list[dict] = []
     gone = asyncio.Event()
     delivered = False
@@ -238,6 +239,8 @@ async def call_asgi(app, body: dict, disconnect_after_chunks: int | None = None)
         sent.append(msg)
         chunks = [m for m in sent if m["type"] == "http.response.body"]
         if disconnect_after_chunks is not None and len(chunks) >= disconnect_after_chunks:
+            gone.set()
+        if disconnect_after_done and b"data: [DONE]" in msg.get("body", b""):
             gone.set()
 
     scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "root_path": "", "query_string": b"",
@@ -338,3 +341,33 @@ async def test_lifespan_opens_and_closes_the_client_and_creates_the_metrics():
         assert gw.client is not None and gw.metrics is not None
         assert registry.get_sample_value("packager_usd_per_hour", LABELS) == 2.0
     assert gw.client is None
+
+
+@pytest.mark.anyio
+async def test_caller_hanging_up_right_after_done_is_a_success_not_a_cancel():
+    """locust and most SDKs close the connection as soon as they read [DONE], often before the backend has
+    closed its side: the answer was delivered whole and must count as a success with its tokens."""
+    registry, closed = CollectorRegistry(), []
+
+    async def chat(request: Request):
+        await request.body()
+
+        async def events():
+            try:
+                for i in range(5):
+                    yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}) + "\n\n"
+                yield "data: " + json.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}}) + "\n\n"
+                yield "data: [DONE]\n\n"
+                await asyncio.sleep(2.0)  # the backend is slow to close its side of the stream
+            finally:
+                closed.append(True)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app = gateway_for(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]), registry)
+    sent = await asyncio.wait_for(call_asgi(app, {"model": "m", "stream": True}, disconnect_after_done=True), 30)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert body.count(b"data: {") == 5 and body.rstrip().endswith(b"data: [DONE]")  # usage stripped (not asked)
+    assert sample(registry, "packager_requests_total", outcome="success") == 1
+    assert sample(registry, "packager_requests_total", outcome="cancelled") == 0
+    assert sample(registry, "packager_output_tokens_total") == 5
