@@ -18,6 +18,23 @@ os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` on a Prometheus text page whose labels include `labels` (0 when none)."""
+    import re
+
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        m = re.match(r"^([^{ ]+)(?:\{(.*)\})? (\S+)", line)
+        if m is None or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
 def _has_gpu() -> bool:
     try:
         import torch

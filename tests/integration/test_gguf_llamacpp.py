@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from conftest import metric_value
 import pytest
 import yaml
 
@@ -38,18 +39,7 @@ class GgufBento:
     log_path: Path
 
 
-def _value(text: str, name: str, **labels: str) -> float:
-    import re
-
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^([^{ ]+)(?:\{(.*)\})? (\S+)", line)
-        if m is None or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
+_value = metric_value
 
 
 def _metrics(base_url: str) -> str:

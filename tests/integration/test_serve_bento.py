@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+from conftest import metric_value
 import pytest
 import yaml
 
@@ -26,19 +27,7 @@ def scrape(base_url: str):
     return r.text
 
 
-def value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels` (0 when there is none)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        m = re.match(r"^([^{ ]+)(?:\{(.*)\})? (\S+)", line)
-        if m is None or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
+value = metric_value  # noqa: E305
 
 
 def test_probes_answer(bento_server):
