@@ -76,7 +76,7 @@ def models_resolve(source: str = typer.Argument("default", help="'default', a lo
 def release(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="release configuration YAML (defaults work without one)"),
     model: Optional[str] = typer.Option(None, help="model source (default: the bundled SmolLM2-135M-Instruct)"),
-    recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="recipe name or file; repeat for several (default: w8a8-int8, gptq-w4a16)"),
+    recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="recipe name or file; repeat for several (default: w8a8-int8, gptq-w4a16, gguf-q4_k_m)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/latest)"),
     serve_via: str = typer.Option("bento", help="'bento' (build and serve the real bento, as shipped) or 'engine' (bare vLLM, faster)"),
     max_items: Optional[int] = typer.Option(None, help="score only the first N suite items"),

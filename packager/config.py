@@ -80,7 +80,8 @@ class RunConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     slo: SLOConfig = Field(default_factory=SLOConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
-    recipes: list[str] = Field(default_factory=lambda: ["w8a8-int8", "gptq-w4a16"])
+    # vLLM int8 and int4, and a llama.cpp GGUF: the report then compares the engines at the tested loads
+    recipes: list[str] = Field(default_factory=lambda: ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m"])
     quality_floor: float = Field(0.9, ge=0.0, le=1.5)  # minimum recovery (score / baseline score)
     time_budget_s: float = Field(1800.0, gt=0)
     output_dir: str = "runs/latest"
