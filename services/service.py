@@ -167,13 +167,14 @@ class PackagerLLM:
     async def stop_restarted_backend(self) -> None:
         """BentoML's proxy stops the backend it started; one the watchdog started again is stopped here."""
         import asyncio
+        import signal
 
         state = PackagerLLM.context.state
         state["stopping"] = True
         if (task := state.get("watchdog")) is not None:
             task.cancel()
         if state.get("backend_restarts") and (proc := state.get("proc")) is not None and proc.returncode is None:
-            proc.send_signal(15)  # the supervisor passes it on (it comes from the worker)
+            proc.send_signal(signal.SIGTERM)  # the supervisor passes it on (it comes from the worker)
             try:
                 await asyncio.wait_for(proc.wait(), 30.0)
             except asyncio.TimeoutError:
