@@ -35,6 +35,29 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+RELIABILITY_RESULTS = Path(os.environ.get("PACKAGER_RELIABILITY_RESULTS",
+                                          Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "reliability.json"))
+
+
+def record_reliability(section: str, data: dict) -> None:
+    """Merge one section into benchmarks/results/reliability.json (atomically): the reliability tests' figures."""
+    import json
+
+    from packager.fsutil import atomic_write_json
+    from packager.provenance import now_iso
+
+    try:
+        doc = json.loads(RELIABILITY_RESULTS.read_text())
+        if not isinstance(doc, dict):
+            doc = {}
+    except (FileNotFoundError, ValueError):
+        doc = {}
+    doc.setdefault("schema_version", 1)
+    doc["machine"] = {"cpu_count": os.cpu_count()}
+    doc[section] = {**data, "measured_at": now_iso()}
+    atomic_write_json(RELIABILITY_RESULTS, doc)
+
+
 def _has_gpu() -> bool:
     try:
         import torch

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from conftest import record_reliability
 import pytest
 
 pytestmark = pytest.mark.slow
 
 CORPUS_DIR = Path(__file__).parent / "reliability_corpus"
-RESULTS_PATH = Path(os.environ.get("PACKAGER_RELIABILITY_RESULTS",
-                                   Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "reliability.json"))
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 FUZZ_EXAMPLES = {"negative": int(os.environ.get("PACKAGER_FUZZ_NEGATIVE_EXAMPLES", 20)),
                  "positive": int(os.environ.get("PACKAGER_FUZZ_POSITIVE_EXAMPLES", 10))}
@@ -33,20 +32,7 @@ REQUEST_TIMEOUT_S = 60.0
 _observed: dict[str, Any] = {}
 
 
-def record_results(section: str, data: dict[str, Any]) -> None:
-    """Merge one section into benchmarks/results/reliability.json (atomically)."""
-    from packager.fsutil import atomic_write_json
-    from packager.provenance import now_iso
-
-    try:
-        doc = json.loads(RESULTS_PATH.read_text())
-        if not isinstance(doc, dict):
-            doc = {}
-    except (FileNotFoundError, ValueError):
-        doc = {}
-    doc.setdefault("schema_version", 1)
-    doc[section] = {**data, "measured_at": now_iso()}
-    atomic_write_json(RESULTS_PATH, doc)
+record_results = record_reliability
 
 
 def error_message(r: httpx.Response) -> str | None:

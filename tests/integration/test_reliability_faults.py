@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from conftest import record_reliability
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -39,26 +40,10 @@ CLOSED_LOOP_MAX_REQUESTS = 3000  # a hard bound on what the closed loop may send
 REFUSED_RETRY_S = 0.25  # a refused closed-loop user waits this long before its next request
 OUTPUT_TOKENS = 48
 RESTART_WATCH_S = 240.0  # how long the backend-kill test waits for the bento to serve again
-RESULTS_PATH = Path(os.environ.get("PACKAGER_RELIABILITY_RESULTS",
-                                   Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "reliability.json"))
 
 
 # ----------------------------------------------------------------------------------------------- results file
-def record_results(section: str, data: dict[str, Any]) -> None:
-    """Merge one section into benchmarks/results/reliability.json (atomically)."""
-    from packager.fsutil import atomic_write_json
-    from packager.provenance import now_iso
-
-    try:
-        doc = json.loads(RESULTS_PATH.read_text())
-        if not isinstance(doc, dict):
-            doc = {}
-    except (FileNotFoundError, ValueError):
-        doc = {}
-    doc.setdefault("schema_version", 1)
-    doc["machine"] = {"cpu_count": os.cpu_count()}
-    doc[section] = {**data, "measured_at": now_iso()}
-    atomic_write_json(RESULTS_PATH, doc)
+record_results = record_reliability
 
 
 def percentile(xs: list[float], q: float) -> float | None:
