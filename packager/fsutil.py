@@ -91,11 +91,22 @@ def verify_files(root: Path, expected: dict[str, str]) -> None:
         )
 
 
-def verify_manifest(root: Path) -> dict[str, Any]:
+def verify_manifest_if_present(root: Path) -> dict[str, Any] | None:
+    """The directory's manifest with every file it lists checked against its sha256, or None without one."""
     manifest = read_manifest(root)
     if manifest is None:
+        return None
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise IntegrityError(f"{Path(root) / MANIFEST_NAME} has no 'files' map; rewrite it or remove it.")
+    verify_files(root, files)
+    return manifest
+
+
+def verify_manifest(root: Path) -> dict[str, Any]:
+    manifest = verify_manifest_if_present(root)
+    if manifest is None:
         raise IntegrityError(f"{root} has no {MANIFEST_NAME}; it was not produced by packager or was damaged.")
-    verify_files(root, manifest["files"])
     return manifest
 
 

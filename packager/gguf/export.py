@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from packager.errors import ConfigError, IntegrityError, PackagerError
 from packager.fsutil import (MANIFEST_NAME, atomic_dir, atomic_write_json, atomic_write_text, hash_tree, read_manifest,
-                             sha256_file, tree_digest, verify_files, verify_manifest, write_manifest)
+                             sha256_file, tree_digest, verify_manifest, verify_manifest_if_present, write_manifest)
 from packager.gguf.artifact import ARTIFACT_FORMAT, EXPORT_RECORD_NAME, GGUF_FILE, MODELFILE
 from packager.gguf.quant import QUANT_TYPES, QuantType, parse_quants
 
@@ -203,12 +203,7 @@ def check_float_source(model_dir: Path) -> None:
 def _source_identity(model_dir: Path) -> tuple[dict[str, str], str, dict[str, Any] | None]:
     """(files, tree digest of the model files, manifest) of the source; a manifest that no longer matches
     the files is refused (the source was altered after it was recorded)."""
-    manifest = read_manifest(model_dir)
-    if manifest is not None:
-        files = manifest.get("files")
-        if not isinstance(files, dict) or not files:
-            raise IntegrityError(f"{model_dir / MANIFEST_NAME} has no 'files' map; rewrite it or remove it.")
-        verify_files(model_dir, files)
+    manifest = verify_manifest_if_present(model_dir)
     files = hash_tree(model_dir, exclude=(MANIFEST_NAME, STAGE_RECORD_NAME))
     return files, tree_digest(files), manifest
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from packager.errors import ConfigError, IntegrityError, ModelNotFoundError
-from packager.fsutil import MANIFEST_NAME, hash_tree, read_manifest, refuse_pickled_weights, tree_digest, verify_files
+from packager.fsutil import MANIFEST_NAME, hash_tree, refuse_pickled_weights, tree_digest, verify_manifest_if_present
 from packager.serve.args import bento_name
 from packager.serve.integrity import MODEL_SUBDIR, verify_model_files
 
@@ -122,12 +122,9 @@ def read_variant(variant_dir: Path, log: Callable[[str], None] = print) -> Varia
             "written by `packager compress` or save_pretrained (or `default` for the bundled model)."
         )
     refuse_pickled_weights(variant_dir)  # a bento loads safetensors only (vLLM runs --load-format safetensors)
-    manifest = read_manifest(variant_dir)
+    manifest = verify_manifest_if_present(variant_dir)
     if manifest is not None:
-        files = manifest.get("files")
-        if not isinstance(files, dict) or not files:
-            raise IntegrityError(f"{variant_dir / MANIFEST_NAME} has no 'files' map; rewrite it or remove it.")
-        verify_files(variant_dir, files)
+        files = manifest["files"]
         extra = [p for p in hash_tree(variant_dir) if p not in files]
         if extra:
             raise IntegrityError(
