@@ -30,9 +30,9 @@ while True:
 """
 
 
-def _start(tmp_path: Path, drain_timeout_s: float = 60.0) -> tuple[subprocess.Popen, int]:
+def _start(tmp_path: Path, drain_timeout_s: float = 60.0, backend: str = BACKEND) -> tuple[subprocess.Popen, int]:
     script = tmp_path / "backend.py"
-    script.write_text(BACKEND)
+    script.write_text(backend)
     proc = subprocess.Popen(supervised_command([sys.executable, str(script), str(tmp_path)], drain_timeout_s),
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
@@ -159,14 +159,8 @@ while True:
 
 def test_what_a_killed_backend_leaves_in_its_group_is_ended(tmp_path):
     """A killed vLLM server leaves its engine core running; the supervisor ends its process group."""
-    script = tmp_path / "backend.py"
-    script.write_text(GRANDCHILD_BACKEND)
-    proc = subprocess.Popen(supervised_command([sys.executable, str(script), str(tmp_path)], 60.0),
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while not (tmp_path / "pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pid, grandchild = int((tmp_path / "pid").read_text()), int((tmp_path / "grandchild").read_text())
+    proc, pid = _start(tmp_path, backend=GRANDCHILD_BACKEND)
+    grandchild = int((tmp_path / "grandchild").read_text())
     try:
         assert _alive(grandchild)
         os.kill(pid, signal.SIGKILL)
