@@ -58,6 +58,15 @@ def record_reliability(section: str, data: dict) -> None:
     atomic_write_json(RELIABILITY_RESULTS, doc)
 
 
+def corrupt_tail(path: Path, n: int = 8) -> None:
+    """Flip the last n bytes of a file in place (a tampered or damaged artifact, same size)."""
+    with open(path, "r+b") as f:
+        f.seek(-n, 2)
+        last = f.read(n)
+        f.seek(-n, 2)
+        f.write(bytes(b ^ 0xFF for b in last))
+
+
 def _has_gpu() -> bool:
     try:
         import torch

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from conftest import metric_value
+from conftest import corrupt_tail, metric_value
 import pytest
 import yaml
 
@@ -250,11 +250,7 @@ def test_tampered_gguf_is_refused_before_llama_cpp_starts(tiny_llama_dir, tmp_pa
     tag = build_bento_cli(Path(art.path), "--name", "packager-it-tiny-gguf", "--max-model-len", "512", env=own_store)
     info = yaml.safe_load((tmp_path / "bentoml-home" / "bentos" / tag.replace(":", "/") / "bento.yaml").read_text())
     weights = tmp_path / "bentoml-home" / "models" / info["args"]["model_tag"].replace(":", "/") / "model" / "model.gguf"
-    with open(weights, "r+b") as f:
-        f.seek(-8, 2)
-        last = f.read(8)
-        f.seek(-8, 2)
-        f.write(bytes(b ^ 0xFF for b in last))
+    corrupt_tail(weights)
     t0 = time.monotonic()
     r = subprocess.run(serve_command(tag, port=free_port()), env=serve_env(base=own_store), capture_output=True,
                        text=True, timeout=300)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import metric_value
+from conftest import corrupt_tail, metric_value
 import pytest
 import yaml
 
@@ -119,11 +119,7 @@ def test_tampered_model_is_refused_before_the_backend_starts(tiny_llama_dir, tmp
     model_tag = info["args"]["model_tag"]
     weights = Path(own_store["BENTOML_HOME"]) / "models" / model_tag.replace(":", "/") / "model" / "model.safetensors"
     assert weights.is_file()
-    with open(weights, "r+b") as f:  # flip the last bytes of the weights in the store
-        f.seek(-8, 2)
-        last = f.read(8)
-        f.seek(-8, 2)
-        f.write(bytes(b ^ 0xFF for b in last))
+    corrupt_tail(weights)  # flip the last bytes of the weights in the store
 
     from packager.engine import free_port
     from packager.serve.server import serve_command, serve_env
