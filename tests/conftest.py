@@ -67,6 +67,14 @@ def corrupt_tail(path: Path, n: int = 8) -> None:
         f.write(bytes(b ^ 0xFF for b in last))
 
 
+def sigint_default() -> None:
+    """preexec_fn for a command a test interrupts with SIGINT: a test run started in the background of a
+    shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt in the child."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _has_gpu() -> bool:
     try:
         import torch

@@ -124,7 +124,7 @@ def servable_tiny_dir(default_model, tmp_path_factory) -> Path:
 def tiny_bento(servable_tiny_dir, tmp_path_factory, build_bento_cli):
     home = tmp_path_factory.mktemp("reliability-bentoml-home")
     env = {**os.environ, "BENTOML_HOME": str(home)}
-    tag = build_bento_cli(servable_tiny_dir, "--name", "packager-it-reliability", "--max-model-len", "512",
+    tag = build_bento_cli(servable_tiny_dir, "--name", "packager-it-reliability", "--max-model-len", "2048",
                           "--max-num-seqs", str(MAX_CONCURRENCY), "--max-concurrency", str(MAX_CONCURRENCY),
                           "--timeout-s", "60", env=env)
     tb = TinyBento(tag=tag, env=env, log_dir=tmp_path_factory.mktemp("reliability-logs")).start()
@@ -325,7 +325,7 @@ def test_overload_is_refused_quickly_and_the_server_recovers(tiny_bento):
     all_out = burst + closed
     total = summarize(all_out, BURST_REQUESTS + closed_tried)
     result = {
-        "bento": "tiny random Llama (2 layers, hidden 128, head_dim 64), vLLM CPU, max_model_len 512",
+        "bento": "tiny random Llama (2 layers, hidden 128, head_dim 64), vLLM CPU, max_model_len 2048",
         "max_concurrency": MAX_CONCURRENCY, "bentoml_max_concurrency": MAX_CONCURRENCY + 8,
         "output_tokens_per_request": OUTPUT_TOKENS,
         "unloaded_e2e_ms": round((single.t_end - single.t_start) * 1000, 1),
@@ -397,7 +397,9 @@ def test_sigterm_drains_in_flight_streams_then_exits(tiny_bento):
     if tb.server.proc.poll() is not None or not probe_ok(tb):
         tb.start()
     proc = tb.server.proc
-    n, max_tokens = MAX_CONCURRENCY, 440  # long enough to still be streaming when SIGTERM comes (max_model_len 512)
+    # Long enough to still be streaming when SIGTERM comes: the tiny model writes 440 tokens in about a second
+    # on an idle machine, which once ended every stream just before the signal (max_model_len 2048).
+    n, max_tokens = MAX_CONCURRENCY, 1900
     after_sigterm: dict[str, Any] = {}
 
     def sigterm() -> float:
