@@ -75,6 +75,30 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def run_cli(*args: str, timeout_s: float = 600, env: dict[str, str] | None = None, cwd=None):
+    """Run the real `packager` CLI (`python -m packager.cli ARGS`), output captured as text. When it is
+    still running after `timeout_s`, its Python stacks are dumped (faulthandler, on SIGABRT) and the test
+    fails with them and its output: a hang in CI says where it hung."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "packager.cli", *args], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"`packager {' '.join(args)}` still ran after {timeout_s:.0f} s; its stacks and output:\n"
+                    f"--- stderr ---\n{err[-8000:]}\n--- stdout ---\n{out[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def _has_gpu() -> bool:
     try:
         import torch

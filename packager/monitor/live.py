@@ -5,7 +5,7 @@ import time
 from typing import Callable, Iterator
 
 from packager.config import SLOConfig
-from packager.monitor.scrape import Scrape, ScrapeError, fetch_metrics
+from packager.monitor.scrape import Scrape, ScrapeError, fetch_metrics, scrape_client
 from packager.monitor.snapshot import LatencyPercentilesMs, MonitorSnapshot, compute_snapshot
 
 
@@ -19,9 +19,7 @@ def take_snapshot(url: str, interval_s: float = 2.0, usd_per_hour: float | None 
                   sleep: Callable[[float], None] = time.sleep) -> MonitorSnapshot:
     """Scrape `url` twice, `interval_s` apart, and compute the snapshot between the two reads."""
     _check_interval(interval_s)
-    import httpx
-
-    with httpx.Client() as client:
+    with scrape_client() as client:
         prev = fetch_metrics(url, timeout_s=timeout_s, client=client)
         sleep(interval_s)
         cur = fetch_metrics(url, timeout_s=timeout_s, client=client)
@@ -34,11 +32,9 @@ def iter_snapshots(url: str, interval_s: float, usd_per_hour: float | None = Non
     """Yield a snapshot per interval (between consecutive scrapes); a failed scrape yields its ScrapeError
     and the next good scrape starts a new pair, so a restarting endpoint does not end the view."""
     _check_interval(interval_s)
-    import httpx
-
     prev: Scrape | None = None
     done = 0
-    with httpx.Client() as client:
+    with scrape_client() as client:
         while iterations is None or done < iterations:
             try:
                 cur = fetch_metrics(url, timeout_s=timeout_s, client=client)

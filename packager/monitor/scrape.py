@@ -107,22 +107,43 @@ def metrics_url(url: str) -> str:
     return u if u.endswith("/metrics") else u + "/metrics"
 
 
+def scrape_client():
+    """An httpx client for scrapes seconds apart: no pooled connection is kept between them (`Connection:
+    close`). Reusing one that the server closed on its keep-alive timeout (uvicorn's is 5 s, as close to a
+    scrape interval as it gets) races the server's close."""
+    import httpx
+
+    return httpx.Client(headers={"Connection": "close"}, limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def fetch_metrics(url: str, timeout_s: float = 10.0, client=None) -> Scrape:
-    """GET `url` (the endpoint's base URL or its /metrics URL) and parse it."""
+    """GET `url` (the endpoint's base URL or its /metrics URL) and parse it. `timeout_s` bounds the whole
+    read, not only each wait for bytes: a page that trickles in is a failed scrape, not a hung monitor."""
     import httpx
 
     murl = metrics_url(url)
     taken = time.time()
+    deadline = time.monotonic() + timeout_s
+    own = client is None
+    c = scrape_client() if own else client
     try:
-        if client is not None:
-            r = client.get(murl, timeout=timeout_s)
-        else:
-            r = httpx.get(murl, timeout=timeout_s)
+        with c.stream("GET", murl, timeout=timeout_s) as r:
+            body = bytearray()
+            for chunk in r.iter_bytes():
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise ScrapeError(f"{murl} did not send its whole page within {timeout_s:g} s "
+                                      f"({len(body)} bytes so far). Is the endpoint overloaded?")
+            status = r.status_code
     except httpx.HTTPError as e:
         raise ScrapeError(f"Could not read {murl}: {type(e).__name__}: {e}. Is the endpoint running and the URL right?") from None
-    if r.status_code != 200:
-        raise ScrapeError(f"{murl} answered HTTP {r.status_code}: {r.text[:200]!r}. Expected the Prometheus metrics page.")
-    return parse_metrics_text(r.text, url=murl, taken_at_s=taken)
+    finally:
+        if own:
+            c.close()
+    text = body.decode("utf-8", errors="replace")
+    if status != 200:
+        raise ScrapeError(f"{murl} answered HTTP {status}: {text[:200]!r}. Expected the Prometheus metrics page.")
+    return parse_metrics_text(text, url=murl, taken_at_s=taken)
 
 
 # ---------------------------------------------------------------------------------------------- maths

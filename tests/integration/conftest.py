@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 BENTO_USD_PER_HOUR = 0.1785  # c7i.xlarge on-demand list price (see the pricing table); any number would do
 BENTO_REGISTRY_VERSION = "it-1"
@@ -50,9 +50,8 @@ class BentoServerInfo:
 
 
 def packager_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 600) -> subprocess.CompletedProcess:
-    """Run the real `packager` CLI in a subprocess (stdout and stderr captured as text)."""
-    return subprocess.run([sys.executable, "-m", "packager.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout_s)
+    """Run the real `packager` CLI in a subprocess (stdout and stderr captured as text; stacks on a hang)."""
+    return run_cli(*args, env=env, timeout_s=timeout_s)
 
 
 def build_bento_cli(variant_dir: Path, *extra: str, env: dict[str, str] | None = None) -> str:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from conftest import run_cli
 
 from packager.engine import free_port, stop_process, tail, wait_ready
 
@@ -151,10 +150,8 @@ def _chat(client: httpx.Client, base_url: str, model: str, i: int) -> dict:
 
 
 def _monitor_json(base_url: str, interval_s: float) -> dict:
-    env = dict(os.environ)
-    r = subprocess.run([sys.executable, "-m", "packager.cli", "monitor", base_url, "--once", "--json",
-                        "--interval-s", str(interval_s), "--usd-per-hour", str(USD_PER_HOUR)],
-                       capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    r = run_cli("monitor", base_url, "--once", "--json", "--interval-s", str(interval_s),
+                "--usd-per-hour", str(USD_PER_HOUR), timeout_s=120, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout)
 

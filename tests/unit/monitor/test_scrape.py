@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import httpx
@@ -157,3 +158,70 @@ def test_cost_per_million_output_tokens():
     assert usd_per_million_output_tokens(1.0, None) is None
     with pytest.raises(ValueError, match="usd_per_hour must be >= 0, got -1"):
         usd_per_million_output_tokens(-1.0, 10.0)
+
+
+class _PageServer:
+    """A real HTTP/1.1 server on a free loopback port serving PACKAGER_TEXT at /metrics, in `chunks`
+    pieces `gap_s` apart (a trickling page when gap_s > 0); records each connection's client port."""
+
+    def __init__(self, chunks: int = 1, gap_s: float = 0.0):
+        import http.server
+        import threading
+
+        outer = self
+        self.ports: list[int] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                outer.ports.append(self.client_address[1])
+
+            def do_GET(self):
+                body = PACKAGER_TEXT.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                step = -(-len(body) // chunks)
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i:i + step])
+                    self.wfile.flush()
+                    time.sleep(gap_s)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_trickling_page_fails_the_scrape_at_the_timeout_instead_of_hanging():
+    # 20 pieces 0.25 s apart: every wait for bytes is well under the timeout, the whole page is not.
+    with _PageServer(chunks=20, gap_s=0.25) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(ScrapeError, match=r"/metrics did not send its whole page within 1 s"):
+            fetch_metrics(srv.url, timeout_s=1.0)
+        assert time.monotonic() - t0 < 2.0
+        assert fetch_metrics(srv.url, timeout_s=30).total("packager_output_tokens_total") == 1200.0
+
+
+def test_scrapes_open_a_fresh_connection_each_time():
+    # A pooled connection idle for a scrape interval races the server's keep-alive close; none is kept.
+    from packager.monitor.scrape import scrape_client
+
+    with _PageServer() as srv, scrape_client() as client:
+        for _ in range(3):
+            assert fetch_metrics(srv.url, client=client).total("packager_output_tokens_total") == 1200.0
+    assert len(srv.ports) == 3 and len(set(srv.ports)) == 3
