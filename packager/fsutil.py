@@ -170,6 +170,25 @@ def iter_jsonl(text: str, where: str) -> Iterator[tuple[int, Any]]:
             raise ConfigError(f"{where}, line {lineno}: not valid JSON ({e.msg} at column {e.colno}).") from None
 
 
+def iter_record_file(path: Path) -> Iterator[dict]:
+    """The JSON objects of a records file that a process appends to, one per line, read as a stream. A file
+    that does not exist yields nothing; blank lines, and a line cut short by a killed writer, are skipped."""
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        return
+    with f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(r, dict):
+                yield r
+
+
 def safe_join(root: Path, rel: str) -> Path:
     """Join a config-supplied relative path to root, refusing anything that escapes root."""
     root = Path(root).resolve()

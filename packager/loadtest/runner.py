@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from packager.config import PricingConfig, SLOConfig
 from packager.errors import ConfigError, ServerError
-from packager.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from packager.fsutil import atomic_dir, atomic_write_json, atomic_write_text, iter_record_file
 from packager.loadtest.config import LoadTestConfig
 from packager.loadtest.metrics import cost_result, highest_load_meeting_slo, summarize_phase, sweep_result
 from packager.loadtest.plan import build_plan, planned_wall_s
@@ -240,17 +240,7 @@ def run_locust(plan_path: Path, records_path: Path, work_dir: Path, target_url: 
 def read_records(path: Path) -> tuple[list[dict], list[dict], list[dict]]:
     """(request records, phase summaries, driver errors) from a records file."""
     reqs, sums, errs = [], [], []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return reqs, sums, errs
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a killed process
+    for r in iter_record_file(Path(path)):
         t = r.get("type")
         if t == "request":
             reqs.append(r)

@@ -11,11 +11,11 @@ records.jsonl, when the directory is given: only successful requests of the summ
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from packager.fsutil import iter_record_file
 from packager.report.model import LoadSummary, SweepPoint
 
 MAX_SAMPLES = 2000
@@ -49,26 +49,15 @@ def latency_samples(records_path: Path, phase_index: int, max_samples: int = MAX
     file is missing. TPOT = (E2E - TTFT) / (output tokens - 1), undefined below 2 output tokens."""
     ttft: list[float] = []
     tpot: list[float] = []
-    try:
-        f = open(records_path)
-    except FileNotFoundError:
-        return [], []
-    with f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a killed generator
-            if r.get("type", "request") != "request" or r.get("phase") != phase_index or not r.get("ok"):
-                continue
-            t, e2e, n_out = r.get("ttft_ms"), r.get("e2e_ms"), r.get("output_tokens")
-            if t is None or not math.isfinite(float(t)):
-                continue
-            ttft.append(float(t))
-            if e2e is not None and n_out is not None and int(n_out) >= 2:
-                tpot.append((float(e2e) - float(t)) / (int(n_out) - 1))
+    for r in iter_record_file(Path(records_path)):
+        if r.get("type", "request") != "request" or r.get("phase") != phase_index or not r.get("ok"):
+            continue
+        t, e2e, n_out = r.get("ttft_ms"), r.get("e2e_ms"), r.get("output_tokens")
+        if t is None or not math.isfinite(float(t)):
+            continue
+        ttft.append(float(t))
+        if e2e is not None and n_out is not None and int(n_out) >= 2:
+            tpot.append((float(e2e) - float(t)) / (int(n_out) - 1))
     return thin_samples(ttft, max_samples), thin_samples(tpot, max_samples)
 
 

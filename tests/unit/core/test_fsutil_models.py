@@ -49,3 +49,12 @@ def test_resolve_model_errors_are_specific(tmp_path):
         resolve_model("nobody-here/no-such-model")
     with pytest.raises(ModelNotFoundError, match="not a Hugging Face id"):
         resolve_model("./missing/dir/x")
+
+
+def test_iter_record_file_skips_blank_cut_and_non_object_lines(tmp_path):
+    from packager.fsutil import iter_record_file
+
+    p = tmp_path / "records.jsonl"
+    assert list(iter_record_file(p)) == []  # not written yet
+    p.write_text('{"type": "request", "ok": true}\n\n[1, 2]\n{"type": "phase_summary"}\n{"type": "requ')
+    assert list(iter_record_file(p)) == [{"type": "request", "ok": True}, {"type": "phase_summary"}]
