@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         ttft_slo_ms: Optional[float] = typer.Option(None, "--ttft-slo-ms", help="TTFT p95 limit shown in the view (default: SLOConfig, 2000)."),
         tpot_slo_ms: Optional[float] = typer.Option(None, "--tpot-slo-ms", help="TPOT p95 limit shown in the view (default: SLOConfig, 250)."),
         iterations: Optional[int] = typer.Option(None, "--iterations", help="Stop after this many intervals (default: until Ctrl-C)."),
+        timeout_s: float = typer.Option(10.0, "--timeout-s", help="Longest a scrape may take, connection to last byte; a slower one is a failed scrape."),
     ) -> None:
         """Live view of an endpoint: request rate, tokens/s, TTFT/TPOT/E2E percentiles, errors, USD per 1M output tokens.
 
@@ -33,6 +34,8 @@ def register(app: typer.Typer) -> None:
                 raise ScrapeError(f"--usd-per-hour must be >= 0, got {usd_per_hour}.")
             if iterations is not None and iterations < 1:
                 raise ScrapeError(f"--iterations must be >= 1, got {iterations}.")
+            if not timeout_s > 0:
+                raise ScrapeError(f"--timeout-s must be > 0 seconds, got {timeout_s}.")
             slo_kw = {k: v for k, v in (("ttft_ms", ttft_slo_ms), ("tpot_ms", tpot_slo_ms)) if v is not None}
             try:
                 slo = SLOConfig(**slo_kw)
@@ -42,7 +45,7 @@ def register(app: typer.Typer) -> None:
                 from packager.monitor.live import render_snapshot, take_snapshot
                 from packager.monitor.snapshot import snapshot_json
 
-                snap = take_snapshot(url, interval_s, usd_per_hour=usd_per_hour, slo=slo)
+                snap = take_snapshot(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, timeout_s=timeout_s)
                 if as_json:
                     typer.echo(snapshot_json(snap))
                 else:
@@ -54,7 +57,8 @@ def register(app: typer.Typer) -> None:
                 from packager.monitor.live import iter_snapshots
 
                 printed = 0
-                for item in iter_snapshots(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations):
+                for item in iter_snapshots(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations,
+                                           timeout_s=timeout_s):
                     if isinstance(item, ScrapeError):
                         console.print(f"[red]scrape failed:[/] {item}", highlight=False)
                     else:
@@ -65,7 +69,7 @@ def register(app: typer.Typer) -> None:
                 return
             from packager.monitor.live import run_live
 
-            if run_live(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations) is None:
+            if run_live(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations, timeout_s=timeout_s) is None:
                 raise ScrapeError(f"No snapshot of {url} in {iterations} intervals: every scrape failed (see above).")
 
         run_guarded(go)

@@ -120,7 +120,7 @@ def render_snapshot(snap: MonitorSnapshot, error: str | None = None):
 
 
 def run_live(url: str, interval_s: float, usd_per_hour: float | None = None, slo: SLOConfig | None = None,
-             iterations: int | None = None, console=None) -> MonitorSnapshot | None:
+             iterations: int | None = None, console=None, timeout_s: float = 10.0) -> MonitorSnapshot | None:
     """The live terminal view (rich Live); returns the last snapshot when `iterations` runs out."""
     from rich.console import Console
     from rich.live import Live
@@ -130,7 +130,8 @@ def run_live(url: str, interval_s: float, usd_per_hour: float | None = None, slo
     last: MonitorSnapshot | None = None
     waiting = Text(f"scraping {url} every {interval_s:g}s ... (Ctrl-C to stop)", style="dim")
     with Live(waiting, console=console, refresh_per_second=4, transient=False) as live:
-        for item in iter_snapshots(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations):
+        for item in iter_snapshots(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations,
+                                   timeout_s=timeout_s):
             if isinstance(item, ScrapeError):
                 live.update(render_snapshot(last, error=str(item)) if last else Text(f"scrape failed: {item}", style="bold red"))
             else:

@@ -106,6 +106,22 @@ def test_monitor_errors_are_for_people():
     assert res.exit_code == 2 and "--interval-s must be > 0 seconds, got 0.0" in flat(res.output)
     res = runner.invoke(app, ["monitor", "http://127.0.0.1:1", "--once", "--usd-per-hour", "-2"])
     assert res.exit_code == 2 and "--usd-per-hour must be >= 0, got -2.0" in flat(res.output)
+    res = runner.invoke(app, ["monitor", "http://127.0.0.1:1", "--once", "--timeout-s", "0"])
+    assert res.exit_code == 2 and "--timeout-s must be > 0 seconds, got 0.0" in flat(res.output)
+
+
+def test_monitor_gives_up_on_a_silent_endpoint_after_its_timeout():
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        t0 = time.monotonic()
+        res = runner.invoke(app, ["monitor", url, "--once", "--json", "--interval-s", "0.1", "--timeout-s", "1"])
+        took = time.monotonic() - t0
+    assert res.exit_code == 2 and f"Could not read {url}/metrics: ReadTimeout" in flat(res.output), res.output
+    assert took < 6  # one scrape's 1 s timeout, not the default 10 s
 
 
 def test_canary_cli_one_run(fake, tmp_path):
