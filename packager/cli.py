@@ -82,6 +82,7 @@ def release(
     max_items: Optional[int] = typer.Option(None, help="score only the first N suite items"),
     time_budget_s: Optional[float] = typer.Option(None, help="time budget for the whole run, in seconds"),
     no_register: bool = typer.Option(False, "--no-register", help="do not record variants in the registry"),
+    expected_load: Optional[float] = typer.Option(None, "--expected-load", help="the traffic you expect, in the sweep's unit (concurrent users by default): rank the variants by cost and SLO there instead of at their highest sustained load"),
 ) -> None:
     """Compress, evaluate through the engine, build and serve bentos, load-test, register, and write the report."""
     from packager.config import load_config
@@ -100,6 +101,8 @@ def release(
             over["eval"] = {"max_items": max_items}
         if time_budget_s:
             over["time_budget_s"] = time_budget_s
+        if expected_load is not None:
+            over["expected_load"] = expected_load
         if serve_via not in ("bento", "engine"):
             from packager.errors import ConfigError
 

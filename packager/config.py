@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -83,6 +83,10 @@ class RunConfig(Strict):
     # vLLM int8 and int4, and a llama.cpp GGUF: the report then compares the engines at the tested loads
     recipes: list[str] = Field(default_factory=lambda: ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m"])
     quality_floor: float = Field(0.9, ge=0.0, le=1.5)  # minimum recovery (score / baseline score)
+    # The traffic the endpoint will see, in the unit of the load-test sweep (concurrent users, or requests/s
+    # for a rate sweep). Set, the recommendation ranks variants by their cost and SLO at the sweep step this
+    # load falls on; unset, at the highest load each one sustains (a fully used machine).
+    expected_load: Optional[float] = Field(None, gt=0)
     time_budget_s: float = Field(1800.0, gt=0)
     output_dir: str = "runs/latest"
     loadtest: dict[str, Any] = Field(default_factory=dict)  # validated by packager.loadtest

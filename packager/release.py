@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 
 from packager.config import RunConfig, dump_config
-from packager.errors import PackagerError
+from packager.errors import ConfigError, PackagerError
 from packager.fsutil import atomic_write_json, atomic_write_text, dir_size_bytes, read_manifest, sha256_bytes
 
 # soft_wrap: messages are never broken across lines (paths stay whole for grep and copy); tables still fit the width
@@ -38,6 +38,22 @@ def default_loadtest() -> dict[str, Any]:
         "max_duration_s": 120,
         "max_requests": 5000,
     }
+
+
+def check_expected_load(expected_load: float | None, lt_cfg) -> None:
+    """Refuse, before any work, an expected load the configured load test cannot measure: it needs a sweep
+    whose highest step reaches it (the recommendation reads cost and SLO at the step it falls on)."""
+    if expected_load is None:
+        return
+    prof = lt_cfg.profile
+    if prof.kind != "sweep":
+        raise ConfigError(f"expected_load={expected_load:g} needs a load-test sweep (loadtest.profile.kind: sweep), "
+                          f"but the profile is {prof.kind!r}: there is one load, so no step to rank the variants at.")
+    top = max(prof.values)
+    unit = "concurrent users" if prof.mode == "concurrency" else "requests/s"
+    if expected_load > top + 1e-9:
+        raise ConfigError(f"expected_load={expected_load:g} {unit} is above the highest step of the load-test sweep "
+                          f"({top:g} {unit}); add a step of at least {expected_load:g} to loadtest.profile.values.")
 
 
 def cache_key(*parts: Any) -> str:
@@ -101,6 +117,7 @@ class ReleaseRunner:
         self.log = log or (lambda m: console.print(m, highlight=False))
         self.run_dir = Path(cfg.output_dir)
         self.lt_cfg = parse_loadtest_config(cfg.loadtest or default_loadtest(), "loadtest")
+        check_expected_load(cfg.expected_load, self.lt_cfg)
         self.timings: dict[str, float] = {}
         self.t0 = time.monotonic()
         self.notes: list[str] = []
@@ -292,8 +309,9 @@ class ReleaseRunner:
 
         rec_floor = cfg.quality_floor
         rec = recommend(results, rec_floor, cfg.slo.ttft_ms, cfg.slo.tpot_ms,
-                        min_goodput_fraction=self.lt_cfg.slo_attainment_target)
-        engines = compare_engines(results)  # after recommend: it leaves out variants below the quality floor
+                        min_goodput_fraction=self.lt_cfg.slo_attainment_target, expected_load=cfg.expected_load)
+        # after recommend: it leaves out variants below the quality floor
+        engines = compare_engines(results, expected_load=cfg.expected_load)
         if engines is not None:
             self.log(f"engines: {engines.summary}")
         report = Report(

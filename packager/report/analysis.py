@@ -4,10 +4,11 @@ Pure functions over packager.report.model objects (no I/O, no heavy imports).
 
 * `pareto_frontier(variants)`: names of the variants no other variant beats on both task score (higher is better)
   and USD per 1M output tokens (lower is better), cheapest first.
-* `recommend(variants, quality_floor, slo_ttft_ms, slo_tpot_ms, required_goodput_rps=None)`: the cheapest variant
-  that keeps enough quality (recovery >= floor; the baseline counts as 1.0) and meets the SLO at the tested load,
-  or none with a plain statement of each variant's failure. Sets `meets_quality_floor` / `meets_slo` on every
-  variant as a side effect.
+* `recommend(variants, quality_floor, slo_ttft_ms, slo_tpot_ms, required_goodput_rps=None, expected_load=None)`:
+  the cheapest variant that keeps enough quality (recovery >= floor; the baseline counts as 1.0) and meets the
+  SLO at the tested load (with `expected_load`: at the sweep step that load falls on, so the engine that is
+  cheapest at the user's traffic wins), or none with a plain statement of each variant's failure. Sets
+  `meets_quality_floor` / `meets_slo` on every variant as a side effect.
 * `compare_engines(variants)`: with variants served by more than one engine (vLLM, llama.cpp), the best
   output tokens/s of each engine at every offered load of the sweep and the load at which the lead changes.
 * `consistency_problems(report)`: every figure that disagrees with another (cost vs price and throughput,
@@ -149,19 +150,62 @@ def _slo_failures(load: LoadSummary, slo_ttft_ms: float, slo_tpot_ms: float,
     return out
 
 
+def load_words(x: float, unit: str | None) -> str:
+    """`4 concurrent users`, `1 concurrent user`, `2.5 requests/s` for an offered load of a sweep."""
+    if unit == "concurrency":
+        return f"{x:g} concurrent user" + ("" if x == 1 else "s")
+    return f"{x:g} requests/s" if unit == "requests_per_s" else f"{x:g}"
+
+
+def load_at(load: LoadSummary, expected_load: float) -> tuple[LoadSummary | None, str | None]:
+    """A variant's figures at the traffic the user expects: the sweep step at the lowest offered load >=
+    `expected_load` (measured at least as hard as the traffic will be), as a copy of `load` carrying that
+    step's throughput, p95 latencies, goodput and USD per 1M output tokens. (None, why) when the load test
+    cannot say: no sweep, or every step below the expected load."""
+    if not load.sweep:
+        return None, (f"was load-tested at one load, not swept, so its figures at the expected load "
+                      f"({expected_load:g}) are unknown")
+    steps = sorted(load.sweep, key=lambda p: p.offered)
+    step = next((p for p in steps if p.offered + 1e-9 >= expected_load), None)
+    if step is None:
+        return None, (f"was load-tested up to {load_words(steps[-1].offered, load.sweep_unit)}, below the expected "
+                      f"load of {load_words(expected_load, load.sweep_unit)}")
+    util = load.utilization_assumed or 1.0
+    usd = (load.usd_per_hour / (step.output_tokens_per_s * util * 3600.0) * 1e6
+           if load.usd_per_hour is not None and step.output_tokens_per_s > 0 else None)
+    fraction = (step.goodput_requests_per_s / step.requests_per_s
+                if step.goodput_requests_per_s is not None and step.requests_per_s > 0 else None)
+    return load.model_copy(update={
+        "requests_per_s": step.requests_per_s, "output_tokens_per_s": step.output_tokens_per_s,
+        "ttft_ms_p95": step.ttft_ms_p95, "tpot_ms_p95": step.tpot_ms_p95,
+        "goodput_requests_per_s": step.goodput_requests_per_s, "goodput_fraction": fraction,
+        "usd_per_million_output_tokens": usd, "sweep": [step],
+    }), None
+
+
 def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_ms: float, slo_tpot_ms: float,
               required_goodput_rps: float | None = None, *,
-              min_goodput_fraction: float = MIN_GOODPUT_FRACTION) -> Recommendation:
+              min_goodput_fraction: float = MIN_GOODPUT_FRACTION, expected_load: float | None = None) -> Recommendation:
     """The cheapest variant (USD per 1M output tokens) that keeps recovery >= quality_floor and meets the SLO
     at the tested load: goodput_fraction >= min_goodput_fraction (0.9; pass the load test's
     slo_attainment_target to match it), or goodput >= required_goodput_rps when that is given, and p95 TTFT
     and TPOT within the SLO. Ties on cost go to the higher recovery, then the smaller model, then the name.
+
+    The tested load is the load-test summary (for a sweep: the highest load meeting the SLOs, the cost of a
+    fully used machine) unless `expected_load` is given: then cost and SLO are read at the sweep step that
+    load falls on (`load_at`), because which engine is cheaper depends on the traffic (llama.cpp at a few
+    concurrent users, vLLM at many).
 
     Sets `meets_quality_floor` and `meets_slo` on every variant (None where it could not be judged). When no
     variant qualifies, `variant` is None and `reason` names each variant's failure.
     """
     passing: list[VariantResult] = []
     failures: dict[str, str] = {}
+    at_load: dict[str, LoadSummary] = {}  # the figures each variant is judged and ranked on
+
+    def cost(v: VariantResult) -> float | None:
+        return at_load[v.name].usd_per_million_output_tokens if v.name in at_load else None
+
     for v in variants:
         q_fail = _quality_failure(v, quality_floor)
         v.meets_quality_floor = None if effective_recovery(v) is None else q_fail is None
@@ -175,10 +219,16 @@ def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_
             else:
                 s_fails = ["has no load-test result"]
         else:
-            s_fails = _slo_failures(v.load, slo_ttft_ms, slo_tpot_ms, required_goodput_rps, min_goodput_fraction)
-            v.meets_slo = not s_fails
+            view, why = (v.load, None) if expected_load is None else load_at(v.load, expected_load)
+            if view is None:
+                v.meets_slo = None
+                s_fails = [str(why)]
+            else:
+                at_load[v.name] = view
+                s_fails = _slo_failures(view, slo_ttft_ms, slo_tpot_ms, required_goodput_rps, min_goodput_fraction)
+                v.meets_slo = not s_fails
         fails = ([q_fail] if q_fail else []) + s_fails
-        if not fails and not _finite(_cost(v)):
+        if not fails and not _finite(cost(v)):
             fails.append("has no USD per 1M output tokens figure (no price or no output tokens), so it cannot be ranked")
         if fails:
             failures[v.name] = ", ".join(fails)
@@ -186,24 +236,30 @@ def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_
             passing.append(v)
 
     considered = [v.name for v in variants]
+    unit = next((v.load.sweep_unit for v in variants if v.load is not None and v.load.sweep_unit), None)
+    where = "the tested load" if expected_load is None else f"the expected load of {load_words(expected_load, unit)}"
+    extra = {} if expected_load is None else {
+        "expected_load": expected_load, "expected_load_unit": unit,
+        "usd_per_million_output_tokens_at_expected_load": {v.name: cost(v) for v in variants}}
     if not variants:
         return Recommendation(variant=None, reason="No variant was evaluated, so none can be recommended.",
-                              considered=[], rejected={})
+                              considered=[], rejected={}, **extra)
     if not passing:
-        reason = ("No variant meets both the quality floor and the SLO: "
+        reason = ("No variant meets both the quality floor and the SLO"
+                  + ("" if expected_load is None else f" at {where}") + ": "
                   + "; ".join(f"{name} {why}" for name, why in failures.items()) + ".")
-        return Recommendation(variant=None, reason=reason, considered=considered, rejected=dict(failures))
+        return Recommendation(variant=None, reason=reason, considered=considered, rejected=dict(failures), **extra)
 
     def key(v: VariantResult):
-        return (_cost(v), -(effective_recovery(v) or 0.0), v.size_bytes if v.size_bytes is not None else math.inf,
+        return (cost(v), -(effective_recovery(v) or 0.0), v.size_bytes if v.size_bytes is not None else math.inf,
                 v.name)
 
     passing.sort(key=key)
     best = passing[0]
-    best_cost = float(_cost(best))  # type: ignore[arg-type]  # passing variants all have a finite cost
+    best_cost = float(cost(best))  # type: ignore[arg-type]  # passing variants all have a finite cost
     rejected: dict[str, str] = {}
     for v in passing[1:]:
-        c = _cost(v)
+        c = cost(v)
         if c == best_cost:
             rejected[v.name] = (f"meets the floor and the SLO at the same cost (USD {fmt_usd(c)} per 1M output tokens) "
                                 f"but {best.name} wins the tie (higher recovery, then smaller size, then name)")
@@ -215,7 +271,7 @@ def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_
     rejected = dict(sorted(rejected.items(), key=lambda kv: order.get(kv[0], len(order))))
     rec = float(effective_recovery(best))  # type: ignore[arg-type]  # passing variants all have one
     rec_s, floor_s = _fmt_pct_pair(rec, quality_floor)
-    load: LoadSummary = best.load  # type: ignore[assignment]  # passing variants all have a load summary
+    load = at_load[best.name]
     slo_bits = [f"TTFT p95 {load.ttft_ms_p95:.0f} ms <= {slo_ttft_ms:.0f} ms",
                 f"TPOT p95 {load.tpot_ms_p95:.0f} ms <= {slo_tpot_ms:.0f} ms"]
     if required_goodput_rps is not None:
@@ -223,17 +279,17 @@ def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_
     elif load.goodput_fraction is not None:
         slo_bits.append(f"{load.goodput_fraction * 100:.0f}% of requests within the SLO")
     reason = (f"{best.name} is the cheapest variant that keeps the quality floor (recovery {rec_s} >= {floor_s}) "
-              f"and meets the SLO at the tested load ({', '.join(slo_bits)}): "
+              f"and meets the SLO at {where} ({', '.join(slo_bits)}): "
               f"USD {fmt_usd(best_cost)} per 1M output tokens")
     baseline = next((v for v in variants if v.is_baseline), None)
-    if baseline is not None and baseline is not best and _finite(_cost(baseline)) and _cost(baseline):
-        bc = float(_cost(baseline))  # type: ignore[arg-type]
+    if baseline is not None and baseline is not best and _finite(cost(baseline)) and cost(baseline):
+        bc = float(cost(baseline))  # type: ignore[arg-type]
         change = (bc - best_cost) / bc
         word = "cheaper" if change >= 0 else "dearer"
         base_name = "the baseline" if baseline.name.lower() == "baseline" else f"the baseline {baseline.name}"
         reason += f", {abs(change) * 100:.0f}% {word} than {base_name} (USD {fmt_usd(bc)})"
     reason += "."
-    return Recommendation(variant=best.name, reason=reason, considered=considered, rejected=rejected)
+    return Recommendation(variant=best.name, reason=reason, considered=considered, rejected=rejected, **extra)
 
 
 # -------------------------------------------------------------------------------------------------- consistency
@@ -244,7 +300,7 @@ def engine_label(engine: str) -> str:
     return ENGINE_NAMES.get(engine, engine)
 
 
-def compare_engines(variants: Sequence[VariantResult]) -> EngineComparison | None:
+def compare_engines(variants: Sequence[VariantResult], expected_load: float | None = None) -> EngineComparison | None:
     """Engines side by side over the load sweep, or None unless at least two engines have sweeps in one unit.
 
     Variants known to miss the quality floor (`meets_quality_floor` False: run `recommend` first) are left
@@ -281,7 +337,7 @@ def compare_engines(variants: Sequence[VariantResult]) -> EngineComparison | Non
     unit = units.pop()
 
     def at(x: float) -> str:
-        return f"{x:g} " + (("concurrent user" if x == 1 else "concurrent users") if unit == "concurrency" else "requests/s")
+        return load_words(x, unit)
     led = [(x, lead) for x, lead in zip(offered, leader) if lead is not None]
     if not led:
         summary = "No offered load was run on every engine, so the engines cannot be compared."
@@ -292,7 +348,15 @@ def compare_engines(variants: Sequence[VariantResult]) -> EngineComparison | Non
         parts = [f"{engine_label(led[0][1])} leads from {at(led[0][0])}"]
         for c in crossovers:
             parts.append(f"{engine_label(c['to_engine'])} from {c['at']:g} (crossover between {c['after']:g} and {c['at']:g})")
-        summary = "; ".join(parts) + ". Which is cheaper for you depends on the traffic you expect: the recommendation uses the configured load test."
+        summary = "; ".join(parts) + "."
+        if expected_load is None:
+            summary += (" Which is cheaper for you depends on the traffic you expect: set expected_load in the "
+                        "configuration to rank the variants at it.")
+        else:
+            step = next(((x, lead) for x, lead in led if x + 1e-9 >= expected_load), None)
+            if step is not None:
+                summary += (f" At the expected load of {at(expected_load)} (measured at {step[0]:g}) "
+                            f"{engine_label(step[1])} leads, and the recommendation is ranked there.")
     return EngineComparison(sweep_unit=unit, offered=offered, best_output_tokens_per_s=best, best_variant=who,
                             leader=leader, crossovers=crossovers, summary=summary)
 

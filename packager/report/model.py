@@ -111,6 +111,12 @@ class Recommendation(BaseModel):
     reason: str
     considered: list[str] = Field(default_factory=list)
     rejected: dict[str, str] = Field(default_factory=dict)  # variant -> why not
+    # Set when the variants were ranked at the traffic the user expects (RunConfig.expected_load), not at the
+    # highest load each sustained: the offered load, its unit (concurrency | requests_per_s) and each
+    # variant's USD per 1M output tokens at the sweep step that load falls on (None: not measured there).
+    expected_load: float | None = None
+    expected_load_unit: str | None = None
+    usd_per_million_output_tokens_at_expected_load: dict[str, float | None] = Field(default_factory=dict)
 
 
 class Report(BaseModel):

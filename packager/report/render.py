@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from packager.fsutil import atomic_write_text
-from packager.report.analysis import effective_recovery, fmt_usd, load_failure
+from packager.report.analysis import effective_recovery, fmt_usd, load_failure, load_words
 from packager.report.model import LoadSummary, Report, VariantResult
 
 REPORT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html"}
@@ -319,6 +319,18 @@ def _md_table(headers: Sequence[str], rows: Iterable[Sequence[str]], numeric_fro
     return out
 
 
+def _expected_load_line(report: Report) -> str | None:
+    """What the variants cost at the traffic the user expects, when the recommendation was ranked there."""
+    rec = report.recommendation
+    if rec.expected_load is None:
+        return None
+    costs = ", ".join(f"{name} {fmt_usd(c) if c is not None else 'not measured there'}"
+                      for name, c in rec.usd_per_million_output_tokens_at_expected_load.items())
+    return (f"Ranked at the expected load of {load_words(rec.expected_load, rec.expected_load_unit)} (the sweep step "
+            f"it falls on). USD per 1M output tokens there: {costs}. The Variants table shows each variant at "
+            f"the highest load it sustained.")
+
+
 def render_markdown(report: Report) -> str:
     e = _md_text
     rec = report.recommendation
@@ -333,6 +345,9 @@ def render_markdown(report: Report) -> str:
     if rec.rejected:
         for name, why in rec.rejected.items():
             L.append(f"- `{name}`: {e(why)}")
+        L.append("")
+    if (line := _expected_load_line(report)) is not None:
+        L.append(e(line))
         L.append("")
     slo = report.slo
     price = report.pricing
@@ -897,6 +912,8 @@ def render_html(report: Report, plots: dict[str, Any] | None = None) -> str:
     P.append(f'<p class="headline">{_h(_headline(report))}</p><p>{_h(rec.reason)}</p>')
     if rec.rejected:
         P.append("<ul>" + "".join(f"<li><b>{_h(k)}</b>: {_h(w)}</li>" for k, w in rec.rejected.items()) + "</ul>")
+    if (line := _expected_load_line(report)) is not None:
+        P.append(f'<p class="expected-load">{_h(line)}</p>')
     P.append("</div>")
     P.append(f'<p class="criteria">Quality floor: recovery ≥ {report.quality_floor * 100:g}% · SLO: TTFT p95 ≤ '
              f'{_h(_num(slo.get("ttft_ms"), "g"))} ms, TPOT p95 ≤ {_h(_num(slo.get("tpot_ms"), "g"))} ms · '

@@ -113,11 +113,34 @@ def test_engines_are_compared_over_the_sweep(release_run):
 
 
 def test_rerun_reuses_every_finished_step(release_run):
+    """The rerun also ranks the variants at an expected load of 1 user: nothing is measured again (the
+    expected load is not an input of any step), only the recommendation is read at the 1-user step."""
     run, _ = release_run
     cfg_path = run.parent / "release.yaml"
-    cp = subprocess.run([sys.executable, "-m", "packager.cli", "release", "--config", str(cfg_path)],
-                        capture_output=True, text=True, timeout=900)
+    cp = subprocess.run([sys.executable, "-m", "packager.cli", "release", "--config", str(cfg_path),
+                         "--expected-load", "1"], capture_output=True, text=True, timeout=900)
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert cp.stderr.count("reused from the cache") == 3
-    timings = json.loads((run / "report.json").read_text())["timings_s"]
-    assert not any(k.endswith("/serve_start") for k in timings)
+    doc = json.loads((run / "report.json").read_text())
+    assert not any(k.endswith("/serve_start") for k in doc["timings_s"])
+
+    from packager.report.model import Report
+
+    report = Report.model_validate(doc)
+    rec = report.recommendation
+    assert rec.expected_load == 1 and rec.expected_load_unit == "concurrency"
+    want: dict[str, float] = {}
+    ok: list[str] = []
+    for v in report.variants:
+        step = next(p for p in v.load.sweep if p.offered == 1)
+        want[v.name] = v.load.usd_per_hour / (step.output_tokens_per_s * 3600) * 1e6
+        if ((v.recovery if v.recovery is not None else 1.0) >= report.quality_floor
+                and step.ttft_ms_p95 <= report.slo["ttft_ms"] and step.tpot_ms_p95 <= report.slo["tpot_ms"]
+                and step.goodput_requests_per_s / step.requests_per_s >= 0.9):
+            ok.append(v.name)
+    assert rec.usd_per_million_output_tokens_at_expected_load == pytest.approx(want, rel=1e-9)
+    assert rec.variant == (min(ok, key=want.__getitem__) if ok else None), (want, ok, rec.reason)
+    if rec.variant:
+        assert "at the expected load of 1 concurrent user" in rec.reason
+    assert "Ranked at the expected load of 1 concurrent user" in (run / "report.md").read_text()
+    assert "At the expected load of 1 concurrent user (measured at 1)" in report.engines.summary
