@@ -45,15 +45,19 @@ def check_expected_load(expected_load: float | None, lt_cfg) -> None:
     whose highest step reaches it (the recommendation reads cost and SLO at the step it falls on)."""
     if expected_load is None:
         return
+    from packager.report.analysis import load_words
+    from packager.report.loadsummary import SWEEP_UNITS
+
     prof = lt_cfg.profile
     if prof.kind != "sweep":
         raise ConfigError(f"expected_load={expected_load:g} needs a load-test sweep (loadtest.profile.kind: sweep), "
                           f"but the profile is {prof.kind!r}: there is one load, so no step to rank the variants at.")
     top = max(prof.values)
-    unit = "concurrent users" if prof.mode == "concurrency" else "requests/s"
     if expected_load > top + 1e-9:
-        raise ConfigError(f"expected_load={expected_load:g} {unit} is above the highest step of the load-test sweep "
-                          f"({top:g} {unit}); add a step of at least {expected_load:g} to loadtest.profile.values.")
+        unit = SWEEP_UNITS[prof.mode]
+        raise ConfigError(f"expected_load={load_words(expected_load, unit)} is above the highest step of the load-test "
+                          f"sweep ({load_words(top, unit)}); add a step of at least {expected_load:g} to "
+                          "loadtest.profile.values.")
 
 
 def cache_key(*parts: Any) -> str:
