@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+from packager.report.loadsummary import usd_per_million
 from packager.report.model import EngineComparison, LoadSummary, Recommendation, Report, VariantResult
 
 # A variant meets the SLO at the tested load when at least this share of its requests met every SLO
@@ -170,9 +171,7 @@ def load_at(load: LoadSummary, expected_load: float) -> tuple[LoadSummary | None
     if step is None:
         return None, (f"was load-tested up to {load_words(steps[-1].offered, load.sweep_unit)}, below the expected "
                       f"load of {load_words(expected_load, load.sweep_unit)}")
-    util = load.utilization_assumed or 1.0
-    usd = (load.usd_per_hour / (step.output_tokens_per_s * util * 3600.0) * 1e6
-           if load.usd_per_hour is not None and step.output_tokens_per_s > 0 else None)
+    usd = usd_per_million(load.usd_per_hour, step.output_tokens_per_s, load.utilization_assumed or 1.0)
     fraction = (step.goodput_requests_per_s / step.requests_per_s
                 if step.goodput_requests_per_s is not None and step.requests_per_s > 0 else None)
     return load.model_copy(update={

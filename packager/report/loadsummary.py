@@ -26,7 +26,8 @@ def _load_value(load: dict[str, float]) -> float:
     return float(load.get("requests_per_s", load.get("users", 0.0)))
 
 
-def _usd_per_million(usd_per_hour: float | None, tokens_per_s: float, utilisation: float) -> float | None:
+def usd_per_million(usd_per_hour: float | None, tokens_per_s: float, utilisation: float) -> float | None:
+    """USD per 1M tokens: hourly price / (tokens/s x utilisation x 3600) x 1e6; None without a price or tokens."""
     if usd_per_hour is None or tokens_per_s <= 0:
         return None
     return usd_per_hour / (tokens_per_s * utilisation * 3600.0) * 1e6
@@ -75,10 +76,10 @@ def from_loadtest_result(lt: Any, run_dir: Path | str | None = None, max_samples
 
     at_slo: float | None
     if res.sweep is None:  # one phase: the price spread over the tokens of the requests meeting every SLO
-        at_slo = _usd_per_million(usd_per_hour, s.goodput_output_tokens_per_s, util)
+        at_slo = usd_per_million(usd_per_hour, s.goodput_output_tokens_per_s, util)
     else:  # a sweep: the price at the highest load meeting the SLOs (None when no step did)
         best = next((p for p in res.phases if p.index == res.sweep.highest_load_phase_index), None)
-        at_slo = _usd_per_million(usd_per_hour, best.output_token_throughput_per_s, util) if best else None
+        at_slo = usd_per_million(usd_per_hour, best.output_token_throughput_per_s, util) if best else None
 
     sweep: list[SweepPoint] = []
     unit = None
@@ -109,8 +110,8 @@ def from_loadtest_result(lt: Any, run_dir: Path | str | None = None, max_samples
         e2e_ms_p50=s.e2e.p50_ms, e2e_ms_p95=s.e2e.p95_ms, e2e_ms_p99=s.e2e.p99_ms,
         goodput_requests_per_s=s.goodput_requests_per_s, goodput_fraction=s.slo_attainment_fraction,
         usd_per_hour=usd_per_hour,
-        usd_per_million_output_tokens=_usd_per_million(usd_per_hour, out_tps, util),
-        usd_per_million_input_tokens=_usd_per_million(usd_per_hour, in_tps, util),
+        usd_per_million_output_tokens=usd_per_million(usd_per_hour, out_tps, util),
+        usd_per_million_input_tokens=usd_per_million(usd_per_hour, in_tps, util),
         usd_per_million_output_tokens_at_slo=at_slo,
         utilization_assumed=util if cost is not None else None,
         sweep_unit=unit, sweep=sweep, max_load_meeting_slo=max_load,
