@@ -45,7 +45,7 @@ def check_expected_load(expected_load: float | None, lt_cfg) -> None:
     whose highest step reaches it (the recommendation reads cost and SLO at the step it falls on)."""
     if expected_load is None:
         return
-    from packager.report.analysis import load_words
+    from packager.report.analysis import falls_on, load_words
     from packager.report.loadsummary import SWEEP_UNITS
 
     prof = lt_cfg.profile
@@ -53,7 +53,7 @@ def check_expected_load(expected_load: float | None, lt_cfg) -> None:
         raise ConfigError(f"expected_load={expected_load:g} needs a load-test sweep (loadtest.profile.kind: sweep), "
                           f"but the profile is {prof.kind!r}: there is one load, so no step to rank the variants at.")
     top = max(prof.values)
-    if expected_load > top + 1e-9:
+    if not falls_on(top, expected_load):
         unit = SWEEP_UNITS[prof.mode]
         raise ConfigError(f"expected_load={load_words(expected_load, unit)} is above the highest step of the load-test "
                           f"sweep ({load_words(top, unit)}); add a step of at least {expected_load:g} to "

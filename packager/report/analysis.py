@@ -158,6 +158,11 @@ def load_words(x: float, unit: str | None) -> str:
     return f"{x:g} requests/s" if unit == "requests_per_s" else f"{x:g}"
 
 
+def falls_on(offered: float, expected_load: float) -> bool:
+    """Whether a sweep step at `offered` covers the expected load: it was measured at least as hard."""
+    return offered + 1e-9 >= expected_load
+
+
 def load_at(load: LoadSummary, expected_load: float) -> tuple[LoadSummary | None, str | None]:
     """A variant's figures at the traffic the user expects: the sweep step at the lowest offered load >=
     `expected_load` (measured at least as hard as the traffic will be), as a copy of `load` carrying that
@@ -167,7 +172,7 @@ def load_at(load: LoadSummary, expected_load: float) -> tuple[LoadSummary | None
         return None, (f"was load-tested at one load, not swept, so its figures at the expected load "
                       f"({expected_load:g}) are unknown")
     steps = sorted(load.sweep, key=lambda p: p.offered)
-    step = next((p for p in steps if p.offered + 1e-9 >= expected_load), None)
+    step = next((p for p in steps if falls_on(p.offered, expected_load)), None)
     if step is None:
         return None, (f"was load-tested up to {load_words(steps[-1].offered, load.sweep_unit)}, below the expected "
                       f"load of {load_words(expected_load, load.sweep_unit)}")
@@ -352,7 +357,7 @@ def compare_engines(variants: Sequence[VariantResult], expected_load: float | No
             summary += (" Which is cheaper for you depends on the traffic you expect: set expected_load in the "
                         "configuration to rank the variants at it.")
         else:
-            step = next(((x, lead) for x, lead in led if x + 1e-9 >= expected_load), None)
+            step = next(((x, lead) for x, lead in led if falls_on(x, expected_load)), None)
             if step is not None:
                 summary += (f" At the expected load of {at(expected_load)} (measured at {step[0]:g}) "
                             f"{engine_label(step[1])} leads, and the recommendation is ranked there.")
