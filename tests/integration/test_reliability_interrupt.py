@@ -82,9 +82,9 @@ def test_release_interrupted_while_its_engine_starts(tiny_copy, tmp_path):
     }
     cfg_path = tmp_path / "release.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(preexec_fn=sigint_default, args=[sys.executable, "-m", "packager.cli", "release", "--config", str(cfg_path),
+    proc = subprocess.Popen([sys.executable, "-m", "packager.cli", "release", "--config", str(cfg_path),
                              "--serve-via", "engine", "--no-register"], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         started = wait_until(lambda: bool(engines_for(tiny_copy)), 180, proc)
         if not started:
@@ -113,9 +113,9 @@ def test_release_interrupted_while_its_engine_starts(tiny_copy, tmp_path):
 def test_evaluate_terminated_while_its_engine_starts_does_not_leave_the_engine_running(tiny_copy, tmp_path):
     """SIGTERM (what `timeout`, systemd, CI runners and Kubernetes send) to `packager evaluate MODEL_DIR`."""
     out = tmp_path / "eval"
-    proc = subprocess.Popen(preexec_fn=sigint_default, args=[sys.executable, "-m", "packager.cli", "evaluate", str(tiny_copy), "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "packager.cli", "evaluate", str(tiny_copy), "--out", str(out),
                              "--max-items", "4", "--no-perplexity"], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         assert wait_until(lambda: bool(engines_for(tiny_copy)), 180, proc), proc.communicate(timeout=30)
         time.sleep(3)

@@ -65,10 +65,10 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float) -> None:
 def _start_hanging_compress(tmp_path: Path, model: Path, recipe: str, out: Path, hang_kind: str) -> tuple[subprocess.Popen, Path]:
     marker = tmp_path / f"marker-{hang_kind}"
     marker.unlink(missing_ok=True)
-    proc = subprocess.Popen(preexec_fn=sigint_default, args=[sys.executable, "-c", _HANG_WRAPPER, "compress", str(model), "--recipe", recipe,
+    proc = subprocess.Popen([sys.executable, "-c", _HANG_WRAPPER, "compress", str(model), "--recipe", recipe,
                              "--no-eval", "--out", str(out)],
                             env=_env(REL_HANG_KIND=hang_kind, REL_MARKER=str(marker)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     _wait_for(marker, proc, 180)
     stage_tmp = Path(marker.read_text())
     assert stage_tmp.name.endswith(".partial") and any(stage_tmp.glob("*.safetensors")), list(stage_tmp.iterdir())
@@ -174,8 +174,8 @@ def _leftovers(d: Path) -> list[str]:
 def test_evaluate_killed_mid_run_writes_nothing_and_the_rerun_completes(tmp_path, slow_fake, sig):
     out = tmp_path / "eval"
     n = 30
-    proc = subprocess.Popen(preexec_fn=sigint_default, args=_evaluate_cmd(slow_fake.base_url, out, n), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_evaluate_cmd(slow_fake.base_url, out, n), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     deadline = time.monotonic() + 60
     while slow_fake.stats()["requests_total"] < 6 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -206,8 +206,8 @@ def test_interrupted_rerun_keeps_the_previous_complete_results(tmp_path, slow_fa
                         timeout=120)
     assert cp.returncode == 0, cp.stderr[-3000:]
     before = {p: (out / p).read_bytes() for p in ("summary.json", "items.jsonl")}
-    proc = subprocess.Popen(preexec_fn=sigint_default, args=_evaluate_cmd(slow_fake.base_url, out, 30), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_evaluate_cmd(slow_fake.base_url, out, 30), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     start = slow_fake.stats()["requests_total"]
     deadline = time.monotonic() + 60
     while slow_fake.stats()["requests_total"] < start + 6 and time.monotonic() < deadline and proc.poll() is None:
