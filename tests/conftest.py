@@ -75,28 +75,152 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def run_cli(*args: str, timeout_s: float = 600, env: dict[str, str] | None = None, cwd=None):
-    """Run the real `packager` CLI (`python -m packager.cli ARGS`), output captured as text. When it is
-    still running after `timeout_s`, its Python stacks are dumped (faulthandler, on SIGABRT) and the test
-    fails with them and its output: a hang in CI says where it hung."""
+def process_report(pid: int) -> str:
+    """What a process that hangs, and the machine around it, are doing: for a hang that leaves no Python stack
+    (a process stopped, blocked in the kernel or starved of CPU never runs faulthandler's SIGABRT handler)."""
+    import subprocess
+
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text(errors="replace").strip()
+        except OSError as e:
+            return f"<{type(e).__name__}: {e.strerror}>"
+
+    keep = ("State", "Threads", "VmRSS", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt", "Cpus_allowed_list",
+            "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+    out = [f"pid {pid}: " + "; ".join(line.replace("\t", " ") for line in read(f"/proc/{pid}/status").splitlines()
+                                    if line.split(":")[0] in keep)]
+    stat = read(f"/proc/{pid}/stat")
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) > 39:  # after "pid (comm)": state=0 ... utime=11 stime=12 nice=16 policy=38 (clock ticks)
+        tck = os.sysconf("SC_CLK_TCK")
+        out.append(f"cpu used: user {int(fields[11]) / tck:.2f} s, system {int(fields[12]) / tck:.2f} s; "
+                   f"nice {fields[16]}, policy {fields[38]}")
+    out.append(f"wchan {read(f'/proc/{pid}/wchan')!r}; syscall {read(f'/proc/{pid}/syscall')!r}")
+    out.append("kernel stack: " + read(f"/proc/{pid}/stack").replace("\n", " | "))
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        tstat = read(f"{task}/stat")
+        out.append(f"  thread {task.name} {read(f'{task}/comm')!r}: state {tstat.rsplit(')', 1)[-1].split()[:1]}, "
+                   f"wchan {read(f'{task}/wchan')!r}")
+    out.append(f"loadavg {read('/proc/loadavg')}")
+    for res in ("cpu", "memory", "io"):
+        out.append(f"pressure {res}: " + read(f"/proc/pressure/{res}").replace("\n", " | "))
+    mem = {line.split(":")[0]: line.split(":")[1].strip() for line in read("/proc/meminfo").splitlines() if ":" in line}
+    out.append(f"memory: total {mem.get('MemTotal')}, available {mem.get('MemAvailable')}, swap free {mem.get('SwapFree')}")
+    try:
+        ps = subprocess.run(["ps", "-eo", "pid,ppid,ni,cls,stat,pcpu,rss,etime,wchan:22,args", "--sort=-pcpu"],
+                            capture_output=True, text=True, timeout=10).stdout
+        rows = ps.splitlines()
+        user = [r for r in rows[1:] if r.split()[1] not in ("0", "2")]  # kernel threads left out
+        out += [row[:220] for row in rows[:1] + user[:25]]
+    except (OSError, subprocess.TimeoutExpired) as e:
+        out.append(f"ps: {e}")
+    return "\n".join(out)
+
+
+def _fail_hung(proc, args, waited_s: float, finish) -> None:
+    """Fail the test for a `packager` command still running after `waited_s`: the state of the process and the
+    machine, then its Python stacks (SIGABRT under faulthandler), then SIGKILL if SIGABRT did not end it.
+    `finish(timeout_s)` collects the output until the process exits: (stdout, stderr), or TimeoutExpired."""
     import signal
     import subprocess
+
+    before = process_report(proc.pid)
+    proc.send_signal(signal.SIGABRT)
+    after = ""
+    try:
+        out, err = finish(30)
+    except subprocess.TimeoutExpired:
+        after = "\n--- 30 s after SIGABRT it still ran; its state then (SIGKILL next) ---\n" + process_report(proc.pid)
+        proc.kill()
+        out, err = finish(None)
+    pytest.fail(f"`packager {' '.join(args)}` still ran after {waited_s:.0f} s.\n--- its state and the machine's ---\n"
+                f"{before}{after}\n--- stderr (Python stacks on SIGABRT) ---\n{err[-8000:]}\n--- stdout ---\n{out[-2000:]}")
+
+
+def _cli_argv(args) -> list[str]:
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "packager.cli", *args], env=env, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return [sys.executable, "-X", "faulthandler", "-m", "packager.cli", *args]
+
+
+def run_cli(*args: str, timeout_s: float = 600, env: dict[str, str] | None = None, cwd=None):
+    """Run the real `packager` CLI (`python -m packager.cli ARGS`), output captured as text. When it is
+    still running after `timeout_s`, the test fails with the process's and the machine's state, its Python
+    stacks (faulthandler, on SIGABRT) and its output: a hang in CI says where it hung."""
+    import subprocess
+
+    proc = subprocess.Popen(_cli_argv(args), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGABRT)
-        try:
-            out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        pytest.fail(f"`packager {' '.join(args)}` still ran after {timeout_s:.0f} s; its stacks and output:\n"
-                    f"--- stderr ---\n{err[-8000:]}\n--- stdout ---\n{out[-2000:]}")
+        _fail_hung(proc, args, timeout_s, lambda t: proc.communicate(timeout=t))
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+class CliProcess:
+    """A `packager` command left running (a live monitor, say) whose stdout lines the test reads as they come,
+    each with a deadline; a command that goes silent fails the test as `run_cli` does."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd=None):
+        import queue
+        import subprocess
+        import threading
+
+        self.args = args
+        self.proc = subprocess.Popen(_cli_argv(args), env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self._lines: queue.Queue = queue.Queue()
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._pumps = [threading.Thread(target=self._pump, args=(self.proc.stdout, self._out, self._lines.put), daemon=True),
+                       threading.Thread(target=self._pump, args=(self.proc.stderr, self._err, None), daemon=True)]
+        for t in self._pumps:
+            t.start()
+
+    @staticmethod
+    def _pump(stream, keep: list, put) -> None:
+        for line in stream:
+            keep.append(line)
+            if put is not None:
+                put(line)
+        if put is not None:
+            put(None)
+
+    def _finish(self, timeout_s):
+        self.proc.wait(timeout=timeout_s)  # TimeoutExpired goes to the caller
+        for t in self._pumps:
+            t.join(10)
+        return "".join(self._out), "".join(self._err)
+
+    def readline(self, timeout_s: float) -> str:
+        """The next line of stdout; fails the test if none comes within `timeout_s` or the command exited."""
+        import queue
+
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            _fail_hung(self.proc, self.args, timeout_s, self._finish)
+        if line is None:
+            out, err = self._finish(30)
+            pytest.fail(f"`packager {' '.join(self.args)}` exited with code {self.proc.returncode} before the next "
+                        f"line.\n--- stderr ---\n{err[-8000:]}\n--- stdout ---\n{out[-2000:]}")
+        return line
+
+    def wait(self, timeout_s: float):
+        """Wait for the exit; (returncode, stdout, stderr)."""
+        import subprocess
+
+        try:
+            out, err = self._finish(timeout_s)
+        except subprocess.TimeoutExpired:
+            _fail_hung(self.proc, self.args, timeout_s, self._finish)
+        return self.proc.returncode, out, err
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _has_gpu() -> bool:

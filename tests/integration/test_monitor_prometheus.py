@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import CliProcess, run_cli
 
 from packager.engine import free_port, stop_process, tail, wait_ready
 
@@ -251,24 +251,35 @@ def test_prometheus_scrapes_endpoint_and_monitor_agrees(endpoint, prometheus):
     assert snap["window"]["output_tokens_per_s"] == 0  # nothing was served during its interval
     assert snap["usd_per_million_output_tokens"] is None
 
-    # ... and while traffic flows it shows live rates and a cost.
-    stop = threading.Event()
-
-    def traffic():
-        with httpx.Client() as c:
-            i = 0
-            while not stop.is_set():
-                _chat(c, base_url, model, 100 + i)
-                i += 1
-
-    th = threading.Thread(target=traffic)
-    th.start()
+    # ... and a monitor left running (`packager monitor --json`, a line per interval) shows the traffic that
+    # starts after its first, quiet, interval: live rates and a cost. It starts before the traffic, as an
+    # operator's would (CI twice saw a `monitor --once` started under traffic print nothing for 120 s).
+    mon = CliProcess("monitor", base_url, "--json", "--interval-s", "3", "--iterations", "4",
+                     "--usd-per-hour", str(USD_PER_HOUR), cwd=ROOT)
     try:
-        time.sleep(1.0)
-        live = _monitor_json(base_url, 4.0)
+        quiet = json.loads(mon.readline(120))
+        assert quiet["window"]["output_tokens_per_s"] == 0 and quiet["usd_per_million_output_tokens"] is None
+        stop = threading.Event()
+
+        def traffic():
+            with httpx.Client() as c:
+                i = 0
+                while not stop.is_set():
+                    _chat(c, base_url, model, 100 + i)
+                    i += 1
+
+        th = threading.Thread(target=traffic)
+        th.start()
+        try:
+            later = [json.loads(mon.readline(60)) for _ in range(3)]
+        finally:
+            stop.set()
+            th.join(300)
+        rc, _, err = mon.wait(60)
+        assert rc == 0, err
     finally:
-        stop.set()
-        th.join(300)
+        mon.close()
+    live = later[-1]  # traffic flowed through the whole of its interval
     w = live["window"]
     assert w["output_tokens_per_s"] > 0 and w["request_rate_per_s"] > 0
     assert w["ttft"]["observations"] >= 1 and 0 < w["ttft"]["p50_ms"] < 120_000
