@@ -71,16 +71,19 @@ def score_choice(output: str, item: "SuiteItem") -> float:
     return float(picked is not None and normalize(picked) in {normalize(r) for r in _refs(item)})
 
 
+def _f_measure(matched: int, n_pred: int, n_ref: int) -> float:
+    """Harmonic mean of precision (matched / n_pred) and recall (matched / n_ref); 0 when nothing matched."""
+    if matched == 0:
+        return 0.0
+    prec, rec = matched / n_pred, matched / n_ref
+    return 2 * prec * rec / (prec + rec)
+
+
 def token_f1(pred: str, ref: str) -> float:
     p, r = normalize(pred).split(), normalize(ref).split()
     if not p or not r:
         return float(p == r)
-    common = Counter(p) & Counter(r)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    prec, rec = same / len(p), same / len(r)
-    return 2 * prec * rec / (prec + rec)
+    return _f_measure(sum((Counter(p) & Counter(r)).values()), len(p), len(r))
 
 
 @SCORERS.register("f1")
@@ -103,11 +106,7 @@ def _lcs(a: list[str], b: list[str]) -> int:
 
 def rouge_l(pred: str, ref: str) -> float:
     p, r = normalize(pred).split(), normalize(ref).split()
-    lcs = _lcs(p, r)
-    if lcs == 0:
-        return 0.0
-    prec, rec = lcs / len(p), lcs / len(r)
-    return 2 * prec * rec / (prec + rec)
+    return _f_measure(_lcs(p, r), len(p), len(r))
 
 
 @SCORERS.register("rouge_l")

@@ -632,6 +632,17 @@ class ModelRegistry:
         say(f"registered {name} version {version}")
         return version
 
+    def _verified_state(self, name: str, version: int | str, refusing: str, advice: str):
+        """The version's state and current results, or TamperedHistoryError ("Refusing to <refusing> ...") when
+        it fails verification: nothing is written onto a history that does not verify."""
+        state = self._state(name, version)
+        _, results, _ = self._verify_documents(state)
+        if state.problems:
+            raise TamperedHistoryError(
+                f"Refusing to {refusing} {state.name} version {state.version}: it fails verification: "
+                f"{'; '.join(state.problems[:5])}. {advice}")
+        return state, results
+
     def update_results(self, name: str, version: int | str, **results: Any) -> ResultsRevision:
         """Record new results (eval_results=, behaviour_results=, loadtest_results=, cost_results=; kinds not
         given are kept). A change of results makes an earlier approval stale. Returns the current revision."""
@@ -643,12 +654,8 @@ class ModelRegistry:
                 raise ConfigError(f"Unknown results kind {k!r}; known: {', '.join(sorted(_RESULT_ARGS))}.")
             new[_RESULT_ARGS[k]] = v
         for _attempt in range(8):
-            state = self._state(name, version)
-            _, current, _ = self._verify_documents(state)
-            if state.problems:
-                raise TamperedHistoryError(
-                    f"Refusing to update the results of {state.name} version {state.version}: it fails "
-                    f"verification: {'; '.join(state.problems[:5])}. Investigate before changing it.")
+            state, current = self._verified_state(name, version, "update the results of",
+                                                  "Investigate before changing it.")
             doc = results_document(**{k: new.get(k, current.get(k)) for k in ("eval", "behaviour", "loadtest", "cost")})
             sha = digest(doc)
             if sha == state.results_digest:
@@ -689,12 +696,8 @@ class ModelRegistry:
             raise ConfigError(f"--by is limited to {MAX_BY_CHARS} characters and --reason to {MAX_REASON_CHARS}; "
                               f"got {len(by)} and {len(reason)}. Put long reviews in a document and link it.")
         for _attempt in range(8):
-            state = self._state(name, version)
-            _, results, _ = self._verify_documents(state)
-            if state.problems:
-                raise TamperedHistoryError(
-                    f"Refusing to record a decision on {state.name} version {state.version}: it fails verification: "
-                    f"{'; '.join(state.problems[:5])}. Investigate (and re-register the artifact) first.")
+            state, results = self._verified_state(name, version, "record a decision on",
+                                                  "Investigate (and re-register the artifact) first.")
             summary = self._summary(state)
             run_id = state.run.info.run_id
             if state.entries and approval_key(state.entries[-1].seq) not in state.tags:

@@ -221,6 +221,8 @@ def test_edited_history_tag_is_detected_and_blocks_release(registry, pair):
     assert not d.allowed and d.status == "tampered" and "fails verification (state: tampered)" in d.reasons[0]
     with pytest.raises(TamperedHistoryError, match="Refusing to record a decision"):
         registry.approve(name, v2, by="mallory", reason="cover it up")
+    with pytest.raises(TamperedHistoryError, match="Refusing to update the results of .* Investigate before changing it"):
+        registry.update_results(name, v2, eval_results={"recovery": 1.0})
     assert [r.status for r in registry.list(name) if r.version == v2] == ["tampered"]
 
 
