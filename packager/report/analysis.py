@@ -29,21 +29,25 @@ REL_TOL = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------- formatting helpers
-def _fmt_pct_pair(value: float, limit: float) -> tuple[str, str]:
-    """Format two fractions as percentages with just enough decimals that unequal values never print the same."""
+def _fmt_pair(value: float, limit: float, scale: float = 1.0, unit: str = "") -> tuple[str, str]:
+    """Format a value and its limit with just enough decimals that unequal values never print the same."""
+    def fmt(decimals: int) -> tuple[str, str]:
+        return f"{value * scale:.{decimals}f}{unit}", f"{limit * scale:.{decimals}f}{unit}"
+
     for decimals in (0, 1, 2, 3):
-        a, b = f"{value * 100:.{decimals}f}%", f"{limit * 100:.{decimals}f}%"
+        a, b = fmt(decimals)
         if a != b or value == limit:
             return a, b
-    return f"{value * 100:.4f}%", f"{limit * 100:.4f}%"
+    return fmt(4)
+
+
+def _fmt_pct_pair(value: float, limit: float) -> tuple[str, str]:
+    """Two fractions as percentages."""
+    return _fmt_pair(value, limit, 100.0, "%")
 
 
 def _fmt_ms_pair(value: float, limit: float) -> tuple[str, str]:
-    for decimals in (0, 1, 2, 3):
-        a, b = f"{value:.{decimals}f}", f"{limit:.{decimals}f}"
-        if a != b or value == limit:
-            return a, b
-    return f"{value:.4f}", f"{limit:.4f}"
+    return _fmt_pair(value, limit)
 
 
 def fmt_usd(x: float | None) -> str:
