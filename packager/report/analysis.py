@@ -46,10 +46,6 @@ def _fmt_pct_pair(value: float, limit: float) -> tuple[str, str]:
     return _fmt_pair(value, limit, 100.0, "%")
 
 
-def _fmt_ms_pair(value: float, limit: float) -> tuple[str, str]:
-    return _fmt_pair(value, limit)
-
-
 def fmt_usd(x: float | None) -> str:
     """USD amounts from fractions of a cent to thousands, with 3 significant digits at least."""
     if x is None:
@@ -150,7 +146,7 @@ def _slo_failures(load: LoadSummary, slo_ttft_ms: float, slo_tpot_ms: float,
         if value is None:
             out.append(f"has no {label} p95")
         elif value > limit:
-            a, b = _fmt_ms_pair(value, limit)
+            a, b = _fmt_pair(value, limit)
             out.append(f"misses {label} p95 {a} ms > {b} ms")
     return out
 
@@ -344,16 +340,14 @@ def compare_engines(variants: Sequence[VariantResult], expected_load: float | No
         prev_i = i
     unit = units.pop()
 
-    def at(x: float) -> str:
-        return load_words(x, unit)
     led = [(x, lead) for x, lead in zip(offered, leader) if lead is not None]
     if not led:
         summary = "No offered load was run on every engine, so the engines cannot be compared."
     elif not crossovers:
         summary = (f"{engine_label(led[0][1])} sustained the most output tokens/s at every offered load compared "
-                   f"({led[0][0]:g} to {at(led[-1][0])}).")
+                   f"({led[0][0]:g} to {load_words(led[-1][0], unit)}).")
     else:
-        parts = [f"{engine_label(led[0][1])} leads from {at(led[0][0])}"]
+        parts = [f"{engine_label(led[0][1])} leads from {load_words(led[0][0], unit)}"]
         for c in crossovers:
             parts.append(f"{engine_label(c['to_engine'])} from {c['at']:g} (crossover between {c['after']:g} and {c['at']:g})")
         summary = "; ".join(parts) + "."
@@ -363,7 +357,7 @@ def compare_engines(variants: Sequence[VariantResult], expected_load: float | No
         else:
             step = next(((x, lead) for x, lead in led if falls_on(x, expected_load)), None)
             if step is not None:
-                summary += (f" At the expected load of {at(expected_load)} (measured at {step[0]:g}) "
+                summary += (f" At the expected load of {load_words(expected_load, unit)} (measured at {step[0]:g}) "
                             f"{engine_label(step[1])} leads, and the recommendation is ranked there.")
     return EngineComparison(sweep_unit=unit, offered=offered, best_output_tokens_per_s=best, best_variant=who,
                             leader=leader, crossovers=crossovers, summary=summary)

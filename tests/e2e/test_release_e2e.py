@@ -3,12 +3,11 @@ served with `bentoml serve`, scored through it, load-tested with locust, registe
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from html.parser import HTMLParser
 
 import pytest
 import yaml
+from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +46,7 @@ def release_run(tmp_path_factory, default_model):
     }
     cfg_path = out / "release.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    cp = subprocess.run([sys.executable, "-m", "packager.cli", "release", "--config", str(cfg_path)],
-                        capture_output=True, text=True, timeout=2400)
+    cp = run_cli("release", "--config", str(cfg_path), timeout_s=2400)
     assert cp.returncode == 0, (cp.stdout[-3000:], cp.stderr[-5000:])
     return out / "run", cp
 
@@ -117,8 +115,7 @@ def test_rerun_reuses_every_finished_step(release_run):
     expected load is not an input of any step), only the recommendation is read at the 1-user step."""
     run, _ = release_run
     cfg_path = run.parent / "release.yaml"
-    cp = subprocess.run([sys.executable, "-m", "packager.cli", "release", "--config", str(cfg_path),
-                         "--expected-load", "1"], capture_output=True, text=True, timeout=900)
+    cp = run_cli("release", "--config", str(cfg_path), "--expected-load", "1", timeout_s=900)
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert cp.stderr.count("reused from the cache") == 3
     doc = json.loads((run / "report.json").read_text())
