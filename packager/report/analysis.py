@@ -354,13 +354,22 @@ def compare_engines(variants: Sequence[VariantResult], expected_load: float | No
         if expected_load is None:
             summary += (" Which is cheaper for you depends on the traffic you expect: set expected_load in the "
                         "configuration to rank the variants at it.")
-        else:
-            step = next(((x, lead) for x, lead in led if falls_on(x, expected_load)), None)
-            if step is not None:
-                summary += (f" At the expected load of {load_words(expected_load, unit)} (measured at {step[0]:g}) "
-                            f"{engine_label(step[1])} leads, and the recommendation is ranked there.")
+    if led and expected_load is not None:
+        summary += " " + _expected_load_sentence(led, expected_load, unit)
     return EngineComparison(sweep_unit=unit, offered=offered, best_output_tokens_per_s=best, best_variant=who,
                             leader=leader, crossovers=crossovers, summary=summary)
+
+
+def _expected_load_sentence(led: list[tuple[float, str]], expected_load: float, unit: str | None) -> str:
+    """Which engine leads at the sweep step the expected load falls on (the step the recommendation is ranked
+    at), whether or not the lead changes over the sweep; or why no compared step covers that load."""
+    where = f"the expected load of {load_words(expected_load, unit)}"
+    step = next(((x, lead) for x, lead in led if falls_on(x, expected_load)), None)
+    if step is None:
+        return (f"No load run on every engine covers {where} (the highest is {load_words(led[-1][0], unit)}), so "
+                f"the engines are not compared there.")
+    return (f"At {where} (measured at {step[0]:g}) {engine_label(step[1])} leads, and the recommendation is "
+            f"ranked there.")
 
 
 def _close(a: float, b: float, rel_tol: float = REL_TOL) -> bool:

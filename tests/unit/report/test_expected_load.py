@@ -106,6 +106,35 @@ def test_the_engines_summary_names_the_leader_at_the_expected_load():
         "At the expected load of 3 concurrent users (measured at 4) vLLM leads, and the recommendation is ranked there.")
 
 
+def test_the_expected_load_sentence_does_not_need_a_crossover():
+    """One engine ahead at every load: the summary still names the leader at the expected load (the sentence
+    depends only on a compared step covering that load, never on which engine the figures favour)."""
+    vs = [swept("baseline", "vllm", {1: (70.0, 90.0), 4: (180.0, 150.0)}, baseline=True),
+          swept("gguf-q4_k_m", "llamacpp", {1: (65.0, 50.0), 4: (90.0, 300.0)})]
+    recommend(vs, 0.9, 2000, 250, expected_load=1)
+    ec = compare_engines(vs, expected_load=1)
+    assert ec.crossovers == [] and ec.leader == ["vllm", "vllm"]
+    assert ec.summary == ("vLLM sustained the most output tokens/s at every offered load compared (1 to 4 concurrent "
+                          "users). At the expected load of 1 concurrent user (measured at 1) vLLM leads, and the "
+                          "recommendation is ranked there.")
+    # the same data with llama.cpp ahead everywhere names llama.cpp
+    vs[1] = swept("gguf-q4_k_m", "llamacpp", {1: (113.0, 30.0), 4: (200.0, 60.0)})
+    assert compare_engines(vs, expected_load=1).summary.endswith(
+        "At the expected load of 1 concurrent user (measured at 1) llama.cpp leads, and the recommendation is "
+        "ranked there.")
+    # without an expected load and without a crossover, nothing is said about it
+    assert "expected load" not in compare_engines(vs).summary
+
+
+def test_an_expected_load_above_every_compared_step_is_said_so():
+    vs = [swept("baseline", "vllm", {1: (70.0, 90.0), 4: (180.0, 150.0), 16: (250.0, 400.0)}, baseline=True),
+          swept("gguf-q4_k_m", "llamacpp", {1: (65.0, 50.0), 4: (90.0, 300.0)})]
+    ec = compare_engines(vs, expected_load=8)
+    assert ec.leader == ["vllm", "vllm", None]
+    assert ec.summary.endswith("No load run on every engine covers the expected load of 8 concurrent users (the "
+                               "highest is 4 concurrent users), so the engines are not compared there.")
+
+
 def test_the_report_says_where_the_variants_were_ranked():
     r = sample_report()
     r.variants = variants()
