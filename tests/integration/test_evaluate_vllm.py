@@ -25,8 +25,8 @@ def baseline_run(vllm_default_server, tmp_path_factory):
 def test_default_suite_scores_between_zero_and_one(baseline_run):
     s, out = baseline_run
     assert s.n_items >= 150 and s.n_errors == 0
-    # tuned so the bundled model scores well above zero and well below 100%
-    assert 0.15 < s.score < 0.85, s.score
+    # a score is a fraction; how high the bundled model scores is a measurement, recorded, not asserted here
+    assert 0.0 <= s.score <= 1.0, s.score
     assert set(s.score_by_category) == {"extraction", "classification", "factual_qa", "arithmetic", "summarization"}
     assert all(0.0 <= v <= 1.0 for v in s.score_by_category.values())
     assert s.perplexity is not None and 1.0 < s.perplexity < 1000 and math.isfinite(s.perplexity)

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +167,7 @@ def test_concurrent_streams_queue_and_complete_beyond_the_limit_429(gguf_bento):
     """llama.cpp serves one request at a time: admitted streams wait their turn and are never cut; the gateway
     answers 429 above max_concurrency."""
     body = {"model": gguf_bento.model, "messages": [{"role": "user", "content": "Count from 1 to 100."}],
-            "max_tokens": 24, "temperature": 0, "stream": True}
+            "max_tokens": 128, "temperature": 0, "stream": True}
     results: list[tuple[int, list[str]]] = []
     lock = threading.Lock()
     start = threading.Barrier(MAX_CONCURRENCY + 2)
@@ -188,7 +187,11 @@ def test_concurrent_streams_queue_and_complete_beyond_the_limit_429(gguf_bento):
     statuses = sorted(s for s, _ in results)
     assert len(results) == MAX_CONCURRENCY + 2 and set(statuses) <= {200, 429}
     ok = [lines for s, lines in results if s == 200]
-    assert 1 <= len(ok) <= MAX_CONCURRENCY and statuses.count(429) >= 2
+    # Every request was admitted or refused, never both. The streams are long (128 tokens, served one at a
+    # time), so the first admitted still holds its slot when the last of the barrier-released requests arrives:
+    # the two beyond the limit are refused.
+    assert statuses.count(429) == MAX_CONCURRENCY + 2 - len(ok)
+    assert 1 <= len(ok) <= MAX_CONCURRENCY and statuses.count(429) >= 2, statuses
     for lines in ok:  # every admitted stream ran to its length limit: none was interrupted by another
         assert lines[-1] == "[DONE]"
         events = [json.loads(x) for x in lines[:-1]]
@@ -251,10 +254,8 @@ def test_tampered_gguf_is_refused_before_llama_cpp_starts(tiny_llama_dir, tmp_pa
     info = yaml.safe_load((tmp_path / "bentoml-home" / "bentos" / tag.replace(":", "/") / "bento.yaml").read_text())
     weights = tmp_path / "bentoml-home" / "models" / info["args"]["model_tag"].replace(":", "/") / "model" / "model.gguf"
     corrupt_tail(weights)
-    t0 = time.monotonic()
     r = subprocess.run(serve_command(tag, port=free_port()), env=serve_env(base=own_store), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 3, (r.returncode, r.stderr[-3000:])
     assert "sha256 mismatch: model.gguf" in r.stderr
     assert "llamacpp_main" not in r.stderr and "llama_cpp.server" not in r.stderr  # the backend never started
-    assert time.monotonic() - t0 < 120

@@ -279,9 +279,11 @@ def test_prometheus_scrapes_endpoint_and_monitor_agrees(endpoint, prometheus):
         assert rc == 0, err
     finally:
         mon.close()
-    live = later[-1]  # traffic flowed through the whole of its interval
+    # Traffic flowed through the last three intervals; which of them saw requests end (a bento counts a request
+    # when it ends) depends on the speed, so the busiest one is checked.
+    live = max(later, key=lambda snap: snap["window"]["output_tokens_per_s"])
     w = live["window"]
     assert w["output_tokens_per_s"] > 0 and w["request_rate_per_s"] > 0
     assert w["ttft"]["observations"] >= 1 and 0 < w["ttft"]["p50_ms"] < 120_000
     assert live["usd_per_million_output_tokens"] == pytest.approx(USD_PER_HOUR / (w["output_tokens_per_s"] * 3600) * 1e6)
-    assert live["lifetime"]["output_tokens_total"] > life["output_tokens_total"]
+    assert later[-1]["lifetime"]["output_tokens_total"] > life["output_tokens_total"]

@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -124,15 +123,12 @@ def test_tampered_model_is_refused_before_the_backend_starts(tiny_llama_dir, tmp
     from packager.engine import free_port
     from packager.serve.server import serve_command, serve_env
 
-    t0 = time.monotonic()
     r = subprocess.run(serve_command(tag, port=free_port()), env=serve_env(base=own_store), capture_output=True,
                        text=True, timeout=300)
-    elapsed = time.monotonic() - t0
     assert r.returncode == 3, (r.returncode, r.stderr[-3000:])
     assert f"refusing to serve {model_tag}" in r.stderr
     assert "sha256 mismatch: model.safetensors" in r.stderr
     assert "vllm.entrypoints.openai.api_server" not in r.stderr  # the backend was never started
-    assert elapsed < 120
 
 
 def test_a_gpu_bento_builds_on_a_cpu_host(tiny_llama_dir, own_store, build_bento_cli):
