@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 
 from packager.config import RunConfig, dump_config
+from packager.engines.select import LLAMACPP, engine_for, evaluation_config
 from packager.errors import ConfigError, PackagerError
 from packager.fsutil import atomic_write_json, atomic_write_text, dir_size_bytes, read_manifest, sha256_bytes
 
@@ -162,7 +163,7 @@ class ReleaseRunner:
     def served(self, v: Variant, registry_version: str | None) -> Iterator[str]:
         """Serve the variant the way it ships (a bento) or, for fast checks, on the bare engine."""
         if self.serve_via == "engine":
-            from packager.gguf.server import server_for_model  # llama.cpp for a GGUF artifact, else vLLM
+            from packager.engines.select import server_for_model
 
             with self.timed(f"{v.name}/serve_start"):
                 srv = server_for_model(v.model_dir, self.cfg.engine, served_name=v.name,
@@ -243,8 +244,9 @@ class ReleaseRunner:
             try:
                 self.compress(v, source)
                 vr.model_dir, vr.model_digest = str(v.model_dir), v.digest
-                if _is_gguf(v.model_dir):  # a GGUF artifact is served (and scored) by llama.cpp
-                    vr.engine, vr.dtype = "llamacpp", _gguf_quant(v.model_dir)
+                vr.engine = engine_for(v.model_dir)  # the engine that serves (and scores) it
+                if vr.engine == LLAMACPP:
+                    vr.dtype = _gguf_quant(v.model_dir)
                 vr.size_bytes = _weights_size(v.model_dir)
                 vr.parameters = _param_count(v.model_dir)
                 vr.stages, vr.compression_wall_time_s = v.stages, v.compression_wall_time_s
@@ -262,13 +264,7 @@ class ReleaseRunner:
                     with self.served(v, v.registry_version) as url:
                         if summary_d is None:
                             with self.timed(f"{v.name}/evaluate"):
-                                ev_cfg, ev_notes = cfg, []
-                                if _is_gguf(v.model_dir):  # llama.cpp returns no prompt logprobs
-                                    from packager.gguf.server import LLAMACPP_EVAL_NOTES
-
-                                    ev_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
-                                        update={"perplexity": False})})
-                                    ev_notes = list(LLAMACPP_EVAL_NOTES)
+                                ev_cfg, ev_notes = evaluation_config(vr.engine, cfg)
                                 s = evaluate_model(None, ev_cfg, url=url, baseline=baseline_summary,
                                                    baseline_items=baseline_items, out_dir=v.root / "eval",
                                                    name=v.name, suite=suite, show_progress=self.show_progress)
@@ -381,12 +377,6 @@ def _weights_size(model_dir: Path | None) -> int | None:
     if model_dir is None:
         return None
     return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) or dir_size_bytes(model_dir)
-
-
-def _is_gguf(model_dir: Path | None) -> bool:
-    from packager.gguf.artifact import is_gguf_artifact
-
-    return model_dir is not None and is_gguf_artifact(model_dir)
 
 
 def _gguf_quant(model_dir: Path) -> str | None:

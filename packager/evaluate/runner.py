@@ -283,15 +283,15 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
     if url is not None:
         summary, results = _evaluate_endpoint(url, cfg, suite, label, baseline, baseline_items, show_progress)
     else:
-        # The model's own engine: llama.cpp for a GGUF artifact (packager.gguf), vLLM otherwise.
-        from packager.gguf.server import evaluation_settings, server_for_model
+        # The model's own engine (packager.engines.select: llama.cpp for a GGUF artifact, vLLM otherwise).
+        from packager.engines.select import evaluation_config, server_for_model
 
         log_path = None
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             log_path = Path(out_dir) / "engine.log"
         with server_for_model(model_dir, cfg.engine, served_name=label, log_path=log_path) as srv:
-            run_cfg, notes = evaluation_settings(srv, cfg)
+            run_cfg, notes = evaluation_config(srv.engine.backend, cfg.model_copy(update={"engine": srv.engine}))
             summary, results = _evaluate_endpoint(srv.base_url, run_cfg, suite, label, baseline, baseline_items,
                                                   show_progress)
         summary.model_dir, summary.url = str(model_dir), None

@@ -23,7 +23,7 @@ from typing import Mapping
 from packager.config import EngineConfig
 from packager.engine import LocalServer
 from packager.errors import ServerError
-from packager.gguf.artifact import gguf_path, is_gguf_artifact
+from packager.gguf.artifact import gguf_path
 
 READINESS_PATH = "/openapi.json"
 # Prompt tokens llama.cpp evaluates per batch (its default, 512, also for the bento).
@@ -103,36 +103,3 @@ class LlamaCppServer(LocalServer):
         env = dict(os.environ)
         env.update(llamacpp_env(os.environ))
         return self.command(), env
-
-
-def server_for_model(model_dir: str | Path, engine: EngineConfig, served_name: str | None = None,
-                     port: int | None = None, log_path: Path | None = None):
-    """The right local engine for a model directory: llama.cpp for a GGUF artifact, vLLM otherwise."""
-    if is_gguf_artifact(model_dir):
-        eng = engine if engine.backend == "llamacpp" else engine.model_copy(update={"backend": "llamacpp"})
-        return LlamaCppServer(model_dir, eng, served_name=served_name, port=port, log_path=log_path)
-    if engine.backend == "llamacpp":
-        raise ServerError(
-            f"backend 'llamacpp' serves GGUF artifacts, and {model_dir} has no model.gguf. Export it first: "
-            f"`packager gguf export {model_dir} --quant q8_0 --out DIR`, then use DIR/q8_0."
-        )
-    from packager.engine import EngineServer
-
-    return EngineServer(model_dir, engine, served_name=served_name, port=port, log_path=log_path)
-
-
-# Figures of packager.evaluate that need vLLM's prompt logprobs, which llama-cpp-python's server does not return.
-LLAMACPP_EVAL_NOTES = (
-    "perplexity: not measured: llama-cpp-python's server returns no prompt logprobs",
-    "top-k KL to the baseline: not measured for the same reason (greedy agreement is)",
-)
-
-
-def evaluation_settings(server, cfg):
-    """(run configuration, notes) for evaluating through `server`: the engine actually serving, and for
-    llama.cpp no perplexity pass (it would send requests whose answers carry nothing to measure)."""
-    if isinstance(server, LlamaCppServer):
-        run_cfg = cfg.model_copy(update={"engine": server.engine,
-                                         "eval": cfg.eval.model_copy(update={"perplexity": False})})
-        return run_cfg, list(LLAMACPP_EVAL_NOTES)
-    return cfg, []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+from packager.engines.select import engine_label
 from packager.report.loadsummary import usd_per_million
 from packager.report.model import EngineComparison, LoadSummary, Recommendation, Report, VariantResult
 
@@ -297,13 +298,6 @@ def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_
 
 
 # -------------------------------------------------------------------------------------------------- consistency
-ENGINE_NAMES = {"vllm": "vLLM", "llamacpp": "llama.cpp"}
-
-
-def engine_label(engine: str) -> str:
-    return ENGINE_NAMES.get(engine, engine)
-
-
 def compare_engines(variants: Sequence[VariantResult], expected_load: float | None = None) -> EngineComparison | None:
     """Engines side by side over the load sweep, or None unless at least two engines have sweeps in one unit.
 

@@ -211,7 +211,7 @@ def _sweep_unit_short(unit: str | None) -> str:
 
 def _engine_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Engines side by side: offered load, then per engine its best output tok/s (and which variant), leader."""
-    from packager.report.analysis import engine_label
+    from packager.engines.select import engine_label
 
     ec = report.engines
     if ec is None:
@@ -679,7 +679,7 @@ def plot_sweep(report: Report) -> str | None:
         fig = _new_figure(7.2, 4.6)
         ax_t, ax_l = fig.subplots(1, 2)
         any_ttft = False
-        from packager.report.analysis import engine_label
+        from packager.engines.select import engine_label
 
         several_engines = len({v.engine for v in swept}) > 1  # then: one line style per engine, named in the legend
         styles = {e: ls for e, ls in zip(sorted({v.engine for v in swept}), ["-", "--", ":", "-."] * 4)}

@@ -24,6 +24,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from packager.config import EngineConfig, format_validation_error
+from packager.engines.select import check_target
 from packager.errors import ConfigError
 
 # BentoML names (bento, service, model): lowercase letters, digits, '-', '_' and '.', starting and ending
@@ -115,11 +116,7 @@ class BentoArgs(BaseModel):
             raise ValueError(
                 f"backend {self.backend!r} is not available; known backends: {', '.join(BACKENDS.names())}"
             )
-        if self.backend == "llamacpp" and self.target != "cpu":
-            raise ValueError(
-                f"backend llamacpp runs on target cpu only (got target={self.target}); serve GPU variants with "
-                "backend vllm"
-            )
+        check_target(self.backend, self.target)
         if self.target == "cpu" and self.tensor_parallel_size != 1:
             raise ValueError(
                 f"tensor_parallel_size={self.tensor_parallel_size} needs target=gpu; a CPU replica uses one "

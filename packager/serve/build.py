@@ -12,6 +12,7 @@ from typing import Callable
 import yaml
 
 from packager.config import EngineConfig
+from packager.engines.select import select_engine
 from packager.engine import tail
 from packager.errors import ConfigError, PackagerError
 from packager.serve.args import BentoArgs, bento_name, parse_args
@@ -55,25 +56,6 @@ def make_args(*, model_tag: str, model_digest: str, engine: EngineConfig, servic
     })
 
 
-def choose_backend(variant_dir: Path, engine: EngineConfig, log: Callable[[str], None] = print) -> EngineConfig:
-    """The engine settings for this variant: a GGUF artifact (model.gguf, from `packager gguf export`) is served
-    by llama.cpp whatever backend was configured; a safetensors variant cannot be served by llama.cpp."""
-    from packager.gguf.artifact import is_gguf_artifact
-
-    if is_gguf_artifact(variant_dir):
-        if engine.backend != "llamacpp":
-            log(f"{variant_dir} is a GGUF artifact: serving it with backend llamacpp (llama.cpp), not "
-                f"{engine.backend}")
-            engine = engine.model_copy(update={"backend": "llamacpp"})
-        return engine
-    if engine.backend == "llamacpp":
-        raise ConfigError(
-            f"backend llamacpp serves GGUF artifacts, and {variant_dir} has no model.gguf. Export the variant first "
-            f"(`packager gguf export {variant_dir} --quant q8_0 --out DIR`) and build DIR/q8_0, or use backend vllm."
-        )
-    return engine
-
-
 def run_bentoml_build(args: BentoArgs, build_ctx: Path, log: Callable[[str], None] = print) -> str:
     """Run `bentoml build` on the service template with these arguments; return the bento tag."""
     with tempfile.TemporaryDirectory(prefix="packager-bento-args-") as td:
@@ -107,7 +89,7 @@ def build_bento(variant_dir: str | Path, *, engine: EngineConfig | None = None, 
     ctx = Path(build_ctx).resolve() if build_ctx else project_root()
     resolved = resolve_model(str(variant_dir))  # 'default', a directory, or a cached HF id
     record = read_variant(resolved.path, log=log)
-    engine = choose_backend(record.path, engine, log=log)
+    engine = select_engine(record.path, engine, log=log)
     model_name = model_name or record.name
     service_name = name or f"packager-{bento_name(model_name)}"
     # Validate the arguments before the (slow) import so a bad flag fails at once.

@@ -121,7 +121,8 @@ def test_engines_are_compared_over_the_sweep(release_run):
 def _expected_engines_summary(ec) -> str:
     """The first sentence of the engines summary, derived from the comparison's own figures (both loads were run
     on both engines, so every step has a leader)."""
-    from packager.report.analysis import engine_label, load_words
+    from packager.engines.select import engine_label
+    from packager.report.analysis import load_words
 
     assert None not in ec.leader
     if len(set(ec.leader)) == 1:
@@ -146,7 +147,7 @@ def test_rerun_reuses_every_finished_step(release_run):
     doc = json.loads((run / "report.json").read_text())
     assert not any(k.endswith("/serve_start") for k in doc["timings_s"])
 
-    from packager.report.analysis import engine_label
+    from packager.engines.select import engine_label
     from packager.report.model import Report
 
     report = Report.model_validate(doc)

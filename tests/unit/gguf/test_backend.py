@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from packager.config import EngineConfig, RunConfig
-from packager.errors import ConfigError, ServerError
-from packager.gguf.server import (LLAMACPP_EVAL_NOTES, READINESS_PATH, LlamaCppServer, cpu_threads,
-                                  evaluation_settings, llamacpp_command, server_for_model)
+from packager.engines.select import ENGINES, evaluation_config, select_engine, server_for_model
+from packager.errors import ConfigError
+from packager.gguf.server import READINESS_PATH, LlamaCppServer, cpu_threads, llamacpp_command
 from packager.serve.args import parse_args
 from packager.serve.backends import BACKENDS, LLAMACPP_PACKAGES, launch_command
 
@@ -77,16 +77,14 @@ def test_llamacpp_on_a_gpu_target_is_refused():
 
 
 def test_build_chooses_llamacpp_for_a_gguf_artifact_and_refuses_it_for_safetensors(tmp_path):
-    from packager.serve.build import choose_backend
-
     logs: list[str] = []
-    eng = choose_backend(_gguf_dir(tmp_path), EngineConfig(), log=logs.append)
+    eng = select_engine(_gguf_dir(tmp_path), EngineConfig(), log=logs.append)
     assert eng.backend == "llamacpp" and "serving it with backend llamacpp" in logs[0]
     st = tmp_path / "st"
     st.mkdir()
-    assert choose_backend(st, EngineConfig()).backend == "vllm"
-    with pytest.raises(ConfigError, match=r"has no model.gguf\. Export the variant first \(`packager gguf export"):
-        choose_backend(st, EngineConfig(backend="llamacpp"))
+    assert select_engine(st, EngineConfig()).backend == "vllm"
+    with pytest.raises(ConfigError, match=r"has no model.gguf\. Export it first \(`packager gguf export"):
+        select_engine(st, EngineConfig(backend="llamacpp"))
 
 
 def test_a_gguf_manifest_becomes_format_and_quant_labels(tmp_path):
@@ -109,17 +107,17 @@ def test_evaluator_launcher_is_chosen_by_the_model_directory(tmp_path):
     cmd = srv.command()
     assert opt(cmd, "--model").endswith("q8_0/model.gguf") and opt(cmd, "--n_ctx") == "1024"
     assert isinstance(server_for_model(tmp_path, EngineConfig()), EngineServer)
-    with pytest.raises(ServerError, match="has no model.gguf"):
+    with pytest.raises(ConfigError, match="has no model.gguf"):
         server_for_model(tmp_path, EngineConfig(backend="llamacpp"))
     cfg = RunConfig()
-    run_cfg, notes = evaluation_settings(srv, cfg)
-    assert run_cfg.engine.backend == "llamacpp" and run_cfg.eval.perplexity is False and cfg.eval.perplexity is True
-    assert notes == list(LLAMACPP_EVAL_NOTES) and "prompt logprobs" in notes[0]
-    assert evaluation_settings(object(), cfg) == (cfg, [])
+    run_cfg, notes = evaluation_config("llamacpp", cfg)
+    assert run_cfg.eval.perplexity is False and cfg.eval.perplexity is True
+    assert notes == list(ENGINES["llamacpp"].eval_notes) and "prompt logprobs" in notes[0]
+    assert evaluation_config("vllm", cfg) == (cfg, [])
 
 
 def test_importing_the_gguf_modules_loads_no_heavy_library():
-    code = ("import sys, json, packager.gguf.export, packager.gguf.server, packager.gguf.cli, packager.serve.backends; "
+    code = ("import sys, json, packager.gguf.export, packager.gguf.server, packager.cli.gguf, packager.serve.backends; "
             "print(json.dumps([m for m in ('torch', 'llama_cpp', 'transformers', 'bentoml', 'vllm') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

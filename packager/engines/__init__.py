@@ -1,0 +1,1 @@
+"""Serving engines: which one serves an artifact and what it can do (`packager.engines.select`)."""

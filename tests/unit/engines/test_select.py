@@ -1,0 +1,67 @@
+"""packager.engines.select: the one place that decides which engine serves an artifact and what it can do."""
+from __future__ import annotations
+
+import pytest
+
+from packager.config import EngineConfig, RunConfig
+from packager.engines.select import (ENGINES, LLAMACPP, VLLM, capabilities, check_target, engine_for, engine_label,
+                                     evaluation_config, is_gguf, select_engine)
+from packager.errors import ConfigError
+
+
+def _gguf(tmp_path):
+    d = tmp_path / "q4"
+    d.mkdir()
+    (d / "model.gguf").write_bytes(b"GGUF")
+    return d
+
+
+def test_the_artifact_decides_the_engine(tmp_path):
+    st = tmp_path / "st"
+    st.mkdir()
+    assert (engine_for(_gguf(tmp_path)), engine_for(st), engine_for(None)) == (LLAMACPP, VLLM, VLLM)
+    assert is_gguf(tmp_path / "q4") and not is_gguf(st) and not is_gguf(None)
+
+
+def test_select_overrides_the_configured_backend_for_gguf_and_says_so(tmp_path):
+    said: list[str] = []
+    eng = select_engine(_gguf(tmp_path), EngineConfig(backend="vllm", max_model_len=777), log=said.append)
+    assert eng.backend == LLAMACPP and eng.max_model_len == 777  # every other setting kept
+    assert len(said) == 1 and "is a GGUF artifact: serving it with backend llamacpp" in said[0]
+    same = EngineConfig(backend="llamacpp")
+    assert select_engine(tmp_path / "q4", same, log=said.append) is same and len(said) == 1  # nothing to say
+
+
+def test_llamacpp_without_a_gguf_is_refused_with_what_to_do(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        select_engine(tmp_path, EngineConfig(backend="llamacpp"))
+    assert f"{tmp_path} has no model.gguf" in str(e.value)
+    assert f"packager gguf export {tmp_path} --quant q8_0 --out DIR" in str(e.value) and "backend vllm" in str(e.value)
+
+
+def test_capabilities_and_labels():
+    assert capabilities(VLLM).prompt_logprobs and not capabilities(LLAMACPP).prompt_logprobs
+    assert capabilities(LLAMACPP).targets == ("cpu",) and "gpu" in capabilities(VLLM).targets
+    assert (engine_label("vllm"), engine_label("llamacpp"), engine_label("other")) == ("vLLM", "llama.cpp", "other")
+    with pytest.raises(ConfigError, match="unknown engine 'tgi'; known engines: vllm, llamacpp"):
+        capabilities("tgi")
+    # the backends the config accepts are exactly the engines known here
+    assert set(EngineConfig.model_fields["backend"].annotation.__args__) == set(ENGINES)
+
+
+def test_targets():
+    check_target(LLAMACPP, "cpu")
+    check_target(VLLM, "gpu")
+    with pytest.raises(ValueError, match=r"backend llamacpp runs on target cpu only \(got target=gpu\); serve GPU "
+                                         r"variants with backend vllm"):
+        check_target(LLAMACPP, "gpu")
+
+
+def test_evaluation_without_prompt_logprobs_skips_perplexity_and_says_why():
+    cfg = RunConfig()
+    assert evaluation_config(VLLM, cfg) == (cfg, [])
+    run_cfg, notes = evaluation_config(LLAMACPP, cfg)
+    assert run_cfg.eval.perplexity is False and cfg.eval.perplexity is True  # the caller's config is untouched
+    assert run_cfg.eval.model_dump(exclude={"perplexity"}) == cfg.eval.model_dump(exclude={"perplexity"})
+    assert notes == list(ENGINES[LLAMACPP].eval_notes)
+    assert notes[0] == "perplexity: not measured: llama-cpp-python's server returns no prompt logprobs"
