@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from packager.serve.gateway import Gateway, StreamObserver, outcome_of_status
-from packager.serve.metrics import ServiceMetrics
+from packager.serve.metrics import OUTCOMES, ServiceMetrics
 
 LABELS = {"model": "m", "registry_version": "3", "backend": "vllm", "hardware": "cpu"}
 WORDS = ["Paris", " is", " the", " capital", "."]
@@ -71,6 +71,16 @@ def sample(registry, name, **labels):
 
 def events_of(text: str) -> list[str]:
     return [e for e in text.split("\n\n") if e]
+
+
+async def wait_until(condition, timeout_s: float = 5.0, every_s: float = 0.01) -> None:
+    """Return as soon as condition() holds, checking every `every_s`; the deadline only guards against a
+    hang (what happened is asserted by the caller afterwards, not here)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition still false after {timeout_s} s")
+        await asyncio.sleep(every_s)
 
 
 @pytest.mark.anyio
@@ -313,8 +323,9 @@ async def test_caller_going_away_cancels_the_backend_stream():
     app = gateway_for(backend, registry)
     sent = await asyncio.wait_for(call_asgi(app, {"model": "m", "stream": True}, disconnect_after_chunks=1), 30)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
-    await asyncio.sleep(0.05)
-    assert closed == [True]  # the backend's generator was closed: vLLM would abort the request
+    # the relay cancels the backend's task; its generator's `finally` runs when that task next runs
+    await wait_until(lambda: closed)
+    assert closed == [True]  # the backend's generator was closed (once): vLLM would abort the request
     assert len([m for m in sent if m["type"] == "http.response.body"]) < 10
     assert sample(registry, "packager_requests_total", outcome="cancelled") == 1
     assert sample(registry, "packager_requests_total", outcome="success") == 0
@@ -328,8 +339,11 @@ async def test_no_first_token_within_traffic_timeout_is_504_and_counted_as_timeo
     app = TimeoutMiddleware(gateway_for(slow_backend(2.0, 0.0, 3, closed), registry), timeout=0.2)
     sent = await asyncio.wait_for(call_asgi(app, {"model": "m", "stream": True}), 30)
     assert sent[0]["status"] == 504
-    await asyncio.sleep(0.05)  # TimeoutMiddleware answers first, then the cancelled relay records its outcome
-    assert sample(registry, "packager_requests_total", outcome="timeout") == 1
+    # TimeoutMiddleware answers first, then the cancelled relay records its outcome (every outcome's counter
+    # exists from the start at 0, so wait for any count, then check it is exactly one timeout)
+    await wait_until(lambda: sum(sample(registry, "packager_requests_total", outcome=o) or 0 for o in OUTCOMES) > 0)
+    assert {o: sample(registry, "packager_requests_total", outcome=o) for o in OUTCOMES} == {
+        o: (1 if o == "timeout" else 0) for o in OUTCOMES}
 
 
 @pytest.mark.anyio
