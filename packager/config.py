@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from packager.core.validation import format_validation_error, parse_model  # noqa: F401  (re-exported)
 from packager.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -123,16 +124,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def format_validation_error(e: ValidationError, where: str) -> str:
-    lines = [f"{where} is not valid:"]
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        got = err.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  - {loc}: {err['msg']}{got_s}")
-    return "\n".join(lines)
-
-
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
                 environ: dict[str, str] | None = None) -> RunConfig:
     """YAML file < PACKAGER_ environment variables < explicit overrides (CLI flags)."""
@@ -154,10 +145,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         data = loaded
     data = _merge(data, env_overrides(environ))
     data = _merge(data, overrides or {})
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where)) from None
+    return parse_model(RunConfig, data, where)
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from packager.errors import ConfigError
+from packager.core.validation import parse_model
 
 MAX_RATE_PER_S = 5000.0
 MAX_DURATION_S = 24 * 3600.0
@@ -210,9 +210,4 @@ class LoadTestConfig(_Strict):
 
 def parse_loadtest_config(data: dict | None, where: str = "loadtest configuration") -> LoadTestConfig:
     """Validate RunConfig.loadtest (a dict); raise ConfigError listing every bad field."""
-    from packager.config import format_validation_error
-
-    try:
-        return LoadTestConfig.model_validate(data or {})
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where)) from None
+    return parse_model(LoadTestConfig, data or {}, where)

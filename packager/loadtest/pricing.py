@@ -17,9 +17,10 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from packager.config import PricingConfig, format_validation_error
+from packager.config import PricingConfig
+from packager.core.validation import parse_model
 from packager.errors import ConfigError
 
 BUNDLED_TABLE = "pricing.yaml"
@@ -109,10 +110,7 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
     if not isinstance(data, dict):
         raise ConfigError(f"Price table {where} must be a mapping with 'instances' (and 'sources'), "
                           f"got {type(data).__name__}.")
-    try:
-        return PriceTable.model_validate({**data, "location": where})
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, f"Price table {where}")) from None
+    return parse_model(PriceTable, {**data, "location": where}, f"Price table {where}")
 
 
 def resolve_price(pricing: PricingConfig) -> PriceQuote:

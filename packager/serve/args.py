@@ -23,7 +23,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from packager.config import EngineConfig, format_validation_error
+from packager.config import EngineConfig
+from packager.core.validation import format_validation_error, parse_model
 from packager.engines.select import check_target
 from packager.errors import ConfigError
 
@@ -220,7 +221,4 @@ def deployment_overrides(args: BentoArgs, environ: Mapping[str, str] | None = No
 
 def parse_args(data: Mapping[str, Any]) -> BentoArgs:
     """Validate bento arguments, raising ConfigError that names each bad field and its value."""
-    try:
-        return BentoArgs.model_validate(dict(data))
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, "the bento arguments")) from None
+    return parse_model(BentoArgs, dict(data), "the bento arguments")
