@@ -27,24 +27,30 @@ inter-token gap (ITL, one per content chunk), E2E, input and output tokens from 
 PACKAGER_LOADTEST_RECORDS; workers send theirs to the master through locust's message channel, so the
 master's file holds every record even when workers run on other hosts.
 
+Two modules next to this file hold the traffic: phase_dispatch.py (a phase's arrivals, closed users and drain)
+and stream_request.py (one request's record, the event-stream reading, the error kinds). The locustfile loads
+them by their path when locust loads it as a top-level module (see `_load_sibling`).
+
 Environment: PACKAGER_LOADTEST_PLAN (the plan file, read by the master or the local process; workers get
 the plan from the master), PACKAGER_LOADTEST_RECORDS (the records file, written by the master or the local
 process). Targets other than loopback addresses are refused here too.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import ipaddress
 import json
 import logging
 import os
-import random
-import socket
+import sys
 import time
+from types import ModuleType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import gevent
 from gevent.event import AsyncResult
-from gevent.pool import Group
 from geventhttpclient import HTTPClient
 from locust import User, events, task
 from locust.runners import MasterRunner, WorkerRunner
@@ -53,6 +59,40 @@ PLAN_ENV = "PACKAGER_LOADTEST_PLAN"
 RECORDS_ENV = "PACKAGER_LOADTEST_RECORDS"
 PLAN_VERSION = 1
 log = logging.getLogger("packager.locust")
+
+
+def _load_sibling(name: str) -> ModuleType:
+    """The module `name`.py next to this file, without needing the packager package or sys.path.
+
+    Imported as packager.loadtest.locustfile_openai (loadtests/openai_streaming.py): the package's module.
+    Loaded by `locust -f <this file>` as the top-level module `locustfile_openai`: loaded from its path, once,
+    as `locustfile_openai_<name>`."""
+    if __package__:
+        return importlib.import_module(f"{__package__}.{name}")
+    mod_name = f"{__name__}_{name}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                         f"{name}.py"))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {name}.py next to {__file__}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[mod_name]
+        raise
+    return mod
+
+
+if TYPE_CHECKING:
+    from packager.loadtest import phase_dispatch as _phase
+    from packager.loadtest import stream_request as _req
+else:
+    _phase = _load_sibling("phase_dispatch")
+    _req = _load_sibling("stream_request")
+split_count = _phase.split_count
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -64,11 +104,6 @@ def is_loopback_url(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def split_count(n: int, k: int, w: int) -> int:
-    """Share k of W of n items (the first n % W shares get one more)."""
-    return n // w + (1 if k < n % w else 0)
 
 
 def _fail_fast(environment, message: str) -> None:
@@ -325,182 +360,30 @@ class _Driver:
         return body
 
     def run_phase(self, ph: dict, t0: float) -> None:
-        k = int(ph["index"])
-        w, s = self.shares, self.share
         gevent.sleep(max(0.0, t0 - time.time()))
-        end = t0 + float(ph["duration_s"])
-        rng = random.Random(self.seed * 1_000_003 + k * 7919 + s)
-        cap_in_flight = max(1, split_count(int(ph.get("max_in_flight") or 1), s, w)) if ph["kind"] != "closed" else None
-        stats = {"dropped_arrivals": 0, "request_cap_reached": False}
-        group = Group()
-        dispatchers = Group()
-
-        def arrive(scheduled: float, index: int | None = None) -> bool:
-            """False once max_requests is reached: the dispatcher stops and the phase ends early."""
-            if self.sent >= self.cap:
-                stats["request_cap_reached"] = True
-                return False
-            if cap_in_flight is not None and self.in_flight >= cap_in_flight:
-                stats["dropped_arrivals"] += 1
-                return True
-            self.sent += 1
-            group.spawn(self.one_request, self.next_body(index), k, scheduled)
-            return True
-
-        def poisson_or_constant(rate: float, arrival: str, offset: float) -> None:
-            if rate <= 0:
-                return
-            j = 0  # constant arrivals: t0 + offset + j / rate (no accumulated rounding)
-            t = t0 + (offset if arrival == "constant" else rng.expovariate(rate))
-            while t < end:
-                gevent.sleep(max(0.0, t - time.time()))
-                if not arrive(t):
-                    return
-                j += 1
-                t = (t0 + offset + j / rate) if arrival == "constant" else t + rng.expovariate(rate)
-            gevent.sleep(max(0.0, end - time.time()))  # the phase lasts its whole window
-
-        def schedule(arrivals: list) -> None:
-            for off, idx in arrivals:
-                t = t0 + float(off)
-                if t >= end:
-                    break
-                gevent.sleep(max(0.0, t - time.time()))
-                if not arrive(t, idx):
-                    return
-            gevent.sleep(max(0.0, end - time.time()))  # the phase lasts its whole window
-
-        def closed_user() -> None:
-            while time.time() < end:
-                if self.sent >= self.cap:
-                    stats["request_cap_reached"] = True
-                    return
-                self.sent += 1
-                self.one_request(self.next_body(), k, None)
-
-        kind = ph["kind"]
-        if kind == "closed":
-            for _ in range(split_count(int(ph["users"]), s, w)):
-                group.spawn(closed_user)
-        elif kind == "open":
-            rate = float(ph["rate_per_s"])
-            # constant arrivals: share s of W fires at t0 + (s + j*W)/rate, interleaving the shares exactly
-            dispatchers.spawn(poisson_or_constant, rate / w, ph.get("arrival", "poisson"), s / rate)
-        elif kind == "schedule":
-            dispatchers.spawn(schedule, ph["arrivals"][s::w])
-            bg = float(ph.get("background_rate_per_s") or 0.0)
-            if bg > 0:
-                dispatchers.spawn(poisson_or_constant, bg / w, "poisson", 0.0)
-        else:
-            raise ValueError(f"unknown phase kind {kind!r}")
-        if kind == "closed":
-            # returns at `end`, or earlier when every user stopped because max_requests was reached
-            while time.time() < end and len(group) and not stats["request_cap_reached"]:
-                group.join(timeout=min(0.2, max(0.0, end - time.time())))
-        else:
-            dispatchers.join(timeout=max(0.0, end - time.time()))  # early when the request cap stops them
-        dispatchers.kill(block=True)
-        dispatch_end = time.time()
-        group.join(timeout=self.drain_timeout_s)
-        cancelled = len(group)
-        if cancelled:
-            group.kill(block=True, timeout=10)  # one_request records each as "cancelled_at_drain_timeout"
-        self.sink.add({"type": "phase_summary", "phase": k, "share": s, "shares": w,
-                       "start_unix": t0, "dispatch_end_unix": dispatch_end, "drain_end_unix": time.time(),
-                       "cancelled_at_drain_timeout": cancelled, **stats})
+        _phase.Phase(self, ph, t0).run()
 
     def one_request(self, body: dict, phase: int, scheduled: float | None) -> None:
         self.in_flight += 1
-        rec: dict = {"type": "request", "phase": phase, "share": self.share, "ok": False, "status": None,
-                     "error_kind": None, "error": None, "ttft_ms": None, "e2e_ms": None, "itl_ms": [],
-                     "input_tokens": None, "output_tokens": None, "content_chunks": 0, "usage_present": False,
-                     "dispatch_lag_ms": None, "max_tokens": body.get("max_tokens")}
-        t_start_unix = time.time()
-        rec["t_start_unix"] = t_start_unix
-        if scheduled is not None:
-            rec["dispatch_lag_ms"] = max(0.0, (t_start_unix - scheduled) * 1000.0)
+        rec = _req.new_record(body, phase, self.share, scheduled)
         payload = json.dumps(body, separators=(",", ":")).encode()
         t0 = time.perf_counter()
-        t_first = t_last = None
-        itl = rec["itl_ms"]
+        timing = _req.StreamTiming()
         resp = None
-        done = False
         exc: BaseException | None = None
         try:
             with gevent.Timeout(self.timeout_s):
                 resp = self.client.post(self.path, body=payload)
-                rec["status"] = status = resp.status_code
-                if status != 200:
-                    text = resp.read().decode("utf-8", "replace")
-                    rec["error_kind"] = f"http_{status}"
-                    rec["error"] = text[:300]
-                else:
-                    readline = resp.readline
-                    while True:
-                        line = readline(b"\n")
-                        if not line:
-                            break
-                        if not line.startswith(b"data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == b"[DONE]":
-                            done = True
-                            break
-                        now = time.perf_counter()
-                        obj = json.loads(data)
-                        if obj.get("error"):
-                            err = obj["error"]
-                            rec["error_kind"] = "stream_error"
-                            rec["error"] = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
-                            break
-                        for ch in obj.get("choices") or ():
-                            delta = ch.get("delta")
-                            text = delta.get("content") if delta is not None else ch.get("text")
-                            if text:
-                                if t_first is None:
-                                    t_first = now
-                                else:
-                                    itl.append((now - t_last) * 1000.0)
-                                t_last = now
-                                rec["content_chunks"] += 1
-                        usage = obj.get("usage")
-                        if usage:
-                            rec["usage_present"] = True
-                            rec["input_tokens"] = usage.get("prompt_tokens")
-                            rec["output_tokens"] = usage.get("completion_tokens")
-                    if rec["error_kind"] is None and not done:
-                        rec["error_kind"] = "stream_truncated"
-                        rec["error"] = "the stream ended without 'data: [DONE]'"
-        except gevent.Timeout as e:
+                _req.read_response(resp, rec, timing)
+        except (gevent.Timeout, gevent.GreenletExit, Exception) as e:  # noqa: BLE001 - recorded, never lost
             exc = e
-            rec["error_kind"] = "timeout"
-            rec["error"] = f"no complete answer within {self.timeout_s:g} s"
-        except gevent.GreenletExit as e:
-            exc = e
-            rec["error_kind"] = "cancelled_at_drain_timeout"
-            rec["error"] = f"still running {self.drain_timeout_s:g} s after its phase ended"
-        except (OSError, socket.error, ConnectionError) as e:
-            exc = e
-            rec["error_kind"] = "connection_error"
-            rec["error"] = f"{type(e).__name__}: {e}"[:300]
-        except ValueError as e:  # malformed JSON in the stream
-            exc = e
-            rec["error_kind"] = "bad_response"
-            rec["error"] = f"{type(e).__name__}: {e}"[:300]
-        except Exception as e:  # noqa: BLE001 - anything else is recorded, never lost
-            exc = e
-            rec["error_kind"] = "client_error"
-            rec["error"] = f"{type(e).__name__}: {e}"[:300]
+            _req.record_exception(rec, e, self.timeout_s, self.drain_timeout_s)
         finally:
             if resp is not None:
                 resp.release()
             self.in_flight -= 1
         t_end = time.perf_counter()
-        rec["e2e_ms"] = (t_end - t0) * 1000.0
-        rec["t_end_unix"] = t_start_unix + (t_end - t0)
-        if t_first is not None:
-            rec["ttft_ms"] = (t_first - t0) * 1000.0
-        rec["ok"] = rec["error_kind"] is None  # an answer without usage is ok; the analysis counts it apart
+        _req.finish_record(rec, t0, t_end, timing.t_first)
         self.sink.add(rec)
         self.env.events.request.fire(
             request_type="POST", name="chat.completions" if "messages" in body else "completions",
