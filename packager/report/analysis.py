@@ -13,13 +13,16 @@ Pure functions over packager.report.model objects (no I/O, no heavy imports).
   output tokens/s of each engine at every offered load of the sweep and the load at which the lead changes.
 * `consistency_problems(report)`: every figure that disagrees with another (cost vs price and throughput,
   recovery vs scores, percentile order, ...); an empty list means the report is internally consistent.
+
+The number formatting its sentences use (`fmt_usd`, `load_words`, ...) lives in packager.report.formatting.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from packager.engines.select import engine_label
+from packager.report.formatting import fmt_pair, fmt_pct_pair, fmt_usd, load_words
 from packager.report.loadsummary import usd_per_million
 from packager.report.model import EngineComparison, LoadSummary, Recommendation, Report, VariantResult
 
@@ -27,37 +30,6 @@ from packager.report.model import EngineComparison, LoadSummary, Recommendation,
 # (unless the caller asks for an absolute goodput in requests/s instead).
 MIN_GOODPUT_FRACTION = 0.9
 REL_TOL = 1e-6
-
-
-# ----------------------------------------------------------------------------------------------- formatting helpers
-def _fmt_pair(value: float, limit: float, scale: float = 1.0, unit: str = "") -> tuple[str, str]:
-    """Format a value and its limit with just enough decimals that unequal values never print the same."""
-    def fmt(decimals: int) -> tuple[str, str]:
-        return f"{value * scale:.{decimals}f}{unit}", f"{limit * scale:.{decimals}f}{unit}"
-
-    for decimals in (0, 1, 2, 3):
-        a, b = fmt(decimals)
-        if a != b or value == limit:
-            return a, b
-    return fmt(4)
-
-
-def _fmt_pct_pair(value: float, limit: float) -> tuple[str, str]:
-    """Two fractions as percentages."""
-    return _fmt_pair(value, limit, 100.0, "%")
-
-
-def fmt_usd(x: float | None) -> str:
-    """USD amounts from fractions of a cent to thousands, with 3 significant digits at least."""
-    if x is None:
-        return "—"
-    if x == 0:
-        return "0"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    if abs(x) >= 1:
-        return f"{x:.2f}"
-    return f"{x:.3g}" if abs(x) >= 0.001 else f"{x:.2e}"
 
 
 # ----------------------------------------------------------------------------------------------------------- pareto
@@ -122,7 +94,7 @@ def _quality_failure(v: VariantResult, quality_floor: float) -> str | None:
             return why
         return "has no recovery (the baseline has no usable score to compare with)"
     if rec + 1e-12 < quality_floor:
-        a, b = _fmt_pct_pair(rec, quality_floor)
+        a, b = fmt_pct_pair(rec, quality_floor)
         return f"recovers {a} < floor {b}"
     return None
 
@@ -141,22 +113,15 @@ def _slo_failures(load: LoadSummary, slo_ttft_ms: float, slo_tpot_ms: float,
         if f is None:
             out.append("has no goodput figure (share of requests meeting the SLO)")
         elif f + 1e-12 < min_goodput_fraction:
-            a, b = _fmt_pct_pair(f, min_goodput_fraction)
+            a, b = fmt_pct_pair(f, min_goodput_fraction)
             out.append(f"only {a} of requests meet the SLO < {b} required")
     for label, value, limit in (("TTFT", load.ttft_ms_p95, slo_ttft_ms), ("TPOT", load.tpot_ms_p95, slo_tpot_ms)):
         if value is None:
             out.append(f"has no {label} p95")
         elif value > limit:
-            a, b = _fmt_pair(value, limit)
+            a, b = fmt_pair(value, limit)
             out.append(f"misses {label} p95 {a} ms > {b} ms")
     return out
-
-
-def load_words(x: float, unit: str | None) -> str:
-    """`4 concurrent users`, `1 concurrent user`, `2.5 requests/s` for an offered load of a sweep."""
-    if unit == "concurrency":
-        return f"{x:g} concurrent user" + ("" if x == 1 else "s")
-    return f"{x:g} requests/s" if unit == "requests_per_s" else f"{x:g}"
 
 
 def falls_on(offered: float, expected_load: float) -> bool:
@@ -188,6 +153,114 @@ def load_at(load: LoadSummary, expected_load: float) -> tuple[LoadSummary | None
     }), None
 
 
+class _Criteria(NamedTuple):
+    """What `recommend` judges every variant against."""
+
+    quality_floor: float
+    slo_ttft_ms: float
+    slo_tpot_ms: float
+    required_goodput_rps: float | None
+    min_goodput_fraction: float
+    expected_load: float | None
+
+
+def _slo_verdict(v: VariantResult, c: _Criteria) -> tuple[list[str], LoadSummary | None]:
+    """Judge a variant's load test against the SLO (at the expected load when one is given) and set `meets_slo`.
+    Returns its failures and the figures it was judged on (None where it could not be judged)."""
+    lf = load_failure(v)
+    if v.load is None or lf is not None:
+        v.meets_slo = None
+        if v.load is not None:
+            return [f"load test failed: {lf}"], None
+        if v.errors and v.score is not None:  # errors not already named by the quality verdict
+            return [f"has no load-test result ({'; '.join(v.errors)})"], None
+        return ["has no load-test result"], None
+    view, why = (v.load, None) if c.expected_load is None else load_at(v.load, c.expected_load)
+    if view is None:
+        v.meets_slo = None
+        return [str(why)], None
+    fails = _slo_failures(view, c.slo_ttft_ms, c.slo_tpot_ms, c.required_goodput_rps, c.min_goodput_fraction)
+    v.meets_slo = not fails
+    return fails, view
+
+
+def _judge(variants: Sequence[VariantResult],
+           c: _Criteria) -> tuple[list[VariantResult], dict[str, str], dict[str, LoadSummary]]:
+    """Set `meets_quality_floor` and `meets_slo` on every variant. Returns the variants that pass both and have
+    a cost to rank them by, each other variant's failures as one sentence, and the load figures each variant
+    is judged and ranked on."""
+    passing: list[VariantResult] = []
+    failures: dict[str, str] = {}
+    at_load: dict[str, LoadSummary] = {}
+    for v in variants:
+        q_fail = _quality_failure(v, c.quality_floor)
+        v.meets_quality_floor = None if effective_recovery(v) is None else q_fail is None
+        s_fails, view = _slo_verdict(v, c)
+        if view is not None:
+            at_load[v.name] = view
+        fails = ([q_fail] if q_fail else []) + s_fails
+        if not fails and not _finite(_cost_at(at_load, v)):
+            fails.append("has no USD per 1M output tokens figure (no price or no output tokens), so it cannot be "
+                         "ranked")
+        if fails:
+            failures[v.name] = ", ".join(fails)
+        else:
+            passing.append(v)
+    return passing, failures, at_load
+
+
+def _cost_at(at_load: dict[str, LoadSummary], v: VariantResult) -> float | None:
+    return at_load[v.name].usd_per_million_output_tokens if v.name in at_load else None
+
+
+def _rejections(ranked: list[VariantResult], at_load: dict[str, LoadSummary], failures: dict[str, str],
+                considered: list[str]) -> dict[str, str]:
+    """Why each variant but the first of `ranked` (the passing ones, cheapest first) was not chosen, with the
+    failures of the others, in the order the variants were given."""
+    best = ranked[0]
+    best_cost = float(_cost_at(at_load, best))  # type: ignore[arg-type]  # passing variants all have a finite cost
+    rejected: dict[str, str] = {}
+    for v in ranked[1:]:
+        c = _cost_at(at_load, v)
+        if c == best_cost:
+            rejected[v.name] = (f"meets the floor and the SLO at the same cost (USD {fmt_usd(c)} per 1M output tokens) "
+                                f"but {best.name} wins the tie (higher recovery, then smaller size, then name)")
+        else:
+            rejected[v.name] = (f"meets the floor and the SLO but costs USD {fmt_usd(c)} per 1M output tokens "
+                                f"> {fmt_usd(best_cost)} ({best.name})")
+    rejected.update(failures)
+    order = {name: i for i, name in enumerate(considered)}
+    return dict(sorted(rejected.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def _chosen_reason(best: VariantResult, variants: Sequence[VariantResult], at_load: dict[str, LoadSummary],
+                   c: _Criteria, where: str) -> str:
+    """Why `best` is recommended: its recovery, its SLO figures, its cost and how that compares with the
+    baseline's."""
+    best_cost = float(_cost_at(at_load, best))  # type: ignore[arg-type]  # passing variants all have a finite cost
+    rec = float(effective_recovery(best))  # type: ignore[arg-type]  # passing variants all have one
+    rec_s, floor_s = fmt_pct_pair(rec, c.quality_floor)
+    load = at_load[best.name]
+    slo_bits = [f"TTFT p95 {load.ttft_ms_p95:.0f} ms <= {c.slo_ttft_ms:.0f} ms",
+                f"TPOT p95 {load.tpot_ms_p95:.0f} ms <= {c.slo_tpot_ms:.0f} ms"]
+    if c.required_goodput_rps is not None:
+        slo_bits.append(f"goodput {load.goodput_requests_per_s:.3g} req/s >= {c.required_goodput_rps:.3g} req/s")
+    elif load.goodput_fraction is not None:
+        slo_bits.append(f"{load.goodput_fraction * 100:.0f}% of requests within the SLO")
+    reason = (f"{best.name} is the cheapest variant that keeps the quality floor (recovery {rec_s} >= {floor_s}) "
+              f"and meets the SLO at {where} ({', '.join(slo_bits)}): "
+              f"USD {fmt_usd(best_cost)} per 1M output tokens")
+    baseline = next((v for v in variants if v.is_baseline), None)
+    base_cost = _cost_at(at_load, baseline) if baseline is not None else None
+    if baseline is not None and baseline is not best and _finite(base_cost) and base_cost:
+        bc = float(base_cost)
+        change = (bc - best_cost) / bc
+        word = "cheaper" if change >= 0 else "dearer"
+        base_name = "the baseline" if baseline.name.lower() == "baseline" else f"the baseline {baseline.name}"
+        reason += f", {abs(change) * 100:.0f}% {word} than {base_name} (USD {fmt_usd(bc)})"
+    return reason + "."
+
+
 def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_ms: float, slo_tpot_ms: float,
               required_goodput_rps: float | None = None, *,
               min_goodput_fraction: float = MIN_GOODPUT_FRACTION, expected_load: float | None = None) -> Recommendation:
@@ -204,46 +277,16 @@ def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_
     Sets `meets_quality_floor` and `meets_slo` on every variant (None where it could not be judged). When no
     variant qualifies, `variant` is None and `reason` names each variant's failure.
     """
-    passing: list[VariantResult] = []
-    failures: dict[str, str] = {}
-    at_load: dict[str, LoadSummary] = {}  # the figures each variant is judged and ranked on
+    c = _Criteria(quality_floor, slo_ttft_ms, slo_tpot_ms, required_goodput_rps, min_goodput_fraction, expected_load)
+    passing, failures, at_load = _judge(variants, c)
 
     def cost(v: VariantResult) -> float | None:
-        return at_load[v.name].usd_per_million_output_tokens if v.name in at_load else None
-
-    for v in variants:
-        q_fail = _quality_failure(v, quality_floor)
-        v.meets_quality_floor = None if effective_recovery(v) is None else q_fail is None
-        lf = load_failure(v)
-        if v.load is None or lf is not None:
-            v.meets_slo = None
-            if v.load is not None:
-                s_fails = [f"load test failed: {lf}"]
-            elif v.errors and v.score is not None:  # errors not already named by the quality verdict
-                s_fails = [f"has no load-test result ({'; '.join(v.errors)})"]
-            else:
-                s_fails = ["has no load-test result"]
-        else:
-            view, why = (v.load, None) if expected_load is None else load_at(v.load, expected_load)
-            if view is None:
-                v.meets_slo = None
-                s_fails = [str(why)]
-            else:
-                at_load[v.name] = view
-                s_fails = _slo_failures(view, slo_ttft_ms, slo_tpot_ms, required_goodput_rps, min_goodput_fraction)
-                v.meets_slo = not s_fails
-        fails = ([q_fail] if q_fail else []) + s_fails
-        if not fails and not _finite(cost(v)):
-            fails.append("has no USD per 1M output tokens figure (no price or no output tokens), so it cannot be ranked")
-        if fails:
-            failures[v.name] = ", ".join(fails)
-        else:
-            passing.append(v)
+        return _cost_at(at_load, v)
 
     considered = [v.name for v in variants]
     unit = next((v.load.sweep_unit for v in variants if v.load is not None and v.load.sweep_unit), None)
     where = "the tested load" if expected_load is None else f"the expected load of {load_words(expected_load, unit)}"
-    extra = {} if expected_load is None else {
+    extra: dict[str, Any] = {} if expected_load is None else {
         "expected_load": expected_load, "expected_load_unit": unit,
         "usd_per_million_output_tokens_at_expected_load": {v.name: cost(v) for v in variants}}
     if not variants:
@@ -261,40 +304,9 @@ def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_
 
     passing.sort(key=key)
     best = passing[0]
-    best_cost = float(cost(best))  # type: ignore[arg-type]  # passing variants all have a finite cost
-    rejected: dict[str, str] = {}
-    for v in passing[1:]:
-        c = cost(v)
-        if c == best_cost:
-            rejected[v.name] = (f"meets the floor and the SLO at the same cost (USD {fmt_usd(c)} per 1M output tokens) "
-                                f"but {best.name} wins the tie (higher recovery, then smaller size, then name)")
-        else:
-            rejected[v.name] = (f"meets the floor and the SLO but costs USD {fmt_usd(c)} per 1M output tokens "
-                                f"> {fmt_usd(best_cost)} ({best.name})")
-    rejected.update(failures)
-    order = {name: i for i, name in enumerate(considered)}
-    rejected = dict(sorted(rejected.items(), key=lambda kv: order.get(kv[0], len(order))))
-    rec = float(effective_recovery(best))  # type: ignore[arg-type]  # passing variants all have one
-    rec_s, floor_s = _fmt_pct_pair(rec, quality_floor)
-    load = at_load[best.name]
-    slo_bits = [f"TTFT p95 {load.ttft_ms_p95:.0f} ms <= {slo_ttft_ms:.0f} ms",
-                f"TPOT p95 {load.tpot_ms_p95:.0f} ms <= {slo_tpot_ms:.0f} ms"]
-    if required_goodput_rps is not None:
-        slo_bits.append(f"goodput {load.goodput_requests_per_s:.3g} req/s >= {required_goodput_rps:.3g} req/s")
-    elif load.goodput_fraction is not None:
-        slo_bits.append(f"{load.goodput_fraction * 100:.0f}% of requests within the SLO")
-    reason = (f"{best.name} is the cheapest variant that keeps the quality floor (recovery {rec_s} >= {floor_s}) "
-              f"and meets the SLO at {where} ({', '.join(slo_bits)}): "
-              f"USD {fmt_usd(best_cost)} per 1M output tokens")
-    baseline = next((v for v in variants if v.is_baseline), None)
-    if baseline is not None and baseline is not best and _finite(cost(baseline)) and cost(baseline):
-        bc = float(cost(baseline))  # type: ignore[arg-type]
-        change = (bc - best_cost) / bc
-        word = "cheaper" if change >= 0 else "dearer"
-        base_name = "the baseline" if baseline.name.lower() == "baseline" else f"the baseline {baseline.name}"
-        reason += f", {abs(change) * 100:.0f}% {word} than {base_name} (USD {fmt_usd(bc)})"
-    reason += "."
-    return Recommendation(variant=best.name, reason=reason, considered=considered, rejected=rejected, **extra)
+    return Recommendation(variant=best.name, reason=_chosen_reason(best, variants, at_load, c, where),
+                          considered=considered, rejected=_rejections(passing, at_load, failures, considered),
+                          **extra)
 
 
 # -------------------------------------------------------------------------------------------------- consistency
