@@ -47,7 +47,7 @@ def test_refused_run_writes_nothing(tmp_path):
 
 
 def test_packager_never_imports_locust_or_gevent():
-    code = ("import sys, packager.cli, packager.loadtest.runner, packager.loadtest.cli, packager.loadtest.render;"
+    code = ("import sys, packager.cli, packager.loadtest.runner, packager.cli.loadtest, packager.loadtest.render;"
             "print(sorted(m for m in ('locust', 'gevent', 'torch', 'vllm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 from typer.testing import CliRunner
 
-from packager.report.cli import register
+from packager.cli.report import report_app
 from packager.report.render import to_json
 
 from unit.report.sample import sample_report
@@ -17,7 +17,7 @@ def app() -> typer.Typer:
     def _root() -> None:  # a group, so that `report` is a subcommand
         pass
 
-    register(a)
+    a.add_typer(report_app, name="report")
     return a
 
 

@@ -1,10 +1,13 @@
-"""CLI commands of packager.loadtest: `register(app)` adds them to the top-level `packager` command."""
+"""CLI commands of packager.loadtest: `packager loadtest` and `packager loadtest-analyse`; packager.cli.app adds
+them to the top-level `packager` command. Heavy libraries (locust) are imported inside the commands."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
+
+from packager.cli.guard import console, run_guarded
 
 PROFILE_HELP = (
     "Traffic profile: concurrency | rate | sweep | burst | replay. Its fields come from --set KEY=VALUE "
@@ -109,84 +112,77 @@ def manual_run_instructions(plan_path: Path, workers: int) -> str:
     )
 
 
-def register(app: typer.Typer) -> None:
-    """Add this area's commands to `app`. Keep imports of heavy libraries inside the commands."""
+def loadtest(
+    target: str = typer.Option(..., "--target", help="Base URL of an OpenAI-compatible server on this machine "
+                               "(loopback only), e.g. http://127.0.0.1:8000"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run configuration YAML (its loadtest:, "
+                                          "slo: and pricing: sections)"),
+    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
+    set_: list[str] = typer.Option([], "--set", help="Profile field KEY=VALUE (repeatable)"),
+    users: Optional[int] = typer.Option(None, "--users", help="Concurrent users (concurrency profile)"),
+    rate: Optional[float] = typer.Option(None, "--rate", help="Requests per second (rate profile)"),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Seconds of load (per step for a sweep)"),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="synthetic | suite:NAME_OR_PATH | jsonl:PATH"),
+    input_tokens: Optional[int] = typer.Option(None, "--input-tokens", help="Synthetic prompt length (tokens)"),
+    output_tokens: Optional[int] = typer.Option(None, "--output-tokens", help="Synthetic output length (tokens)"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Override every request's max_tokens"),
+    max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Hard cap on requests sent"),
+    max_duration: Optional[float] = typer.Option(None, "--max-duration", help="Hard cap on dispatch time (s)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="0: one locust process; N: a master and N "
+                                          "local worker processes"),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name to send (default: GET /v1/models)"),
+    slo_ttft_ms: Optional[float] = typer.Option(None, "--slo-ttft-ms", help="TTFT SLO (ms)"),
+    slo_tpot_ms: Optional[float] = typer.Option(None, "--slo-tpot-ms", help="TPOT SLO (ms)"),
+    instance: Optional[str] = typer.Option(None, "--instance", help="Instance name in the price table"),
+    usd_per_hour: Optional[float] = typer.Option(None, "--usd-per-hour", help="Hourly price (overrides --instance)"),
+    price_table: Optional[Path] = typer.Option(None, "--price-table", help="Your price table (YAML)"),
+    utilisation: Optional[float] = typer.Option(None, "--utilisation", help="Share of paid hours at this load "
+                                                "(0-1], for the cost"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: "
+                                       "<output_dir>/loadtest)"),
+    json_out: bool = typer.Option(False, "--json", help="Also print the result as JSON on stdout"),
+    plan_only: bool = typer.Option(False, "--plan-only", help="Write plan.json only and print the locust "
+                                   "commands to run it by hand (e.g. with workers on other hosts)"),
+) -> None:
+    """Load-test a server with locust (headless, in subprocesses): latency percentiles, goodput, $/1M tokens."""
+    args = dict(locals())
+    run_guarded(_loadtest, **args)
 
-    @app.command("loadtest")
-    def loadtest(
-        target: str = typer.Option(..., "--target", help="Base URL of an OpenAI-compatible server on this machine "
-                                   "(loopback only), e.g. http://127.0.0.1:8000"),
-        config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run configuration YAML (its loadtest:, "
-                                              "slo: and pricing: sections)"),
-        profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
-        set_: list[str] = typer.Option([], "--set", help="Profile field KEY=VALUE (repeatable)"),
-        users: Optional[int] = typer.Option(None, "--users", help="Concurrent users (concurrency profile)"),
-        rate: Optional[float] = typer.Option(None, "--rate", help="Requests per second (rate profile)"),
-        duration: Optional[float] = typer.Option(None, "--duration", help="Seconds of load (per step for a sweep)"),
-        prompts: Optional[str] = typer.Option(None, "--prompts", help="synthetic | suite:NAME_OR_PATH | jsonl:PATH"),
-        input_tokens: Optional[int] = typer.Option(None, "--input-tokens", help="Synthetic prompt length (tokens)"),
-        output_tokens: Optional[int] = typer.Option(None, "--output-tokens", help="Synthetic output length (tokens)"),
-        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Override every request's max_tokens"),
-        max_requests: Optional[int] = typer.Option(None, "--max-requests", help="Hard cap on requests sent"),
-        max_duration: Optional[float] = typer.Option(None, "--max-duration", help="Hard cap on dispatch time (s)"),
-        workers: Optional[int] = typer.Option(None, "--workers", help="0: one locust process; N: a master and N "
-                                              "local worker processes"),
-        model: Optional[str] = typer.Option(None, "--model", help="Model name to send (default: GET /v1/models)"),
-        slo_ttft_ms: Optional[float] = typer.Option(None, "--slo-ttft-ms", help="TTFT SLO (ms)"),
-        slo_tpot_ms: Optional[float] = typer.Option(None, "--slo-tpot-ms", help="TPOT SLO (ms)"),
-        instance: Optional[str] = typer.Option(None, "--instance", help="Instance name in the price table"),
-        usd_per_hour: Optional[float] = typer.Option(None, "--usd-per-hour", help="Hourly price (overrides --instance)"),
-        price_table: Optional[Path] = typer.Option(None, "--price-table", help="Your price table (YAML)"),
-        utilisation: Optional[float] = typer.Option(None, "--utilisation", help="Share of paid hours at this load "
-                                                    "(0-1], for the cost"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: "
-                                           "<output_dir>/loadtest)"),
-        json_out: bool = typer.Option(False, "--json", help="Also print the result as JSON on stdout"),
-        plan_only: bool = typer.Option(False, "--plan-only", help="Write plan.json only and print the locust "
-                                       "commands to run it by hand (e.g. with workers on other hosts)"),
-    ) -> None:
-        """Load-test a server with locust (headless, in subprocesses): latency percentiles, goodput, $/1M tokens."""
-        args = dict(locals())
-        from packager.cli import run_guarded
 
-        run_guarded(_loadtest, **args)
+def loadtest_analyse(
+    run_dir: Path = typer.Argument(..., help="A directory with plan.json and records.jsonl"),
+    slo_ttft_ms: Optional[float] = typer.Option(None, "--slo-ttft-ms", help="TTFT SLO (ms); default: the plan's"),
+    slo_tpot_ms: Optional[float] = typer.Option(None, "--slo-tpot-ms", help="TPOT SLO (ms); default: the plan's"),
+    json_out: bool = typer.Option(False, "--json", help="Also print the result as JSON on stdout"),
+) -> None:
+    """(Re)analyse the records of a load test, e.g. one run by hand with remote workers; writes loadtest.json."""
 
-    @app.command("loadtest-analyse")
-    def loadtest_analyse(
-        run_dir: Path = typer.Argument(..., help="A directory with plan.json and records.jsonl"),
-        slo_ttft_ms: Optional[float] = typer.Option(None, "--slo-ttft-ms", help="TTFT SLO (ms); default: the plan's"),
-        slo_tpot_ms: Optional[float] = typer.Option(None, "--slo-tpot-ms", help="TPOT SLO (ms); default: the plan's"),
-        json_out: bool = typer.Option(False, "--json", help="Also print the result as JSON on stdout"),
-    ) -> None:
-        """(Re)analyse the records of a load test, e.g. one run by hand with remote workers; writes loadtest.json."""
-        from packager.cli import console, run_guarded
+    def go() -> None:
+        import json
 
-        def go() -> None:
-            import json
+        from pydantic import ValidationError
 
-            from pydantic import ValidationError
+        from packager.config import SLOConfig, format_validation_error
+        from packager.errors import ConfigError
+        from packager.loadtest.render import summary_renderables
+        from packager.loadtest.runner import analyse_run_dir
 
-            from packager.config import SLOConfig, format_validation_error
-            from packager.errors import ConfigError
-            from packager.loadtest.render import summary_renderables
-            from packager.loadtest.runner import analyse_run_dir
+        slo = None
+        if slo_ttft_ms is not None or slo_tpot_ms is not None:
+            plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").exists() else {}
+            base = dict((plan.get("meta") or {}).get("slo") or {})
+            base.update({k: v for k, v in (("ttft_ms", slo_ttft_ms), ("tpot_ms", slo_tpot_ms)) if v is not None})
+            try:
+                slo = SLOConfig.model_validate(base)
+            except ValidationError as e:
+                raise ConfigError(format_validation_error(e, "the SLO flags")) from None
+        result = analyse_run_dir(run_dir, slo=slo)
+        for r in summary_renderables(result):
+            console.print(r)
+        if json_out:
+            print(json.dumps(result.model_dump(mode="json"), indent=2))
 
-            slo = None
-            if slo_ttft_ms is not None or slo_tpot_ms is not None:
-                plan = json.loads((run_dir / "plan.json").read_text()) if (run_dir / "plan.json").exists() else {}
-                base = dict((plan.get("meta") or {}).get("slo") or {})
-                base.update({k: v for k, v in (("ttft_ms", slo_ttft_ms), ("tpot_ms", slo_tpot_ms)) if v is not None})
-                try:
-                    slo = SLOConfig.model_validate(base)
-                except ValidationError as e:
-                    raise ConfigError(format_validation_error(e, "the SLO flags")) from None
-            result = analyse_run_dir(run_dir, slo=slo)
-            for r in summary_renderables(result):
-                console.print(r)
-            if json_out:
-                print(json.dumps(result.model_dump(mode="json"), indent=2))
-
-        run_guarded(go)
+    run_guarded(go)
 
 
 def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[str], users: int | None,
@@ -199,7 +195,6 @@ def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from packager.cli import console
     from packager.config import load_config
     from packager.loadtest.config import parse_loadtest_config
     from packager.loadtest.pricing import resolve_price

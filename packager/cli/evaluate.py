@@ -1,0 +1,87 @@
+"""`packager evaluate`: score a model (through a local engine) or a running endpoint on a task suite."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from packager.cli.guard import run_guarded
+
+
+def summary_table(summaries: list, title: str = "evaluation"):
+    """A rich table: one column per summary, one row per figure."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("figure")
+    for s in summaries:
+        t.add_column(s.name, justify="right")
+    cats = sorted({c for s in summaries for c in s.score_by_category})
+
+    def fmt(v, spec="{:.3f}"):
+        return "-" if v is None else spec.format(v)
+
+    t.add_row("task score", *[fmt(s.score) for s in summaries])
+    for c in cats:
+        t.add_row(f"  {c}", *[fmt(s.score_by_category.get(c)) for s in summaries])
+    t.add_row("recovery", *[fmt(s.recovery, "{:.1%}") for s in summaries])
+    t.add_row("perplexity (held-out)", *[fmt(s.perplexity, "{:.2f}") for s in summaries])
+    t.add_row("greedy agreement", *[fmt(s.fidelity_agreement, "{:.1%}") for s in summaries])
+    t.add_row("mean KL to baseline", *[fmt(s.fidelity_mean_kl, "{:.4f}") for s in summaries])
+    for key in sorted({k for s in summaries for k in s.behaviour}):
+        t.add_row(key, *[fmt(s.behaviour.get(key)) for s in summaries])
+    t.add_row("items / errors", *[f"{s.n_items} / {s.n_errors}" for s in summaries])
+    t.add_row("wall time (s)", *[f"{s.wall_time_s:.0f}" for s in summaries])
+    return t
+
+
+def evaluate(
+    model: str = typer.Argument("default", help="'default' (bundled model), a model directory, a cached HF id, or an http(s) URL of a running OpenAI-compatible endpoint"),
+    suite: Optional[str] = typer.Option(None, help="'default', 'behaviour', or a JSONL suite file"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="run configuration YAML"),
+    baseline: Optional[Path] = typer.Option(None, help="a baseline's summary.json (or its directory): adds recovery and fidelity"),
+    out: Optional[Path] = typer.Option(None, help="directory for items.jsonl and summary.json (default runs/eval/<name>)"),
+    name: Optional[str] = typer.Option(None, help="label of this model in results"),
+    dtype: Optional[str] = typer.Option(None, help="engine dtype: bfloat16, float32, float16, auto"),
+    max_items: Optional[int] = typer.Option(None, help="score only the first N items"),
+    concurrency: Optional[int] = typer.Option(None, help="concurrent requests"),
+    no_perplexity: bool = typer.Option(False, "--no-perplexity", help="skip perplexity on the held-out corpus"),
+) -> None:
+    """Score MODEL on a task suite through its serving engine; print task score, perplexity, recovery, fidelity."""
+    from rich.console import Console
+
+    from packager.config import load_config
+
+    def go():
+        from packager.evaluate.runner import evaluate_model, load_summary
+        from packager.models import resolve_model
+
+        over: dict = {"eval": {}, "engine": {}}
+        if suite:
+            over["eval"]["suite"] = suite
+        if max_items:
+            over["eval"]["max_items"] = max_items
+        if concurrency:
+            over["eval"]["concurrency"] = concurrency
+        if no_perplexity:
+            over["eval"]["perplexity"] = False
+        if dtype:
+            over["engine"]["dtype"] = dtype
+        cfg = load_config(config, over)
+        base = load_summary(baseline) if baseline else None
+        is_url = model.startswith(("http://", "https://"))
+        if is_url:
+            label = name or "endpoint"
+            model_dir, url = None, model
+        else:
+            resolved = resolve_model(model)
+            label = name or resolved.name
+            model_dir, url = resolved.path, None
+        out_dir = out or Path(cfg.output_dir).parent / "eval" / label
+        s = evaluate_model(model_dir, cfg, url=url, baseline=base, out_dir=out_dir, name=label)
+        Console(soft_wrap=True).print(summary_table([s] if base is None else [base, s]))
+        Console(soft_wrap=True).print(f"results: {out_dir}/summary.json, {out_dir}/items.jsonl")
+        return s
+
+    run_guarded(go)
