@@ -218,6 +218,7 @@ def register_cmd(
 
     def go():
         from packager.fsutil import read_manifest
+        from packager.registry import VariantRegistration
 
         run_config = None
         if config is not None:
@@ -231,14 +232,15 @@ def register_cmd(
         reg = _registry(registry_uri, log_artifacts)
         console = _console()
         with console.status("registering ...") as status:
-            version = reg.register_variant(
+            record = VariantRegistration(
                 name, model_dir, source_model=source_model, source_digest=sd, parent_version=parent,
                 recipe=read_document(recipe, "--recipe"), stage_records=read_document(stage_records, "--stage-records"),
                 eval_results=read_document(eval_file, "--eval"),
                 behaviour_results=read_document(behaviour_file, "--behaviour"),
                 loadtest_results=read_document(loadtest_file, "--loadtest"), cost_results=read_document(cost_file, "--cost"),
-                run_config=run_config, log_artifacts=log_artifacts, progress=lambda m: status.update(m),
+                run_config=run_config, log_artifacts=log_artifacts,
             )
+            version = reg.register_variant(record, progress=lambda m: status.update(m))
         return version, reg.uri
 
     version, uri = run_guarded(go)
@@ -260,8 +262,10 @@ def update_cmd(
     """Record new results for a version (a change makes an earlier approval stale)."""
 
     def go():
-        kw = {k: read_document(p, f"--{k}") for k, p in (("eval", eval_file), ("behaviour", behaviour_file),
-                                                          ("loadtest", loadtest_file), ("cost", cost_file)) if p is not None}
+        # the user-facing flags stay --eval/--behaviour/--loadtest/--cost; update_results takes <kind>_results
+        kw = {f"{k}_results": read_document(p, f"--{k}")
+              for k, p in (("eval", eval_file), ("behaviour", behaviour_file), ("loadtest", loadtest_file),
+                           ("cost", cost_file)) if p is not None}
         reg = _registry(registry_uri)
         rev = reg.update_results(name, version, **kw)
         return rev, reg.history(name, version)

@@ -6,6 +6,7 @@ hardware and package versions, and an append-only, hash-chained approval history
 (`check_release_gate`) refuses versions that are not approved, whose approval went stale, whose history fails
 verification, or whose recovery is under the quality floor. MLflow is imported only when a registry is used.
 """
+from packager.registry.documents import VariantRegistration
 from packager.registry.errors import RegistryError, ReleaseRefusedError, TamperedHistoryError
 from packager.registry.gate import bento_labels, check_release_gate, verify_artifact
 from packager.registry.models import (
@@ -17,6 +18,6 @@ from packager.registry.store import ModelRegistry, default_registry_uri, resolve
 __all__ = [
     "ApprovalEntry", "ApprovalHistory", "GateDecision", "ModelRegistry", "RegistryConfig", "RegistryError",
     "ReleaseRefusedError", "ResultsRevision", "ResultsSummary", "TamperedHistoryError", "VariantRecord",
-    "VerifyResult", "VersionSummary", "bento_labels", "check_release_gate", "default_registry_uri",
-    "resolve_registry_uri", "verify_artifact",
+    "VariantRegistration", "VerifyResult", "VersionSummary", "bento_labels", "check_release_gate",
+    "default_registry_uri", "resolve_registry_uri", "verify_artifact",
 ]

@@ -225,6 +225,14 @@ def summarize(results: dict[str, Any], root_score: float | None = None, root_lab
     )
 
 
+def root_summary(s: ResultsSummary) -> ResultsSummary:
+    """A root (baseline) without an explicit recovery is its own reference: recovery 1.0."""
+    if s.recovery is None and s.task_score is not None:
+        return s.model_copy(update={"baseline_score": s.task_score, "recovery": 1.0,
+                                    "recovery_source": "this version is the lineage root (baseline)"})
+    return s
+
+
 def flatten_numbers(doc: Any, prefix: str, max_depth: int = 5) -> dict[str, float]:
     """Numeric leaves of nested dicts as {"a.b.c": value} (lists are skipped: they stay in the JSON artifacts)."""
     out: dict[str, float] = {}

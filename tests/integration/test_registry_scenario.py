@@ -43,16 +43,17 @@ def make_checkpoints(tiny_llama_dir: Path, out: Path) -> tuple[Path, Path]:
 
 
 def run_governance_scenario(reg, name: str, base: Path, var: Path, work: Path) -> None:
-    from packager.registry import check_release_gate, verify_artifact
+    from packager.registry import VariantRegistration, check_release_gate, verify_artifact
 
-    v1 = reg.register_variant(name, base, source_model="tiny-llama", eval_results=BASE_EVAL,
-                              behaviour_results=BASE_BEHAVIOUR, run_config={"model": "tiny-llama"})
-    v2 = reg.register_variant(name, var, source_model="tiny-llama", source_digest=read_manifest(base)["digest"],
-                              parent_version=v1, recipe=[{"kind": "cast", "dtype": "bfloat16"}],
-                              stage_records=[{"kind": "cast", "size_bytes_before": 1, "size_bytes_after": 1}],
-                              eval_results=VAR_EVAL, behaviour_results=VAR_BEHAVIOUR,
-                              loadtest_results={"output_tokens_per_s": 45.0, "ttft_ms_p95": 310.0},
-                              cost_results={"usd_per_million_output_tokens": 1.02})
+    v1 = reg.register_variant(VariantRegistration(name, base, source_model="tiny-llama", eval_results=BASE_EVAL,
+                                                  behaviour_results=BASE_BEHAVIOUR, run_config={"model": "tiny-llama"}))
+    v2 = reg.register_variant(VariantRegistration(
+        name, var, source_model="tiny-llama", source_digest=read_manifest(base)["digest"], parent_version=v1,
+        recipe=[{"kind": "cast", "dtype": "bfloat16"}],
+        stage_records=[{"kind": "cast", "size_bytes_before": 1, "size_bytes_after": 1}],
+        eval_results=VAR_EVAL, behaviour_results=VAR_BEHAVIOUR,
+        loadtest_results={"output_tokens_per_s": 45.0, "ttft_ms_p95": 310.0},
+        cost_results={"usd_per_million_output_tokens": 1.02}))
     assert (v1, v2) == (1, 2)
     rec = reg.get(name, v2)
     assert rec.parent == f"{name}/1" and rec.files == read_manifest(var)["files"]

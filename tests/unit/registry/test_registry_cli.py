@@ -98,7 +98,7 @@ def test_cli_errors_are_for_people(cli, tmp_path, unique_name):
 
 
 def test_importing_the_registry_does_not_import_mlflow():
-    code = ("import sys, json, packager.registry, packager.registry.cli, packager.registry.gate; "
+    code = ("import sys, json, packager.registry, packager.cli.registry, packager.registry.gate; "
             "print(json.dumps([m for m in ('mlflow', 'torch', 'sqlalchemy') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -10,8 +10,8 @@ import pytest
 
 from packager.errors import ConfigError, IntegrityError
 from packager.registry import (
-    ModelRegistry, RegistryError, ReleaseRefusedError, TamperedHistoryError, bento_labels, check_release_gate,
-    verify_artifact,
+    ModelRegistry, RegistryError, ReleaseRefusedError, TamperedHistoryError, VariantRegistration, bento_labels,
+    check_release_gate, verify_artifact,
 )
 from packager.registry.store import resolve_registry_uri
 
@@ -28,13 +28,14 @@ def pair(registry, unique_name, make_model_dir):
     """A baseline (version 1) and a compressed variant (version 2, parent 1) of a fresh registered model."""
     base = make_model_dir("base", b"b" * 4096)
     var = make_model_dir("w8a8", b"q" * 2048)
-    v1 = registry.register_variant(unique_name, base, source_model="default", source_digest="ab" * 32,
-                                   eval_results=BASE_EVAL, behaviour_results=BASE_BEHAVIOUR,
-                                   run_config={"model": "default", "quality_floor": 0.9})
-    v2 = registry.register_variant(unique_name, var, source_model="default", parent_version=v1, recipe=RECIPE,
-                                   stage_records=STAGES, eval_results=VAR_EVAL, behaviour_results=VAR_BEHAVIOUR,
-                                   loadtest_results={"output_tokens_per_s": 487.0, "ttft_ms_p95": 150.0},
-                                   cost_results={"usd_per_million_output_tokens": 0.11})
+    v1 = registry.register_variant(VariantRegistration(
+        unique_name, base, source_model="default", source_digest="ab" * 32, eval_results=BASE_EVAL,
+        behaviour_results=BASE_BEHAVIOUR, run_config={"model": "default", "quality_floor": 0.9}))
+    v2 = registry.register_variant(VariantRegistration(
+        unique_name, var, source_model="default", parent_version=v1, recipe=RECIPE, stage_records=STAGES,
+        eval_results=VAR_EVAL, behaviour_results=VAR_BEHAVIOUR,
+        loadtest_results={"output_tokens_per_s": 487.0, "ttft_ms_p95": 150.0},
+        cost_results={"usd_per_million_output_tokens": 0.11}))
     return unique_name, v1, v2, base, var
 
 
@@ -79,7 +80,7 @@ def test_results_are_visible_as_mlflow_metrics_params_and_artifacts(registry, pa
 
 def test_log_artifacts_uploads_the_model_files(registry, unique_name, make_model_dir):
     d = make_model_dir("up", b"u" * 1000, extra={"tokenizer.json": b"{}"})
-    v = registry.register_variant(unique_name, d, source_model="default", log_artifacts=True)
+    v = registry.register_variant(VariantRegistration(unique_name, d, source_model="default", log_artifacts=True))
     rec = registry.get(unique_name, v)
     assert rec.artifacts_logged
     names = sorted(Path(f.path).name for f in registry.client.list_artifacts(rec.run_id, "model"))
@@ -92,19 +93,19 @@ def test_register_refuses_a_dir_that_no_longer_matches_its_manifest(registry, un
     d = make_model_dir("bad")
     (d / "model.safetensors").write_bytes(b"changed")
     with pytest.raises(IntegrityError, match=r"altered .*model\.safetensors"):
-        registry.register_variant(unique_name, d, source_model="default")
+        registry.register_variant(VariantRegistration(unique_name, d, source_model="default"))
     assert registry.list(unique_name) == []
 
 
 def test_bad_inputs_say_what_to_do(registry, unique_name, make_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="'bad name!' is not valid"):
-        registry.register_variant("bad name!", tmp_path, source_model="x")
+        registry.register_variant(VariantRegistration("bad name!", tmp_path, source_model="x"))
     with pytest.raises(ConfigError, match="does not exist"):
-        registry.register_variant(unique_name, tmp_path / "nope", source_model="x")
+        registry.register_variant(VariantRegistration(unique_name, tmp_path / "nope", source_model="x"))
     d = make_model_dir("orphan")
-    registry.register_variant(unique_name, d, source_model="default")
+    registry.register_variant(VariantRegistration(unique_name, d, source_model="default"))
     with pytest.raises(RegistryError, match=rf"{unique_name} has no version 7 .* versions are 1\b"):
-        registry.register_variant(unique_name, d, source_model="default", parent_version=7)
+        registry.register_variant(VariantRegistration(unique_name, d, source_model="default", parent_version=7))
     with pytest.raises(RegistryError, match=r"No registered model 'never-registered-xyz'"):
         registry.get("never-registered-xyz", 1)
     with pytest.raises(ConfigError, match="needs a reason"):
@@ -148,7 +149,7 @@ def test_approve_reject_history_and_gate(registry, pair):
 
 
 def test_pending_and_unscored_versions_are_refused(registry, unique_name, make_model_dir):
-    v = registry.register_variant(unique_name, make_model_dir("noscore"), source_model="default")
+    v = registry.register_variant(VariantRegistration(unique_name, make_model_dir("noscore"), source_model="default"))
     d = check_release_gate(unique_name, v, 0.9, registry=registry)
     assert not d.allowed and d.status == "pending" and d.recovery is None
     assert d.reasons[0].startswith(f"{unique_name} version 1 is not approved (state: pending")
@@ -172,7 +173,7 @@ def test_changed_results_make_the_approval_stale_until_reapproved(registry, pair
     assert not d.allowed and d.status == "stale"
     assert d.reasons[0].startswith(f"{name} version 2's approval is stale (state: stale; approved by bob")
     # the same results again are not a new revision
-    assert registry.update_results(name, v2, eval={"score": 0.70}).revision == 2
+    assert registry.update_results(name, v2, eval_results={"score": 0.70}).revision == 2
     registry.approve(name, v2, by="bob", reason="re-reviewed at 0.875")
     d = check_release_gate(name, v2, 0.8, registry=registry)
     assert d.allowed and d.recovery == pytest.approx(0.875)
@@ -184,6 +185,10 @@ def test_changed_results_make_the_approval_stale_until_reapproved(registry, pair
     assert run.data.params["packager.results.r0001"] != run.data.params["packager.results.r0002"]
     with pytest.raises(ConfigError, match="Unknown results kind 'accuracy'"):
         registry.update_results(name, v2, accuracy=1.0)
+    for other_spelling in ("eval", "behaviour", "behavior_results", "loadtest", "cost"):  # one spelling per kind
+        with pytest.raises(ConfigError, match=f"Unknown results kind '{other_spelling}'; known: behaviour_results, "
+                                              "cost_results, eval_results, loadtest_results."):
+            registry.update_results(name, v2, **{other_spelling: {"score": 0.1}})
 
 
 def test_modified_missing_and_unexpected_files_are_named(registry, pair):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from packager.registry import VariantRegistration
+
 
 def build_release(model_dir, name, version, uri, *extra):
     return subprocess.run(
@@ -16,10 +18,11 @@ def build_release(model_dir, name, version, uri, *extra):
 
 def test_release_build_refuses_unapproved_underfloor_and_tampered(registry, unique_name, make_model_dir, tmp_path):
     base_dir = make_model_dir("base")
-    v1 = registry.register_variant(unique_name, base_dir, source_model="m", eval_results={"score": 0.6})
+    v1 = registry.register_variant(VariantRegistration(unique_name, base_dir, source_model="m",
+                                                       eval_results={"score": 0.6}))
     var_dir = make_model_dir("var", weights=b"q" * 1024)
-    v2 = registry.register_variant(unique_name, var_dir, source_model="m", parent_version=v1,
-                                   eval_results={"score": 0.45, "recovery": 0.75})
+    v2 = registry.register_variant(VariantRegistration(unique_name, var_dir, source_model="m", parent_version=v1,
+                                                       eval_results={"score": 0.45, "recovery": 0.75}))
 
     r = build_release(var_dir, unique_name, v2, registry.uri)
     assert r.returncode != 0

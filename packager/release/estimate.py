@@ -1,0 +1,60 @@
+"""What a release will take, decided before any work: the default load test, the time estimate, and whether an
+expected load can be measured by the configured load test."""
+from __future__ import annotations
+
+from typing import Any
+
+from packager.config import RunConfig
+from packager.errors import ConfigError
+
+# Seconds each step takes for the bundled model on a 2-core CPU (measured), used for the up-front estimate.
+_ESTIMATE_S: dict[str, Any] = {"serve_start": 150.0, "evaluate": 90.0, "register": 10.0,
+               "compress": {"gptq": 300.0, "w8a8_int8": 30.0, "fp8": 30.0, "prune": 60.0, "distill": 300.0,
+                            "gguf": 30.0}}
+
+
+def default_loadtest() -> dict[str, Any]:
+    """A bounded default: a concurrency sweep of 1, 4 and 16 users, 20 s each, 128 tokens in, 64 out."""
+    return {
+        "profile": {"kind": "sweep", "mode": "concurrency", "values": [1, 4, 16], "step_duration_s": 20},
+        "prompts": {"kind": "synthetic", "input_tokens": {"mean": 128}, "output_tokens": {"mean": 64}},
+        "max_duration_s": 120,
+        "max_requests": 5000,
+    }
+
+
+def check_expected_load(expected_load: float | None, lt_cfg) -> None:
+    """Refuse, before any work, an expected load the configured load test cannot measure: it needs a sweep
+    whose highest step reaches it (the recommendation reads cost and SLO at the step it falls on)."""
+    if expected_load is None:
+        return
+    from packager.report.analysis import falls_on, load_words
+    from packager.report.loadsummary import SWEEP_UNITS
+
+    prof = lt_cfg.profile
+    if prof.kind != "sweep":
+        raise ConfigError(f"expected_load={expected_load:g} needs a load-test sweep (loadtest.profile.kind: sweep), "
+                          f"but the profile is {prof.kind!r}: there is one load, so no step to rank the variants at.")
+    top = max(prof.values)
+    if not falls_on(top, expected_load):
+        unit = SWEEP_UNITS[prof.mode]
+        raise ConfigError(f"expected_load={load_words(expected_load, unit)} is above the highest step of the load-test "
+                          f"sweep ({load_words(top, unit)}); add a step of at least {expected_load:g} to "
+                          "loadtest.profile.values.")
+
+
+def estimate_seconds(cfg: RunConfig, recipes: list[str], loadtest_s: float) -> float:
+    total = 0.0
+    for r in [None, *recipes]:
+        total += _ESTIMATE_S["serve_start"] + _ESTIMATE_S["evaluate"] + loadtest_s + _ESTIMATE_S["register"]
+        if r:
+            total += _compress_seconds(r)
+    return total
+
+
+def _compress_seconds(recipe: str) -> float:
+    """The measured time of the recipe's kind (matched by name), or 120 s for a recipe of unknown kind."""
+    for kind, s in _ESTIMATE_S["compress"].items():
+        if kind.split("_")[0] in recipe.replace("-", "_"):
+            return s
+    return 120.0

@@ -1,0 +1,134 @@
+"""The release loop: prepare the run, take the baseline and each recipe through the steps, write the report."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable
+
+from packager.config import RunConfig, dump_config
+from packager.errors import PackagerError
+from packager.fsutil import atomic_write_json, atomic_write_text
+from packager.release import steps
+from packager.release.cache import StepCache
+from packager.release.context import BASELINE, RunContext, Variant, VariantContext, print_to_console, variant_name
+from packager.release.estimate import check_expected_load, default_loadtest, estimate_seconds
+
+if TYPE_CHECKING:
+    from packager.report.model import Report, VariantResult
+
+
+class ReleaseRunner:
+    def __init__(self, cfg: RunConfig, *, serve_via: str = "bento", register: bool = True,
+                 show_progress: bool = True, log: Callable[[str], None] | None = None):
+        from packager.loadtest.config import parse_loadtest_config
+
+        lt_cfg = parse_loadtest_config(cfg.loadtest or default_loadtest(), "loadtest")
+        check_expected_load(cfg.expected_load, lt_cfg)
+        self.run_ctx = RunContext(cfg=cfg, lt_cfg=lt_cfg, serve_via=serve_via, register=register,
+                                  show_progress=show_progress, log=log or print_to_console)
+
+    def run(self) -> "Report":
+        _import_what_the_steps_need()
+        self._prepare()
+        results = [self._run_variant(v) for v in self._variants()]
+        return self._report(results)
+
+    def _prepare(self) -> None:
+        """Everything before the first variant: the price, the run directory and its config.yaml, the estimate,
+        the source model and the suite."""
+        from packager.evaluate.suite import load_suite
+        from packager.models import resolve_model
+
+        run, cfg = self.run_ctx, self.run_ctx.cfg
+        run.price  # a bad price or unknown instance fails here, before any work or file
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.run_dir / "config.yaml", dump_config(cfg))
+        lt_s = (run.lt_cfg.profile.planned_dispatch_s() or run.lt_cfg.max_duration_s) + 10
+        est = estimate_seconds(cfg, cfg.recipes, lt_s)
+        run.log(f"[bold]packager release[/]: model {cfg.model}, variants: baseline + "
+                f"{', '.join(cfg.recipes) or 'none'}; serving via {run.serve_via}; "
+                f"estimated {est / 60:.0f} min on this machine (time budget {cfg.time_budget_s / 60:.0f} min). "
+                f"Results: {run.run_dir}")
+        if est > cfg.time_budget_s:
+            run.log("[yellow]The estimate exceeds the time budget: variants that do not fit are skipped and "
+                    "named in the report. Raise time_budget_s or drop recipes to run them all.[/]")
+        run.source = resolve_model(cfg.model)
+        run.suite = load_suite(cfg.eval.suite)
+
+    def _variants(self) -> list[Variant]:
+        root = self.run_ctx.run_dir / "variants"
+        names = [(BASELINE, None)] + [(variant_name(r), r) for r in self.run_ctx.cfg.recipes]
+        return [Variant(name, recipe, root / name) for name, recipe in names]
+
+    def _run_variant(self, v: Variant) -> "VariantResult":
+        """One variant through the steps. A variant that fails is reported with its error and the run goes on,
+        except for the baseline (every other variant is measured against it)."""
+        from packager.report.model import VariantResult
+
+        run, cfg = self.run_ctx, self.run_ctx.cfg
+        v.root.mkdir(parents=True, exist_ok=True)
+        vr = VariantResult(name=v.name, recipe=v.recipe, is_baseline=v.recipe is None, engine=cfg.engine.backend,
+                           dtype=cfg.engine.dtype)
+        if run.over_budget():
+            msg = f"skipped: the time budget of {cfg.time_budget_s:.0f} s was spent before this variant"
+            vr.errors.append(msg)
+            run.notes.append(f"{v.name} {msg}")
+            return vr
+        ctx = VariantContext(run, v, vr, StepCache(v.root))
+        try:
+            steps.compress(ctx)
+            steps.describe(ctx)
+            steps.look_up(ctx)
+            steps.register(ctx)
+            steps.measure(ctx)
+            steps.collect(ctx)
+            steps.record_results(ctx)
+        except PackagerError as e:
+            vr.errors.append(str(e))
+            run.log(f"[red]{v.name} failed:[/] {e}")
+            if v.recipe is None:
+                raise
+        atomic_write_json(v.root / "variant.json", vr.model_dump(mode="json"))
+        return vr
+
+    def _report(self, results: list["VariantResult"]) -> "Report":
+        """The recommendation, the engine comparison and the report (JSON, Markdown, HTML) in the run directory."""
+        from packager.report.analysis import compare_engines, pareto_frontier, recommend
+        from packager.report.model import Recommendation, Report
+        from packager.report.render import write_report
+
+        run, cfg = self.run_ctx, self.run_ctx.cfg
+        rec_floor = cfg.quality_floor
+        rec = recommend(results, rec_floor, cfg.slo.ttft_ms, cfg.slo.tpot_ms,
+                        min_goodput_fraction=run.lt_cfg.slo_attainment_target, expected_load=cfg.expected_load)
+        # after recommend: it leaves out variants below the quality floor
+        engines = compare_engines(results, expected_load=cfg.expected_load)
+        if engines is not None:
+            run.log(f"engines: {engines.summary}")
+        report = Report(
+            model=run.source.name, baseline=BASELINE, quality_floor=rec_floor,
+            slo={"ttft_ms": cfg.slo.ttft_ms, "tpot_ms": cfg.slo.tpot_ms},
+            pricing={"instance": cfg.pricing.instance, "usd_per_hour": run.usd_per_hour, "source": run.price.source},
+            variants=results, pareto=pareto_frontier(results), engines=engines,
+            recommendation=rec or Recommendation(variant=None, reason="no variant"),
+            timings_s={**run.timings, "total": round(time.monotonic() - run.t0, 1)},
+            time_budget_s=cfg.time_budget_s, config=cfg.model_dump(mode="json"), notes=run.notes,
+        )
+        paths = write_report(report, run.run_dir)
+        run.log(f"report: {', '.join(str(p) for p in paths.values())}")
+        return report
+
+
+def _import_what_the_steps_need() -> None:
+    """Import, before any work, what the steps and the report import later: a broken installation fails at once,
+    not after an hour of compression and load tests."""
+    import packager.evaluate.runner  # noqa: F401
+    import packager.evaluate.suite  # noqa: F401
+    import packager.loadtest.runner  # noqa: F401
+    import packager.models  # noqa: F401
+    import packager.report.analysis  # noqa: F401
+    import packager.report.model  # noqa: F401
+    import packager.report.render  # noqa: F401
+
+
+def run_release(cfg: RunConfig, **kw) -> "Report":
+    return ReleaseRunner(cfg, **kw).run()

@@ -1,0 +1,286 @@
+"""The steps one variant goes through, in order: compress -> describe -> look up the cache -> register ->
+measure (serve, evaluate, load-test; or reuse both results) -> collect the results -> record them in the registry.
+
+Each step is a function of the variant's context (packager.release.context.VariantContext). Heavy libraries
+(compression, bentoml, the engines, the registry's MLflow) are imported inside the steps that use them.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, cast
+
+from packager.engines.select import LLAMACPP, engine_for, evaluation_config
+from packager.fsutil import dir_size_bytes, read_manifest
+from packager.release.cache import cache_key
+from packager.release.context import VariantContext
+
+# ------------------------------------------------------------------ compress and describe
+
+
+def compress(ctx: VariantContext) -> None:
+    """The variant's checkpoint: the source model for the baseline, else the recipe's output (the recipe's own
+    stage cache makes a rerun cheap)."""
+    run, v = ctx.run, ctx.v
+    source = run.source
+    if v.recipe is None:
+        v.model_dir, v.digest = Path(source.path), source.digest
+        m = read_manifest(v.model_dir)
+        v.digest = v.digest or (m["digest"] if m else None)
+        return
+    from packager.compress.recipe import load_recipe, run_recipe
+
+    recipe = load_recipe(v.recipe)
+    with run.timed(f"{v.name}/compress"):
+        t = time.monotonic()
+        result = run_recipe(source, recipe, v.root / "stages", engine=run.cfg.engine,
+                            evaluate=None, progress=run.show_progress)
+    v.stages = [s.model_dump(mode="json") for s in result.stages]
+    v.model_dir = Path(result.final_dir)
+    m = read_manifest(v.model_dir)
+    v.digest = m["digest"] if m else None
+    v.compression_wall_time_s = sum(s.get("wall_time_s", 0.0) for s in v.stages) or (time.monotonic() - t)
+
+
+def describe(ctx: VariantContext) -> None:
+    """What the checkpoint is: where, its digest, the engine that serves (and scores) it, size and parameters."""
+    v, vr = ctx.v, ctx.vr
+    vr.model_dir, vr.model_digest = str(v.model_dir), v.digest
+    vr.engine = engine_for(v.model_dir)  # the engine that serves (and scores) it
+    if vr.engine == LLAMACPP:
+        vr.dtype = _gguf_quant(cast(Path, v.model_dir))
+    vr.size_bytes = _weights_size(v.model_dir)
+    vr.parameters = _param_count(v.model_dir)
+    vr.stages, vr.compression_wall_time_s = v.stages, v.compression_wall_time_s
+
+
+def look_up(ctx: VariantContext) -> None:
+    """The cache keys of the evaluation and the load test, and their cached results (None where missing)."""
+    run, cfg = ctx.run, ctx.cfg
+    base = run.baseline_summary
+    ctx.eval_key = cache_key("eval", ctx.v.digest, run.suite.sha256, cfg.eval, cfg.engine,
+                             base.model_dump(mode="json")["score"] if base else None)
+    ctx.lt_key = cache_key("loadtest", ctx.v.digest, run.lt_cfg, cfg.engine, cfg.slo, cfg.pricing)
+    ctx.summary_d = ctx.cache.get("evaluate", ctx.eval_key)
+    ctx.lt_d = ctx.cache.get("loadtest", ctx.lt_key)
+
+
+# ------------------------------------------------------------------ registry
+
+
+def register(ctx: VariantContext) -> None:
+    """A registry version for the variant (before it is served: the bento carries it)."""
+    if not ctx.run.register:
+        return
+    with ctx.run.timed(f"{ctx.v.name}/register"):
+        _register(ctx)
+    ctx.vr.registry_name, ctx.vr.registry_version = ctx.run.registry_name(ctx.run.source), ctx.v.registry_version
+
+
+def _register(ctx: VariantContext) -> None:
+    """One registered version per variant and model content; a rerun finds the version it made."""
+    run, v, source = ctx.run, ctx.v, ctx.run.source
+    key = cache_key("register", run.registry.uri, run.registry_name(source), v.digest)
+    found = ctx.cache.get("register", key)
+    if found is not None:
+        v.registry_version = str(found)
+        return
+    from packager.registry import VariantRegistration
+
+    parent = run.baseline_version if v.recipe else None
+    version = run.registry.register_variant(VariantRegistration(
+        run.registry_name(source), v.model_dir, source_model=str(source.source), source_digest=source.digest,
+        parent_version=parent, recipe=v.recipe, stage_records=v.stages, run_config=run.cfg.model_dump(mode="json"),
+        description=f"packager release: {v.name}",
+    ))
+    v.registry_version = str(version)
+    ctx.cache.put("register", key, v.registry_version)
+
+
+def record_results(ctx: VariantContext) -> None:
+    """The evaluation, behaviour, load-test and cost results on the variant's registry version."""
+    if not ctx.run.register:
+        return
+    with ctx.run.timed(f"{ctx.v.name}/register"):
+        _record_results(ctx)
+
+
+def _record_results(ctx: VariantContext) -> None:
+    run, v = ctx.run, ctx.v
+    summary_d, lt_d = ctx.summary_d or {}, ctx.lt_d or {}
+    if v.recipe is None:
+        run.baseline_version = v.registry_version
+    key = cache_key("results", v.registry_version, summary_d.get("created_at"), lt_d.get("created_unix"))
+    if ctx.cache.get("results", key) is not None:
+        return
+    run.registry.update_results(
+        run.registry_name(run.source), v.registry_version, eval_results=summary_d,
+        behaviour_results=summary_d.get("behaviour") or {}, loadtest_results=lt_d,
+        cost_results=lt_d.get("cost"),
+    )
+    ctx.cache.put("results", key, True)
+
+
+# ------------------------------------------------------------------ measure: serve, evaluate, load-test
+
+
+def measure(ctx: VariantContext) -> None:
+    """Serve the variant and evaluate and load-test it through the server, unless both results are cached."""
+    v = ctx.v
+    if ctx.summary_d is None or ctx.lt_d is None:
+        with serve(ctx) as url:
+            if ctx.summary_d is None:
+                evaluate(ctx, url)
+            if ctx.lt_d is None:
+                load_test(ctx, url)
+    else:
+        ctx.run.log(f"{v.name}: evaluation and load test reused from the cache")
+        v.bento_tag = ctx.cache.get("bento", v.digest or "")
+    if v.bento_tag:
+        ctx.cache.put("bento", v.digest or "", v.bento_tag)
+    ctx.vr.bento_tag = v.bento_tag
+
+
+def serve(ctx: VariantContext):
+    """Serve the variant the way it ships (a bento) or, for fast checks, on the bare engine: a context manager
+    that yields the server's base URL and stops the server on the way out."""
+    return _serve_on_engine(ctx) if ctx.run.serve_via == "engine" else _serve_bento(ctx)
+
+
+@contextmanager
+def _serve_on_engine(ctx: VariantContext) -> Iterator[str]:
+    from packager.engines.select import server_for_model
+
+    v = ctx.v
+    with ctx.run.timed(f"{v.name}/serve_start"):
+        srv = server_for_model(cast(Path, v.model_dir), ctx.cfg.engine, served_name=v.name,
+                               log_path=v.root / "engine.log").start()
+    try:
+        yield srv.base_url
+    finally:
+        srv.stop()
+
+
+@contextmanager
+def _serve_bento(ctx: VariantContext) -> Iterator[str]:
+    from packager.serve.build import build_bento
+    from packager.serve.server import BentoServer
+
+    run, v, cfg = ctx.run, ctx.v, ctx.cfg
+    with run.timed(f"{v.name}/build"):
+        built = build_bento(cast(Path, v.model_dir), engine=cfg.engine, name=f"packager-{v.name}", model_name=v.name,
+                            registry_version=v.registry_version or "unregistered", hardware=cfg.engine.target,
+                            usd_per_hour=run.usd_per_hour, log=lambda m: None)
+    v.bento_tag = built.bento_tag
+    run.log(f"{v.name}: bento {built.bento_tag}; starting `bentoml serve` (about 2-3 minutes on 2 cores)")
+    with run.timed(f"{v.name}/serve_start"):
+        srv = BentoServer(built.bento_tag, log_path=v.root / "bento.log",
+                          startup_timeout_s=cfg.engine.startup_timeout_s).start()
+    try:
+        yield srv.base_url
+    finally:
+        srv.stop()
+
+
+def evaluate(ctx: VariantContext, url: str) -> None:
+    """Score the served variant on the task suite (against the baseline) and, if configured, the behaviour suite."""
+    from packager.evaluate.runner import evaluate_model
+
+    run, v, cfg = ctx.run, ctx.v, ctx.cfg
+    with run.timed(f"{v.name}/evaluate"):
+        ev_cfg, ev_notes = evaluation_config(ctx.vr.engine, cfg)
+        s = evaluate_model(None, ev_cfg, url=url, baseline=run.baseline_summary,
+                           baseline_items=run.baseline_items, out_dir=v.root / "eval",
+                           name=v.name, suite=run.suite, show_progress=run.show_progress)
+        s.notes.extend(ev_notes)
+    s.model_dir = str(v.model_dir)
+    if cfg.eval.behaviour_suite:
+        s.behaviour = _evaluate_behaviour(ctx, url)
+    ctx.summary_d = s.model_dump(mode="json")
+    ctx.cache.put("evaluate", ctx.eval_key, ctx.summary_d)
+
+
+def _evaluate_behaviour(ctx: VariantContext, url: str) -> dict[str, float]:
+    from packager.evaluate.runner import evaluate_model
+
+    run, v, cfg = ctx.run, ctx.v, ctx.cfg
+    with run.timed(f"{v.name}/evaluate_behaviour"):
+        b = evaluate_model(None, cfg.model_copy(update={"eval": cfg.eval.model_copy(
+            update={"suite": cfg.eval.behaviour_suite, "perplexity": False,
+                    "max_items": None})}), url=url, out_dir=v.root / "behaviour",
+            name=v.name, show_progress=run.show_progress)
+    return {**b.behaviour, "behaviour_score": b.score}
+
+
+def load_test(ctx: VariantContext, url: str) -> None:
+    from packager.loadtest.runner import run_loadtest
+
+    run, v, cfg = ctx.run, ctx.v, ctx.cfg
+    with run.timed(f"{v.name}/loadtest"):
+        lt = run_loadtest(url, run.lt_cfg, cfg.slo, cfg.pricing, v.root / "loadtest")
+    ctx.lt_d = lt.model_dump(mode="json")
+    ctx.cache.put("loadtest", ctx.lt_key, ctx.lt_d)
+
+
+# ------------------------------------------------------------------ collect
+
+
+def collect(ctx: VariantContext) -> None:
+    """The evaluation and load test on the variant's report row; the baseline's summary and items are kept for
+    the variants after it (recovery and fidelity are measured against them)."""
+    from packager.evaluate.runner import EvalSummary, load_items
+
+    run, v = ctx.run, ctx.v
+    summary = EvalSummary.model_validate(ctx.summary_d)
+    if v.recipe is None:
+        run.baseline_summary = summary
+        if summary.items_path and Path(summary.items_path).exists():
+            run.baseline_items = load_items(Path(summary.items_path))
+    _fill_quality(ctx.vr, summary)
+    ctx.vr.load = load_summary_from(ctx.lt_d or {}, v.root / "loadtest")
+
+
+def _fill_quality(vr, s) -> None:
+    vr.score = s.score
+    vr.score_by_category = s.score_by_category
+    vr.recovery = 1.0 if vr.is_baseline else s.recovery
+    vr.perplexity = s.perplexity
+    vr.fidelity_agreement = s.fidelity_agreement
+    vr.fidelity_mean_kl = s.fidelity_mean_kl
+    vr.behaviour = s.behaviour
+    vr.eval = {k: v for k, v in s.model_dump(mode="json").items() if k not in ("config", "versions", "platform")}
+
+
+def load_summary_from(lt: dict, run_dir: Path | None = None) -> Any:
+    """Map a LoadTestResult (as JSON) onto the report's LoadSummary, with latency samples from its records."""
+    from packager.report.loadsummary import from_loadtest_result
+
+    return from_loadtest_result(lt, run_dir)
+
+
+# ------------------------------------------------------------------ facts of a checkpoint
+
+
+def _weights_size(model_dir: Path | None) -> int | None:
+    if model_dir is None:
+        return None
+    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors")) or dir_size_bytes(model_dir)
+
+
+def _gguf_quant(model_dir: Path) -> str | None:
+    from packager.gguf.artifact import read_export_record
+
+    rec = read_export_record(model_dir) or {}
+    return rec.get("quant") or rec.get("quant_type")
+
+
+def _param_count(model_dir: Path | None) -> int | None:
+    if model_dir is None:
+        return None
+    try:
+        from packager.compress.checkpoint import parameter_count_from_headers
+
+        return parameter_count_from_headers(Path(model_dir))
+    except Exception:
+        return None

@@ -1,0 +1,68 @@
+"""The release's step cache keys and files stay what existing run directories hold (a rerun must find them), and
+the up-front estimate and default load test stay as they were. The pinned values were computed by the release
+module before it became a package."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from packager.config import EngineConfig, EvalConfig, PricingConfig, RunConfig, SLOConfig
+
+
+def test_cache_key_derivation_is_pinned():
+    from packager.release import cache_key
+
+    assert cache_key("eval", "abc", {"b": 2, "a": [1, None]}, None) == "ce9a2e0d42ce2796"
+    assert cache_key("register", "sqlite:///x.db", "name", None) == "886a3a5506767891"
+    assert cache_key("results", "3", "2026-01-01T00:00:00+00:00", 1767225600.5) == "5e031304bd31e4d9"
+    # settings objects enter the key as their str() (json's default=str), keys sorted
+    parts = ("eval", "d1", "suite-sha", EvalConfig(), EngineConfig(), SLOConfig(), PricingConfig(), 0.75)
+    want = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert cache_key(*parts) == want
+
+
+def test_step_cache_file_format_hit_and_miss(tmp_path):
+    from packager.release import StepCache
+
+    c = StepCache(tmp_path)
+    assert c.get("evaluate", "k1") is None  # no file
+    c.put("evaluate", "k1", {"score": 0.5, "l": [1, 2]})
+    assert (tmp_path / "evaluate.done.json").read_text() == (
+        '{\n  "key": "k1",\n  "result": {\n    "score": 0.5,\n    "l": [\n      1,\n      2\n    ]\n  }\n}')
+    assert c.get("evaluate", "k1") == {"score": 0.5, "l": [1, 2]}
+    assert c.get("evaluate", "k2") is None  # other inputs: a miss
+    c.put("evaluate", "k2", True)
+    assert c.get("evaluate", "k1") is None and c.get("evaluate", "k2") is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluate.done.json"]  # nothing left behind
+
+
+def test_estimate_and_default_loadtest():
+    from packager.loadtest.config import parse_loadtest_config
+    from packager.release import default_loadtest, estimate_seconds
+
+    recipes = ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m", "recipes/mine.yaml", "fp8-dynamic"]
+    assert estimate_seconds(RunConfig(), recipes, 70.0) == 2430.0
+    assert estimate_seconds(RunConfig(), [], 70.0) == 320.0
+    lt = parse_loadtest_config(default_loadtest(), "loadtest")
+    assert lt.profile.kind == "sweep" and list(lt.profile.values) == [1, 4, 16]
+    assert lt.profile.planned_dispatch_s() == 60 and lt.max_duration_s == 120 and lt.max_requests == 5000
+
+
+def test_reexported_names():
+    import packager.release as release
+
+    for name in ("run_release", "check_expected_load", "default_loadtest", "estimate_seconds", "load_summary_from",
+                 "cache_key", "StepCache", "console", "BASELINE", "Variant", "ReleaseRunner"):
+        assert hasattr(release, name), name
+    assert release.BASELINE == "baseline"
+
+
+def test_importing_the_release_loads_no_heavy_library():
+    import subprocess
+    import sys
+
+    heavy = ["torch", "vllm", "bentoml", "mlflow", "locust", "transformers", "gptqmodel", "gevent"]
+    code = ("import sys, json, packager.release, packager.release.steps, packager.release.runner; "
+            f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
