@@ -15,20 +15,33 @@ optimizer state (torch.save, our own scratch file, loaded with weights_only=True
 ``ctx.work_dir/distill-checkpoint``. A rerun with the same student, teacher and training arguments continues
 from that step; ``steps``, ``max_minutes``, ``eval_every`` and ``checkpoint_every`` may change between runs
 (the learning-rate schedule follows the new ``steps``). A checkpoint of a different run is ignored.
+
+Layout: the data (text split, chunks, batches) lives in distill_data.py, the run fingerprint and the checkpoint
+files in distill_checkpoint.py (their names stay importable from here); this module holds the arguments, the
+loss, the schedule, the training loop and the stage.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from packager.compress.base import METHODS, StageArgs, StageContext
-from packager.compress.prune import (
+from packager.compress.distill_checkpoint import (  # noqa: F401  (re-exported: other modules import them from here)
+    _RESUMABLE_CHANGES,
+    CHECKPOINT_DIR,
+    _file_fingerprint,
+    load_checkpoint,
+    read_checkpoint_state,
+    run_fingerprint,
+    save_checkpoint,
+)
+from packager.compress.distill_data import _Data, _prepare_data, batch_indices, split_texts  # noqa: F401
+from packager.compress.prune import (  # noqa: F401
     calibration_chunks,
     copy_aux_files,
     count_parameters,
@@ -36,11 +49,6 @@ from packager.compress.prune import (
     read_model_config,
 )
 from packager.errors import ConfigError
-from packager.fsutil import atomic_dir, atomic_write_text
-
-CHECKPOINT_DIR = "distill-checkpoint"
-# Arguments that may change between an interrupted run and its continuation.
-_RESUMABLE_CHANGES = {"steps", "max_minutes", "eval_every", "checkpoint_every"}
 
 
 class DistillArgs(StageArgs):
@@ -96,25 +104,6 @@ def _now() -> float:
     return time.monotonic()
 
 
-def split_texts(texts: list[str], holdout_fraction: float) -> tuple[list[str], list[str]]:
-    """(train, held-out) by the sha256 of each text: the lowest round(n * fraction) digests are held out.
-    With a single text, its last fraction (by characters, cut at a line break when possible) is held out."""
-    texts = [t for t in texts if t and t.strip()]
-    if not texts:
-        raise ConfigError("Distillation needs calibration texts and none were given; give the recipe calibration "
-                          "data (the bundled corpus or your own texts).")
-    if len(texts) == 1:
-        t = texts[0]
-        cut = int(len(t) * (1 - holdout_fraction))
-        nl = t.rfind("\n", 0, cut)
-        cut = nl if nl > len(t) // 2 else cut
-        return [t[:cut]], [t[cut:]]
-    k = min(max(round(len(texts) * holdout_fraction), 1), len(texts) - 1)
-    order = sorted(range(len(texts)), key=lambda i: (hashlib.sha256(texts[i].encode()).hexdigest(), i))
-    held = set(order[:k])
-    return [t for i, t in enumerate(texts) if i not in held], [t for i, t in enumerate(texts) if i in held]
-
-
 def lr_at(step: int, args: DistillArgs) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine to lr * min_lr_ratio."""
     if args.warmup_steps and step < args.warmup_steps:
@@ -122,19 +111,6 @@ def lr_at(step: int, args: DistillArgs) -> float:
     span = max(1, args.steps - args.warmup_steps)
     progress = min(1.0, (step - args.warmup_steps) / span)
     return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def batch_indices(step: int, n_chunks: int, batch_size: int, seed: int) -> list[int]:
-    """Chunk indices of step `step`: epochs of a seeded permutation, a pure function of the step (so a resumed
-    run sees exactly the batches an uninterrupted one would)."""
-    import torch
-
-    out = []
-    for g in range(step * batch_size, (step + 1) * batch_size):
-        epoch, pos = divmod(g, n_chunks)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        out.append(int(torch.randperm(n_chunks, generator=gen)[pos]))
-    return out
 
 
 def distill_loss(student_logits, teacher_logits, input_ids, temperature: float, alpha: float):
@@ -178,70 +154,6 @@ def heldout_metrics(student, teacher, chunks, batch_size: int, device: str, auto
             n_ce += tgt.numel()
     student.train(was_training)
     return {"kl_teacher_student_nats": kl_sum / n_kl, "student_ce_nats": ce_s / n_ce, "teacher_ce_nats": ce_t / n_ce}
-
-
-def _file_fingerprint(model_dir: Path) -> dict[str, Any]:
-    """Cheap identity of a model directory: config.json digest, and per weight file its size and the sha256 of
-    its first and last MiB."""
-    out: dict[str, Any] = {"config": hashlib.sha256((Path(model_dir) / "config.json").read_bytes()).hexdigest()}
-    for p in sorted(Path(model_dir).glob("*.safetensors")):
-        size = p.stat().st_size
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            h.update(f.read(1 << 20))
-            f.seek(max(0, size - (1 << 20)))
-            h.update(f.read(1 << 20))
-        out[p.name] = [size, h.hexdigest()]
-    return out
-
-
-def run_fingerprint(args: DistillArgs, student_dir: Path, teacher_dir: Path, n_train_chunks: int,
-                    data_digest: str) -> str:
-    payload = {
-        "args": {k: v for k, v in args.model_dump().items() if k not in _RESUMABLE_CHANGES and k != "teacher"},
-        "student": _file_fingerprint(student_dir), "teacher": _file_fingerprint(teacher_dir),
-        "n_train_chunks": n_train_chunks, "data": data_digest,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def save_checkpoint(ckpt_dir: Path, student, optimizer, state: dict[str, Any]) -> None:
-    import torch
-    from safetensors.torch import save_file, save_model
-
-    with atomic_dir(ckpt_dir) as tmp:
-        save_model(student, str(tmp / "student.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, str(tmp / "rng.safetensors"))
-        atomic_write_text(tmp / "state.json", json.dumps(state, indent=1))
-
-
-def load_checkpoint(ckpt_dir: Path, student, optimizer) -> dict[str, Any]:
-    import torch
-    from safetensors.torch import load_file, load_model
-
-    load_model(student, str(ckpt_dir / "student.safetensors"))
-    optimizer.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True,
-                                         map_location=next(student.parameters()).device))
-    rng = load_file(str(ckpt_dir / "rng.safetensors"))
-    torch.set_rng_state(rng["cpu"])
-    cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    return json.loads((ckpt_dir / "state.json").read_text())
-
-
-def read_checkpoint_state(ckpt_dir: Path) -> dict[str, Any] | None:
-    p = Path(ckpt_dir) / "state.json"
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return None
 
 
 def default_autocast(device: str) -> bool:
@@ -347,6 +259,156 @@ def _check_pair(student_cfg: dict[str, Any], teacher_cfg: dict[str, Any], studen
             f"student {student_cfg.get('vocab_size')} in {student_dir}); logit distillation needs the same tokenizer.")
 
 
+@dataclass
+class _Run:
+    """One distillation run: what it trains and measures with, and where it checkpoints."""
+
+    args: DistillArgs
+    ctx: StageContext
+    device: str
+    autocast: bool
+    teacher_dir: Path
+    student_dir: Path
+    data: _Data
+    teacher: Any
+    student: Any
+    optimizer: Any
+    ckpt_dir: Path | None
+
+
+def _load_models(args: DistillArgs, teacher_dir: Path, student_dir: Path, student_cfg: dict[str, Any], device: str):
+    """(the frozen teacher, the student in training mode, the dtype the student is saved in)."""
+    import torch
+
+    teacher = load_causal_lm(teacher_dir, device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = load_causal_lm(student_dir, device, dtype=torch.float32)
+    save_dtype = getattr(torch, str(student_cfg.get("dtype") or student_cfg.get("torch_dtype") or "float32"),
+                         torch.float32)
+    if args.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+    student.config.use_cache = False
+    student.train()
+    return teacher, student, save_dtype
+
+
+def _heldout(run: _Run) -> dict[str, float]:
+    return heldout_metrics(run.student, run.teacher, run.data.eval_chunks, run.args.batch_size, run.device)
+
+
+def _resume(run: _Run) -> tuple[dict[str, Any], int | None]:
+    """(training state, step resumed from): the checkpoint's state (loaded into the student and the optimizer)
+    when it belongs to this run, else a fresh state."""
+    args, ctx, ckpt_dir = run.args, run.ctx, run.ckpt_dir
+    fingerprint = run_fingerprint(args, run.student_dir, run.teacher_dir, int(run.data.train_chunks.shape[0]),
+                                  run.data.digest)
+    state: dict[str, Any] = {"step": 0, "history": [], "tokens_seen": 0, "train_time_s": 0.0,
+                             "heldout_before": None, "fingerprint": fingerprint}
+    resumed_from = None
+    if ckpt_dir is not None:
+        old = read_checkpoint_state(ckpt_dir)
+        if old is not None and old.get("fingerprint") == fingerprint:
+            state = load_checkpoint(ckpt_dir, run.student, run.optimizer)
+            resumed_from = state["step"]
+            ctx.log(f"distill: resuming from the checkpoint at step {resumed_from} in {ckpt_dir}")
+        elif old is not None:
+            ctx.log(f"distill: ignoring the checkpoint in {ckpt_dir}: it belongs to a different student, teacher, "
+                    "data or arguments")
+    else:
+        ctx.log("distill: no work_dir was given, so this run cannot be resumed if interrupted")
+    return state, resumed_from
+
+
+def _train(run: _Run, state: dict[str, Any], deadline: float | None) -> tuple[str, float]:
+    """Optimizer steps from state["step"] to args.steps (or the deadline), with held-out measurements and
+    checkpoints; updates `state`. Returns (why it stopped, seconds in the loop)."""
+    args, ctx, device, ckpt_dir = run.args, run.ctx, run.device, run.ckpt_dir
+    train_chunks = run.data.train_chunks
+    stopped = "steps"
+    window: list[float] = []
+    last_ckpt = state["step"]
+    tokens_per_step = args.batch_size * args.seq_len
+    t_train = t_loop = time.monotonic()
+    with _Bar(ctx.show_progress, args.steps, state["step"]) as bar:
+        step = state["step"]
+        while step < args.steps:
+            if deadline is not None and _now() > deadline:
+                stopped = "time budget"
+                ctx.log(f"distill: stopping at step {step} of {args.steps}: max_minutes={args.max_minutes} reached")
+                break
+            idx = batch_indices(step, int(train_chunks.shape[0]), args.batch_size, args.seed)
+            ids = train_chunks[idx].to(device)
+            loss, kd, ce = _train_step(run.student, run.teacher, ids, run.optimizer, args, lr_at(step, args), device,
+                                       run.autocast)
+            step += 1
+            window.append(loss)
+            state["step"] = step
+            state["tokens_seen"] += tokens_per_step
+            point = None
+            if step % args.eval_every == 0 or step == args.steps:
+                m = _heldout(run)
+                point = {"step": step, "train_loss": round(sum(window) / len(window), 6),
+                         "heldout_kl_nats": round(m["kl_teacher_student_nats"], 6),
+                         "heldout_student_ce_nats": round(m["student_ce_nats"], 6),
+                         "lr": lr_at(step - 1, args)}
+                state["history"].append(point)
+                window = []
+            bar.update(step, loss, point["heldout_kl_nats"] if point else None)
+            if ckpt_dir is not None and (step % args.checkpoint_every == 0 or step == args.steps):
+                state["train_time_s"] += time.monotonic() - t_train
+                t_train = time.monotonic()
+                save_checkpoint(ckpt_dir, run.student, run.optimizer, state)
+                last_ckpt = step
+    state["train_time_s"] += time.monotonic() - t_train
+    loop_s = time.monotonic() - t_loop
+    if ckpt_dir is not None and state["step"] != last_ckpt:
+        save_checkpoint(ckpt_dir, run.student, run.optimizer, state)
+    return stopped, loop_s
+
+
+def _save_student(run: _Run, save_dtype, output_dir: Path) -> list[str]:
+    """Write the trained student (in its original dtype) and the student's tokenizer and other files."""
+    student = run.student
+    student.config.use_cache = True
+    if run.args.gradient_checkpointing:
+        student.gradient_checkpointing_disable()
+    student.to(save_dtype)
+    student.save_pretrained(str(output_dir), safe_serialization=True)
+    return copy_aux_files(run.student_dir, output_dir)
+
+
+def _report(run: _Run, state: dict[str, Any], *, start_step: int, resumed_from: int | None, stopped: str,
+            after: dict[str, float], loop_s: float, wall: float, copied: list[str]) -> dict[str, Any]:
+    args, ckpt_dir = run.args, run.ckpt_dir
+    before = state["heldout_before"]
+    steps_this_run = state["step"] - start_step
+    tokens_per_step = args.batch_size * args.seq_len
+    return {
+        "method": "distill",
+        "teacher": str(run.teacher_dir), "student": str(run.student_dir),
+        "student_params": count_parameters(run.student), "teacher_params": count_parameters(run.teacher),
+        "device": run.device, "bf16_autocast": run.autocast,
+        "steps": state["step"], "steps_requested": args.steps, "steps_this_run": steps_this_run,
+        "resumed_from_step": resumed_from, "stopped_because": stopped,
+        "tokens_seen": state["tokens_seen"],
+        "train_chunks": int(run.data.train_chunks.shape[0]), "heldout_chunks": int(run.data.eval_chunks.shape[0]),
+        "heldout_texts": run.data.n_held_texts, "seq_len": args.seq_len,
+        "heldout_kl_before_nats": round(before["kl_teacher_student_nats"], 6),
+        "heldout_kl_after_nats": round(after["kl_teacher_student_nats"], 6),
+        "heldout_student_ce_before_nats": round(before["student_ce_nats"], 6),
+        "heldout_student_ce_after_nats": round(after["student_ce_nats"], 6),
+        "heldout_teacher_ce_nats": round(after["teacher_ce_nats"], 6),
+        "loss_curve": state["history"],
+        "train_time_s_total": round(state["train_time_s"], 2),
+        "train_loop_s_this_run": round(loop_s, 2),
+        "train_tokens_per_s_this_run": round(steps_this_run * tokens_per_step / loop_s, 1) if steps_this_run else None,
+        "wall_time_s": round(wall, 2),
+        "checkpoint_dir": str(ckpt_dir) if ckpt_dir is not None else None,
+        "copied_files": copied,
+    }
+
+
 @METHODS.register("distill")
 def apply_distill(args: DistillArgs, ctx: StageContext) -> dict[str, Any]:
     import torch
@@ -361,137 +423,33 @@ def apply_distill(args: DistillArgs, ctx: StageContext) -> dict[str, Any]:
     autocast = args.bf16_autocast if args.bf16_autocast is not None else default_autocast(device)
 
     tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
-    train_texts, held_texts = split_texts(ctx.calibration_texts, args.holdout_fraction)
-    train_chunks = calibration_chunks(tokenizer, train_texts, args.seq_len)
-    try:
-        eval_chunks = calibration_chunks(tokenizer, held_texts, args.seq_len, args.eval_chunks)
-    except ConfigError:
-        # The held-out texts are shorter than one chunk: hold out the last training chunks instead.
-        n_eval = min(args.eval_chunks, train_chunks.shape[0] // 10)
-        if n_eval < 1:
-            raise ConfigError(
-                f"The calibration texts give only {train_chunks.shape[0]} chunk(s) of seq_len={args.seq_len} tokens, "
-                "too few to hold any out for measuring the KL to the teacher; give more text or a smaller seq_len."
-            ) from None
-        train_chunks, eval_chunks = train_chunks[:-n_eval], train_chunks[-n_eval:]
-    data_digest = hashlib.sha256(train_chunks.numpy().tobytes() + eval_chunks.numpy().tobytes()).hexdigest()
-    ctx.log(f"distill: {train_chunks.shape[0]} training chunks and {eval_chunks.shape[0]} held-out chunks of "
-            f"{args.seq_len} tokens ({len(train_texts)} / {len(held_texts)} texts)")
+    data = _prepare_data(tokenizer, args, ctx)
 
     torch.manual_seed(args.seed)
     ctx.log(f"distill: teacher {teacher_dir}, student {student_dir}, device {device}"
             f"{', bf16 autocast' if autocast else ''}")
-    teacher = load_causal_lm(teacher_dir, device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = load_causal_lm(student_dir, device, dtype=torch.float32)
-    save_dtype = getattr(torch, str(student_cfg.get("dtype") or student_cfg.get("torch_dtype") or "float32"),
-                         torch.float32)
-    if args.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
-    student.config.use_cache = False
-    student.train()
+    teacher, student, save_dtype = _load_models(args, teacher_dir, student_dir, student_cfg, device)
     optimizer = make_optimizer(student, args)
 
     # ---- resume
-    work_dir = Path(ctx.work_dir) if ctx.work_dir is not None else None
-    ckpt_dir = work_dir / CHECKPOINT_DIR if work_dir is not None else None
-    fingerprint = run_fingerprint(args, student_dir, teacher_dir, int(train_chunks.shape[0]), data_digest)
-    state: dict[str, Any] = {"step": 0, "history": [], "tokens_seen": 0, "train_time_s": 0.0,
-                             "heldout_before": None, "fingerprint": fingerprint}
-    resumed_from = None
-    if ckpt_dir is not None:
-        old = read_checkpoint_state(ckpt_dir)
-        if old is not None and old.get("fingerprint") == fingerprint:
-            state = load_checkpoint(ckpt_dir, student, optimizer)
-            resumed_from = state["step"]
-            ctx.log(f"distill: resuming from the checkpoint at step {resumed_from} in {ckpt_dir}")
-        elif old is not None:
-            ctx.log(f"distill: ignoring the checkpoint in {ckpt_dir}: it belongs to a different student, teacher, "
-                    "data or arguments")
-    else:
-        ctx.log("distill: no work_dir was given, so this run cannot be resumed if interrupted")
-
+    ckpt_dir = Path(ctx.work_dir) / CHECKPOINT_DIR if ctx.work_dir is not None else None
+    run = _Run(args, ctx, device, autocast, teacher_dir, student_dir, data, teacher, student, optimizer, ckpt_dir)
+    state, resumed_from = _resume(run)
     if state["heldout_before"] is None:
-        state["heldout_before"] = heldout_metrics(student, teacher, eval_chunks, args.batch_size, device)
+        state["heldout_before"] = _heldout(run)
         ctx.log(f"distill: held-out KL(teacher || student) before training: "
                 f"{state['heldout_before']['kl_teacher_student_nats']:.4f} nats/token")
 
     # ---- train
     deadline = t_start + args.max_minutes * 60 if args.max_minutes is not None else None
-    stopped = "steps"
     start_step = state["step"]
-    window: list[float] = []
-    last_ckpt = start_step
-    tokens_per_step = args.batch_size * args.seq_len
-    t_train = t_loop = time.monotonic()
-    with _Bar(ctx.show_progress, args.steps, start_step) as bar:
-        step = state["step"]
-        while step < args.steps:
-            if deadline is not None and _now() > deadline:
-                stopped = "time budget"
-                ctx.log(f"distill: stopping at step {step} of {args.steps}: max_minutes={args.max_minutes} reached")
-                break
-            idx = batch_indices(step, int(train_chunks.shape[0]), args.batch_size, args.seed)
-            ids = train_chunks[idx].to(device)
-            loss, kd, ce = _train_step(student, teacher, ids, optimizer, args, lr_at(step, args), device, autocast)
-            step += 1
-            window.append(loss)
-            state["step"] = step
-            state["tokens_seen"] += tokens_per_step
-            point = None
-            if step % args.eval_every == 0 or step == args.steps:
-                m = heldout_metrics(student, teacher, eval_chunks, args.batch_size, device)
-                point = {"step": step, "train_loss": round(sum(window) / len(window), 6),
-                         "heldout_kl_nats": round(m["kl_teacher_student_nats"], 6),
-                         "heldout_student_ce_nats": round(m["student_ce_nats"], 6),
-                         "lr": lr_at(step - 1, args)}
-                state["history"].append(point)
-                window = []
-            bar.update(step, loss, point["heldout_kl_nats"] if point else None)
-            if ckpt_dir is not None and (step % args.checkpoint_every == 0 or step == args.steps):
-                state["train_time_s"] += time.monotonic() - t_train
-                t_train = time.monotonic()
-                save_checkpoint(ckpt_dir, student, optimizer, state)
-                last_ckpt = step
-    state["train_time_s"] += time.monotonic() - t_train
-    loop_s = time.monotonic() - t_loop
-    if ckpt_dir is not None and state["step"] != last_ckpt:
-        save_checkpoint(ckpt_dir, student, optimizer, state)
+    stopped, loop_s = _train(run, state, deadline)
 
     # ---- measure and write
-    after = heldout_metrics(student, teacher, eval_chunks, args.batch_size, device)
+    after = _heldout(run)
     ctx.log(f"distill: held-out KL(teacher || student) after {state['step']} steps: "
             f"{after['kl_teacher_student_nats']:.4f} nats/token")
-    student.config.use_cache = True
-    if args.gradient_checkpointing:
-        student.gradient_checkpointing_disable()
-    student.to(save_dtype)
-    student.save_pretrained(str(output_dir), safe_serialization=True)
-    copied = copy_aux_files(student_dir, output_dir)
-    before = state["heldout_before"]
+    copied = _save_student(run, save_dtype, output_dir)
     wall = _now() - t_start
-    steps_this_run = state["step"] - start_step
-    return {
-        "method": "distill",
-        "teacher": str(teacher_dir), "student": str(student_dir),
-        "student_params": count_parameters(student), "teacher_params": count_parameters(teacher),
-        "device": device, "bf16_autocast": autocast,
-        "steps": state["step"], "steps_requested": args.steps, "steps_this_run": steps_this_run,
-        "resumed_from_step": resumed_from, "stopped_because": stopped,
-        "tokens_seen": state["tokens_seen"],
-        "train_chunks": int(train_chunks.shape[0]), "heldout_chunks": int(eval_chunks.shape[0]),
-        "heldout_texts": len(held_texts), "seq_len": args.seq_len,
-        "heldout_kl_before_nats": round(before["kl_teacher_student_nats"], 6),
-        "heldout_kl_after_nats": round(after["kl_teacher_student_nats"], 6),
-        "heldout_student_ce_before_nats": round(before["student_ce_nats"], 6),
-        "heldout_student_ce_after_nats": round(after["student_ce_nats"], 6),
-        "heldout_teacher_ce_nats": round(after["teacher_ce_nats"], 6),
-        "loss_curve": state["history"],
-        "train_time_s_total": round(state["train_time_s"], 2),
-        "train_loop_s_this_run": round(loop_s, 2),
-        "train_tokens_per_s_this_run": round(steps_this_run * tokens_per_step / loop_s, 1) if steps_this_run else None,
-        "wall_time_s": round(wall, 2),
-        "checkpoint_dir": str(ckpt_dir) if ckpt_dir is not None else None,
-        "copied_files": copied,
-    }
+    return _report(run, state, start_step=start_step, resumed_from=resumed_from, stopped=stopped, after=after,
+                   loop_s=loop_s, wall=wall, copied=copied)

@@ -22,6 +22,7 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Callable, Union
@@ -33,6 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from packager.compress import distill, fp8, gguf_stage, gptq, int8, prune
 from packager.compress.base import METHODS, StageArgs, StageContext
 from packager.compress.checkpoint import STAGE_RECORD_NAME
+from packager.compress.recipe_records import (  # noqa: F401  (re-exported: other modules import them from here)
+    RECORD_SCHEMA_VERSION,
+    RecipeResult,
+    SourceRecord,
+    StageRecord,
+    _row,
+)
 from packager.config import EngineConfig
 from packager.errors import ConfigError, HardwareError, IntegrityError, PackagerError
 from packager.fsutil import MANIFEST_NAME, atomic_dir, atomic_write_json, hash_tree, tree_digest
@@ -48,7 +56,6 @@ ARGS_CLASSES: tuple[type[StageArgs], ...] = (
 ARGS_BY_KIND: dict[str, type[StageArgs]] = {c.model_fields["kind"].default: c for c in ARGS_CLASSES}
 StageSpec = Annotated[Union[ARGS_CLASSES], Field(discriminator="kind")]  # type: ignore[valid-type]
 
-RECORD_SCHEMA_VERSION = 1
 ALL_SAMPLES = 1_000_000
 # Kinds whose output has other layer shapes than their input (checks of later stages wait for it).
 _SHAPE_CHANGING_KINDS = {"prune"}
@@ -146,77 +153,6 @@ def load_recipe(name_or_path: str | os.PathLike) -> Recipe:
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-
-
-# ------------------------------------------------------------------------------------------------ records
-class StageRecord(BaseModel):
-    """What one stage did, with everything needed to reproduce and verify it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: int = RECORD_SCHEMA_VERSION
-    index: int
-    label: str  # "01-w8a8_int8": the stage directory's name
-    method: str
-    arguments: dict[str, Any]
-    input_dir: str
-    input_digest: str
-    calibration_source: str | None = None
-    calibration_sha256: str | None = None
-    calibration_samples: int | None = None
-    device: str
-    wall_time_s: float
-    peak_rss_mb: float
-    parameter_count: int
-    size_bytes: int
-    files: dict[str, str]  # sha256 of every model file (stage.json and the manifest excluded)
-    digest: str  # digest of `files`: the next stage's input digest
-    report: dict[str, Any]
-    evaluation: dict[str, Any] | None = None
-    evaluation_key: str | None = None
-    started_at: str
-    finished_at: str
-    versions: dict[str, str] = Field(default_factory=dict)
-    notes: list[str] = Field(default_factory=list)
-
-
-class SourceRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    path: str
-    name: str
-    digest: str
-    parameter_count: int
-    size_bytes: int
-    evaluation: dict[str, Any] | None = None
-
-
-class RecipeResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: int = RECORD_SCHEMA_VERSION
-    recipe: dict[str, Any]
-    source: SourceRecord
-    out_root: str
-    stages: list[StageRecord]
-    final_dir: str
-    wall_time_s: float
-    reused_stages: list[str] = Field(default_factory=list)
-
-    def summary_rows(self) -> list[dict[str, Any]]:
-        """One row per model (the source, then each stage) for tables: params, size, wall time, quality."""
-        rows = [_row("00-source", "source", self.source.parameter_count, self.source.size_bytes, None,
-                     self.source.evaluation)]
-        for st in self.stages:
-            rows.append(_row(st.label, st.method, st.parameter_count, st.size_bytes, st.wall_time_s, st.evaluation))
-        return rows
-
-
-def _row(stage, method, params, size, wall, ev) -> dict[str, Any]:
-    ev = ev or {}
-    return {"stage": stage, "method": method, "parameter_count": params, "size_mb": size / 1e6,
-            "wall_time_s": wall, "score": ev.get("score"), "recovery": ev.get("recovery"),
-            "perplexity": ev.get("perplexity")}
 
 
 def model_digest(model_dir: Path) -> tuple[dict[str, str], str]:
@@ -362,6 +298,101 @@ def _reusable(stage_dir: Path, args: StageArgs, input_digest: str, calib_sha: st
     return rec
 
 
+@dataclass
+class _Runner:
+    """What every stage of one recipe run shares."""
+
+    src: Path  # the source model: the teacher of distillation stages
+    out_root: Path
+    engine: EngineConfig
+    device: str
+    progress: bool
+    log: Callable[[str], None]
+
+
+def _check_source(src: Path) -> None:
+    from packager.compress.checkpoint import read_config, weight_files
+
+    weight_files(src)  # safetensors only, refuses pickles
+    qc = read_config(src).get("quantization_config")
+    if qc:
+        raise ConfigError(
+            f"The source model {src} is already quantized (quant_method {qc.get('quant_method')!r}); compression "
+            "stages read float checkpoints only. Start from the unquantized model."
+        )
+
+
+def _stage_calibration(args: StageArgs, calibration: str | None,
+                       cache: dict[tuple[int, int], tuple[list[str], str, str]]
+                       ) -> tuple[list[str], str | None, str | None]:
+    """(texts, calibration label, calibration sha256) of a stage; no texts (and None, None) when it reads none."""
+    from packager.compress.calibration import load_calibration
+
+    if not args.needs_calibration():
+        return [], None, None
+    # Methods without an n_samples field (distillation) get every calibration sample there is.
+    key = (int(getattr(args, "n_samples", None) or ALL_SAMPLES), int(getattr(args, "seq_len", None) or 512))
+    if key not in cache:
+        cache[key] = load_calibration(calibration, *key)
+    return cache[key]
+
+
+def _run_stage(run: _Runner, index: int, args: StageArgs, input_dir: Path, input_digest: str,
+               calib: tuple[list[str], str | None, str | None]) -> StageRecord:
+    """Run one stage into out_root/<label> (renamed into place only when complete) and write its record."""
+    from packager.compress.checkpoint import check_model_dir, ensure_tokenizer_files, parameter_count
+
+    label = stage_label(index, args)
+    stage_dir = run.out_root / label
+    texts, calib_label, calib_sha = calib
+    try:
+        args.validate_for(input_dir)  # against the actual input (a pruned model may differ)
+    except PackagerError as e:
+        raise type(e)(f"stage {label} ({args.kind}): {e}") from None
+    run.log(f"stage {label}: {args.kind} on {input_dir.name} -> {stage_dir}")
+    work_dir = run.out_root / ".work" / label
+    work_dir.mkdir(parents=True, exist_ok=True)
+    started = _now()
+    with atomic_dir(stage_dir) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
+        ctx = StageContext(input_dir=input_dir, output_dir=tmp, calibration_texts=texts, engine=run.engine,
+                           device=run.device, teacher_dir=run.src, work_dir=work_dir, show_progress=run.progress,
+                           log=run.log)
+        fn = METHODS.get(args.kind)
+        t0 = time.perf_counter()
+        with _PeakRSS() as mem:
+            report = fn(args, ctx)
+        wall = time.perf_counter() - t0
+        stage_notes = [f"copied tokenizer files the method did not write: {', '.join(added)}"
+                       for added in [ensure_tokenizer_files(input_dir, tmp)] if added]
+        check_model_dir(tmp)
+        files, digest = model_digest(tmp)
+        rec = StageRecord(
+            index=index, label=label, method=args.kind, arguments=args.model_dump(mode="json"),
+            input_dir=str(input_dir), input_digest=input_digest, calibration_source=calib_label,
+            calibration_sha256=calib_sha, calibration_samples=len(texts) if calib_sha else None,
+            device=run.device, wall_time_s=round(wall, 3), peak_rss_mb=round(mem.peak_mb, 1),
+            parameter_count=parameter_count(tmp), size_bytes=sum((tmp / f).stat().st_size for f in files),
+            files=files, digest=digest, report=json.loads(json.dumps(report or {}, default=str)),
+            started_at=started, finished_at=_now(), versions=_versions(), notes=stage_notes,
+        )
+        _write_record(tmp, rec)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    run.log(f"stage {label}: done in {rec.wall_time_s:.1f}s, {rec.size_bytes / 1e6:.1f} MB, "
+            f"{rec.parameter_count / 1e6:.1f}M parameters")
+    return rec
+
+
+def _evaluate_stage(rec: StageRecord, stage_dir: Path, label: str, evaluate: Callable[[Path, str], dict],
+                    evaluation_key: str | None) -> StageRecord:
+    """Score a finished stage and store the evaluation in its record."""
+    ev = evaluate(stage_dir, label)
+    rec = rec.model_copy(update={"evaluation": json.loads(json.dumps(ev, default=str)),
+                                 "evaluation_key": evaluation_key})
+    _write_record(stage_dir, rec)
+    return rec
+
+
 def run_recipe(model, recipe: Recipe, out_root: Path, *, calibration: str | None = None,
                engine: EngineConfig | None = None, evaluate: Callable[[Path, str], dict] | None = None,
                device: str = "auto", progress: bool = True, evaluation_key: str | None = None,
@@ -373,22 +404,14 @@ def run_recipe(model, recipe: Recipe, out_root: Path, *, calibration: str | None
     stage record; a reused stage keeps its stored evaluation when `evaluation_key` matches).
     `source_evaluation` (the source model's own evaluation, the baseline) is stored in the result.
     """
-    from packager.compress.calibration import load_calibration
-    from packager.compress.checkpoint import (check_model_dir, ensure_tokenizer_files, parameter_count, read_config,
-                                              weight_files)
+    from packager.compress.checkpoint import parameter_count
 
     engine = engine or EngineConfig()
     log = log or (print if progress else (lambda _m: None))
     out_root = Path(out_root)
     src = Path(model.path)
     t_all = time.perf_counter()
-    weight_files(src)  # safetensors only, refuses pickles
-    qc = read_config(src).get("quantization_config")
-    if qc:
-        raise ConfigError(
-            f"The source model {src} is already quantized (quant_method {qc.get('quant_method')!r}); compression "
-            "stages read float checkpoints only. Start from the unquantized model."
-        )
+    _check_source(src)
     notes = check_recipe(recipe, src, engine)
     for n in notes:
         log(f"note: {n}")
@@ -397,6 +420,7 @@ def run_recipe(model, recipe: Recipe, out_root: Path, *, calibration: str | None
     src_files, src_digest = model_digest(src)
     source = SourceRecord(path=str(src), name=model.name, digest=src_digest, parameter_count=parameter_count(src),
                           size_bytes=sum((src / f).stat().st_size for f in src_files), evaluation=source_evaluation)
+    run = _Runner(src=src, out_root=out_root, engine=engine, device=dev, progress=progress, log=log)
     records: list[StageRecord] = []
     reused: list[str] = []
     input_dir, input_digest = src, src_digest
@@ -404,58 +428,15 @@ def run_recipe(model, recipe: Recipe, out_root: Path, *, calibration: str | None
     for i, args in enumerate(recipe.stages, 1):
         label = stage_label(i, args)
         stage_dir = out_root / label
-        texts: list[str] = []
-        calib_label = calib_sha = None
-        if args.needs_calibration():
-            # Methods without an n_samples field (distillation) get every calibration sample there is.
-            key = (int(getattr(args, "n_samples", None) or ALL_SAMPLES), int(getattr(args, "seq_len", None) or 512))
-            if key not in calib_cache:
-                calib_cache[key] = load_calibration(calibration, *key)
-            texts, calib_label, calib_sha = calib_cache[key]
-        rec = _reusable(stage_dir, args, input_digest, calib_sha)
+        calib = _stage_calibration(args, calibration, calib_cache)
+        rec = _reusable(stage_dir, args, input_digest, calib[2])
         if rec is not None:
             log(f"stage {label}: reusing the completed stage in {stage_dir} (same input, arguments and calibration)")
             reused.append(label)
         else:
-            try:
-                args.validate_for(input_dir)  # against the actual input (a pruned model may differ)
-            except PackagerError as e:
-                raise type(e)(f"stage {label} ({args.kind}): {e}") from None
-            log(f"stage {label}: {args.kind} on {input_dir.name} -> {stage_dir}")
-            work_dir = out_root / ".work" / label
-            work_dir.mkdir(parents=True, exist_ok=True)
-            started = _now()
-            with atomic_dir(stage_dir) as tmp:
-                tmp.chmod(0o755)  # mkdtemp makes it private; a model directory is meant to be shared
-                ctx = StageContext(input_dir=input_dir, output_dir=tmp, calibration_texts=texts, engine=engine,
-                                   device=dev, teacher_dir=src, work_dir=work_dir, show_progress=progress, log=log)
-                fn = METHODS.get(args.kind)
-                t0 = time.perf_counter()
-                with _PeakRSS() as mem:
-                    report = fn(args, ctx)
-                wall = time.perf_counter() - t0
-                stage_notes = [f"copied tokenizer files the method did not write: {', '.join(added)}"
-                               for added in [ensure_tokenizer_files(input_dir, tmp)] if added]
-                check_model_dir(tmp)
-                files, digest = model_digest(tmp)
-                rec = StageRecord(
-                    index=i, label=label, method=args.kind, arguments=args.model_dump(mode="json"),
-                    input_dir=str(input_dir), input_digest=input_digest, calibration_source=calib_label,
-                    calibration_sha256=calib_sha, calibration_samples=len(texts) if calib_sha else None,
-                    device=dev, wall_time_s=round(wall, 3), peak_rss_mb=round(mem.peak_mb, 1),
-                    parameter_count=parameter_count(tmp), size_bytes=sum((tmp / f).stat().st_size for f in files),
-                    files=files, digest=digest, report=json.loads(json.dumps(report or {}, default=str)),
-                    started_at=started, finished_at=_now(), versions=_versions(), notes=stage_notes,
-                )
-                _write_record(tmp, rec)
-            shutil.rmtree(work_dir, ignore_errors=True)
-            log(f"stage {label}: done in {rec.wall_time_s:.1f}s, {rec.size_bytes / 1e6:.1f} MB, "
-                f"{rec.parameter_count / 1e6:.1f}M parameters")
+            rec = _run_stage(run, i, args, input_dir, input_digest, calib)
         if evaluate is not None and (rec.evaluation is None or rec.evaluation_key != evaluation_key):
-            ev = evaluate(stage_dir, label)
-            rec = rec.model_copy(update={"evaluation": json.loads(json.dumps(ev, default=str)),
-                                         "evaluation_key": evaluation_key})
-            _write_record(stage_dir, rec)
+            rec = _evaluate_stage(rec, stage_dir, label, evaluate, evaluation_key)
         records.append(rec)
         input_dir, input_digest = stage_dir, rec.digest
         _write_result(out_root, recipe, source, records, input_dir, t_all, reused)

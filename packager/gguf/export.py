@@ -14,10 +14,11 @@
 4. Each artifact is assembled in a temporary directory and renamed into place when complete: model.gguf,
    Modelfile, config.json, gguf-export.json (ExportRecord) and packager-manifest.json (sha256 of every file).
    An artifact whose record matches the same source digest, type and tools is verified and reused.
+
+The source checks and lineage (step 1) live in export_source.py; their names stay importable from here.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -25,25 +26,43 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from packager.errors import ConfigError, IntegrityError, PackagerError
-from packager.fsutil import (MANIFEST_NAME, atomic_dir, atomic_write_json, atomic_write_text, hash_tree, read_manifest,
-                             sha256_file, tree_digest, verify_manifest, verify_manifest_if_present, write_manifest)
+from packager.fsutil import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    read_manifest,
+    sha256_file,
+    verify_manifest,
+    write_manifest,
+)
 from packager.gguf.artifact import ARTIFACT_FORMAT, EXPORT_RECORD_NAME, GGUF_FILE, MODELFILE
+from packager.gguf.export_source import (  # noqa: F401  (re-exported: other modules import them from here)
+    F32_INTERMEDIATE_MAX_BYTES,
+    RECIPE_RESULT_NAME,
+    STAGE_RECORD_NAME,
+    _auto_outtype,
+    _input_dir_of,
+    _quantization_config,
+    _read_json,
+    _source_identity,
+    _source_name,
+    check_float_source,
+    float_ancestor,
+    lineage_of,
+)
 from packager.gguf.quant import QUANT_TYPES, QuantType, parse_quants
 
 EXPORT_SCHEMA_VERSION = 1
 ENV_LLAMA_CPP_DIR = "PACKAGER_LLAMA_CPP_DIR"
 CONVERT_SCRIPT = "convert_hf_to_gguf.py"
-STAGE_RECORD_NAME = "stage.json"  # packager.compress.checkpoint.STAGE_RECORD_NAME
-RECIPE_RESULT_NAME = "recipe-result.json"  # packager.compress.recipe.RESULT_NAME
 MAKE_TARGET = "make install"
-# Float weights up to this size are converted to an f32 intermediate (no rounding before quantization).
-F32_INTERMEDIATE_MAX_BYTES = 2 * 2**30
 Outtype = Literal["auto", "f32", "f16", "bf16"]
 
 
@@ -122,112 +141,6 @@ def _llama_cpp_version() -> str:
             f"llama-cpp-python is not installed, so GGUF files cannot be quantized. Run `{MAKE_TARGET}` (it builds "
             "llama-cpp-python[server]==0.3.36 from source for this CPU)."
         ) from None
-
-
-# ------------------------------------------------------------------------------------------------ source
-def _read_json(p: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(p.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def lineage_of(model_dir: Path, max_depth: int = 32) -> tuple[list[dict[str, Any]], list[Path]]:
-    """(stage records oldest first, their directories) of a stage directory, following each record's input_dir.
-
-    A plain checkpoint (no stage.json) has no lineage."""
-    records: list[dict[str, Any]] = []
-    dirs: list[Path] = []
-    d: Path | None = Path(model_dir)
-    seen: set[str] = set()
-    while d is not None and len(records) < max_depth and str(d) not in seen:
-        seen.add(str(d))
-        rec = _read_json(d / STAGE_RECORD_NAME)
-        if rec is None:
-            break
-        records.append({k: rec.get(k) for k in ("label", "method", "arguments", "digest", "input_digest",
-                                                 "input_dir", "wall_time_s", "size_bytes", "parameter_count",
-                                                 "evaluation")})
-        dirs.append(d)
-        d = Path(rec["input_dir"]) if rec.get("input_dir") else None
-    return records[::-1], dirs[::-1]
-
-
-def _input_dir_of(model_dir: Path) -> Path | None:
-    rec = _read_json(Path(model_dir) / STAGE_RECORD_NAME)
-    return Path(rec["input_dir"]) if rec and rec.get("input_dir") else None
-
-
-def _quantization_config(model_dir: Path) -> dict[str, Any] | None:
-    cfg = _read_json(Path(model_dir) / "config.json") or {}
-    qc = cfg.get("quantization_config") or cfg.get("compression_config")
-    return qc if isinstance(qc, dict) else ({"quant_method": str(qc)} if qc else None)
-
-
-def float_ancestor(model_dir: Path) -> Path | None:
-    """The nearest stage input (following stage records) that is a float checkpoint, if known."""
-    d = _input_dir_of(model_dir)
-    seen: set[str] = set()
-    while d is not None and str(d) not in seen:
-        seen.add(str(d))
-        if (d / "config.json").is_file() and _quantization_config(d) is None:
-            return d
-        d = _input_dir_of(d)
-    return None
-
-
-def check_float_source(model_dir: Path) -> None:
-    """Refuse a quantized checkpoint (GPTQ, compressed-tensors W8A8/FP8) before any work, naming what to export."""
-    from packager.compress.checkpoint import weight_files
-
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ConfigError(
-            f"{model_dir} is not a model variant directory: it has no config.json. Point at a directory written by "
-            "`packager compress` or save_pretrained, or `default` for the bundled model."
-        )
-    qc = _quantization_config(model_dir)
-    if qc is not None:
-        method = qc.get("quant_method") or qc.get("format") or "unknown"
-        anc = float_ancestor(model_dir)
-        what = (f"Export its float input instead: `packager gguf export {anc} --quant ...` (llama.cpp quantizes it "
-                "itself)." if anc is not None else
-                "Export the float model it was quantized from instead (llama.cpp quantizes it itself).")
-        raise ConfigError(
-            f"{model_dir} is a quantized checkpoint (quantization_config.quant_method {method!r}); llama.cpp's "
-            f"converter reads float weights only. {what}"
-        )
-    weight_files(model_dir)  # safetensors present, no pickles
-
-
-def _source_identity(model_dir: Path) -> tuple[dict[str, str], str, dict[str, Any] | None]:
-    """(files, tree digest of the model files, manifest) of the source; a manifest that no longer matches
-    the files is refused (the source was altered after it was recorded)."""
-    manifest = verify_manifest_if_present(model_dir)
-    files = hash_tree(model_dir, exclude=(MANIFEST_NAME, STAGE_RECORD_NAME))
-    return files, tree_digest(files), manifest
-
-
-def _source_name(model_dir: Path, manifest: dict[str, Any] | None, lineage: list[dict[str, Any]]) -> str:
-    if manifest and manifest.get("name"):
-        return str(manifest["name"])
-    if lineage:
-        res = _read_json(model_dir.parent / RECIPE_RESULT_NAME)
-        src = (res or {}).get("source") or {}
-        if src.get("name"):
-            return f"{src['name']}-{lineage[-1].get('label') or model_dir.name}"
-    return model_dir.name
-
-
-def _auto_outtype(model_dir: Path) -> str:
-    cfg = _read_json(model_dir / "config.json") or {}
-    dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
-    if dtype == "bfloat16":
-        return "bf16"
-    if dtype == "float16":
-        return "f16"
-    size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
-    return "f32" if size <= F32_INTERMEDIATE_MAX_BYTES else "f16"
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -395,11 +308,127 @@ def _now() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ export
+@dataclass
+class _ExportJob:
+    """One export run: the source and what every artifact of it records, the tools, and how to report."""
+
+    src: Path
+    source_digest: str
+    manifest: dict[str, Any] | None
+    lineage: list[dict[str, Any]]
+    recipe: dict[str, Any] | None
+    base_name: str
+    inter_type: str  # the intermediate GGUF's type: f32, f16 or bf16
+    converter: dict[str, Any]
+    chat: Any  # packager.gguf.modelfile's detected chat template
+    gen_params: Any
+    tools: Path
+    llama_cpp_version: str
+    threads: int
+    progress: bool
+    log: Callable[[str], None]
+
+
+@dataclass
+class _Intermediate:
+    """The float GGUF that llama.cpp's converter wrote, shared by every quantization type of one run."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+    convert_s: float
+
+
+def _reused_artifacts(job: _ExportJob, out_root: Path, qtypes: list[QuantType], force: bool
+                      ) -> tuple[list[GgufArtifact], list[QuantType]]:
+    """(verified artifacts reused as they are, the types still to export)."""
+    results: list[GgufArtifact] = []
+    todo: list[QuantType] = []
+    for q in qtypes:
+        art_dir = out_root / q.name
+        rec = None if force else _reusable(art_dir, job.source_digest, q.name, job.converter, job.inter_type,
+                                           job.llama_cpp_version)
+        if rec is not None:
+            job.log(f"{q.name}: reusing {art_dir} (same source digest {job.source_digest[:12]}, type and tools; "
+                    "verified)")
+            results.append(_artifact(art_dir, rec, reused=True))
+        else:
+            todo.append(q)
+    return results, todo
+
+
+def _assemble_artifact(job: _ExportJob, q: QuantType, tmp: Path, inter: _Intermediate, work: Path
+                       ) -> tuple[ExportRecord, float]:
+    """Fill the artifact's temporary directory: model.gguf (the intermediate quantized to q), Modelfile,
+    config.json, the export record and the manifest. Returns (the record, seconds spent quantizing)."""
+    from packager.gguf.modelfile import render_modelfile
+
+    name = f"{job.base_name}-{q.name}"
+    manifest = job.manifest or {}
+    tmp.chmod(0o755)
+    t_q = time.perf_counter()
+    if q.name == job.inter_type:
+        _link_or_copy(inter.path, tmp / GGUF_FILE)
+        quant_s = 0.0
+    else:
+        quant_s = quantize_gguf(inter.path, tmp / GGUF_FILE, q, job.threads, work / f"quantize-{q.name}.log",
+                                progress=job.progress)
+    size, sha = (tmp / GGUF_FILE).stat().st_size, sha256_file(tmp / GGUF_FILE)
+    atomic_write_text(tmp / MODELFILE, render_modelfile(
+        job.chat, title=f"{name}: {q.description}; exported by packager from {job.base_name}",
+        parameters=job.gen_params))
+    shutil.copy2(job.src / "config.json", tmp / "config.json")
+    rec = ExportRecord(
+        name=name, quant=q.name, ftype=q.ftype(), source_dir=str(job.src), source_name=job.base_name,
+        source_digest=job.source_digest, source_manifest_digest=manifest.get("digest"),
+        source_origin=manifest.get("source"), lineage=job.lineage, recipe=job.recipe,
+        intermediate_outtype=job.inter_type, intermediate_sha256=inter.sha256,
+        intermediate_size_bytes=inter.size_bytes, converter=job.converter, chat_template=job.chat.as_record(),
+        size_bytes=size, sha256=sha, convert_wall_time_s=round(inter.convert_s, 3),
+        quantize_wall_time_s=round(quant_s, 3),
+        wall_time_s=round(inter.convert_s + (time.perf_counter() - t_q), 3), threads=job.threads,
+        versions=_versions(job.llama_cpp_version), created_at=_now(),
+    )
+    atomic_write_json(tmp / EXPORT_RECORD_NAME, rec.model_dump(mode="json"))
+    kinds = [{"kind": s.get("method"), "label": s.get("label")} for s in job.lineage]
+    write_manifest(tmp, {
+        "name": name, "format": ARTIFACT_FORMAT, "quant": q.name, "source": manifest.get(
+            "source") or job.base_name, "source_digest": job.source_digest, "recipe": job.recipe,
+        "stages": kinds + [{"kind": f"gguf-{q.name}", "label": f"gguf-{q.name}"}],
+    })
+    return rec, quant_s
+
+
+def _export_fresh(job: _ExportJob, out_root: Path, todo: list[QuantType]) -> list[GgufArtifact]:
+    """Convert the source to the intermediate GGUF once (in a work folder beside the output, removed after), then
+    assemble one artifact per type, each renamed into place when complete."""
+    results: list[GgufArtifact] = []
+    work = Path(tempfile.mkdtemp(dir=out_root, prefix=".gguf-work-"))
+    try:
+        inter_path = work / f"intermediate-{job.inter_type}.gguf"
+        job.log(f"converting {job.src} to a {job.inter_type} GGUF with llama.cpp's converter "
+                f"(log: {work / 'convert.log'})")
+        convert_s = convert_to_gguf(job.src, inter_path, job.inter_type, job.tools, work / "convert.log",
+                                    progress=job.progress)
+        inter = _Intermediate(inter_path, sha256_file(inter_path), inter_path.stat().st_size, convert_s)
+        job.log(f"converted in {convert_s:.1f}s: {inter.size_bytes / 1e6:.1f} MB")
+        for q in todo:
+            art_dir = out_root / q.name
+            with atomic_dir(art_dir) as tmp:
+                rec, quant_s = _assemble_artifact(job, q, tmp, inter, work)
+            job.log(f"{q.name}: {art_dir} ({rec.size_bytes / 1e6:.1f} MB, sha256 {rec.sha256[:12]}, "
+                    f"quantized in {quant_s:.1f}s)")
+            results.append(_artifact(art_dir, rec, reused=False))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
 def export_gguf(variant_dir: str | Path, out_dir: str | Path, quants: Iterable[str] = ("q8_0", "q4_k_m"), *,
                 outtype: Outtype = "auto", threads: int | None = None, force: bool = False, progress: bool = True,
                 log: Callable[[str], None] | None = None) -> list[GgufArtifact]:
     """Export a float variant to one GGUF artifact per quant type under out_dir/<quant>/ (see the module doc)."""
-    from packager.gguf.modelfile import detect_chat_template, generation_parameters, render_modelfile
+    from packager.gguf.modelfile import detect_chat_template, generation_parameters
     from packager.gguf.server import cpu_threads
 
     log = log or (print if progress else (lambda _m: None))
@@ -419,74 +448,20 @@ def export_gguf(variant_dir: str | Path, out_dir: str | Path, quants: Iterable[s
     _, source_digest, manifest = _source_identity(src)
     lineage, _dirs = lineage_of(src)
     recipe = (_read_json(src.parent / RECIPE_RESULT_NAME) or {}).get("recipe") if lineage else None
-    base_name = _source_name(src, manifest, lineage)
-    inter_type = _auto_outtype(src) if outtype == "auto" else outtype
-    converter = _converter_identity(tools)
-    chat = detect_chat_template(src)
-    gen_params = generation_parameters(src)
-    if chat.style != "chatml":
-        log(f"note: chat template of {src.name}: {chat.style} ({'; '.join(chat.notes)})")
+    job = _ExportJob(src=src, source_digest=source_digest, manifest=manifest, lineage=lineage, recipe=recipe,
+                     base_name=_source_name(src, manifest, lineage),
+                     inter_type=_auto_outtype(src) if outtype == "auto" else outtype,
+                     converter=_converter_identity(tools), chat=detect_chat_template(src),
+                     gen_params=generation_parameters(src), tools=tools, llama_cpp_version=llama_cpp_version,
+                     threads=threads, progress=progress, log=log)
+    if job.chat.style != "chatml":
+        log(f"note: chat template of {src.name}: {job.chat.style} ({'; '.join(job.chat.notes)})")
 
-    results: list[GgufArtifact] = []
-    todo: list[QuantType] = []
-    for q in qtypes:
-        art_dir = out_root / q.name
-        rec = None if force else _reusable(art_dir, source_digest, q.name, converter, inter_type, llama_cpp_version)
-        if rec is not None:
-            log(f"{q.name}: reusing {art_dir} (same source digest {source_digest[:12]}, type and tools; verified)")
-            results.append(_artifact(art_dir, rec, reused=True))
-        else:
-            todo.append(q)
+    results, todo = _reused_artifacts(job, out_root, qtypes, force)
     if not todo:
         return results
-
     out_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out_root, prefix=".gguf-work-"))
-    try:
-        inter = work / f"intermediate-{inter_type}.gguf"
-        log(f"converting {src} to a {inter_type} GGUF with llama.cpp's converter (log: {work / 'convert.log'})")
-        convert_s = convert_to_gguf(src, inter, inter_type, tools, work / "convert.log", progress=progress)
-        inter_sha, inter_size = sha256_file(inter), inter.stat().st_size
-        log(f"converted in {convert_s:.1f}s: {inter_size / 1e6:.1f} MB")
-        for q in todo:
-            art_dir = out_root / q.name
-            name = f"{base_name}-{q.name}"
-            with atomic_dir(art_dir) as tmp:
-                tmp.chmod(0o755)
-                t_q = time.perf_counter()
-                if q.name == inter_type:
-                    _link_or_copy(inter, tmp / GGUF_FILE)
-                    quant_s = 0.0
-                else:
-                    quant_s = quantize_gguf(inter, tmp / GGUF_FILE, q, threads, work / f"quantize-{q.name}.log",
-                                            progress=progress)
-                size, sha = (tmp / GGUF_FILE).stat().st_size, sha256_file(tmp / GGUF_FILE)
-                atomic_write_text(tmp / MODELFILE, render_modelfile(
-                    chat, title=f"{name}: {q.description}; exported by packager from {base_name}",
-                    parameters=gen_params))
-                shutil.copy2(src / "config.json", tmp / "config.json")
-                rec = ExportRecord(
-                    name=name, quant=q.name, ftype=q.ftype(), source_dir=str(src), source_name=base_name,
-                    source_digest=source_digest, source_manifest_digest=(manifest or {}).get("digest"),
-                    source_origin=(manifest or {}).get("source"), lineage=lineage, recipe=recipe,
-                    intermediate_outtype=inter_type, intermediate_sha256=inter_sha,
-                    intermediate_size_bytes=inter_size, converter=converter, chat_template=chat.as_record(),
-                    size_bytes=size, sha256=sha, convert_wall_time_s=round(convert_s, 3),
-                    quantize_wall_time_s=round(quant_s, 3),
-                    wall_time_s=round(convert_s + (time.perf_counter() - t_q), 3), threads=threads,
-                    versions=_versions(llama_cpp_version), created_at=_now(),
-                )
-                atomic_write_json(tmp / EXPORT_RECORD_NAME, rec.model_dump(mode="json"))
-                kinds = [{"kind": s.get("method"), "label": s.get("label")} for s in lineage]
-                write_manifest(tmp, {
-                    "name": name, "format": ARTIFACT_FORMAT, "quant": q.name, "source": (manifest or {}).get(
-                        "source") or base_name, "source_digest": source_digest, "recipe": recipe,
-                    "stages": kinds + [{"kind": f"gguf-{q.name}", "label": f"gguf-{q.name}"}],
-                })
-            log(f"{q.name}: {art_dir} ({size / 1e6:.1f} MB, sha256 {sha[:12]}, quantized in {quant_s:.1f}s)")
-            results.append(_artifact(art_dir, rec, reused=False))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    results += _export_fresh(job, out_root, todo)
     order = {q.name: i for i, q in enumerate(qtypes)}
     results.sort(key=lambda a: order[a.quant])
     log(f"exported {len(todo)} GGUF artifact(s) in {time.perf_counter() - t_all:.1f}s")
