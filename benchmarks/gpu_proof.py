@@ -7,7 +7,7 @@ Steps (each one records its figures, or its error, and the run goes on with the 
   compress     packager.compress.recipe.run_recipe on device "cuda", target gpu: the built-in recipes
                `w8a8-int8` and `fp8`, and W8A8 int8 with SmoothQuant (alpha 0.5), whose calibration
                forward passes run on the GPU
-  serve:NAME   one vLLM OpenAI server (packager.engine.EngineServer, EngineConfig(target="gpu",
+  serve:NAME   one vLLM OpenAI server (packager.engines.vllm.EngineServer, EngineConfig(target="gpu",
                dtype="bfloat16")) for the variant NAME (baseline, w8a8-int8, fp8, w8a8-int8-sq); through it
                packager.evaluate.runner.evaluate_model (default suite, perplexity, fidelity to the baseline)
                and packager.loadtest.runner.run_loadtest (locust, headless, a concurrency sweep)
@@ -294,7 +294,7 @@ class Proof:
             from fakes.fake_openai import FakeOpenAIServer
 
             return FakeOpenAIServer(model=name, ttft_ms=5, itl_ms=1, output_tokens=32)
-        from packager.engine import EngineServer
+        from packager.engines.vllm import EngineServer
 
         logs = self.work / "logs"
         logs.mkdir(parents=True, exist_ok=True)

@@ -281,7 +281,7 @@ def tiny_llama_dir(tmp_path_factory, default_model) -> Path:
 def vllm_default_server(default_model):
     """One real vLLM OpenAI server on the bundled model (bfloat16, CPU build) for the whole session."""
     from packager.config import EngineConfig
-    from packager.engine import EngineServer
+    from packager.engines.vllm import EngineServer
 
     srv = EngineServer(default_model.path, EngineConfig(dtype="bfloat16"), served_name="default")
     srv.start()

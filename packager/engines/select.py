@@ -20,7 +20,7 @@ from packager.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from packager.config import EngineConfig, RunConfig
-    from packager.engine import LocalServer
+    from packager.engines.base import LocalServer
 
 VLLM = "vllm"
 LLAMACPP = "llamacpp"
@@ -122,9 +122,9 @@ def server_for_model(model_dir: str | Path, engine: "EngineConfig", served_name:
     """A local server (not started) for a model directory, on the engine `select_engine` chooses."""
     eng = select_engine(model_dir, engine)
     if eng.backend == LLAMACPP:
-        from packager.gguf.server import LlamaCppServer
+        from packager.engines.llamacpp import LlamaCppServer
 
         return LlamaCppServer(model_dir, eng, served_name=served_name, port=port, log_path=log_path)
-    from packager.engine import EngineServer
+    from packager.engines.vllm import EngineServer
 
     return EngineServer(model_dir, eng, served_name=served_name, port=port, log_path=log_path)

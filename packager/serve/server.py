@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from packager.engine import LocalServer, free_port
+from packager.engines.base import LocalServer, free_port
 from packager.serve.args import ENV_BACKEND_PORT
 from packager.serve.store import bentoml_env
 

@@ -51,7 +51,7 @@ def test_depth_pruned_model_is_smaller_and_served_by_vllm(pruned22, default_mode
     from transformers import AutoTokenizer
 
     from packager.config import EngineConfig
-    from packager.engine import EngineServer
+    from packager.engines.vllm import EngineServer
 
     out, report = pruned22
     depth = report["depth"]

@@ -14,7 +14,7 @@ import pytest
 
 from packager.compress.recipe import parse_recipe, run_recipe
 from packager.config import EngineConfig
-from packager.engine import EngineServer
+from packager.engines.vllm import EngineServer
 from packager.fsutil import verify_manifest
 
 pytestmark = pytest.mark.slow

@@ -242,7 +242,7 @@ def test_short_locust_run_through_the_bento(gguf_bento, tmp_path):
 
 
 def test_tampered_gguf_is_refused_before_llama_cpp_starts(tiny_llama_dir, tmp_path, build_bento_cli):
-    from packager.engine import free_port
+    from packager.engines.base import free_port
     from packager.gguf.export import export_gguf
     from packager.serve.server import serve_command, serve_env
 

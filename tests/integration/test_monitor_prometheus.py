@@ -23,7 +23,7 @@ import pytest
 import yaml
 from conftest import CliProcess, run_cli
 
-from packager.engine import free_port, stop_process, tail, wait_ready
+from packager.engines.base import free_port, stop_process, tail, wait_ready
 
 pytestmark = pytest.mark.slow
 

@@ -43,7 +43,7 @@ class MlflowServer:
 @pytest.fixture
 def mlflow_server(tmp_path):
     """Starts the server and returns at once (it needs ~20 s to start; the test prepares its models meanwhile)."""
-    from packager.engine import free_port
+    from packager.engines.base import free_port
 
     port = free_port()
     log_path = tmp_path / "mlflow-server.log"

@@ -103,7 +103,7 @@ class TinyBento:
                              "; ".join(" ".join(c.cmdline()[:4]) for c in root.children(recursive=True)))
 
     def log_tail(self, n: int = 60) -> str:
-        from packager.engine import tail
+        from packager.engines.base import tail
 
         return tail(self.server.log_path, n)
 

@@ -120,7 +120,7 @@ def test_tampered_model_is_refused_before_the_backend_starts(tiny_llama_dir, tmp
     assert weights.is_file()
     corrupt_tail(weights)  # flip the last bytes of the weights in the store
 
-    from packager.engine import free_port
+    from packager.engines.base import free_port
     from packager.serve.server import serve_command, serve_env
 
     r = subprocess.run(serve_command(tag, port=free_port()), env=serve_env(base=own_store), capture_output=True,

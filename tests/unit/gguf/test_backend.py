@@ -11,7 +11,7 @@ import pytest
 from packager.config import EngineConfig, RunConfig
 from packager.engines.select import ENGINES, evaluation_config, select_engine, server_for_model
 from packager.errors import ConfigError
-from packager.gguf.server import READINESS_PATH, LlamaCppServer, cpu_threads, llamacpp_command
+from packager.engines.llamacpp import READINESS_PATH, LlamaCppServer, cpu_threads, llamacpp_command
 from packager.serve.args import parse_args
 from packager.serve.backends import BACKENDS, LLAMACPP_PACKAGES, launch_command
 
@@ -100,7 +100,7 @@ def test_a_gguf_manifest_becomes_format_and_quant_labels(tmp_path):
 
 
 def test_evaluator_launcher_is_chosen_by_the_model_directory(tmp_path):
-    from packager.engine import EngineServer
+    from packager.engines.vllm import EngineServer
 
     srv = server_for_model(_gguf_dir(tmp_path), EngineConfig(max_model_len=1024), served_name="g")
     assert isinstance(srv, LlamaCppServer) and srv.engine.backend == "llamacpp"
@@ -117,7 +117,7 @@ def test_evaluator_launcher_is_chosen_by_the_model_directory(tmp_path):
 
 
 def test_importing_the_gguf_modules_loads_no_heavy_library():
-    code = ("import sys, json, packager.gguf.export, packager.gguf.server, packager.cli.gguf, packager.serve.backends; "
+    code = ("import sys, json, packager.gguf.export, packager.engines.llamacpp, packager.cli.gguf, packager.serve.backends; "
             "print(json.dumps([m for m in ('torch', 'llama_cpp', 'transformers', 'bentoml', 'vllm') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from packager.config import EngineConfig
-from packager.engine import LocalServer
+from packager.engines.base import LocalServer
 from packager.errors import ServerError
 from packager.gguf.artifact import gguf_path
 

