@@ -1,6 +1,6 @@
 """The contract every compression method follows.
 
-A method is a pair (DESIGN.md convention 1):
+A method is a pair (docs/architecture.md, rules of the house):
   * `XxxArgs(StageArgs)` with `kind: Literal["xxx"]` and the method's arguments (extra fields refused), and a
     class variable `requires_calibration_data`;
   * `apply_xxx(args, ctx) -> dict` registered with `@METHODS.register("xxx")`, which reads the model in

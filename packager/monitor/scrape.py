@@ -11,7 +11,7 @@ The maths mirrors PromQL where PromQL has a definition:
 * `counter_increase(prev, cur)` treats a decrease as a counter reset (the process restarted), like
   `increase()`; rates between two scrapes are increase / elapsed seconds, without Prometheus's
   extrapolation to the window edges (two scrapes have no edges to extrapolate to).
-* `usd_per_million_output_tokens(usd_per_hour, output_tokens_per_s)` is the cost model of DESIGN.md:
+* `usd_per_million_output_tokens(usd_per_hour, output_tokens_per_s)` is the cost model of docs/architecture.md (Metrics):
   hourly price / (output tokens per second x 3600) x 1e6.
 """
 from __future__ import annotations
