@@ -6,23 +6,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from packager.cli.guard import run_guarded
 
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
+
 SUMMARY_JSON = "compress-summary.json"
 SUMMARY_MD = "compress-summary.md"
+
+
+_STAGE_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
+    ("stage", "left"), ("method", "left"), ("params", "right"), ("size MB", "right"), ("wall s", "right"),
+    ("score", "right"), ("recovery", "right"), ("perplexity", "right"))
 
 
 def stage_table(rows: list[dict[str, Any]], title: str):
     from rich.table import Table
 
     t = Table(title=title)
-    for col, just in (("stage", "left"), ("method", "left"), ("params", "right"), ("size MB", "right"),
-                      ("wall s", "right"), ("score", "right"), ("recovery", "right"), ("perplexity", "right")):
-        t.add_column(col, justify=just)
+    for col, just in _STAGE_COLUMNS:
+        t.add_column(col, justify=just, no_wrap=False, overflow="fold")  # fold, never "…"
 
     def f(v, spec):
         return "-" if v is None else format(v, spec)
@@ -31,6 +38,18 @@ def stage_table(rows: list[dict[str, Any]], title: str):
         t.add_row(r["stage"], r["method"], f"{r['parameter_count'] / 1e6:.1f}M", f"{r['size_mb']:.1f}",
                   f(r["wall_time_s"], ".1f"), f(r["score"], ".3f"), f(r["recovery"], ".1%"),
                   f(r["perplexity"], ".2f"))
+    return t
+
+
+def formats_table(support: list[dict[str, Any]], where: str):
+    """`packager hardware`'s table: one row per compressed format, whether it runs on `where`, and why."""
+    from rich.table import Table
+
+    t = Table(title=f"formats served by vLLM on {where}")
+    for col in ("format", "runs", "why / notes"):
+        t.add_column(col, no_wrap=False, overflow="fold")
+    for row in support:
+        t.add_row(row["format"], "yes" if row["runs"] else "NO", " ".join(row["problems"] + row["notes"]))
     return t
 
 
@@ -46,7 +65,8 @@ def compress(
     recipe: str = typer.Option(..., "--recipe", "-r", help="a built-in recipe name or a recipe YAML file"),
     out: Optional[Path] = typer.Option(None, "--out", help="output directory (default <output_dir>/compress/<recipe>)"),
     calibration: Optional[str] = typer.Option(
-        None, "--calibration", help="calibration data: 'default' (bundled corpus), suite:NAME_OR_PATH, or a .txt/.jsonl file"),
+        None, "--calibration", help="calibration data: 'default' (bundled corpus), suite:NAME_OR_PATH, or a "
+        ".txt/.jsonl file"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip scoring the source model and every stage through vLLM"),
     device: str = typer.Option("auto", "--device", help="where compression runs: cpu, cuda or auto"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="run configuration YAML"),
@@ -103,12 +123,12 @@ def compress(
 
 def hardware(
     target: str = typer.Option("cpu", "--target", help="cpu (this machine) or gpu"),
-    gpu_type: Optional[str] = typer.Option(None, "--gpu-type", help="a GPU model to check, e.g. H100; default: the local GPU"),
+    gpu_type: Optional[str] = typer.Option(None, "--gpu-type", help="a GPU model to check, e.g. H100; default: the "
+                                           "local GPU"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
     """What this machine has (CPU flags, GPUs) and which compressed formats its serving engine runs."""
     from rich.console import Console
-    from rich.table import Table
 
     from packager.hardware import detect_cpu, detect_gpus, format_support
 
@@ -127,8 +147,9 @@ def hardware(
         console = Console(soft_wrap=True)
         console.print(f"CPU: {cpu.model} ({cpu.arch}), {cpu.usable_cores} usable of {cpu.logical_cores} logical cores",
                       highlight=False)
-        console.print(f"  flags: {', '.join(cpu.flags) or '(none of interest)'}; VNNI: {'yes' if cpu.has_vnni else 'no'}; "
-                      f"AMX: {'yes' if cpu.has_amx else 'no'}", highlight=False)
+        console.print(f"  flags: {', '.join(cpu.flags) or '(none of interest)'}; "
+                      f"VNNI: {'yes' if cpu.has_vnni else 'no'}; AMX: {'yes' if cpu.has_amx else 'no'}",
+                      highlight=False)
         if gpus:
             for g in gpus:
                 d = g.to_dict()
@@ -137,13 +158,7 @@ def hardware(
         else:
             console.print("GPUs: none visible to torch", highlight=False)
         where = "this CPU" if target == "cpu" else (gpu_type or (gpus[0].name if gpus else "a GPU (none here)"))
-        t = Table(title=f"formats served by vLLM on {where}")
-        t.add_column("format")
-        t.add_column("runs")
-        t.add_column("why / notes", overflow="fold")
-        for row in support:
-            t.add_row(row["format"], "yes" if row["runs"] else "NO", " ".join(row["problems"] + row["notes"]))
-        console.print(t)
+        console.print(formats_table(support, where))
 
     run_guarded(go)
 

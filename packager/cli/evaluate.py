@@ -14,9 +14,9 @@ def summary_table(summaries: list, title: str = "evaluation"):
     from rich.table import Table
 
     t = Table(title=title)
-    t.add_column("figure")
+    t.add_column("figure", no_wrap=False, overflow="fold")  # fold, never "…"
     for s in summaries:
-        t.add_column(s.name, justify="right")
+        t.add_column(s.name, justify="right", no_wrap=False, overflow="fold")
     cats = sorted({c for s in summaries for c in s.score_by_category})
 
     def fmt(v, spec="{:.3f}"):
@@ -37,11 +37,14 @@ def summary_table(summaries: list, title: str = "evaluation"):
 
 
 def evaluate(
-    model: str = typer.Argument("default", help="'default' (bundled model), a model directory, a cached HF id, or an http(s) URL of a running OpenAI-compatible endpoint"),
+    model: str = typer.Argument("default", help="'default' (bundled model), a model directory, a cached HF id, or an "
+                                "http(s) URL of a running OpenAI-compatible endpoint"),
     suite: Optional[str] = typer.Option(None, help="'default', 'behaviour', or a JSONL suite file"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="run configuration YAML"),
-    baseline: Optional[Path] = typer.Option(None, help="a baseline's summary.json (or its directory): adds recovery and fidelity"),
-    out: Optional[Path] = typer.Option(None, help="directory for items.jsonl and summary.json (default runs/eval/<name>)"),
+    baseline: Optional[Path] = typer.Option(None, help="a baseline's summary.json (or its directory): adds recovery "
+                                            "and fidelity"),
+    out: Optional[Path] = typer.Option(None, help="directory for items.jsonl and summary.json (default "
+                                       "runs/eval/<name>)"),
     name: Optional[str] = typer.Option(None, help="label of this model in results"),
     dtype: Optional[str] = typer.Option(None, help="engine dtype: bfloat16, float32, float16, auto"),
     max_items: Optional[int] = typer.Option(None, help="score only the first N items"),

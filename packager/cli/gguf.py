@@ -12,12 +12,28 @@ from packager.cli.guard import run_guarded
 gguf_app = typer.Typer(no_args_is_help=True, help="GGUF export for llama.cpp and Ollama.")
 
 
+def artifacts_table(arts: list):
+    """`packager gguf export`'s table: type, size, sha256 prefix, directory, reused or new, per artifact."""
+    from rich.table import Table
+
+    t = Table(title="GGUF artifacts")
+    for c in ("type", "size (MB)", "sha256", "directory", ""):
+        t.add_column(c, no_wrap=False, overflow="fold")  # fold, never "…"
+    for a in arts:
+        t.add_row(a.quant, f"{a.size_bytes / 1e6:.1f}", a.sha256[:16], a.path, "reused" if a.reused else "new")
+    return t
+
+
 @gguf_app.command("export")
 def export(
-    variant_dir: str = typer.Argument(..., help="float model variant directory (a compress stage, or 'default' for the bundled model)"),
-    quant: List[str] = typer.Option(["q8_0", "q4_k_m"], "--quant", "-q", help="quantization type, repeatable (see `packager gguf types`)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder; each type goes to OUT/<type>/ (default: runs/gguf/<model name>)"),
-    outtype: str = typer.Option("auto", help="intermediate float GGUF: auto (f32 for float32 sources up to 2 GiB, else the source's 16-bit type), f32, f16, bf16"),
+    variant_dir: str = typer.Argument(..., help="float model variant directory (a compress stage, or 'default' for the "
+                                      "bundled model)"),
+    quant: List[str] = typer.Option(["q8_0", "q4_k_m"], "--quant", "-q", help="quantization type, repeatable (see "
+                                    "`packager gguf types`)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder; each type goes to OUT/<type>/ "
+                                       "(default: runs/gguf/<model name>)"),
+    outtype: str = typer.Option("auto", help="intermediate float GGUF: auto (f32 for float32 sources up to 2 GiB, else "
+                                "the source's 16-bit type), f32, f16, bf16"),
     threads: Optional[int] = typer.Option(None, help="quantization threads (default: the CPUs this process may use)"),
     force: bool = typer.Option(False, "--force", help="export again even when a matching, verified artifact exists"),
 ) -> None:
@@ -33,18 +49,11 @@ def export(
 
         resolved = resolve_model(variant_dir)
         out_dir = out or Path("runs") / "gguf" / resolved.name
-        return export_gguf(resolved.path, out_dir, quants=quant, outtype=outtype, threads=threads,  # type: ignore[arg-type]
+        return export_gguf(resolved.path, out_dir, quants=quant, outtype=outtype, threads=threads,
                            force=force, log=lambda m: err.print(m, highlight=False))
 
     arts = run_guarded(go)
-    from rich.table import Table
-
-    t = Table(title="GGUF artifacts")
-    for c in ("type", "size (MB)", "sha256", "directory", ""):
-        t.add_column(c)
-    for a in arts:
-        t.add_row(a.quant, f"{a.size_bytes / 1e6:.1f}", a.sha256[:16], a.path, "reused" if a.reused else "new")
-    err.print(t)
+    err.print(artifacts_table(arts))
     err.print("serve one with: packager build DIR  (backend llamacpp is chosen for a GGUF artifact); "
               "in Ollama: cd DIR && ollama create NAME -f Modelfile", highlight=False)
     for a in arts:

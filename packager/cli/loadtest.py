@@ -193,9 +193,8 @@ def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[
               utilisation: float | None, out: Path | None, json_out: bool, plan_only: bool) -> None:
     import json
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from packager.config import load_config
+    from packager.core.progress import progress_bar
     from packager.loadtest.config import parse_loadtest_config
     from packager.loadtest.pricing import resolve_price
     from packager.loadtest.render import summary_renderables
@@ -230,12 +229,11 @@ def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[
         plan_path = write_plan(target, cfg, run_cfg.slo, run_cfg.pricing, out_dir, model=model)
         console.print(manual_run_instructions(plan_path, max(1, cfg.workers)), highlight=False)
         return
-    with Progress(TextColumn("[bold]load test[/]"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("run", total=None, info="starting locust")
+    with progress_bar("load test", total=None, console=console, transient=True, count=False, eta=False,
+                      text=["{info}"], fields={"info": "starting locust"}) as bar:
 
         def progress(p: dict[str, Any]) -> None:
-            bar.update(task, total=p["planned_s"], completed=min(p["elapsed_s"], p["planned_s"]),
+            bar.update(total=p["planned_s"], completed=min(p["elapsed_s"], p["planned_s"]),
                        info=f"{p['requests_done']} requests done")
 
         result = run_loadtest(target, cfg, run_cfg.slo, run_cfg.pricing, out_dir, model=model, progress=progress)

@@ -18,7 +18,9 @@ def models_default() -> None:
 
 
 @models_app.command("resolve")
-def models_resolve(source: str = typer.Argument("default", help="'default', a local directory, or a cached HF id")) -> None:
+def models_resolve(
+    source: str = typer.Argument("default", help="'default', a local directory, or a cached HF id"),
+) -> None:
     """Resolve a model source offline and print its directory."""
     from packager.models import resolve_model
 

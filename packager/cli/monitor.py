@@ -11,14 +11,21 @@ from packager.cli.guard import console, run_guarded
 
 def monitor(
     url: str = typer.Argument(..., help="Endpoint base URL (http://host:3000) or its /metrics URL."),
-    interval_s: float = typer.Option(2.0, "--interval-s", help="Seconds between scrapes; rates and percentiles are over this window."),
+    interval_s: float = typer.Option(2.0, "--interval-s", help="Seconds between scrapes; rates and percentiles are "
+                                     "over this window."),
     once: bool = typer.Option(False, "--once", help="Scrape twice, print one snapshot and exit."),
-    usd_per_hour: Optional[float] = typer.Option(None, "--usd-per-hour", help="Hourly price of the endpoint; default: its packager_usd_per_hour gauge."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (one object; without --once, one line per interval)."),
-    ttft_slo_ms: Optional[float] = typer.Option(None, "--ttft-slo-ms", help="TTFT p95 limit shown in the view (default: SLOConfig, 2000)."),
-    tpot_slo_ms: Optional[float] = typer.Option(None, "--tpot-slo-ms", help="TPOT p95 limit shown in the view (default: SLOConfig, 250)."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", help="Stop after this many intervals (default: until Ctrl-C)."),
-    timeout_s: float = typer.Option(10.0, "--timeout-s", help="Longest a scrape may take, connection to last byte; a slower one is a failed scrape."),
+    usd_per_hour: Optional[float] = typer.Option(None, "--usd-per-hour", help="Hourly price of the endpoint; default: "
+                                                 "its packager_usd_per_hour gauge."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (one object; without --once, one line per "
+                                 "interval)."),
+    ttft_slo_ms: Optional[float] = typer.Option(None, "--ttft-slo-ms", help="TTFT p95 limit shown in the view "
+                                                "(default: SLOConfig, 2000)."),
+    tpot_slo_ms: Optional[float] = typer.Option(None, "--tpot-slo-ms", help="TPOT p95 limit shown in the view "
+                                                "(default: SLOConfig, 250)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", help="Stop after this many intervals (default: "
+                                             "until Ctrl-C)."),
+    timeout_s: float = typer.Option(10.0, "--timeout-s", help="Longest a scrape may take, connection to last byte; a "
+                                    "slower one is a failed scrape."),
 ) -> None:
     """Live view of an endpoint: request rate, tokens/s, TTFT/TPOT/E2E percentiles, errors, USD per 1M output tokens.
 
@@ -67,7 +74,9 @@ def monitor(
             return
         from packager.monitor.live import run_live
 
-        if run_live(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations, timeout_s=timeout_s) is None:
+        last = run_live(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations,
+                        timeout_s=timeout_s)
+        if last is None:
             raise ScrapeError(f"No snapshot of {url} in {iterations} intervals: every scrape failed (see above).")
 
     run_guarded(go)
@@ -76,14 +85,18 @@ def monitor(
 def canary(
     url: str = typer.Argument(..., help="Endpoint base URL serving /v1/chat/completions (http://host:3000)."),
     suite: str = typer.Option("default", "--suite", help="Built-in suite name or a JSONL suite file."),
-    interval_s: float = typer.Option(60.0, "--interval-s", help="Seconds from the start of one run to the start of the next."),
+    interval_s: float = typer.Option(60.0, "--interval-s", help="Seconds from the start of one run to the start of the "
+                                     "next."),
     iterations: int = typer.Option(0, "--iterations", help="Runs before exiting; 0 runs until Ctrl-C."),
     port: int = typer.Option(9490, "--port", help="Port of the canary's own /metrics (0 picks a free port)."),
     host: str = typer.Option("0.0.0.0", "--host", help="Address the canary's /metrics listens on."),
-    max_items: int = typer.Option(16, "--max-items", help="Items taken from the suite (round-robin over its categories)."),
+    max_items: int = typer.Option(16, "--max-items", help="Items taken from the suite (round-robin over its "
+                                  "categories)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name to ask; default: the first of /v1/models."),
-    min_pass_ratio: float = typer.Option(0.5, "--min-pass-ratio", help="Exported as packager_canary_min_pass_ratio; the alert fires below it. Set it from the release evaluation."),
-    pass_score: float = typer.Option(0.5, "--pass-score", help="An item passes when its score is at least this (graded scorers: f1, rouge_l)."),
+    min_pass_ratio: float = typer.Option(0.5, "--min-pass-ratio", help="Exported as packager_canary_min_pass_ratio; "
+                                         "the alert fires below it. Set it from the release evaluation."),
+    pass_score: float = typer.Option(0.5, "--pass-score", help="An item passes when its score is at least this (graded "
+                                     "scorers: f1, rouge_l)."),
     timeout_s: float = typer.Option(60.0, "--timeout-s", help="Per-request timeout in seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print each run's full result as one JSON line."),
 ) -> None:

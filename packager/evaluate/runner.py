@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from packager.config import RunConfig
+from packager.core.progress import progress_bar
 from packager.errors import ConfigError, ServerError
 from packager.evaluate.client import OpenAIClient
 from packager.evaluate.scorers import SCORERS
@@ -83,13 +84,6 @@ class EvalSummary(BaseModel):
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
-
-
-def _progress(total: int, description: str, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
 def _score_item(client: OpenAIClient, model: str, item: SuiteItem, want_topk: int | None) -> ItemResult:
@@ -190,11 +184,11 @@ def perplexity(client: OpenAIClient, model: str, texts: list[str], chunk_chars: 
         return out
 
     nll: list[float] = []
-    with _progress(len(chunks), "perplexity", show_progress) as prog, ThreadPoolExecutor(concurrency) as ex:
-        task = prog.add_task("perplexity", total=len(chunks))
+    with progress_bar("perplexity", total=len(chunks), enabled=show_progress) as bar, \
+            ThreadPoolExecutor(concurrency) as ex:
         for fut in as_completed([ex.submit(one, c) for c in chunks]):
             nll.extend(-x for x in fut.result())
-            prog.advance(task)
+            bar.advance()
     if not nll:
         return None, 0
     return math.exp(sum(nll) / len(nll)), len(nll)
@@ -267,7 +261,8 @@ def load_summary(path: str | Path) -> EvalSummary:
     try:
         return EvalSummary.model_validate_json(p.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"Baseline summary {p} does not exist; run `packager evaluate` on the baseline first.") from None
+        raise ConfigError(f"Baseline summary {p} does not exist; run `packager evaluate` on the baseline "
+                          "first.") from None
 
 
 def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | None = None,
@@ -285,6 +280,8 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
     else:
         # The model's own engine (packager.engines.select: llama.cpp for a GGUF artifact, vLLM otherwise).
         from packager.engines.select import evaluation_config, server_for_model
+
+        assert model_dir is not None  # exactly one of model_dir and url (checked above)
 
         log_path = None
         if out_dir is not None:
@@ -317,13 +314,12 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
         model = client.model_id()
         want_topk = cfg.eval.fidelity_top_k if baseline is None else None
         results: list[ItemResult] = []
-        with _progress(len(items), f"evaluate {label}", show_progress) as prog, \
+        with progress_bar(f"evaluate {label}", total=len(items), enabled=show_progress) as bar, \
                 ThreadPoolExecutor(cfg.eval.concurrency) as ex:
-            task = prog.add_task(f"evaluate {label}", total=len(items))
             futs = [ex.submit(_score_item, client, model, it, want_topk) for it in items]
             for fut in as_completed(futs):
                 results.append(fut.result())
-                prog.advance(task)
+                bar.advance()
         order = {it.id: i for i, it in enumerate(items)}
         results.sort(key=lambda r: order[r.id])
         errors = [r for r in results if r.error]

@@ -22,17 +22,26 @@ def _usd(x: float | None) -> str:
     return f"${x:.4f}" if x < 1 else f"${x:,.2f}"
 
 
+def _table(title: str):
+    """Compact (no frame, one space between columns: nine figures fit an 80-column console); its columns fold,
+    so on a narrower console a long figure (1898.12 req/s) breaks over two lines and is never cut to "1898.…"."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                 collapse_padding=True)
+
+
 def summary_renderables(r: LoadTestResult) -> list:
     """Rich renderables: the per-phase table, then cost, generator and warnings."""
-    from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=f"Load test of {r.model} at {r.target_url}", title_justify="left")
+    t = _table(f"Load test of {r.model} at {r.target_url}")
     for col in ("load", "sent", "ok", "failed", "dropped", "req/s", "out tok/s", "goodput req/s", "SLO met"):
-        t.add_column(col, justify="left" if col == "load" else "right")
-    lat = Table(title="Latency (ms), p50 / p90 / p99", title_justify="left")
+        t.add_column(col, justify="left" if col == "load" else "right", no_wrap=False, overflow="fold")
+    lat = _table("Latency (ms), p50 / p90 / p99")
     for col in ("load", "TTFT", "TPOT", "ITL", "E2E"):
-        lat.add_column(col, justify="left" if col == "load" else "right")
+        lat.add_column(col, justify="left" if col == "load" else "right", no_wrap=False, overflow="fold")
     for p in r.phases:
         mark = "[green]yes[/]" if p.meets_slo else "[red]no[/]"
         t.add_row(p.label, str(p.requests_sent), str(p.requests_ok), str(p.requests_failed), str(p.dropped_arrivals),

@@ -74,7 +74,7 @@ def _lat_row(name: str, w: LatencyPercentilesMs, limit_ms: float | None):
 
 def render_snapshot(snap: MonitorSnapshot, error: str | None = None):
     """A rich renderable: throughput and cost, then a latency table (window and since start)."""
-    from rich.console import Group
+    from rich.console import Group, RenderableType
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
@@ -86,24 +86,27 @@ def render_snapshot(snap: MonitorSnapshot, error: str | None = None):
                          ("  window ", "dim"), f"{w.elapsed_s:.1f}s",
                          ("  at ", "dim"), time.strftime("%H:%M:%S", time.localtime(snap.scraped_at_s)))
 
+    # Every column folds: on a narrow console a long figure breaks over two lines, it is never cut to "…".
     t = Table(show_header=True, header_style="bold", expand=False, box=None, pad_edge=False)
-    t.add_column("throughput")
-    t.add_column("now", justify="right")
-    t.add_column("since start", justify="right")
+    t.add_column("throughput", overflow="fold")
+    t.add_column("now", justify="right", overflow="fold")
+    t.add_column("since start", justify="right", overflow="fold")
     t.add_row("requests/s", _fmt(w.request_rate_per_s, ".2f"), _fmt(life.requests_total, ".0f", " req"))
     err_style = "bold red" if (w.error_ratio or 0) > 0.05 else ""
-    t.add_row("errors", Text(_fmt(None if w.error_ratio is None else w.error_ratio * 100, ".1f", " %"), style=err_style),
-              _fmt(life.errors_total, ".0f", " err"))
+    err_pct = None if w.error_ratio is None else w.error_ratio * 100
+    t.add_row("errors", Text(_fmt(err_pct, ".1f", " %"), style=err_style), _fmt(life.errors_total, ".0f", " err"))
     t.add_row("output tokens/s", _fmt(w.output_tokens_per_s, ".1f"), _fmt(life.output_tokens_total, ".0f", " tok"))
     t.add_row("input tokens/s", _fmt(w.input_tokens_per_s, ".1f"), _fmt(life.input_tokens_total, ".0f", " tok"))
-    price = "no price: pass --usd-per-hour" if snap.usd_per_hour is None else f"at ${snap.usd_per_hour:.4f}/h ({snap.usd_per_hour_from})"
-    cost = ("— (no output tokens in the window)" if snap.usd_per_hour is not None and snap.usd_per_million_output_tokens is None
+    price = ("no price: pass --usd-per-hour" if snap.usd_per_hour is None
+             else f"at ${snap.usd_per_hour:.4f}/h ({snap.usd_per_hour_from})")
+    cost = ("— (no output tokens in the window)"
+            if snap.usd_per_hour is not None and snap.usd_per_million_output_tokens is None
             else _fmt(snap.usd_per_million_output_tokens, ".3f"))
     t.add_row("USD / 1M output tokens", cost, price)
 
     lat = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for c in ("latency (ms)", "p50", "p90", "p95", "p99", "mean", "n", "SLO"):
-        lat.add_column(c, justify="left" if c in ("latency (ms)", "SLO") else "right")
+        lat.add_column(c, justify="left" if c in ("latency (ms)", "SLO") else "right", overflow="fold")
     lat.add_row(*_lat_row("TTFT (window)", w.ttft, snap.slo.ttft_ms_p95_limit))
     lat.add_row(*_lat_row("TPOT (window)", w.tpot, snap.slo.tpot_ms_p95_limit))
     lat.add_row(*_lat_row("E2E  (window)", w.e2e, None))
@@ -111,7 +114,7 @@ def render_snapshot(snap: MonitorSnapshot, error: str | None = None):
     lat.add_row(*_lat_row("TPOT (since start)", life.tpot, snap.slo.tpot_ms_p95_limit), style="dim")
     lat.add_row(*_lat_row("E2E  (since start)", life.e2e, None), style="dim")
 
-    parts = [head, Text(""), t, Text(""), lat]
+    parts: list[RenderableType] = [head, Text(""), t, Text(""), lat]
     if w.ttft.observations == 0:
         parts.append(Text("no request finished in this window: percentiles need traffic", style="yellow"))
     if error:
@@ -133,7 +136,8 @@ def run_live(url: str, interval_s: float, usd_per_hour: float | None = None, slo
         for item in iter_snapshots(url, interval_s, usd_per_hour=usd_per_hour, slo=slo, iterations=iterations,
                                    timeout_s=timeout_s):
             if isinstance(item, ScrapeError):
-                live.update(render_snapshot(last, error=str(item)) if last else Text(f"scrape failed: {item}", style="bold red"))
+                live.update(render_snapshot(last, error=str(item)) if last
+                            else Text(f"scrape failed: {item}", style="bold red"))
             else:
                 last = item
                 live.update(render_snapshot(item))
