@@ -19,7 +19,7 @@ LLAMA_CPP_PYTHON_VERSION := 0.3.36
 # here (or in $$PACKAGER_LLAMA_CPP_DIR).
 LLAMA_CPP_TOOLS := $(VENV)/share/packager/llama.cpp
 
-.PHONY: install llama-cpp-tools system-deps release test test-unit test-fast bench clean
+.PHONY: install llama-cpp-tools system-deps release lint typecheck test test-unit test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -57,7 +57,15 @@ system-deps:
 release: install
 	$(VENV)/bin/packager release
 
-test: install system-deps
+# ruff (settings in pyproject.toml: line length 120, pycodestyle, pyflakes, import order) on packager/
+lint: install
+	$(VENV)/bin/ruff check packager
+
+# mypy on packager/ (settings in pyproject.toml); not yet part of `make test`: it still reports errors
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: install system-deps lint
 	$(VENV)/bin/pytest -ra -m "not gpu" tests
 
 test-unit: install

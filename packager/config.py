@@ -141,7 +141,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"Configuration file {p} must hold a mapping at the top level, got {type(loaded).__name__}.")
+            raise ConfigError(f"Configuration file {p} must hold a mapping at the top level, "
+                              f"got {type(loaded).__name__}.")
         data = loaded
     data = _merge(data, env_overrides(environ))
     data = _merge(data, overrides or {})

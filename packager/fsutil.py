@@ -87,7 +87,8 @@ def verify_files(root: Path, expected: dict[str, str]) -> None:
         raise IntegrityError(
             f"Model files under {root} do not match their recorded hashes ({len(problems)} problem(s)): "
             + "; ".join(problems[:10])
-            + ". The artifact was modified or corrupted after it was recorded; rebuild it or restore the original files."
+            + (". The artifact was modified or corrupted after it was recorded; "
+               "rebuild it or restore the original files.")
         )
 
 

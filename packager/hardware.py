@@ -179,7 +179,8 @@ def preflight(method_args: Any, target: Literal["cpu", "gpu"], gpu_type: str | N
                 f"FP8 is for NVIDIA GPUs with compute capability >= {_cap_s(FP8_MIN_CAPABILITY)}: {FP8_GPUS_HINT}. "
                 "On this CPU use w8a8_int8 instead, or compress for a GPU target (--target gpu --gpu-type H100)."
             )
-        if kind in ("w8a8_int8", "gptq") and cpu.arch not in ("x86_64", "AMD64", "aarch64", "arm64", "ppc64le", "s390x"):
+        if kind in ("w8a8_int8", "gptq") and cpu.arch not in (
+                "x86_64", "AMD64", "aarch64", "arm64", "ppc64le", "s390x"):
             problems.append(f"{kind} is not supported by vLLM's CPU build on {cpu.arch} CPUs.")
         return problems
     need = {"fp8": FP8_MIN_CAPABILITY, "w8a8_int8": INT8_W8A8_MIN_CAPABILITY, "gptq": GPTQ_MIN_CAPABILITY}.get(kind)

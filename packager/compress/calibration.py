@@ -124,7 +124,8 @@ def _texts_from_file(p: Path) -> list[str]:
         return texts
     if p.suffix in (".txt", ".md", ""):
         return [t for t in raw.split("\n\n") if t.strip()]
-    raise ConfigError(f"Calibration file {p} has suffix {p.suffix!r}; use .txt (passages separated by blank lines) or .jsonl.")
+    raise ConfigError(f"Calibration file {p} has suffix {p.suffix!r}; "
+                      "use .txt (passages separated by blank lines) or .jsonl.")
 
 
 def load_calibration(spec: str | None, n_samples: int = 128, seq_len: int = 512) -> tuple[list[str], str, str]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from packager.fsutil import atomic_dir, atomic_write_text
 
 if TYPE_CHECKING:
-    from packager.compress.distill import DistillArgs
+    from packager.compress.base import StageArgs
 
 CHECKPOINT_DIR = "distill-checkpoint"
 # Arguments that may change between an interrupted run and its continuation.
@@ -34,7 +34,7 @@ def _file_fingerprint(model_dir: Path) -> dict[str, Any]:
     return out
 
 
-def run_fingerprint(args: DistillArgs, student_dir: Path, teacher_dir: Path, n_train_chunks: int,
+def run_fingerprint(args: StageArgs, student_dir: Path, teacher_dir: Path, n_train_chunks: int,
                     data_digest: str) -> str:
     payload = {
         "args": {k: v for k, v in args.model_dump().items() if k not in _RESUMABLE_CHANGES and k != "teacher"},

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from packager.compress.base import StageContext
 from packager.compress.prune import calibration_chunks
 from packager.errors import ConfigError
 
-if TYPE_CHECKING:
-    from packager.compress.distill import DistillArgs
+
+class DataArgs(Protocol):
+    """The settings of a distillation stage (DistillArgs) that shape its data."""
+
+    holdout_fraction: float
+    seq_len: int
+    eval_chunks: int
 
 
 def split_texts(texts: list[str], holdout_fraction: float) -> tuple[list[str], list[str]]:
@@ -57,7 +62,7 @@ class _Data:
     digest: str  # sha256 of both chunk tensors: part of the run fingerprint
 
 
-def _prepare_data(tokenizer, args: DistillArgs, ctx: StageContext) -> _Data:
+def _prepare_data(tokenizer, args: DataArgs, ctx: StageContext) -> _Data:
     """Split the calibration texts into training and held-out texts and cut both into chunks of seq_len."""
     train_texts, held_texts = split_texts(ctx.calibration_texts, args.holdout_fraction)
     train_chunks = calibration_chunks(tokenizer, train_texts, args.seq_len)

@@ -27,10 +27,12 @@ class GPTQArgs(StageArgs):
     kind: Literal["gptq"] = "gptq"
     requires_calibration_data: ClassVar[bool] = True
     bits: Literal[4, 8] = Field(4, description="weight bits: 4 (W4A16) or 8 (W8A16)")
-    group_size: int = Field(64, description="weights per quantization group along the input dimension; -1 = one group per row")
+    group_size: int = Field(64, description="weights per quantization group along the input dimension; "
+                                            "-1 = one group per row")
     desc_act: bool = Field(False, description="quantize columns in order of decreasing activation (act-order)")
     sym: bool = Field(True, description="symmetric quantization (no zero points)")
-    damp_percent: float = Field(0.05, gt=0.0, lt=1.0, description="Hessian dampening as a fraction of its mean diagonal")
+    damp_percent: float = Field(0.05, gt=0.0, lt=1.0,
+                                description="Hessian dampening as a fraction of its mean diagonal")
     n_samples: int = Field(128, ge=1, le=4096, description="calibration samples")
     seq_len: int = Field(512, ge=16, le=32768, description="tokens per calibration sample")
     batch_size: int = Field(4, ge=1, le=256, description="calibration batch size")
@@ -122,9 +124,8 @@ def apply_gptq(args: GPTQArgs, ctx: StageContext) -> dict[str, Any]:
         raise ConfigError("gptq needs calibration data, and none was given.")
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, min(os.cpu_count() or 1, 8))))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers import AutoTokenizer
-
     from gptqmodel import GPTQModel, QuantizeConfig
+    from transformers import AutoTokenizer
 
     from packager.compress.checkpoint import ensure_tokenizer_files, read_config, weight_files
 

@@ -52,8 +52,8 @@ def boundary_distances(model, chunks, batch_size: int = 4, block: int | None = N
                 base(input_ids=batch.to(device), use_cache=False)
                 for i in range(n_layers):
                     layer_sums[i] += angular(boundaries[i], boundaries[i + 1]).sum().double().cpu()
-                for l in range(n_blocks):
-                    block_sums[l] += angular(boundaries[l], boundaries[l + block]).sum().double().cpu()
+                for start in range(n_blocks):
+                    block_sums[start] += angular(boundaries[start], boundaries[start + block]).sum().double().cpu()
                 count += boundaries[0].shape[0] * boundaries[0].shape[1]
                 bar.advance(batch.shape[0])
     finally:

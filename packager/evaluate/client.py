@@ -15,7 +15,8 @@ class OpenAIClient:
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[:-3]
         self.retries = retries
-        self.http = httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self.http = httpx.Client(timeout=timeout_s,
+                                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
     def close(self) -> None:
         self.http.close()
@@ -26,7 +27,8 @@ class OpenAIClient:
             r.raise_for_status()
             data = r.json()["data"]
         except (httpx.HTTPError, KeyError, ValueError) as e:
-            raise ServerError(f"{self.base_url}/v1/models did not answer with a model list ({e}); is this an OpenAI-compatible endpoint?") from None
+            raise ServerError(f"{self.base_url}/v1/models did not answer with a model list ({e}); "
+                              "is this an OpenAI-compatible endpoint?") from None
         if not data:
             raise ServerError(f"{self.base_url}/v1/models lists no model.")
         return data[0]["id"]

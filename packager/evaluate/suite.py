@@ -114,7 +114,8 @@ def parse_suite_text(text: str, where: str) -> list[SuiteItem]:
             msg = err["msg"].removeprefix("Value error, ")
             raise ConfigError(f"{where}, line {lineno}, field '{_field_of(err)}': {msg}.") from None
         if item.id in seen:
-            raise ConfigError(f"{where}, line {lineno}, field 'id': {item.id!r} repeats line {seen[item.id]}; ids must be unique.")
+            raise ConfigError(f"{where}, line {lineno}, field 'id': {item.id!r} repeats line {seen[item.id]}; "
+                              "ids must be unique.")
         seen[item.id] = lineno
         items.append(item)
     if not items:

@@ -197,7 +197,8 @@ def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], on_line: Ca
             proc.wait()
             raise
     if rc != 0:
-        raise PackagerError(f"{what} failed (exit code {rc}). Last lines of its log ({log_path}):\n{tail(log_path, 25)}")
+        raise PackagerError(f"{what} failed (exit code {rc}). "
+                            f"Last lines of its log ({log_path}):\n{tail(log_path, 25)}")
 
 
 def convert_to_gguf(model_dir: Path, out_file: Path, outtype: str, tools: Path, log_path: Path,
@@ -297,8 +298,9 @@ def _reusable(art_dir: Path, source_digest: str, quant: str, converter: dict[str
 
 def _artifact(art_dir: Path, rec: ExportRecord, reused: bool) -> GgufArtifact:
     m = read_manifest(art_dir) or {}
-    return GgufArtifact(quant=rec.quant, path=str(art_dir), gguf_path=str(art_dir / GGUF_FILE), size_bytes=rec.size_bytes,
-                        sha256=rec.sha256, digest=str(m.get("digest", "")), reused=reused, record=rec)
+    return GgufArtifact(quant=rec.quant, path=str(art_dir), gguf_path=str(art_dir / GGUF_FILE),
+                        size_bytes=rec.size_bytes, sha256=rec.sha256, digest=str(m.get("digest", "")),
+                        reused=reused, record=rec)
 
 
 def _now() -> str:
@@ -428,8 +430,8 @@ def export_gguf(variant_dir: str | Path, out_dir: str | Path, quants: Iterable[s
                 outtype: Outtype = "auto", threads: int | None = None, force: bool = False, progress: bool = True,
                 log: Callable[[str], None] | None = None) -> list[GgufArtifact]:
     """Export a float variant to one GGUF artifact per quant type under out_dir/<quant>/ (see the module doc)."""
-    from packager.gguf.modelfile import detect_chat_template, generation_parameters
     from packager.engines.llamacpp import cpu_threads
+    from packager.gguf.modelfile import detect_chat_template, generation_parameters
 
     log = log or (print if progress else (lambda _m: None))
     qtypes = parse_quants(list(quants))

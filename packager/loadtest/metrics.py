@@ -6,7 +6,8 @@ dispatch_lag_ms, t_start_unix, t_end_unix. A phase summary record (one per gener
 holds start_unix, dispatch_end_unix, drain_end_unix, dropped_arrivals, request_cap_reached,
 cancelled_at_drain_timeout.
 
-Definitions (docs/architecture.md, Metrics): TTFT = request sent -> first content token; ITL = gap between consecutive content
+Definitions (docs/architecture.md, Metrics): TTFT = request sent -> first content token; ITL = gap between \
+consecutive content
 chunks; TPOT = (E2E - TTFT) / (output tokens - 1); goodput = successful requests meeting every SLO (TTFT
 and TPOT limits) per second, as DistServe and `vllm bench serve --goodput` (a request with one output token
 has no TPOT and is judged on TTFT alone).
@@ -147,7 +148,8 @@ def cost_point(basis: str, phase_index: int | None, output_tps: float, input_tps
     )
 
 
-def cost_result(quote: PriceQuote, phases: Sequence[PhaseResult], sweep: bool, utilisation_fraction: float) -> CostResult:
+def cost_result(quote: PriceQuote, phases: Sequence[PhaseResult], sweep: bool,
+                utilisation_fraction: float) -> CostResult:
     """Cost at the measured sustained throughput and at the throughput the SLOs allow.
 
     One phase: measured = its token throughput; SLO-limited = the token throughput of the requests that met

@@ -236,7 +236,8 @@ def replay_phases(p: ReplayProfile, cfg: LoadTestConfig, pool: list[RequestBody]
             continue
         n_out = cfg.max_tokens or r["output_tokens"]
         if "messages" in r:
-            body: RequestBody = {"messages": r["messages"], "max_tokens": n_out, "ignore_eos": True, "min_tokens": n_out}
+            body: RequestBody = {"messages": r["messages"], "max_tokens": n_out, "ignore_eos": True,
+                                 "min_tokens": n_out}
         else:
             body = synthetic_body(r["input_tokens"], n_out, True, rng)
         arrivals.append([round(off, 6), len(pool)])

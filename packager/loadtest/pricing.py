@@ -99,7 +99,8 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
         try:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(f"Price table {p} does not exist; give a YAML file like packager/data/pricing.yaml.") from None
+            raise ConfigError(f"Price table {p} does not exist; "
+                              "give a YAML file like packager/data/pricing.yaml.") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"Price table {p} cannot be read: {e}.") from None
         where = str(p)

@@ -81,7 +81,8 @@ def discover_model(base_url: str, timeout_s: float = 10.0) -> str:
     try:
         r = httpx.get(f"{base_url}/v1/models", timeout=timeout_s)
     except httpx.HTTPError as e:
-        raise ServerError(f"Cannot reach {base_url}/v1/models ({type(e).__name__}: {e}); is the server running?") from None
+        raise ServerError(f"Cannot reach {base_url}/v1/models ({type(e).__name__}: {e}); "
+                          "is the server running?") from None
     if r.status_code != 200:
         raise ServerError(f"GET {base_url}/v1/models answered HTTP {r.status_code}: {r.text[:200]!r}.")
     try:
@@ -194,7 +195,8 @@ def run_locust(plan_path: Path, records_path: Path, work_dir: Path, target_url: 
                    "--master-bind-port", str(port), "--expect-workers", str(workers),
                    "--expect-workers-max-wait", "120", "-u", str(workers), "-r", str(workers)]
             procs.append((_popen(cmd, log, env), "master", log))
-            wenv = {k: v for k, v in env.items() if k not in (PLAN_ENV, RECORDS_ENV)}  # workers get the plan from the master
+            # workers get the plan from the master
+            wenv = {k: v for k, v in env.items() if k not in (PLAN_ENV, RECORDS_ENV)}
             for i in range(workers):
                 wlog = work_dir / f"locust-worker-{i}.log"
                 wcmd = [sys.executable, "-m", "locust", "-f", lf, "--worker", "--master-host", "127.0.0.1",
@@ -288,7 +290,8 @@ def analyse(plan: dict, cfg: LoadTestConfig, slo: SLOConfig, quote: PriceQuote |
         if p.cpu_fraction_of_core_mean is not None and p.cpu_fraction_of_core_mean > cfg.generator_cpu_limit_fraction:
             reasons.append(f"locust {p.role} process {p.pid} used {p.cpu_fraction_of_core_mean:.0%} of a core while "
                            f"requests ran (limit {cfg.generator_cpu_limit_fraction:.0%}): the generator, not the "
-                           "server, may have limited throughput and inflated latencies; add --workers or lower the load")
+                           "server, may have limited throughput and inflated latencies; "
+                           "add --workers or lower the load")
     if lag_p99 is not None and lag_p99 > DISPATCH_LAG_LIMIT_MS:
         reasons.append(f"open-loop arrivals were sent late (dispatch lag p99 {lag_p99:.1f} ms > "
                        f"{DISPATCH_LAG_LIMIT_MS:g} ms): the generator could not keep the schedule")
@@ -417,7 +420,8 @@ def write_plan(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: Pr
     return Path(out_dir) / "plan.json"
 
 
-def analyse_run_dir(run_dir: Path, slo: SLOConfig | None = None, pricing: PricingConfig | None = None) -> LoadTestResult:
+def analyse_run_dir(run_dir: Path, slo: SLOConfig | None = None,
+                    pricing: PricingConfig | None = None) -> LoadTestResult:
     """Analyse plan.json + records.jsonl of a run directory (SLOs and prices default to those of the plan)."""
     run_dir = Path(run_dir)
     try:

@@ -148,7 +148,8 @@ def run_canary_once(base_url: str, items: Sequence["SuiteItem"], model: str | No
                 out = _ask(client, base_url, model, item, timeout_s)
             except Exception as e:
                 return CanaryItemResult(id=item.id, category=item.category, scorer=item.scorer, result="error",
-                                        score=None, latency_s=time.monotonic() - s, error=f"{type(e).__name__}: {e}"[:300])
+                                        score=None, latency_s=time.monotonic() - s,
+                                        error=f"{type(e).__name__}: {e}"[:300])
             score = float(scorers[item.scorer](out, item))
             return CanaryItemResult(id=item.id, category=item.category, scorer=item.scorer,
                                     result="pass" if score >= pass_score else "fail", score=score,

@@ -11,7 +11,8 @@ The maths mirrors PromQL where PromQL has a definition:
 * `counter_increase(prev, cur)` treats a decrease as a counter reset (the process restarted), like
   `increase()`; rates between two scrapes are increase / elapsed seconds, without Prometheus's
   extrapolation to the window edges (two scrapes have no edges to extrapolate to).
-* `usd_per_million_output_tokens(usd_per_hour, output_tokens_per_s)` is the cost model of docs/architecture.md (Metrics):
+* `usd_per_million_output_tokens(usd_per_hour, output_tokens_per_s)` is the cost model of \
+docs/architecture.md (Metrics):
   hourly price / (output tokens per second x 3600) x 1e6.
 """
 from __future__ import annotations
@@ -136,7 +137,8 @@ def fetch_metrics(url: str, timeout_s: float = 10.0, client=None) -> Scrape:
                                       f"({len(body)} bytes so far). Is the endpoint overloaded?")
             status = r.status_code
     except httpx.HTTPError as e:
-        raise ScrapeError(f"Could not read {murl}: {type(e).__name__}: {e}. Is the endpoint running and the URL right?") from None
+        raise ScrapeError(f"Could not read {murl}: {type(e).__name__}: {e}. "
+                          "Is the endpoint running and the URL right?") from None
     finally:
         if own:
             c.close()
@@ -231,7 +233,8 @@ def histogram_buckets(series: Mapping[LabelSet, float]) -> list[tuple[float, flo
     return sorted(out.items())
 
 
-def histogram_buckets_increase(prev: Mapping[LabelSet, float], cur: Mapping[LabelSet, float]) -> list[tuple[float, float]]:
+def histogram_buckets_increase(prev: Mapping[LabelSet, float],
+                               cur: Mapping[LabelSet, float]) -> list[tuple[float, float]]:
     """`sum by (le) (increase(<name>_bucket))` between two reads, reset-aware per series."""
     out: dict[float, float] = {}
     for ls, v in cur.items():

@@ -16,7 +16,7 @@ histograms, which equal Prometheus's `histogram_quantile(q, sum by (le) (<name>_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict
 

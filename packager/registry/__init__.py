@@ -10,8 +10,15 @@ from packager.registry.documents import VariantRegistration
 from packager.registry.errors import RegistryError, ReleaseRefusedError, TamperedHistoryError
 from packager.registry.gate import bento_labels, check_release_gate, verify_artifact
 from packager.registry.models import (
-    ApprovalEntry, ApprovalHistory, GateDecision, RegistryConfig, ResultsRevision, ResultsSummary, VariantRecord,
-    VerifyResult, VersionSummary,
+    ApprovalEntry,
+    ApprovalHistory,
+    GateDecision,
+    RegistryConfig,
+    ResultsRevision,
+    ResultsSummary,
+    VariantRecord,
+    VerifyResult,
+    VersionSummary,
 )
 from packager.registry.store import ModelRegistry, default_registry_uri, resolve_registry_uri
 

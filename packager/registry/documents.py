@@ -34,7 +34,14 @@ from packager.registry.environment import collect_environment
 from packager.registry.models import RESULT_KINDS, ResultsSummary
 from packager.registry.names import parse_parent, validate_name, version_ref
 from packager.registry.results import (
-    canonical_json, digest, flatten_numbers, flatten_scalars, results_document, root_summary, summarize, to_jsonable,
+    canonical_json,
+    digest,
+    flatten_numbers,
+    flatten_scalars,
+    results_document,
+    root_summary,
+    summarize,
+    to_jsonable,
 )
 
 SCHEMA_VERSION = 1

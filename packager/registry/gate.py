@@ -22,8 +22,10 @@ def check_release_gate(name: str, version: int | str, quality_floor: float, *, r
 
     Returns a GateDecision; call `.raise_if_refused()` to turn a refusal into ReleaseRefusedError.
     """
-    if not isinstance(quality_floor, (int, float)) or isinstance(quality_floor, bool) or not 0.0 <= quality_floor <= 1.5:
-        raise ConfigError(f"quality_floor must be a recovery ratio between 0 and 1.5 (e.g. 0.95); got {quality_floor!r}.")
+    if (not isinstance(quality_floor, (int, float)) or isinstance(quality_floor, bool)
+            or not 0.0 <= quality_floor <= 1.5):
+        raise ConfigError(f"quality_floor must be a recovery ratio between 0 and 1.5 (e.g. 0.95); "
+                          f"got {quality_floor!r}.")
     reg = _registry(registry, registry_uri)
     rec = reg.get(name, version)
     hist = rec.history

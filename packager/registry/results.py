@@ -185,7 +185,8 @@ def _find_deep(doc: Any, key: str, depth: int = 3) -> float | None:
     return None
 
 
-def summarize(results: dict[str, Any], root_score: float | None = None, root_label: str | None = None) -> ResultsSummary:
+def summarize(results: dict[str, Any], root_score: float | None = None,
+              root_label: str | None = None) -> ResultsSummary:
     """The summary of one results document. `root_score` is the lineage root's task score, used for the
     recovery when the evaluation results carry neither a recovery nor a baseline score."""
     ev = results.get("eval")

@@ -17,21 +17,57 @@ from packager.errors import ConfigError, IntegrityError
 from packager.fsutil import hash_tree, tree_digest
 from packager.registry.backend import MlflowBackend
 from packager.registry.chain import (
-    GENESIS, MAX_BY_CHARS, MAX_REASON_CHARS, approval_key, entry_text, make_entry, now_utc,
+    GENESIS,
+    MAX_BY_CHARS,
+    MAX_REASON_CHARS,
+    approval_key,
+    entry_text,
+    make_entry,
+    now_utc,
 )
 from packager.registry.documents import (  # noqa: F401 - some names re-exported (defined here before the split)
-    MANIFEST_ARTIFACT, MAX_PARAM_CHARS, RECORD_ARTIFACT, RESULT_ARGS, RESULTS_PREFIX, SCHEMA_VERSION,
-    RegistrationDocuments, VariantRegistration, approval_results_artifact, check_inputs, diff_files, metrics_of,
-    recipe_label, registration_documents, results_artifact, revision_value,
+    MANIFEST_ARTIFACT,
+    MAX_PARAM_CHARS,
+    RECORD_ARTIFACT,
+    RESULT_ARGS,
+    RESULTS_PREFIX,
+    SCHEMA_VERSION,
+    RegistrationDocuments,
+    VariantRegistration,
+    approval_results_artifact,
+    check_inputs,
+    diff_files,
+    metrics_of,
+    recipe_label,
+    registration_documents,
+    results_artifact,
+    revision_value,
 )
 from packager.registry.errors import RegistryError, TamperedHistoryError
 from packager.registry.models import (
-    RESULT_KINDS, ApprovalEntry, ApprovalHistory, Decision, ResultsRevision, ResultsSummary, VariantRecord,
-    VerifyResult, VersionSummary,
+    RESULT_KINDS,
+    ApprovalEntry,
+    ApprovalHistory,
+    Decision,
+    ResultsRevision,
+    ResultsSummary,
+    VariantRecord,
+    VerifyResult,
+    VersionSummary,
 )
 from packager.registry.names import (  # noqa: F401 - some names re-exported (defined here before the split)
-    ENV_URI, default_registry_uri, name_filter, parse_parent, registry_config, resolve_registry_uri, sqlite_path,
-    run_name, validate_name, validate_version, version_run_name, version_source,
+    ENV_URI,
+    default_registry_uri,
+    name_filter,
+    parse_parent,
+    registry_config,
+    resolve_registry_uri,
+    run_name,
+    sqlite_path,
+    validate_name,
+    validate_version,
+    version_run_name,
+    version_source,
 )
 from packager.registry.results import canonical_json, digest, results_document, root_summary, summarize
 from packager.registry.state import VersionState

@@ -355,7 +355,8 @@ def compare_engines(variants: Sequence[VariantResult], expected_load: float | No
     else:
         parts = [f"{engine_label(led[0][1])} leads from {load_words(led[0][0], unit)}"]
         for c in crossovers:
-            parts.append(f"{engine_label(c['to_engine'])} from {c['at']:g} (crossover between {c['after']:g} and {c['at']:g})")
+            parts.append(f"{engine_label(c['to_engine'])} from {c['at']:g} "
+                         f"(crossover between {c['after']:g} and {c['at']:g})")
         summary = "; ".join(parts) + "."
         if expected_load is None:
             summary += (" Which is cheaper for you depends on the traffic you expect: set expected_load in the "
@@ -431,7 +432,8 @@ def _load_problems(name: str, load: LoadSummary) -> list[str]:
     if g is not None and math.isfinite(g) and g > r * (1 + REL_TOL) + 1e-12:
         out.append(f"{name}: goodput_requests_per_s {g:.6g} > requests_per_s {r:.6g}")
     for i, sp in enumerate(load.sweep):
-        if sp.goodput_requests_per_s is not None and sp.goodput_requests_per_s > sp.requests_per_s * (1 + REL_TOL) + 1e-12:
+        if (sp.goodput_requests_per_s is not None
+                and sp.goodput_requests_per_s > sp.requests_per_s * (1 + REL_TOL) + 1e-12):
             out.append(f"{name}: sweep point {i} (offered {sp.offered}) goodput {sp.goodput_requests_per_s:.6g} "
                        f"> requests_per_s {sp.requests_per_s:.6g}")
     return out

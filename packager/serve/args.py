@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from packager.config import EngineConfig
 from packager.core.validation import format_validation_error, parse_model
-from packager.engines.select import check_target
+from packager.engines.select import ENGINES, check_target
 from packager.errors import ConfigError
 
 # BentoML names (bento, service, model): lowercase letters, digits, '-', '_' and '.', starting and ending
@@ -111,11 +111,9 @@ class BentoArgs(BaseModel):
 
     @model_validator(mode="after")
     def _check_combination(self) -> "BentoArgs":
-        from packager.serve.backends import BACKENDS
-
-        if self.backend not in BACKENDS:
+        if self.backend not in ENGINES:  # the bento's backends are the engines (tests/unit/serve checks)
             raise ValueError(
-                f"backend {self.backend!r} is not available; known backends: {', '.join(BACKENDS.names())}"
+                f"backend {self.backend!r} is not available; known backends: {', '.join(sorted(ENGINES))}"
             )
         check_target(self.backend, self.target)
         if self.target == "cpu" and self.tensor_parallel_size != 1:
@@ -216,7 +214,8 @@ def deployment_overrides(args: BentoArgs, environ: Mapping[str, str] | None = No
     try:
         return BentoArgs.model_validate({**args.model_dump(), **updates})
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, f"the environment ({ENV_BACKEND_PORT}, {ENV_USD_PER_HOUR})")) from None
+        raise ConfigError(
+            format_validation_error(e, f"the environment ({ENV_BACKEND_PORT}, {ENV_USD_PER_HOUR})")) from None
 
 
 def parse_args(data: Mapping[str, Any]) -> BentoArgs:

@@ -101,8 +101,8 @@ BACKENDS.register("vllm")(Backend(
 
 # ----- llama.cpp (llama-cpp-python's OpenAI server, for GGUF artifacts) -------------------------------
 def _llamacpp_command(model_dir: Path, args: "BentoArgs") -> list[str]:
-    from packager.gguf.artifact import GGUF_FILE
     from packager.engines.llamacpp import llamacpp_command
+    from packager.gguf.artifact import GGUF_FILE
 
     # Threads: the CPUs of the machine the bento runs on (evaluated when the backend starts).
     return llamacpp_command(Path(model_dir) / GGUF_FILE, args.backend_port, n_ctx=args.max_model_len,

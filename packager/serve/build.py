@@ -12,8 +12,8 @@ from typing import Callable
 import yaml
 
 from packager.config import EngineConfig
-from packager.engines.select import select_engine
 from packager.engines.base import tail
+from packager.engines.select import select_engine
 from packager.errors import ConfigError, PackagerError
 from packager.serve.args import BentoArgs, bento_name, parse_args
 from packager.serve.store import bentoml_env, bentoml_home, import_model, read_variant

@@ -55,9 +55,9 @@ def _k8s_name(text: str) -> str:
 
 def bento_info(tag: str) -> dict[str, Any]:
     """The bento's name, version, arguments and labels from packager's BentoML store."""
-    from packager.serve.store import bentoml_env
-
     import os
+
+    from packager.serve.store import bentoml_env
 
     env = bentoml_env()
     os.environ.setdefault("BENTOML_HOME", env["BENTOML_HOME"])

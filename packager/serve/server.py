@@ -34,7 +34,8 @@ class BentoServer(LocalServer):
     stop_grace_s = 40.0
 
     def __init__(self, bento_tag: str, port: int | None = None, backend_port: int | None = None,
-                 log_path: Path | None = None, startup_timeout_s: float = 900.0, extra_env: dict[str, str] | None = None):
+                 log_path: Path | None = None, startup_timeout_s: float = 900.0,
+                 extra_env: dict[str, str] | None = None):
         super().__init__(port, log_path, startup_timeout_s)
         self.tag = bento_tag
         self.what = f"bento server ({bento_tag})"

@@ -17,7 +17,8 @@ stands between BentoML and it, for two reasons measured in tests/integration/tes
    orchestrator's liveness probe restarts the replica).
 
 The backend runs in a process group of its own; whatever it leaves there when it exits (a killed vLLM server
-leaves its engine core) is ended. It also gets PR_SET_PDEATHSIG (SIGKILL): if the supervisor is killed outright, the backend dies too: it
+leaves its engine core) is ended. It also gets PR_SET_PDEATHSIG (SIGKILL): if the supervisor is killed outright, \
+the backend dies too: it
 is never left running on its own, holding the port the worker's restart needs, and open streams fail fast.
 """
 from __future__ import annotations

@@ -76,3 +76,12 @@ def test_vllm_packages_match_the_pyproject_extras():
     for target, pkgs in VLLM_PACKAGES.items():
         assert set(pkgs) <= set(extras[target]), (target, pkgs, extras[target])
     assert BACKENDS.get("vllm").python_packages("gpu") == VLLM_PACKAGES["gpu"]
+
+
+def test_the_bento_backends_are_the_engines():
+    """Bento arguments accept exactly the engines packager.engines.select knows, each with a backend entry."""
+    from packager.engines.select import ENGINES
+
+    assert BACKENDS.names() == sorted(ENGINES)
+    with pytest.raises(ConfigError, match=r"backend 'tgi' is not available; known backends: llamacpp, vllm"):
+        parse_args({"model_tag": "m:v1", "model_digest": "d" * 64, "model_name": "m", "backend": "tgi"})
