@@ -127,7 +127,7 @@ def main() -> int:
     from packager.config import EngineConfig
     from packager.engines.vllm import EngineServer
     from packager.fsutil import atomic_write_json
-    from packager.models import ensure_default_model
+    from packager.core.sources import ensure_default_model
     from packager.provenance import now_iso, package_versions, platform_info
     from packager.serve.build import build_bento
     from packager.serve.server import BentoServer, serve_command

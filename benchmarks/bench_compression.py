@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from packager.errors import PackagerError
     from packager.fsutil import atomic_write_json
     from packager.hardware import detect_cpu
-    from packager.models import ensure_default_model, packager_home
+    from packager.core.sources import ensure_default_model, packager_home
     from packager.provenance import now_iso, package_versions, platform_info
 
     cfg = load_config(None, {"engine": {"dtype": "bfloat16"}})

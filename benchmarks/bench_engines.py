@@ -138,7 +138,7 @@ async def _level(url: str, model: str, streams: int, n_requests: int) -> dict[st
 
 def _models(work: Path, needed: list[str]) -> dict[str, Path]:
     """Model directory of each engine: GGUF exports and the W8A8 variant are made (or reused) under `work`."""
-    from packager.models import ensure_default_model
+    from packager.core.sources import ensure_default_model
 
     default = ensure_default_model()
     dirs: dict[str, Path] = {"vllm-bf16": default.path}
@@ -163,7 +163,7 @@ def _models(work: Path, needed: list[str]) -> dict[str, Path]:
 
 
 def packager_home_path() -> Path:
-    from packager.models import packager_home
+    from packager.core.sources import packager_home
 
     return packager_home()
 

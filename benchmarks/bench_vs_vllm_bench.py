@@ -124,7 +124,7 @@ def main() -> None:
     from packager.config import EngineConfig
     from packager.engines.vllm import EngineServer
     from packager.fsutil import atomic_write_json
-    from packager.models import ensure_default_model
+    from packager.core.sources import ensure_default_model
 
     model = ensure_default_model()
     t0 = time.time()

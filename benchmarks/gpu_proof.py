@@ -1,7 +1,7 @@
 """Prove packager end to end on one NVIDIA GPU with packager's own code (issue 10, item 3).
 
 Steps (each one records its figures, or its error, and the run goes on with the next):
-  prepare      the bundled model: packager.models.ensure_default_model() (GGUF -> float32 safetensors)
+  prepare      the bundled model: packager.core.sources.ensure_default_model() (GGUF -> float32 safetensors)
   pad-heads    (tensor parallelism) a copy of the source model with zero attention heads appended so the
                TP size divides the head counts (same function); later steps use it
   compress     packager.compress.recipe.run_recipe on device "cuda", target gpu: the built-in recipes
@@ -167,7 +167,7 @@ class Proof:
 
     def step_prepare(self) -> None:
         from packager.fsutil import sha256_file
-        from packager.models import ensure_default_model
+        from packager.core.sources import ensure_default_model
 
         t0 = time.perf_counter()
         m = ensure_default_model(progress=False)
@@ -234,7 +234,7 @@ class Proof:
                                             "how": "zero q/k/v rows and zero o_proj columns appended"}
 
     def source(self):
-        from packager.models import resolve_model
+        from packager.core.sources import resolve_model
 
         sm = self.data.get("source_model")
         if not sm:

@@ -244,7 +244,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def default_model():
     """The bundled SmolLM2-135M-Instruct as a verified safetensors checkpoint (converted once, cached)."""
-    from packager.models import ensure_default_model
+    from packager.core.sources import ensure_default_model
 
     return ensure_default_model()
 

@@ -86,9 +86,9 @@ def compress(
 
     def go():
         from packager.compress.recipe import load_recipe, run_recipe, summary_markdown
+        from packager.core.sources import resolve_model
         from packager.errors import ConfigError
         from packager.fsutil import atomic_write_json, atomic_write_text
-        from packager.models import resolve_model
 
         over: dict[str, Any] = {"engine": {}}
         if target:

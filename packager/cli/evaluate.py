@@ -57,8 +57,8 @@ def evaluate(
     from packager.config import load_config
 
     def go():
+        from packager.core.sources import resolve_model
         from packager.evaluate.runner import evaluate_model, load_summary
-        from packager.models import resolve_model
 
         over: dict = {"eval": {}, "engine": {}}
         if suite:

@@ -44,8 +44,8 @@ def export(
     err = Console(stderr=True, soft_wrap=True)
 
     def go():
+        from packager.core.sources import resolve_model
         from packager.gguf.export import export_gguf
-        from packager.models import resolve_model
 
         resolved = resolve_model(variant_dir)
         out_dir = out or Path("runs") / "gguf" / resolved.name

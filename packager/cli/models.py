@@ -11,7 +11,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Model sources (the bundled 
 @models_app.command("default")
 def models_default() -> None:
     """Provide the bundled SmolLM2-135M-Instruct as a safetensors checkpoint; print its directory."""
-    from packager.models import ensure_default_model
+    from packager.core.sources import ensure_default_model
 
     m = run_guarded(ensure_default_model)
     typer.echo(str(m.path))
@@ -22,7 +22,7 @@ def models_resolve(
     source: str = typer.Argument("default", help="'default', a local directory, or a cached HF id"),
 ) -> None:
     """Resolve a model source offline and print its directory."""
-    from packager.models import resolve_model
+    from packager.core.sources import resolve_model
 
     m = run_guarded(resolve_model, source)
     typer.echo(str(m.path))

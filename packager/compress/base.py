@@ -20,7 +20,7 @@ from typing import Any, Callable, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from packager.config import EngineConfig
-from packager.registry_util import Registry
+from packager.core.plugins import Registry
 
 
 class StageArgs(BaseModel):

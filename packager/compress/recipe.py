@@ -398,7 +398,7 @@ def run_recipe(model, recipe: Recipe, out_root: Path, *, calibration: str | None
                device: str = "auto", progress: bool = True, evaluation_key: str | None = None,
                source_evaluation: dict[str, Any] | None = None,
                log: Callable[[str], None] | None = None) -> RecipeResult:
-    """Run the recipe's stages in order on `model` (a packager.models.ResolvedModel) under `out_root`.
+    """Run the recipe's stages in order on `model` (a packager.core.sources.ResolvedModel) under `out_root`.
 
     `evaluate(stage_dir, stage_label) -> dict` scores each finished stage (its result is stored in the
     stage record; a reused stage keeps its stored evaluation when `evaluation_key` matches).

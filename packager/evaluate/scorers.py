@@ -6,7 +6,7 @@ import string
 from collections import Counter
 from typing import TYPE_CHECKING, Callable
 
-from packager.registry_util import Registry
+from packager.core.plugins import Registry
 
 if TYPE_CHECKING:
     from packager.evaluate.suite import SuiteItem

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from packager.core.plugins import Registry
 from packager.errors import ConfigError
-from packager.registry_util import Registry
 
 
 @dataclass(frozen=True)

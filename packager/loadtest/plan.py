@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
+from packager.core.plugins import Registry
 from packager.errors import ConfigError
 from packager.fsutil import iter_jsonl
 from packager.loadtest.config import (
@@ -31,7 +32,6 @@ from packager.loadtest.config import (
     SweepProfile,
     SyntheticPrompts,
 )
-from packager.registry_util import Registry
 
 PLAN_VERSION = 1
 

@@ -21,6 +21,7 @@ from typing import Callable, Literal
 from pydantic import BaseModel, ConfigDict
 
 from packager.config import SLOConfig
+from packager.core.plugins import Registry
 from packager.monitor.scrape import (
     Scrape,
     ScrapeError,
@@ -32,7 +33,6 @@ from packager.monitor.scrape import (
     series_increase,
     usd_per_million_output_tokens,
 )
-from packager.registry_util import Registry
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 # Outcomes of packager_requests_total (packager.serve.metrics.OUTCOMES: success, client_error, server_error,

@@ -17,7 +17,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # ----------------------------------------------------------------------------------------------- registry URIs
 
 def default_registry_uri() -> str:
-    from packager.models import packager_home
+    from packager.core.sources import packager_home
 
     return "sqlite:///" + (packager_home() / "registry" / "mlflow.db").resolve().as_posix()
 

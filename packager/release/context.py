@@ -57,7 +57,7 @@ class RunContext:
     t0: float = field(default_factory=time.monotonic)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    source: Any = None  # packager.models.ResolvedModel
+    source: Any = None  # packager.core.sources.ResolvedModel
     suite: Any = None  # packager.evaluate.suite.Suite
     baseline_summary: Any = None  # packager.evaluate.runner.EvalSummary
     baseline_items: dict | None = None

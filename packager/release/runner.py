@@ -35,8 +35,8 @@ class ReleaseRunner:
     def _prepare(self) -> None:
         """Everything before the first variant: the price, the run directory and its config.yaml, the estimate,
         the source model and the suite."""
+        from packager.core.sources import resolve_model
         from packager.evaluate.suite import load_suite
-        from packager.models import resolve_model
 
         run, cfg = self.run_ctx, self.run_ctx.cfg
         run.price  # a bad price or unknown instance fails here, before any work or file
@@ -121,10 +121,10 @@ class ReleaseRunner:
 def _import_what_the_steps_need() -> None:
     """Import, before any work, what the steps and the report import later: a broken installation fails at once,
     not after an hour of compression and load tests."""
+    import packager.core.sources  # noqa: F401
     import packager.evaluate.runner  # noqa: F401
     import packager.evaluate.suite  # noqa: F401
     import packager.loadtest.runner  # noqa: F401
-    import packager.models  # noqa: F401
     import packager.report.analysis  # noqa: F401
     import packager.report.model  # noqa: F401
     import packager.report.render  # noqa: F401

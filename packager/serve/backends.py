@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
-from packager.registry_util import Registry
+from packager.core.plugins import Registry
 
 if TYPE_CHECKING:
     from packager.serve.args import BentoArgs

@@ -83,7 +83,7 @@ def build_bento(variant_dir: str | Path, *, engine: EngineConfig | None = None, 
                 workers: int = 1, build_ctx: Path | None = None, log: Callable[[str], None] = print) -> BuildResult:
     """Verify a variant, import it into the BentoML model store, build the bento; nothing is left half-made
     (BentoML stages models and bentos in temporary folders and moves them into the store when complete)."""
-    from packager.models import resolve_model
+    from packager.core.sources import resolve_model
 
     engine = engine or EngineConfig()
     ctx = Path(build_ctx).resolve() if build_ctx else project_root()

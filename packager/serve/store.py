@@ -28,7 +28,7 @@ _MANIFEST_OWN_KEYS = ("files", "digest")
 
 def bentoml_home(environ: Mapping[str, str] | None = None) -> Path:
     """BENTOML_HOME if set, else $PACKAGER_HOME/bentoml (in `environ`, default os.environ)."""
-    from packager.models import packager_home
+    from packager.core.sources import packager_home
 
     env = os.environ if environ is None else environ
     if env.get("BENTOML_HOME"):

@@ -9,7 +9,7 @@ from packager.compress.recipe import parse_recipe, run_recipe
 from packager.config import EngineConfig
 from packager.errors import HardwareError
 from packager.hardware import CPUInfo
-from packager.models import ResolvedModel
+from packager.core.sources import ResolvedModel
 
 NO_GPU_CPU = CPUInfo(model="Test CPU", arch="x86_64", logical_cores=2, usable_cores=2, flags=["avx2", "avx512_vnni"])
 

@@ -8,7 +8,7 @@ import pytest
 
 from packager.compress.recipe import Recipe, run_recipe
 from packager.errors import ConfigError, PackagerError
-from packager.models import resolve_model
+from packager.core.sources import resolve_model
 
 needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                      reason="llama-cpp-python is not installed (make install)")

@@ -10,7 +10,7 @@ from packager.compress.recipe import RESULT_NAME, StageRecord, parse_recipe, run
 from packager.config import EngineConfig
 from packager.errors import ConfigError
 from packager.fsutil import MANIFEST_NAME, sha256_file, verify_manifest
-from packager.models import ResolvedModel
+from packager.core.sources import ResolvedModel
 
 W8A8 = {"name": "t-w8a8", "stages": [{"kind": "w8a8_int8"}]}
 

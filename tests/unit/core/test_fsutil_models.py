@@ -2,7 +2,7 @@ import pytest
 
 from packager.errors import ConfigError, IntegrityError, ModelNotFoundError
 from packager.fsutil import atomic_dir, refuse_pickled_weights, safe_join, verify_manifest, write_manifest
-from packager.models import resolve_model
+from packager.core.sources import resolve_model
 
 
 def test_manifest_detects_tampering(tmp_path):
