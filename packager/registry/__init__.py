@@ -9,7 +9,7 @@ verification, or whose recovery is under the quality floor. MLflow is imported o
 from packager.registry.documents import VariantRegistration
 from packager.registry.errors import RegistryError, ReleaseRefusedError, TamperedHistoryError
 from packager.registry.gate import bento_labels, check_release_gate, verify_artifact
-from packager.registry.models import (
+from packager.registry.records import (
     ApprovalEntry,
     ApprovalHistory,
     GateDecision,

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from packager.registry.models import ApprovalEntry, ApprovalStatus, Decision, ResultsSummary
+from packager.registry.records import ApprovalEntry, ApprovalStatus, Decision, ResultsSummary
 from packager.registry.results import canonical_json, digest
 
 GENESIS = "0" * 64

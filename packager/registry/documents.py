@@ -31,8 +31,8 @@ from packager.errors import ConfigError, IntegrityError
 from packager.fsutil import MANIFEST_NAME, dir_size_bytes, hash_tree, read_manifest, tree_digest
 from packager.registry.chain import now_utc
 from packager.registry.environment import collect_environment
-from packager.registry.models import RESULT_KINDS, ResultsSummary
 from packager.registry.names import parse_parent, validate_name, version_ref
+from packager.registry.records import RESULT_KINDS, ResultsSummary
 from packager.registry.results import (
     canonical_json,
     digest,

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from packager.errors import ConfigError, IntegrityError
-from packager.registry.models import GateDecision, VerifyResult
+from packager.registry.records import GateDecision, VerifyResult
 from packager.registry.store import ModelRegistry
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import ConfigError
-from packager.registry.models import RegistryConfig
+from packager.registry.records import RegistryConfig
 
 ENV_URI = "PACKAGER_REGISTRY_URI"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -25,7 +25,7 @@ from typing import Any
 
 from packager.errors import ConfigError
 from packager.fsutil import sha256_bytes
-from packager.registry.models import RESULT_KINDS, ResultsSummary
+from packager.registry.records import RESULT_KINDS, ResultsSummary
 
 BEHAVIOUR_TAGS = ("refusal", "consistency")
 _SCORE_KEYS = ("task_score", "score", "mean_score", "accuracy")

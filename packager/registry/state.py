@@ -7,7 +7,7 @@ from typing import Any
 
 from packager.registry.chain import compute_status, parse_seq, verify_chain
 from packager.registry.documents import RESULTS_PREFIX
-from packager.registry.models import ApprovalHistory, ResultsRevision, ResultsSummary
+from packager.registry.records import ApprovalHistory, ResultsRevision, ResultsSummary
 
 
 class VersionState:

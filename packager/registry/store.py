@@ -44,17 +44,6 @@ from packager.registry.documents import (  # noqa: F401 - some names re-exported
     revision_value,
 )
 from packager.registry.errors import RegistryError, TamperedHistoryError
-from packager.registry.models import (
-    RESULT_KINDS,
-    ApprovalEntry,
-    ApprovalHistory,
-    Decision,
-    ResultsRevision,
-    ResultsSummary,
-    VariantRecord,
-    VerifyResult,
-    VersionSummary,
-)
 from packager.registry.names import (  # noqa: F401 - some names re-exported (defined here before the split)
     ENV_URI,
     default_registry_uri,
@@ -68,6 +57,17 @@ from packager.registry.names import (  # noqa: F401 - some names re-exported (de
     validate_version,
     version_run_name,
     version_source,
+)
+from packager.registry.records import (
+    RESULT_KINDS,
+    ApprovalEntry,
+    ApprovalHistory,
+    Decision,
+    ResultsRevision,
+    ResultsSummary,
+    VariantRecord,
+    VerifyResult,
+    VersionSummary,
 )
 from packager.registry.results import canonical_json, digest, results_document, root_summary, summarize
 from packager.registry.state import VersionState

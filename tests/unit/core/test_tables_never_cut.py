@@ -170,7 +170,7 @@ def test_loadtest_summary_fits_80_columns_unbroken():
 
 # ----- packager registry list / history / show -----------------------------------------------------------------
 def _summary(i: int):
-    from packager.registry.models import ResultsSummary
+    from packager.registry.records import ResultsSummary
 
     return ResultsSummary(task_score=0.5123456, recovery=0.98765, refusal=0.875, consistency=1.0,
                           output_tokens_per_s=1898.123456 + i, usd_per_million_output_tokens=0.012345,
@@ -178,7 +178,7 @@ def _summary(i: int):
 
 
 def registry_rows():
-    from packager.registry.models import VersionSummary
+    from packager.registry.records import VersionSummary
 
     return [VersionSummary(
         name=f"smollm2-135m-instruct-{i}-with-a-long-registered-name", version=1000 + i,
@@ -201,7 +201,7 @@ def test_registry_list_table(width):
 
 
 def approval_history():
-    from packager.registry.models import ApprovalEntry, ApprovalHistory
+    from packager.registry.records import ApprovalEntry, ApprovalHistory
 
     entries = [ApprovalEntry(seq=i, decision="approved" if i % 2 else "rejected", by="release-team@example.com",
                              at=f"2025-12-0{i}T12:34:56.789012+00:00", reason="recovery 98.8% over the 90% floor",
@@ -225,7 +225,7 @@ def test_registry_history_table(width):
 
 
 def variant_record(version: int = 1002):
-    from packager.registry.models import VariantRecord
+    from packager.registry.records import VariantRecord
 
     return VariantRecord(
         name="smollm2-135m-instruct-with-a-long-registered-name", version=version,

@@ -2,7 +2,7 @@
 import json
 
 from packager.registry.chain import GENESIS, compute_status, entry_hash, entry_text, make_entry, verify_chain
-from packager.registry.models import ResultsSummary
+from packager.registry.records import ResultsSummary
 
 R1, R2, F1, F2 = "r1" * 32, "r2" * 32, "f1" * 32, "f2" * 32
 
