@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from packager.core.validation import format_validation_error, parse_model  # noqa: F401  (re-exported)
 from packager.errors import ConfigError
+from packager.loadtest.config import LoadTestConfig
 
 SCHEMA_VERSION = 1
 
@@ -72,6 +73,16 @@ class PricingConfig(Strict):
         return v
 
 
+class RegistryConfig(BaseModel):
+    """The `registry:` section: where variants are registered (MLflow)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None  # registered model name; None: the source model's name
+    uri: str | None = None  # None: PACKAGER_REGISTRY_URI, MLFLOW_TRACKING_URI, then the embedded SQLite store
+    log_artifacts: bool = False  # upload the model files into MLflow too (large); default records path + hashes
+
+
 class RunConfig(Strict):
     """Everything a run needs. `packager release` reads all of it; other commands read their parts."""
 
@@ -90,8 +101,14 @@ class RunConfig(Strict):
     expected_load: Optional[float] = Field(None, gt=0)
     time_budget_s: float = Field(1800.0, gt=0)
     output_dir: str = "runs/latest"
-    loadtest: dict[str, Any] = Field(default_factory=dict)  # validated by packager.loadtest
-    registry: dict[str, Any] = Field(default_factory=dict)  # validated by packager.registry
+    # the load test (packager.loadtest.config); None: each command's default (a release sweeps 1, 4 and 16 users)
+    loadtest: Optional[LoadTestConfig] = None
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @field_validator("loadtest", mode="before")
+    @classmethod
+    def _empty_loadtest_is_the_default(cls, v: Any) -> Any:
+        return None if v == {} else v  # `loadtest: {}` keeps each command's default, as before it was typed
 
 
 def _deep_set(d: dict[str, Any], dotted: list[str], value: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from packager.cli import compress, evaluate, gguf, loadtest, models, monitor, registry, release, report, serve
+from packager.cli import compress, config, evaluate, gguf, loadtest, models, monitor, registry, release, report, serve
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Compress a model, score it through its serving engine, build a bento, load-test, register, "
@@ -51,6 +51,8 @@ app.command("monitor")(monitor.monitor)
 app.command("canary")(monitor.canary)
 
 app.add_typer(report.report_app, name="report")
+
+app.add_typer(config.config_app, name="config")
 
 
 def main() -> None:  # pragma: no cover

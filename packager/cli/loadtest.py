@@ -217,7 +217,8 @@ def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[
     if pricing:
         overrides["pricing"] = pricing
     run_cfg = load_config(config, overrides)
-    lt = build_loadtest_dict(run_cfg.loadtest, profile, parse_set(set_), users, rate, duration, prompts,
+    base = run_cfg.loadtest.model_dump(mode="json", exclude_unset=True) if run_cfg.loadtest else {}
+    lt = build_loadtest_dict(base, profile, parse_set(set_), users, rate, duration, prompts,
                              input_tokens, output_tokens,
                              {"max_tokens": max_tokens, "max_requests": max_requests, "max_duration_s": max_duration,
                               "workers": workers, "utilisation_fraction": utilisation})

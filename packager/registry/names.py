@@ -46,15 +46,12 @@ def sqlite_path(uri: str) -> Path | None:
 
 def registry_config(cfg: Any) -> RegistryConfig:
     """Validate RunConfig.registry (or a dict of it) as a RegistryConfig; ConfigError names the bad field."""
-    from pydantic import ValidationError
-
-    from packager.config import format_validation_error
+    from packager.core.validation import parse_model
 
     data = getattr(cfg, "registry", cfg)
-    try:
-        return RegistryConfig.model_validate(data or {})
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, "the run configuration's registry section")) from None
+    if isinstance(data, RegistryConfig):
+        return data
+    return parse_model(RegistryConfig, data or {}, "the run configuration's registry section")
 
 
 # ----------------------------------------------------------------------------------------------- names and versions

@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from packager.config import RegistryConfig  # noqa: F401  (the registry section of RunConfig, re-exported)
+
 # pending: no decision yet. approved: the last decision approved these exact results and files.
 # stale: approved, but the results (or files) changed since, so the approval no longer holds.
 # rejected: the last decision rejected it. tampered: the history or the recorded documents fail verification.
@@ -16,14 +18,6 @@ RESULT_KINDS = ("eval", "behaviour", "loadtest", "cost")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class RegistryConfig(Strict):
-    """The `registry:` section of the run configuration (RunConfig.registry is validated with this)."""
-
-    name: str | None = None  # registered model name; None: the source model's name
-    uri: str | None = None  # None: PACKAGER_REGISTRY_URI, MLFLOW_TRACKING_URI, then the embedded SQLite store
-    log_artifacts: bool = False  # upload the model files into MLflow too (large); default records path + hashes
 
 
 class ResultsSummary(Strict):

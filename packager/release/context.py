@@ -88,7 +88,7 @@ class RunContext:
     def registry_name(self, source) -> str:
         from packager.registry.store import validate_name
 
-        name = (self.cfg.registry or {}).get("name") or source.name
+        name = self.cfg.registry.name or source.name
         return validate_name(name)
 
     @contextmanager

@@ -21,7 +21,7 @@ class ReleaseRunner:
                  show_progress: bool = True, log: Callable[[str], None] | None = None):
         from packager.loadtest.config import parse_loadtest_config
 
-        lt_cfg = parse_loadtest_config(cfg.loadtest or default_loadtest(), "loadtest")
+        lt_cfg = cfg.loadtest or parse_loadtest_config(default_loadtest(), "loadtest")
         check_expected_load(cfg.expected_load, lt_cfg)
         self.run_ctx = RunContext(cfg=cfg, lt_cfg=lt_cfg, serve_via=serve_via, register=register,
                                   show_progress=show_progress, log=log or print_to_console)
