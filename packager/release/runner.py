@@ -27,10 +27,30 @@ class ReleaseRunner:
                                   show_progress=show_progress, log=log or print_to_console)
 
     def run(self) -> "Report":
+        """The variants one by one, then the report. Library logs (HTTP requests, vLLM, MLflow, ...) go to
+        packager.log in the run directory; the console gets one line per finished step and variant, with the
+        time left."""
+        from packager.core.logs import attach_run_log
+
         _import_what_the_steps_need()
-        self._prepare()
-        results = [self._run_variant(v) for v in self._variants()]
-        return self._report(results)
+        self.run_ctx.price  # a bad price or unknown instance fails here, before any work or file
+        self.run_ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        with attach_run_log(self.run_ctx.run_dir):
+            self._prepare()
+            variants = self._variants()
+            results = []
+            for i, v in enumerate(variants, 1):
+                t = time.monotonic()
+                results.append(self._run_variant(v))
+                self._say_done(v, i, len(variants), time.monotonic() - t)
+            return self._report(results)
+
+    def _say_done(self, v: Variant, i: int, n: int, took_s: float) -> None:
+        """`w8a8-int8 done in 4.2 min (2/4 variants; about 9 min left)`: the time left is the mean time of the
+        variants so far times those still to run."""
+        spent = time.monotonic() - self.run_ctx.t0
+        left = "" if i == n else f"; about {spent / i * (n - i) / 60:.0f} min left"
+        self.run_ctx.log(f"{v.name} done in {took_s / 60:.1f} min ({i}/{n} variants{left})")
 
     def _prepare(self) -> None:
         """Everything before the first variant: the price, the run directory and its config.yaml, the estimate,

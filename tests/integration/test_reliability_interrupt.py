@@ -98,12 +98,12 @@ def test_release_interrupted_while_its_engine_starts(tiny_copy, tmp_path):
         assert "interrupted: nothing half-written was kept" in " ".join(err.split())
         # The engine it started is stopped with it (EngineServer.start stops it on any exception).
         assert wait_until(lambda: not engines_for(tiny_copy), 60), engines_for(tiny_copy)
-        # Nothing half-written: the configuration it ran with (written whole at the start), the engine's log,
-        # and no report, no variant record, no cached step result, no temporary file.
+        # Nothing half-written: the configuration it ran with (written whole at the start), the run's log and the
+        # engine's log, and no report, no variant record, no cached step result, no temporary file.
         files = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
         assert "config.yaml" in files and yaml.safe_load((run / "config.yaml").read_text())["model"] == str(tiny_copy)
         assert not [f for f in files if f.endswith((".done.json", "variant.json", ".tmp")) or f.startswith("report")], files
-        assert set(files) <= {"config.yaml", "variants/baseline/engine.log"}, files
+        assert set(files) <= {"config.yaml", "packager.log", "variants/baseline/engine.log"}, files
     finally:
         if proc.poll() is None:
             proc.kill()
