@@ -103,28 +103,7 @@ def _batches(chunks, batch_size: int):
 
 
 def _progress(show: bool, total: int, what: str):
-    """A rich progress bar (or a no-op) with .advance()."""
-    class _Null:
-        def advance(self, n: int = 1) -> None: ...
-        def __enter__(self): return self
-        def __exit__(self, *exc): return False
+    """A progress bar over calibration batches (or a no-op) with .advance(), gone when done."""
+    from packager.core.progress import progress_bar
 
-    if not show:
-        return _Null()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    class _Bar:
-        def __enter__(self):
-            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeElapsedColumn(), transient=True)
-            self.p.__enter__()
-            self.t = self.p.add_task(what, total=total)
-            return self
-
-        def advance(self, n: int = 1) -> None:
-            self.p.advance(self.t, n)
-
-        def __exit__(self, *exc):
-            return self.p.__exit__(*exc)
-
-    return _Bar()
+    return progress_bar(what, total=total, enabled=show, eta=False, transient=True)

@@ -202,42 +202,29 @@ def _train_step(student, teacher, ids, optimizer, args: DistillArgs, lr: float, 
 
 
 class _Bar:
-    """A rich progress bar over training steps that shows the loss, or nothing."""
+    """The progress bar over training steps, with the loss and the held-out KL, or nothing."""
 
     def __init__(self, show: bool, total: int, done: int):
         self.show, self.total, self.done = show, total, done
 
     def __enter__(self):
-        if self.show:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+        from packager.core.progress import progress_bar
 
-            self.p = Progress(TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("loss {task.fields[loss]}"), TextColumn("held-out KL {task.fields[kl]}"),
-                              TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
-            self.p.__enter__()
-            self.t = self.p.add_task("distill", total=self.total, completed=self.done, loss="-", kl="-")
+        self._cm = progress_bar("distill", total=self.total, completed=self.done, enabled=self.show,
+                                text=["loss {loss}", "held-out KL {kl}"], fields={"loss": "-", "kl": "-"})
+        self.bar = self._cm.__enter__()
         return self
 
     def update(self, step: int, loss: float | None = None, kl: float | None = None) -> None:
-        if self.show:
-            fields = {}
-            if loss is not None:
-                fields["loss"] = f"{loss:.4f}"
-            if kl is not None:
-                fields["kl"] = f"{kl:.4f}"
-            self.p.update(self.t, completed=step, **fields)
+        fields = {}
+        if loss is not None:
+            fields["loss"] = f"{loss:.4f}"
+        if kl is not None:
+            fields["kl"] = f"{kl:.4f}"
+        self.bar.update(completed=step, **fields)
 
     def __exit__(self, *exc):
-        if self.show:
-            return self.p.__exit__(*exc)
-        return False
+        return self._cm.__exit__(*exc)
 
 
 # -------------------------------------------------------------------------------------------------------- stage

@@ -88,14 +88,15 @@ def smoothquant_factors(model_dir: Path, texts: list[str], alpha: float, seq_len
 
     handles = [modules[lin[0]].register_forward_pre_hook(hook(norm)) for norm, lin in groups]
     try:
-        from rich.progress import track
+        from packager.core.progress import progress_bar
 
-        it = track(texts, description="SmoothQuant calibration", disable=not show_progress, transient=True)
-        with torch.no_grad():
-            for t in it:
+        with torch.no_grad(), progress_bar("SmoothQuant calibration", total=len(texts), enabled=show_progress,
+                                           transient=True) as bar:
+            for t in texts:
                 ids = tok(t, return_tensors="pt", truncation=True, max_length=seq_len)["input_ids"].to(device)
                 if ids.shape[1]:
                     model(input_ids=ids)
+                bar.advance()
     finally:
         for h in handles:
             h.remove()

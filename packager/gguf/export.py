@@ -145,37 +145,31 @@ def _llama_cpp_version() -> str:
 
 # ------------------------------------------------------------------------------------------------ steps
 class _Progress:
-    """A rich progress bar for one step, or nothing (progress=False)."""
+    """The progress bar of one step (packager.core.progress), or nothing (progress=False); full at the end of a
+    step that succeeded."""
 
     def __init__(self, enabled: bool, description: str, total: int | None):
-        self.enabled = enabled
-        self.description = description
+        from packager.core.progress import progress_bar
+
+        self._cm = progress_bar(description, total=total, enabled=enabled, eta=False)
         self.total = total
-        self._prog = None
-        self._task = None
 
     def __enter__(self) -> "_Progress":
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), transient=False)
-            self._prog.__enter__()
-            self._task = self._prog.add_task(self.description, total=self.total)
+        self.bar = self._cm.__enter__()
         return self
 
+    def set_total(self, total: int) -> None:
+        if self.total is None:
+            self.total = total
+            self.bar.update(total=total)
+
     def update(self, completed: int, description: str | None = None) -> None:
-        if self._prog is not None:
-            kw: dict[str, Any] = {"completed": completed}
-            if description:
-                kw["description"] = description
-            self._prog.update(self._task, **kw)
+        self.bar.update(completed=completed, description=description or None)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._prog is not None:
-            if exc[0] is None and self.total:
-                self._prog.update(self._task, completed=self.total)
-            self._prog.__exit__(*exc)
+        if exc[0] is None and self.total:
+            self.bar.update(completed=self.total)
+        self._cm.__exit__(*exc)
 
 
 def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], on_line: Callable[[str], None],
@@ -252,9 +246,7 @@ def quantize_gguf(in_file: Path, out_file: Path, quant: QuantType, threads: int,
             m = _TENSOR_LINE.search(line)
             if m:
                 done, total = int(m.group(1)), int(m.group(2))
-                if bar.total is None and bar._prog is not None:
-                    bar.total = total
-                    bar._prog.update(bar._task, total=total)
+                bar.set_total(total)
                 bar.update(done)
 
         _run_logged(cmd, log_path, dict(os.environ), on_line, f"llama.cpp quantization to {quant.name}")
