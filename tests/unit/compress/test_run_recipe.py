@@ -146,7 +146,18 @@ def test_pickled_source_is_refused(tiny_llama_dir, tmp_path):
         _run(ResolvedModel(src, "p", "p"), tmp_path / "out")
 
 
-def test_gptq_on_tiny_model_with_calibration_record(tiny, tmp_path):
+@pytest.fixture
+def avx512_cpu(monkeypatch):
+    """GPTQ compression runs on any CPU; serving it on a CPU needs vLLM's AVX512 library, which the hardware
+    preflight checks (tests/unit/compress/test_hardware.py). These tests are about the compression."""
+    from packager import hardware
+
+    cpu = hardware.CPUInfo(model="AVX512 test CPU", arch="x86_64", logical_cores=2, usable_cores=2,
+                           flags=["avx2", "avx512f", "avx512_vnni"])
+    monkeypatch.setattr(hardware, "detect_cpu", lambda *a, **k: cpu)
+
+
+def test_gptq_on_tiny_model_with_calibration_record(tiny, tmp_path, avx512_cpu):
     recipe = {"name": "t-gptq", "stages": [{"kind": "gptq", "bits": 4, "group_size": 32, "n_samples": 8,
                                              "seq_len": 64}]}
     res = _run(tiny, tmp_path / "run", recipe=recipe)
@@ -165,7 +176,7 @@ def test_gptq_on_tiny_model_with_calibration_record(tiny, tmp_path):
     assert rec.size_bytes < 0.7 * res.source.size_bytes
 
 
-def test_gptq_bad_group_size_refused_before_work(tiny, tmp_path):
+def test_gptq_bad_group_size_refused_before_work(tiny, tmp_path, avx512_cpu):
     recipe = {"name": "bad", "stages": [{"kind": "gptq", "group_size": 128}]}
     with pytest.raises(ConfigError, match="stage 01-gptq \\(gptq\\): group_size 128 does not divide hidden_size 64"):
         _run(tiny, tmp_path / "run", recipe=recipe)
