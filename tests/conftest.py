@@ -14,6 +14,9 @@ os.environ.setdefault("PACKAGER_HOME", str(Path.home() / ".cache" / "packager"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+# Every vLLM engine the tests start (directly, in a bento, or in a CLI subprocess) skips torch.compile: on 2 CPU
+# cores one then starts in about 75 s instead of about 250 s. The tests check behaviour, not speed.
+os.environ.setdefault("PACKAGER_ENGINE__ENFORCE_EAGER", "true")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
@@ -223,6 +226,16 @@ class CliProcess:
             self.proc.wait()
 
 
+def test_engine(**kw):
+    """The engine settings of a vLLM server a test starts itself: the defaults, without torch.compile."""
+    from packager.config import EngineConfig
+
+    return EngineConfig(enforce_eager=True, **kw)
+
+
+test_engine.__test__ = False  # a helper, not a test
+
+
 def _has_gpu() -> bool:
     try:
         import torch
@@ -279,11 +292,11 @@ def tiny_llama_dir(tmp_path_factory, default_model) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_default_server(default_model):
-    """One real vLLM OpenAI server on the bundled model (bfloat16, CPU build) for the whole session."""
+    """One real vLLM OpenAI server on the bundled model (dtype auto, CPU build) for the whole session."""
     from packager.config import EngineConfig
     from packager.engines.vllm import EngineServer
 
-    srv = EngineServer(default_model.path, EngineConfig(dtype="bfloat16"), served_name="default")
+    srv = EngineServer(default_model.path, test_engine(), served_name="default")
     srv.start()
     yield srv
     srv.stop()

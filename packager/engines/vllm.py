@@ -9,6 +9,7 @@ from pathlib import Path
 from packager.config import EngineConfig
 from packager.engines.base import LocalServer
 from packager.errors import ServerError
+from packager.hardware import serving_dtype
 
 
 def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: str | None = None,
@@ -17,7 +18,7 @@ def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: s
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir),
         "--host", host, "--port", str(port),
-        "--dtype", engine.dtype,
+        "--dtype", serving_dtype(engine.dtype, engine.target),
         "--max-model-len", str(engine.max_model_len),
         "--max-num-seqs", str(engine.max_num_seqs),
         "--max-logprobs", "20",
@@ -27,6 +28,8 @@ def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: s
     ]
     if served_name:
         cmd += ["--served-model-name", served_name]
+    if engine.enforce_eager:
+        cmd.append("--enforce-eager")
     if engine.target == "gpu":
         cmd += ["--tensor-parallel-size", str(engine.tensor_parallel_size),
                 "--gpu-memory-utilization", str(engine.gpu_memory_utilization)]

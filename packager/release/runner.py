@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Callable
 from packager.config import RunConfig, dump_config
 from packager.errors import PackagerError
 from packager.fsutil import atomic_write_json, atomic_write_text
+from packager.hardware import serving_dtype
 from packager.release import steps
 from packager.release.cache import StepCache
 from packager.release.context import BASELINE, RunContext, Variant, VariantContext, print_to_console, variant_name
@@ -87,7 +88,7 @@ class ReleaseRunner:
         run, cfg = self.run_ctx, self.run_ctx.cfg
         v.root.mkdir(parents=True, exist_ok=True)
         vr = VariantResult(name=v.name, recipe=v.recipe, is_baseline=v.recipe is None, engine=cfg.engine.backend,
-                           dtype=cfg.engine.dtype)
+                           dtype=serving_dtype(cfg.engine.dtype, cfg.engine.target))
         if run.over_budget():
             msg = f"skipped: the time budget of {cfg.time_budget_s:.0f} s was spent before this variant"
             vr.errors.append(msg)

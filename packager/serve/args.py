@@ -57,7 +57,7 @@ class BentoArgs(BaseModel):
     # Backend and engine settings (see packager.config.EngineConfig).
     backend: str = "vllm"
     target: Literal["cpu", "gpu"] = "cpu"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # "auto": resolved on the serving host
     max_model_len: int = Field(2048, ge=64)
     max_num_seqs: int = Field(64, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)  # GPUs per replica (resources.gpu)
@@ -65,6 +65,7 @@ class BentoArgs(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     cpu_kvcache_space_gib: int = Field(1, ge=1)
     cpu_omp_threads_bind: str = "auto"
+    enforce_eager: bool = False
     extra_args: list[str] = Field(default_factory=list)
     backend_port: int = Field(8000, ge=1, le=65535)  # the service's proxy port; the backend listens there
     # BentoML worker processes relaying to the one backend. One relays a few thousand tokens per second
@@ -131,7 +132,7 @@ class BentoArgs(BaseModel):
             max_num_seqs=self.max_num_seqs, cpu_kvcache_space_gib=self.cpu_kvcache_space_gib,
             cpu_omp_threads_bind=self.cpu_omp_threads_bind, tensor_parallel_size=self.tensor_parallel_size,
             gpu_type=self.gpu_type, gpu_memory_utilization=self.gpu_memory_utilization,
-            extra_args=list(self.extra_args),
+            enforce_eager=self.enforce_eager, extra_args=list(self.extra_args),
         )
 
     @property

@@ -50,7 +50,8 @@ def make_args(*, model_tag: str, model_digest: str, engine: EngineConfig, servic
         "tensor_parallel_size": engine.tensor_parallel_size, "gpu_type": engine.gpu_type,
         "gpu_memory_utilization": engine.gpu_memory_utilization,
         "cpu_kvcache_space_gib": engine.cpu_kvcache_space_gib, "cpu_omp_threads_bind": engine.cpu_omp_threads_bind,
-        "extra_args": list(engine.extra_args), "backend_port": backend_port, "max_concurrency": max_concurrency,
+        "enforce_eager": engine.enforce_eager, "extra_args": list(engine.extra_args), "backend_port": backend_port,
+        "max_concurrency": max_concurrency,
         "timeout_s": timeout_s, "usd_per_hour": usd_per_hour, "model_name": model_name, "workers": workers,
         "registry_version": registry_version, "hardware": hardware,
     })

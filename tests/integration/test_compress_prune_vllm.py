@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import test_engine
 
 from packager.compress.base import StageContext
 from packager.compress.distill import DistillArgs, apply_distill
@@ -71,7 +72,7 @@ def test_depth_pruned_model_is_smaller_and_served_by_vllm(pruned22, default_mode
     ids = tok(corpus[1][0], add_special_tokens=False)["input_ids"][:128]
     hf_nll = _hf_mean_nll(out, ids)
 
-    with EngineServer(out, EngineConfig(dtype="bfloat16"), served_name="pruned22") as srv:
+    with EngineServer(out, test_engine(), served_name="pruned22") as srv:
         r = httpx.post(f"{srv.base_url}/v1/chat/completions", timeout=120, json={
             "model": "pruned22", "temperature": 0, "max_tokens": 24,
             "messages": [{"role": "user", "content": "What is the capital of France?"}]})

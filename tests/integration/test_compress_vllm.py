@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import test_engine
 
 from packager.compress.recipe import parse_recipe, run_recipe
 from packager.config import EngineConfig
@@ -80,7 +81,7 @@ def test_variant_loads_and_answers_in_vllm(name, compressed, default_model, tmp_
     assert weights_bytes(model_dir) < 0.5 * src_bytes * (0.55 if name.startswith("gptq") else 0.75), \
         (weights_bytes(model_dir), src_bytes)
     assert not list(model_dir.glob("*.bin"))
-    with EngineServer(model_dir, EngineConfig(dtype="bfloat16"), served_name=name) as srv:
+    with EngineServer(model_dir, test_engine(), served_name=name) as srv:
         models = httpx.get(f"{srv.base_url}/v1/models", timeout=30).json()
         assert [m["id"] for m in models["data"]] == [name]
         answer = ask(srv.base_url, name)

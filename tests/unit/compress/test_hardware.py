@@ -91,3 +91,27 @@ def test_hardware_cli_table_for_gpu_target():
     r = CliRunner().invoke(app, ["hardware", "--target", "gpu", "--gpu-type", "A100"])
     assert r.exit_code == 0, r.output
     assert "fp8" in r.output and "NO" in r.output
+
+
+def test_serving_dtype_auto_follows_native_bf16_and_keeps_an_explicit_choice():
+    from packager.hardware import serving_dtype
+
+    bf16 = CPUInfo(model="SPR", arch="x86_64", logical_cores=4, usable_cores=4, flags=["avx2", "avx512_bf16"])
+    amx = CPUInfo(model="GNR", arch="x86_64", logical_cores=4, usable_cores=4, flags=["amx_tile"])
+    arm = CPUInfo(model="Graviton", arch="aarch64", logical_cores=4, usable_cores=4, flags=["bf16"])
+    assert [serving_dtype("auto", "cpu", c) for c in (OLD, VNNI, bf16, amx, arm)] == \
+        ["float32", "float32", "bfloat16", "bfloat16", "bfloat16"]
+    assert serving_dtype("auto", "gpu", OLD) == "bfloat16"
+    assert [serving_dtype(d, "cpu", OLD) for d in ("bfloat16", "float16", "float32")] == \
+        ["bfloat16", "float16", "float32"]
+
+
+def test_vllm_command_carries_the_resolved_dtype_and_enforce_eager(monkeypatch):
+    import packager.engines.vllm as vllm_mod
+    from packager.config import EngineConfig
+
+    monkeypatch.setattr(vllm_mod, "serving_dtype", lambda dtype, target: {"auto": "float32"}.get(dtype, dtype))
+    cmd = vllm_mod.vllm_command("/m", 8000, EngineConfig())
+    assert cmd[cmd.index("--dtype") + 1] == "float32" and "--enforce-eager" not in cmd
+    cmd = vllm_mod.vllm_command("/m", 8000, EngineConfig(dtype="bfloat16", enforce_eager=True))
+    assert cmd[cmd.index("--dtype") + 1] == "bfloat16" and cmd.count("--enforce-eager") == 1

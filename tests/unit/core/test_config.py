@@ -5,7 +5,8 @@ from packager.config import EngineConfig, RunConfig, dump_config, env_overrides,
 from packager.errors import ConfigError
 
 
-def test_defaults_round_trip_yaml(tmp_path):
+def test_defaults_round_trip_yaml(tmp_path, monkeypatch):
+    monkeypatch.delenv("PACKAGER_ENGINE__ENFORCE_EAGER", raising=False)  # set for the whole test session
     cfg = RunConfig()
     p = tmp_path / "c.yaml"
     p.write_text(dump_config(cfg))

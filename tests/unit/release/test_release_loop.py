@@ -323,7 +323,11 @@ def test_report_of_the_first_run(runs):
 def test_measured_variants(runs):
     base, w8 = runs.first.report.variants[:2]
     src = runs.inputs.model
-    assert base.is_baseline and base.recipe is None and base.engine == "vllm" and base.dtype == "bfloat16"
+    from packager.hardware import serving_dtype
+
+    # dtype auto, reported as the engine was started on this machine
+    assert base.is_baseline and base.recipe is None and base.engine == "vllm"
+    assert base.dtype == serving_dtype("auto", "cpu") and base.dtype in ("bfloat16", "float32")
     assert base.model_dir == str(src.resolve()) and base.model_digest == read_manifest(src)["digest"]
     assert base.size_bytes == (src / "model.safetensors").stat().st_size and base.parameters == 72
     assert base.stages == [] and base.compression_wall_time_s is None
