@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -17,7 +18,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def baseline_run(vllm_default_server, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval-base")
-    cfg = load_config(None, {"eval": {"suite": "default", "concurrency": 8}})
+    # the whole suite; 6 perplexity chunks of 256 tokens (the default 24 add minutes on 2 cores, not coverage)
+    cfg = load_config(None, {"eval": {"suite": "default", "concurrency": 8, "perplexity_max_chunks": 6}})
     s = evaluate_model(None, cfg, url=vllm_default_server.base_url, out_dir=out, name="baseline", show_progress=False)
     return s, out
 
@@ -58,9 +60,9 @@ def test_cli_scores_the_bundled_model_and_prints_score_and_perplexity(vllm_defau
     for i in range(2):
         out = tmp_path / f"run{i}"
         cp = subprocess.run(
-            [sys.executable, "-m", "packager.cli", "evaluate", vllm_default_server.base_url, "--max-items", "20",
+            [sys.executable, "-m", "packager.cli", "evaluate", vllm_default_server.base_url, "--max-items", "12",
              "--concurrency", "1", "--out", str(out), "--name", f"run{i}"],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True, text=True, timeout=600, env={**os.environ, "PACKAGER_EVAL__PERPLEXITY_MAX_CHUNKS": "2"},
         )
         assert cp.returncode == 0, cp.stderr[-2000:]
         assert "task score" in cp.stdout and "perplexity" in cp.stdout

@@ -57,7 +57,12 @@ def test_verbose_console_shows_library_info(capsys):
     assert "again" not in capsys.readouterr().err
 
 
-def test_log_file_gets_library_info_the_console_does_not(tmp_path, capsys):
+def test_log_file_gets_library_info_the_console_does_not(tmp_path, capsys, monkeypatch):
+    # An earlier test in the same process may have run MLflow's database migrations, which leave alembic's
+    # loggers disabled or raised: start this logger from its default state.
+    lib = logging.getLogger("alembic.runtime.migration")
+    monkeypatch.setattr(lib, "disabled", False)
+    monkeypatch.setattr(lib, "level", logging.NOTSET)
     log = tmp_path / "logs" / "run.log"
     logs.configure_logging(verbose=False, log_file=log)
     logging.getLogger("httpx").info("HTTP Request: GET http://x/metrics")
