@@ -81,6 +81,10 @@ def _is_console(handler: logging.Handler) -> bool:
         return True
     if not isinstance(handler, logging.StreamHandler) or isinstance(handler, logging.FileHandler):
         return False
+    if type(getattr(handler, "stream", None)).__name__ == "MlflowLoggingStream":
+        # MLflow's handlers (on mlflow, alembic, sqlalchemy.engine, huey when MLflow was imported before
+        # MLFLOW_CONFIGURE_LOGGING=false was set) write to whatever sys.stderr is through this wrapper
+        return True
     streams = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if s is not None}
     return id(getattr(handler, "stream", None)) in streams
 

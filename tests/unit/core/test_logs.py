@@ -142,3 +142,23 @@ def test_attach_run_log_to_a_file_without_configure_keeps_warnings_on_the_consol
     err = capsys.readouterr().err
     assert "Starting new HTTP connection" not in err and "lock held too long" in err
     assert "Starting new HTTP connection" in log.read_text()
+
+
+def test_mlflow_console_handlers_are_replaced(capsys, monkeypatch):
+    """MLflow imported before configure_logging puts a StreamHandler on "alembic" (and mlflow, sqlalchemy.engine,
+    huey) that writes to the current stderr through its MlflowLoggingStream: it goes like any console handler."""
+
+    class MlflowLoggingStream:  # the name MLflow gives its stream wrapper
+        def write(self, text):
+            sys.stderr.write(text)
+
+        def flush(self):
+            sys.stderr.flush()
+
+    lib = logging.getLogger("alembic")
+    own = logging.StreamHandler(MlflowLoggingStream())
+    monkeypatch.setattr(lib, "handlers", [own])
+    logs.configure_logging(verbose=False)
+    assert own not in lib.handlers
+    logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
+    assert "Context impl" not in capsys.readouterr().err
