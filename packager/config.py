@@ -42,8 +42,8 @@ class EngineConfig(Strict):
     gpu_type: str | None = None
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     startup_timeout_s: float = Field(900.0, gt=0)
-    # vLLM: no torch.compile / CUDA graphs (`--enforce-eager`). Starts in a third of the time on a 2-core CPU at a
-    # third less throughput: for short-lived engines (evaluation, CI), not for serving.
+    # vLLM: no torch.compile / CUDA graphs (`--enforce-eager`). Starts in a third of the time on a 2-core CPU at
+    # lower throughput (benchmarks/results/vllm_cpu_dtype.json): for short-lived engines (evaluation, CI).
     enforce_eager: bool = False
     extra_args: list[str] = Field(default_factory=list)
 

@@ -229,7 +229,7 @@ def has_native_bf16(cpu: CPUInfo) -> bool:
 
 def serving_dtype(dtype: str, target: Literal["cpu", "gpu"], cpu: CPUInfo | None = None) -> str:
     """The dtype an engine is started with. "auto" on a CPU: bfloat16 where the CPU has native bf16, else float32
-    (vLLM emulates bf16 there; on 2 AVX2 cores float32 served 4.1x the output tokens/s of bfloat16 at 8 users and
+    (vLLM emulates bf16 there; on 2 AVX2 cores float32 served 4.4x the output tokens/s of bfloat16 at 8 users and
     1.2x at 1 user). "auto" on a GPU: bfloat16. An explicit dtype is kept."""
     if dtype != "auto":
         return dtype
