@@ -293,7 +293,6 @@ def tiny_llama_dir(tmp_path_factory, default_model) -> Path:
 @pytest.fixture(scope="session")
 def vllm_default_server(default_model):
     """One real vLLM OpenAI server on the bundled model (dtype auto, CPU build) for the whole session."""
-    from packager.config import EngineConfig
     from packager.engines.vllm import EngineServer
 
     srv = EngineServer(default_model.path, test_engine(), served_name="default")

@@ -4,11 +4,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable
 
+import packager.release.steps as steps
 from packager.config import RunConfig, dump_config
 from packager.errors import PackagerError
 from packager.fsutil import atomic_write_json, atomic_write_text
 from packager.hardware import serving_dtype
-from packager.release import steps
 from packager.release.cache import StepCache
 from packager.release.context import BASELINE, RunContext, Variant, VariantContext, print_to_console, variant_name
 from packager.release.estimate import check_expected_load, default_loadtest, estimate_seconds

@@ -51,7 +51,6 @@ def _hf_mean_nll(model_dir: Path, ids: list[int]) -> float:
 def test_depth_pruned_model_is_smaller_and_served_by_vllm(pruned22, default_model, corpus):
     from transformers import AutoTokenizer
 
-    from packager.config import EngineConfig
     from packager.engines.vllm import EngineServer
 
     out, report = pruned22
