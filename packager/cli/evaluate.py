@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from packager.cli.guard import run_guarded
+from packager.core.formatting import num, pct
 
 
 def summary_table(summaries: list, title: str = "evaluation"):
@@ -19,18 +20,15 @@ def summary_table(summaries: list, title: str = "evaluation"):
         t.add_column(s.name, justify="right", no_wrap=False, overflow="fold")
     cats = sorted({c for s in summaries for c in s.score_by_category})
 
-    def fmt(v, spec="{:.3f}"):
-        return "-" if v is None else spec.format(v)
-
-    t.add_row("task score", *[fmt(s.score) for s in summaries])
+    t.add_row("task score", *[num(s.score, ".3f") for s in summaries])
     for c in cats:
-        t.add_row(f"  {c}", *[fmt(s.score_by_category.get(c)) for s in summaries])
-    t.add_row("recovery", *[fmt(s.recovery, "{:.1%}") for s in summaries])
-    t.add_row("perplexity (held-out)", *[fmt(s.perplexity, "{:.2f}") for s in summaries])
-    t.add_row("greedy agreement", *[fmt(s.fidelity_agreement, "{:.1%}") for s in summaries])
-    t.add_row("mean KL to baseline", *[fmt(s.fidelity_mean_kl, "{:.4f}") for s in summaries])
+        t.add_row(f"  {c}", *[num(s.score_by_category.get(c), ".3f") for s in summaries])
+    t.add_row("recovery", *[pct(s.recovery) for s in summaries])
+    t.add_row("perplexity (held-out)", *[num(s.perplexity, ".2f") for s in summaries])
+    t.add_row("greedy agreement", *[pct(s.fidelity_agreement) for s in summaries])
+    t.add_row("mean KL to baseline", *[num(s.fidelity_mean_kl, ".4f") for s in summaries])
     for key in sorted({k for s in summaries for k in s.behaviour}):
-        t.add_row(key, *[fmt(s.behaviour.get(key)) for s in summaries])
+        t.add_row(key, *[num(s.behaviour.get(key), ".3f") for s in summaries])
     t.add_row("items / errors", *[f"{s.n_items} / {s.n_errors}" for s in summaries])
     t.add_row("wall time (s)", *[f"{s.wall_time_s:.0f}" for s in summaries])
     return t

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from packager.cli.guard import run_guarded
+from packager.core.formatting import fmt_usd, num, pct
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -57,20 +58,8 @@ def read_document(path: Path | None, what: str) -> Any:
                           f"{e}") from None
 
 
-def _fmt(v: Any, spec: str = "{:.3f}") -> str:
-    if v is None:
-        return "[dim]-[/]"
-    if isinstance(v, float):
-        return spec.format(v)
-    return str(v)
-
-
 def _status(s: str) -> str:
     return f"[{STATUS_STYLE.get(s, '')}]{s}[/]"
-
-
-def _pct(v: float | None) -> str:
-    return "[dim]-[/]" if v is None else f"{v:.1%}"
 
 
 def _console():
@@ -101,8 +90,8 @@ def render_list(rows: list) -> Any:
     for r in rows:
         s = r.summary
         t.add_row(r.name, str(r.version), r.parent or "[dim]root[/]", r.recipe or "[dim]baseline[/]", _status(r.status),
-                  _fmt(s.task_score), _pct(s.recovery), _fmt(s.refusal), _fmt(s.consistency),
-                  _fmt(s.output_tokens_per_s, "{:.1f}"), _fmt(s.usd_per_million_output_tokens, "{:.4f}"),
+                  num(s.task_score, ".3f"), pct(s.recovery), num(s.refusal, ".3f"), num(s.consistency, ".3f"),
+                  num(s.output_tokens_per_s, ".1f"), fmt_usd(s.usd_per_million_output_tokens),
                   r.created_at[:16].replace("T", " "))
     return t
 
@@ -117,7 +106,7 @@ def render_history(hist) -> Any:
     for e in hist.entries:
         style = "green" if e.decision == "approved" else "red"
         t.add_row(str(e.seq), f"[{style}]{e.decision}[/]", e.by, e.at.replace("+00:00", "").replace("T", " "),
-                  e.reason, f"{e.results_revision} ({e.results_digest[:10]})", _pct(e.summary.get("recovery")),
+                  e.reason, f"{e.results_revision} ({e.results_digest[:10]})", pct(e.summary.get("recovery")),
                   e.hash[:12])
     return t
 
@@ -160,12 +149,12 @@ def render_show(rec, lineage: list) -> list:
         q.add_column(f"baseline {root.name}/{root.version}", justify="right", overflow="fold")
     s = rec.summary
 
-    def row(label: str, mine: Any, theirs: Any, spec: str = "{:.3f}") -> None:
-        q.add_row(label, _fmt(mine, spec), *([_fmt(theirs, spec)] if root is not None else []))
+    def row(label: str, mine: Any, theirs: Any, spec: str = ".3f") -> None:
+        q.add_row(label, num(mine, spec), *([num(theirs, spec)] if root is not None else []))
 
     rs = root.summary if root is not None else None
     row("task score", s.task_score, rs.task_score if rs else None)
-    q.add_row("recovery", _pct(s.recovery), *(["100.0%"] if root is not None else []))
+    q.add_row("recovery", pct(s.recovery), *(["100.0%"] if root is not None else []))
     row("refusal (behaviour)", s.refusal, rs.refusal if rs else None)
     row("consistency (behaviour)", s.consistency, rs.consistency if rs else None)
     for tag, v in sorted(s.tag_scores.items()):
@@ -176,10 +165,10 @@ def render_show(rec, lineage: list) -> list:
         p = Table(title="serving (load test and cost)", title_justify="left")
         p.add_column("metric", overflow="fold")
         p.add_column("value", justify="right", overflow="fold")
-        p.add_row("output tokens/s", _fmt(s.output_tokens_per_s, "{:.1f}"))
-        p.add_row("TTFT p95 (ms)", _fmt(s.ttft_ms_p95, "{:.0f}"))
-        p.add_row("goodput (req/s)", _fmt(s.goodput_rps, "{:.2f}"))
-        p.add_row("USD per 1M output tokens", _fmt(s.usd_per_million_output_tokens, "{:.4f}"))
+        p.add_row("output tokens/s", num(s.output_tokens_per_s, ".1f"))
+        p.add_row("TTFT p95 (ms)", num(s.ttft_ms_p95, ".0f"))
+        p.add_row("goodput (req/s)", num(s.goodput_rps, ".2f"))
+        p.add_row("USD per 1M output tokens", fmt_usd(s.usd_per_million_output_tokens))
         out.append(p)
     if rec.stage_records or rec.recipe:
         st = Table(title="recipe stages", title_justify="left")

@@ -3,23 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from packager.core.formatting import DASH, fmt_usd, ms, usd_hour
 from packager.loadtest.result import LatencySummary, LoadTestResult
 
 
-def _ms(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.0f}" if x >= 100 else f"{x:.1f}"
-
-
 def _triple(s: LatencySummary) -> str:
-    return f"{_ms(s.p50_ms)} / {_ms(s.p90_ms)} / {_ms(s.p99_ms)}"
+    return f"{ms(s.p50_ms)} / {ms(s.p90_ms)} / {ms(s.p99_ms)}"
 
 
-def _usd(x: float | None) -> str:
+def _usd(x: float | None, hourly: bool = False) -> str:
     if x is None:
-        return "-"
-    return f"${x:.4f}" if x < 1 else f"${x:,.2f}"
+        return DASH
+    return "$" + (usd_hour(x) if hourly else fmt_usd(x))
 
 
 def _table(title: str):
@@ -61,7 +56,8 @@ def summary_renderables(r: LoadTestResult) -> list:
                      f"{r.sweep.peak_output_token_throughput_per_s:.1f} tok/s.")
     if r.cost is not None:
         c = r.cost
-        lines.append(f"Price: {_usd(c.usd_per_hour)}/h ({c.instance + '; ' if c.instance else ''}{c.price_source}); "
+        where = f"{c.instance}; " if c.instance else ""
+        lines.append(f"Price: {_usd(c.usd_per_hour, hourly=True)}/h ({where}{c.price_source}); "
                      f"utilisation assumed {c.utilisation_fraction:.0%}.")
         for name, pt in (("measured", c.at_measured_throughput), ("SLO-limited", c.at_slo_limited_throughput)):
             if pt is None:

@@ -5,6 +5,7 @@ import time
 from typing import Callable, Iterator
 
 from packager.config import SLOConfig
+from packager.core.formatting import num
 from packager.monitor.scrape import Scrape, ScrapeError, fetch_metrics, scrape_client
 from packager.monitor.snapshot import LatencyPercentilesMs, MonitorSnapshot, compute_snapshot
 
@@ -55,10 +56,6 @@ def iter_snapshots(url: str, interval_s: float, usd_per_hour: float | None = Non
                 sleep(interval_s)
 
 
-def _fmt(x: float | None, spec: str = ".1f", unit: str = "") -> str:
-    return "—" if x is None else f"{x:{spec}}{unit}"
-
-
 def _lat_row(name: str, w: LatencyPercentilesMs, limit_ms: float | None):
     from rich.text import Text
 
@@ -67,8 +64,8 @@ def _lat_row(name: str, w: LatencyPercentilesMs, limit_ms: float | None):
         style = ""
         if is_p95 and v is not None and limit_ms is not None:
             style = "bold red" if v > limit_ms else "green"
-        cells.append(Text(_fmt(v), style=style))
-    return [name, *cells, _fmt(w.mean_ms), f"{w.observations:.0f}",
+        cells.append(Text(num(v), style=style))
+    return [name, *cells, num(w.mean_ms), f"{w.observations:.0f}",
             "" if limit_ms is None else f"p95 ≤ {limit_ms:.0f}"]
 
 
@@ -91,17 +88,17 @@ def render_snapshot(snap: MonitorSnapshot, error: str | None = None):
     t.add_column("throughput", overflow="fold")
     t.add_column("now", justify="right", overflow="fold")
     t.add_column("since start", justify="right", overflow="fold")
-    t.add_row("requests/s", _fmt(w.request_rate_per_s, ".2f"), _fmt(life.requests_total, ".0f", " req"))
+    t.add_row("requests/s", num(w.request_rate_per_s, ".2f"), num(life.requests_total, ".0f", " req"))
     err_style = "bold red" if (w.error_ratio or 0) > 0.05 else ""
     err_pct = None if w.error_ratio is None else w.error_ratio * 100
-    t.add_row("errors", Text(_fmt(err_pct, ".1f", " %"), style=err_style), _fmt(life.errors_total, ".0f", " err"))
-    t.add_row("output tokens/s", _fmt(w.output_tokens_per_s, ".1f"), _fmt(life.output_tokens_total, ".0f", " tok"))
-    t.add_row("input tokens/s", _fmt(w.input_tokens_per_s, ".1f"), _fmt(life.input_tokens_total, ".0f", " tok"))
+    t.add_row("errors", Text(num(err_pct, ".1f", " %"), style=err_style), num(life.errors_total, ".0f", " err"))
+    t.add_row("output tokens/s", num(w.output_tokens_per_s, ".1f"), num(life.output_tokens_total, ".0f", " tok"))
+    t.add_row("input tokens/s", num(w.input_tokens_per_s, ".1f"), num(life.input_tokens_total, ".0f", " tok"))
     price = ("no price: pass --usd-per-hour" if snap.usd_per_hour is None
              else f"at ${snap.usd_per_hour:.4f}/h ({snap.usd_per_hour_from})")
     cost = ("— (no output tokens in the window)"
             if snap.usd_per_hour is not None and snap.usd_per_million_output_tokens is None
-            else _fmt(snap.usd_per_million_output_tokens, ".3f"))
+            else num(snap.usd_per_million_output_tokens, ".3f"))
     t.add_row("USD / 1M output tokens", cost, price)
 
     lat = Table(show_header=True, header_style="bold", box=None, pad_edge=False)

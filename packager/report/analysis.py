@@ -14,15 +14,15 @@ Pure functions over packager.report.model objects (no I/O, no heavy imports).
 * `consistency_problems(report)`: every figure that disagrees with another (cost vs price and throughput,
   recovery vs scores, percentile order, ...); an empty list means the report is internally consistent.
 
-The number formatting its sentences use (`fmt_usd`, `load_words`, ...) lives in packager.report.formatting.
+The number formatting its sentences use (`fmt_usd`, `load_words`, ...) lives in packager.core.formatting.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Iterable, NamedTuple, Sequence
 
+from packager.core.formatting import fmt_pair, fmt_pct_pair, fmt_usd, load_words
 from packager.engines.select import engine_label
-from packager.report.formatting import fmt_pair, fmt_pct_pair, fmt_usd, load_words
 from packager.report.loadsummary import usd_per_million
 from packager.report.model import EngineComparison, LoadSummary, Recommendation, Report, VariantResult
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from packager.core.formatting import DASH, fmt_usd, load_words, mb, mparams, num, pct, secs, usd_hour
 from packager.report.analysis import effective_recovery, load_failure
-from packager.report.formatting import DASH, fmt_usd, load_words, mb, mparams, num, pct, secs, usd_hour
 from packager.report.model import LoadSummary, Report, VariantResult
 
 

@@ -8,6 +8,7 @@ from html import escape
 from importlib.resources import files
 from typing import Any, Callable, Mapping, Sequence
 
+from packager.core.formatting import DASH
 from packager.report.blocks import (
     Blank,
     Block,
@@ -32,7 +33,6 @@ from packager.report.blocks import (
     Table,
     Text,
 )
-from packager.report.formatting import DASH
 
 CSS = "\n" + files("packager.report").joinpath("report.css").read_text(encoding="utf-8")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
+from packager.core.formatting import DASH
 from packager.report.blocks import (
     Blank,
     Block,
@@ -29,7 +30,6 @@ from packager.report.blocks import (
     SummaryTable,
     Table,
 )
-from packager.report.formatting import DASH
 from packager.report.model import Report
 from packager.report.sections import build_document
 

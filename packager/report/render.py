@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from packager.core.formatting import DASH  # noqa: F401
 from packager.fsutil import atomic_write_text
 from packager.report import html as _html
 from packager.report.content import (  # noqa: F401 - the renderers' public names, importable from here as before
@@ -23,7 +24,6 @@ from packager.report.content import (  # noqa: F401 - the renderers' public name
     summary_columns,
     verdict,
 )
-from packager.report.formatting import DASH  # noqa: F401
 from packager.report.html import CSS  # noqa: F401
 from packager.report.markdown import render_markdown
 from packager.report.model import Report

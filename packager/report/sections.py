@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from packager.core.formatting import num
 from packager.report.blocks import (
     Blank,
     BudgetRow,
@@ -53,7 +54,6 @@ from packager.report.content import (
     timing_cells,
     timing_rows,
 )
-from packager.report.formatting import num
 from packager.report.model import Report
 from packager.report.plots import PLOTS
 

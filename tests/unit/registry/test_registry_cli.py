@@ -53,7 +53,7 @@ def test_register_approve_list_show_gate(cli, unique_name, make_model_dir, tmp_p
     assert [(r["version"], r["status"], r["recipe"]) for r in rows] == [(1, "rejected", ""), (2, "approved", "gptq")]
     assert rows[1]["summary"]["recovery"] == pytest.approx(0.925) and rows[1]["summary"]["refusal"] == 0.9
     table = cli("list", unique_name)
-    for cell in ("approved", "rejected", "92.5%", "0.900", "0.850", "236.0", "0.2100"):
+    for cell in ("approved", "rejected", "92.5%", "0.900", "0.850", "236.0", "0.21"):
         assert cell in table
 
     shown = cli("show", unique_name, "2")

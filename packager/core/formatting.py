@@ -1,5 +1,5 @@
-"""How the report prints numbers: shared by the analysis (its reason strings), the section builders, the
-renderers and the plots.
+"""How packager prints numbers, everywhere: the report (its analysis sentences, sections, renderers and plots)
+and the consoles of the CLI (evaluate, load test, monitor, registry).
 
 The one-figure formatters take None (a figure that was not measured) and print it as a dash.
 """
@@ -10,12 +10,20 @@ import math
 DASH = "—"
 
 
-def num(x: float | int | None, spec: str = ".1f") -> str:
+def num(x: float | int | None, spec: str = ".1f", unit: str = "") -> str:
+    """`num(0.1234, ".3f")` -> `0.123`; `num(12, ".0f", " req")` -> `12 req`; None -> the dash (no unit)."""
     if x is None:
         return DASH
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
-    return format(x, spec)
+    return format(x, spec) + unit
+
+
+def ms(x: float | None) -> str:
+    """Milliseconds: whole from 100 up, one decimal below (`1190`, `56.3`)."""
+    if x is None:
+        return DASH
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}"
 
 
 def pct(x: float | None, decimals: int = 1) -> str:
