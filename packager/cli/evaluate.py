@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from packager.cli.guard import run_guarded
+from packager.cli.options import config_flag, overrides
 from packager.core.formatting import num, pct
 
 
@@ -37,16 +38,16 @@ def summary_table(summaries: list, title: str = "evaluation"):
 def evaluate(
     model: str = typer.Argument("default", help="'default' (bundled model), a model directory, a cached HF id, or an "
                                 "http(s) URL of a running OpenAI-compatible endpoint"),
-    suite: Optional[str] = typer.Option(None, help="'default', 'behaviour', or a JSONL suite file"),
+    suite: Optional[str] = config_flag("eval.suite"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="run configuration YAML"),
     baseline: Optional[Path] = typer.Option(None, help="a baseline's summary.json (or its directory): adds recovery "
                                             "and fidelity"),
     out: Optional[Path] = typer.Option(None, help="directory for items.jsonl and summary.json (default "
                                        "runs/eval/<name>)"),
     name: Optional[str] = typer.Option(None, help="label of this model in results"),
-    dtype: Optional[str] = typer.Option(None, help="engine dtype: bfloat16, float32, float16, auto"),
-    max_items: Optional[int] = typer.Option(None, help="score only the first N items"),
-    concurrency: Optional[int] = typer.Option(None, help="concurrent requests"),
+    dtype: Optional[str] = config_flag("engine.dtype"),
+    max_items: Optional[int] = config_flag("eval.max_items"),
+    concurrency: Optional[int] = config_flag("eval.concurrency"),
     no_perplexity: bool = typer.Option(False, "--no-perplexity", help="skip perplexity on the held-out corpus"),
 ) -> None:
     """Score MODEL on a task suite through its serving engine; print task score, perplexity, recovery, fidelity."""
@@ -58,18 +59,9 @@ def evaluate(
         from packager.core.sources import resolve_model
         from packager.evaluate.runner import evaluate_model, load_summary
 
-        over: dict = {"eval": {}, "engine": {}}
-        if suite:
-            over["eval"]["suite"] = suite
-        if max_items:
-            over["eval"]["max_items"] = max_items
-        if concurrency:
-            over["eval"]["concurrency"] = concurrency
-        if no_perplexity:
-            over["eval"]["perplexity"] = False
-        if dtype:
-            over["engine"]["dtype"] = dtype
-        cfg = load_config(config, over)
+        cfg = load_config(config, overrides({
+            "eval.suite": suite, "eval.max_items": max_items, "eval.concurrency": concurrency,
+            "eval.perplexity": False if no_perplexity else None, "engine.dtype": dtype}))
         base = load_summary(baseline) if baseline else None
         is_url = model.startswith(("http://", "https://"))
         if is_url:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, cast
 
 import typer
 
@@ -45,11 +45,11 @@ def export(
 
     def go():
         from packager.core.sources import resolve_model
-        from packager.gguf.export import export_gguf
+        from packager.gguf.export import Outtype, export_gguf  # export_gguf checks outtype
 
         resolved = resolve_model(variant_dir)
         out_dir = out or Path("runs") / "gguf" / resolved.name
-        return export_gguf(resolved.path, out_dir, quants=quant, outtype=outtype, threads=threads,
+        return export_gguf(resolved.path, out_dir, quants=quant, outtype=cast(Outtype, outtype), threads=threads,
                            force=force, log=lambda m: err.print(m, highlight=False))
 
     arts = run_guarded(go)

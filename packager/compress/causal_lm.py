@@ -79,7 +79,8 @@ def load_causal_lm(model_dir: Path, device: str = "cpu", dtype: Any = "auto"):
 
     refuse_pickled_weights(model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, use_safetensors=True)
-    model.to(torch.device(device))
+    # ignore below: transformers wraps .to with functools.wraps, and typeshed's _Wrapped does not bind self
+    model.to(torch.device(device))  # type: ignore[arg-type]
     model.eval()
     return model
 

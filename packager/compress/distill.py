@@ -172,7 +172,7 @@ def make_optimizer(student, args: DistillArgs):
     import torch
 
     params = [p for p in student.parameters() if p.requires_grad]
-    kw = dict(lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
+    kw: dict[str, Any] = dict(lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
     try:
         return torch.optim.AdamW(params, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
@@ -216,7 +216,7 @@ class _Bar:
         return self
 
     def update(self, step: int, loss: float | None = None, kl: float | None = None) -> None:
-        fields = {}
+        fields: dict[str, Any] = {}
         if loss is not None:
             fields["loss"] = f"{loss:.4f}"
         if kl is not None:
@@ -429,9 +429,10 @@ def apply_distill(args: DistillArgs, ctx: StageContext) -> dict[str, Any]:
     run = _Run(args, ctx, device, autocast, teacher_dir, student_dir, data, teacher, student, optimizer, ckpt_dir)
     state, resumed_from = _resume(run)
     if state["heldout_before"] is None:
-        state["heldout_before"] = _heldout(run)
+        heldout_before = _heldout(run)
+        state["heldout_before"] = heldout_before
         ctx.log(f"distill: held-out KL(teacher || student) before training: "
-                f"{state['heldout_before']['kl_teacher_student_nats']:.4f} nats/token")
+                f"{heldout_before['kl_teacher_student_nats']:.4f} nats/token")
 
     # ---- train
     deadline = t_start + args.max_minutes * 60 if args.max_minutes is not None else None

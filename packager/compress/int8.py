@@ -66,7 +66,9 @@ def smoothquant_factors(model_dir: Path, texts: list[str], alpha: float, seq_len
     if not texts:
         raise ConfigError("SmoothQuant needs calibration texts, and none were given.")
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device).eval()
+    # ignore below: transformers wraps .to with functools.wraps, and typeshed's _Wrapped does not bind self
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch.float32).to(device).eval()  # type: ignore[arg-type]
     modules = dict(model.named_modules())
     groups: list[tuple[str, list[str]]] = []
     for name in modules:

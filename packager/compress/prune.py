@@ -156,6 +156,9 @@ def _check_supported(cfg: dict[str, Any], args: PruneArgs, input_dir: Path) -> N
             raise ConfigError(f"layers_to_remove names all {n_layers} layers; keep at least one.")
     if args.kv_groups_keep is not None:
         n_kv = cfg.get("num_key_value_heads") or cfg.get("num_attention_heads")
+        if n_kv is None:
+            raise ConfigError(f"{input_dir}/config.json has neither num_key_value_heads nor num_attention_heads; "
+                              "kv_groups_keep needs them.")
         if args.kv_groups_keep > n_kv:
             raise ConfigError(f"kv_groups_keep={args.kv_groups_keep} exceeds the model's {n_kv} KV heads.")
 
@@ -192,6 +195,7 @@ def _prune_depth(model, chunks, args: PruneArgs, n_remove: int, ctx: StageContex
         to_remove = sorted(args.layers_to_remove)
         reason = "named explicitly (layers_to_remove)"
     else:
+        assert scores is not None  # apply_prune refuses scoring without calibration texts, so chunks were given
         to_remove = choose_layers_to_remove(scores, n_remove, args.keep_first_layers, args.keep_last_layers,
                                             args.depth_strategy, block_scores)
         reason = ("lowest angular distance between layer input and output" if args.depth_strategy == "layer"

@@ -53,8 +53,13 @@ def boundary_distances(model, chunks, batch_size: int = 4, block: int | None = N
                 for i in range(n_layers):
                     layer_sums[i] += angular(boundaries[i], boundaries[i + 1]).sum().double().cpu()
                 for start in range(n_blocks):
+                    assert block is not None  # n_blocks > 0 only when block is given
                     block_sums[start] += angular(boundaries[start], boundaries[start + block]).sum().double().cpu()
-                count += boundaries[0].shape[0] * boundaries[0].shape[1]
+                first = boundaries[0]
+                if first is None:  # no decoder layer ran (an empty layer stack)
+                    raise ConfigError(f"{type(model).__name__} ran no decoder layer; there is no layer importance "
+                                      "to measure.")
+                count += first.shape[0] * first.shape[1]
                 bar.advance(batch.shape[0])
     finally:
         for h in handles:

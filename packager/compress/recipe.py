@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Callable, Union
+from typing import Annotated, Any, Callable, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -45,16 +45,19 @@ from packager.config import EngineConfig
 from packager.errors import ConfigError, HardwareError, IntegrityError, PackagerError
 from packager.fsutil import MANIFEST_NAME, atomic_dir, atomic_write_json, hash_tree, tree_digest
 
-ARGS_CLASSES: tuple[type[StageArgs], ...] = (
+# Every method's arguments: a union that type checkers can read (one over a tuple variable they cannot), and
+# the same classes, in the same order, as a tuple.
+AnyStageArgs = Union[
     gptq.GPTQArgs,
     int8.W8A8Int8Args,
     fp8.FP8Args,
     prune.PruneArgs,
     distill.DistillArgs,
     gguf_stage.GgufArgs,
-)
+]
+ARGS_CLASSES: tuple[type[StageArgs], ...] = get_args(AnyStageArgs)
 ARGS_BY_KIND: dict[str, type[StageArgs]] = {c.model_fields["kind"].default: c for c in ARGS_CLASSES}
-StageSpec = Annotated[Union[ARGS_CLASSES], Field(discriminator="kind")]  # type: ignore[valid-type]
+StageSpec = Annotated[AnyStageArgs, Field(discriminator="kind")]
 
 ALL_SAMPLES = 1_000_000
 # Kinds whose output has other layer shapes than their input (checks of later stages wait for it).
@@ -67,7 +70,7 @@ class Recipe(BaseModel):
 
     name: str = Field(min_length=1)
     description: str | None = None
-    stages: list[StageSpec] = Field(min_length=1)  # type: ignore[valid-type]
+    stages: list[StageSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _quantize_last(self) -> "Recipe":
@@ -222,7 +225,7 @@ def resolve_device(device: str) -> str:
     return "cuda" if has_cuda else "cpu"
 
 
-def stage_label(index: int, args: StageArgs) -> str:
+def stage_label(index: int, args: AnyStageArgs) -> str:
     return f"{index:02d}-{args.kind}"
 
 
@@ -281,7 +284,7 @@ def _write_record(stage_dir: Path, record: StageRecord) -> None:
     write_manifest(stage_dir, {"stage": record.label, "method": record.method, "model_digest": record.digest})
 
 
-def _reusable(stage_dir: Path, args: StageArgs, input_digest: str, calib_sha: str | None) -> StageRecord | None:
+def _reusable(stage_dir: Path, args: AnyStageArgs, input_digest: str, calib_sha: str | None) -> StageRecord | None:
     rec = _read_record(stage_dir)
     if rec is None or rec.method != args.kind or rec.input_digest != input_digest:
         return None
@@ -337,7 +340,7 @@ def _stage_calibration(args: StageArgs, calibration: str | None,
     return cache[key]
 
 
-def _run_stage(run: _Runner, index: int, args: StageArgs, input_dir: Path, input_digest: str,
+def _run_stage(run: _Runner, index: int, args: AnyStageArgs, input_dir: Path, input_digest: str,
                calib: tuple[list[str], str | None, str | None]) -> StageRecord:
     """Run one stage into out_root/<label> (renamed into place only when complete) and write its record."""
     from packager.compress.checkpoint import check_model_dir, ensure_tokenizer_files, parameter_count

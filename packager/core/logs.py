@@ -182,6 +182,11 @@ def configure_logging(verbose: bool, log_file: Path | None = None) -> None:
         quiet_library_loggers()
 
 
+def is_verbose() -> bool:
+    """True after `configure_logging(verbose=True)` (`packager --verbose ...`)."""
+    return _state.verbose
+
+
 def run_log_path(path: Path) -> Path:
     """The file attach_run_log(path) writes: PATH/packager.log for an existing directory, else PATH itself."""
     p = Path(path)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from packager.errors import ConfigError
 from packager.fsutil import iter_jsonl, sha256_bytes
@@ -96,7 +97,7 @@ class Suite(BaseModel):
         return sorted({t for it in self.items for t in it.tags})
 
 
-def _field_of(err: dict[str, Any]) -> str:
+def _field_of(err: ErrorDetails) -> str:
     loc = ".".join(str(x) for x in err["loc"])
     return loc or "(item)"
 

@@ -67,10 +67,11 @@ def install() -> None:
     Llama = llama_cpp.Llama
     if getattr(Llama.generate, "__wrapped__", None) is not None:
         return
-    Llama.generate = counting_generate(Llama.generate,
-                                       lambda self, t: bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, t)))
-    Llama.create_chat_completion = with_stream_usage(Llama.create_chat_completion)
-    Llama.__call__ = with_stream_usage(Llama.__call__)
+    # setattr: patching methods of a class is what this does (mypy refuses a plain assignment to a method)
+    setattr(Llama, "generate", counting_generate(
+        Llama.generate, lambda self, t: bool(llama_cpp.llama_vocab_is_eog(self._model.vocab, t))))
+    setattr(Llama, "create_chat_completion", with_stream_usage(Llama.create_chat_completion))
+    setattr(Llama, "__call__", with_stream_usage(Llama.__call__))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -296,6 +296,7 @@ class OpenAIStreamingUser(User):
         plan = COORD.plan
         sink = _Sink(env)
         try:
+            assert plan is not None  # a worker gets its share after the plan; the master stops above without one
             _Driver(env, plan, share, shares, sink).run(start_at)
         except Exception as e:  # a bug here must not hang the run: record it and end this share
             log.exception("the load driver failed")

@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from packager.errors import ConfigError, PackagerError
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from packager.evaluate.suite import SuiteItem
 
 DEFAULT_MAX_ITEMS = 16
@@ -144,6 +146,7 @@ def run_canary_once(base_url: str, items: Sequence["SuiteItem"], model: str | No
             if model_err is not None:
                 return CanaryItemResult(id=item.id, category=item.category, scorer=item.scorer, result="error",
                                         score=None, latency_s=0.0, error=model_err)
+            assert model is not None  # given, or discovered above: model_err is set when discovery failed
             try:
                 out = _ask(client, base_url, model, item, timeout_s)
             except Exception as e:
@@ -196,7 +199,7 @@ class CanaryExporter:
         self.min_pass_ratio.labels(**self.labels).set(min_pass_ratio)
         for r in RESULTS:  # export zeros from the start so increase() sees the first errors
             self.items.labels(**self.labels, result=r)
-        self.server = None
+        self.server: WSGIServer | None = None
 
     def record(self, result: CanaryResult) -> None:
         lab = self.labels

@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Union
 
 from packager.errors import PackagerError
 
 LabelSet = tuple[tuple[str, str], ...]
+# A label matcher: a value the label must equal, a collection it must be in, or a predicate it must pass.
+LabelMatch = Mapping[str, Union[str, Iterable[str], Callable[[str], bool]]]
 
 
 class ScrapeError(PackagerError):
@@ -49,7 +51,7 @@ class Scrape:
         return name in self.family_types or any(
             n == name or n.startswith(name + "_") for n in self.samples)
 
-    def series(self, name: str, match: Mapping[str, str | Iterable[str]] | None = None) -> dict[LabelSet, float]:
+    def series(self, name: str, match: LabelMatch | None = None) -> dict[LabelSet, float]:
         """Samples named `name` whose labels match: a string must equal, a collection must contain the value."""
         out: dict[LabelSet, float] = {}
         for ls, v in self.samples.get(name, {}).items():
@@ -58,7 +60,7 @@ class Scrape:
             out[ls] = v
         return out
 
-    def total(self, name: str, match: Mapping[str, str | Iterable[str]] | None = None) -> float | None:
+    def total(self, name: str, match: LabelMatch | None = None) -> float | None:
         """Sum of the matching samples; None when there is none."""
         s = self.series(name, match)
         return sum(s.values()) if s else None
@@ -67,7 +69,7 @@ class Scrape:
         return sorted({dict(ls).get(label, "") for ls in self.samples.get(name, {})} - {""})
 
 
-def _matches(labels: Mapping[str, str], match: Mapping[str, str | Iterable[str]]) -> bool:
+def _matches(labels: Mapping[str, str], match: LabelMatch) -> bool:
     for k, want in match.items():
         got = labels.get(k)
         if isinstance(want, str):

@@ -256,6 +256,7 @@ def compute_snapshot(prev: Scrape, cur: Scrape, usd_per_hour: float | None = Non
     if not cur.series(tpot_name + "_bucket") and src.fallback_tpot_histogram:
         tpot_name = src.fallback_tpot_histogram
 
+    price: float | None
     if usd_per_hour is not None:
         price, price_from = float(usd_per_hour), "flag"
     else:

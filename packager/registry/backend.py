@@ -198,8 +198,8 @@ class MlflowBackend:
         for k, v in params.items():
             pdict.setdefault(metric_key(k), v[:500])
         mdict: dict[str, float] = {}
-        for k, v in metrics.items():
-            mdict.setdefault(metric_key(k), v)
+        for k, value in metrics.items():
+            mdict.setdefault(metric_key(k), value)
         plist = [Param(k, v) for k, v in pdict.items()]
         mlist = [Metric(k, v, ts, step) for k, v in mdict.items()]
         for i in range(0, len(plist), 100):

@@ -75,7 +75,7 @@ def verify_chain(params: dict[int, str], tags: dict[int, str]) -> tuple[list[App
     problems: list[str] = []
     notes: list[str] = []
     entries: list[ApprovalEntry] = []
-    prev = GENESIS
+    prev: str | None = GENESIS
     n = max(params) if params else 0
     for seq in range(1, n + 1):
         key = approval_key(seq)

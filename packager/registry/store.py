@@ -7,6 +7,7 @@ MLflow is imported only inside methods: importing this module stays cheap.
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
 import io
 import os
@@ -262,7 +263,7 @@ class ModelRegistry(MlflowBackend):
             doc = results_document(**{k: new.get(k, current.get(k)) for k in RESULT_KINDS})
             sha = digest(doc)
             if sha == state.results_digest:
-                return state.current  # type: ignore[return-value]
+                return state.current
             n = state.current.revision + 1 if state.current else 1
             at = now_utc()
             summary = summarize(doc)
@@ -311,7 +312,7 @@ class ModelRegistry(MlflowBackend):
             self._log_json_artifacts(run_id, {approval_results_artifact(state.results_digest): results})
             seq = len(state.entries) + 1
             entry_summary = summary.model_dump(mode="json", exclude={"tag_scores"})
-            entry = make_entry(seq, decision, by, reason, state.current.revision, state.results_digest,  # type: ignore[union-attr]
+            entry = make_entry(seq, decision, by, reason, state.current.revision, state.results_digest,
                                state.files_digest, ResultsSummary.model_validate(entry_summary),
                                state.entries[-1].hash if state.entries else GENESIS)
             text = entry_text(entry)
@@ -391,7 +392,7 @@ class ModelRegistry(MlflowBackend):
             out.append(self._row(cache[key], cache))
         return out
 
-    def lineage(self, name: str, version: int | str) -> list[VersionSummary]:
+    def lineage(self, name: str, version: int | str) -> builtins.list[VersionSummary]:
         """The version and its ancestors, root (baseline) first."""
         chain: list[VersionState] = []
         cache: dict[tuple[str, int], VersionState] = {}

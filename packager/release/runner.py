@@ -10,11 +10,32 @@ from packager.errors import PackagerError
 from packager.fsutil import atomic_write_json, atomic_write_text
 from packager.hardware import serving_dtype
 from packager.release.cache import StepCache
-from packager.release.context import BASELINE, RunContext, Variant, VariantContext, print_to_console, variant_name
-from packager.release.estimate import check_expected_load, default_loadtest, estimate_seconds
+from packager.release.context import (
+    BASELINE,
+    RunContext,
+    Variant,
+    VariantContext,
+    console,
+    print_to_console,
+    variant_name,
+)
+from packager.release.estimate import check_expected_load, default_loadtest, estimate_seconds, step_seconds
 
 if TYPE_CHECKING:
+    from packager.core.progress import ProgressBar
     from packager.report.model import Report, VariantResult
+
+# The steps of a variant, in order: (what the console calls it, its function in packager.release.steps, the
+# estimate it is weighted by on the progress bar). A step that takes a second or more gets a line when it ends.
+STEPS: tuple[tuple[str, str, str | None], ...] = (
+    ("compress", "compress", "compress"),
+    ("describe", "describe", None),
+    ("look up the cache", "look_up", None),
+    ("register", "register", "register"),
+    ("serve, evaluate and load-test", "measure", "measure"),
+    ("collect", "collect", None),
+    ("record the results", "record_results", None),
+)
 
 
 class ReleaseRunner:
@@ -29,22 +50,41 @@ class ReleaseRunner:
 
     def run(self) -> "Report":
         """The variants one by one, then the report. Library logs (HTTP requests, vLLM, MLflow, ...) go to
-        packager.log in the run directory; the console gets one line per finished step and variant, with the
-        time left."""
-        from packager.core.logs import attach_run_log
+        packager.log in the run directory. The console gets one line per finished step and variant, with the
+        time left, under one progress bar for the whole release (on a terminal; with --verbose, the bars of the
+        steps themselves instead)."""
+        from packager.core.logs import attach_run_log, is_verbose
+        from packager.core.progress import progress_bar
 
         _import_what_the_steps_need()
-        self.run_ctx.price  # a bad price or unknown instance fails here, before any work or file
-        self.run_ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        with attach_run_log(self.run_ctx.run_dir):
+        run = self.run_ctx
+        run.price  # a bad price or unknown instance fails here, before any work or file
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        variants = self._variants()
+        total = sum(sum(self._weights(v).values()) for v in variants)  # estimated seconds: the bar's units
+        with attach_run_log(run.run_dir), \
+                progress_bar("release", total=total, console=console, count=False,
+                             enabled=run.show_progress and not is_verbose(), terminal_only=True,
+                             text=["{step}"], fields={"step": "prepare"}) as bar:
+            if bar.enabled:  # one bar: the steps' own bars are off; console messages print above it
+                run.show_progress = False
+                if run.log is print_to_console:
+                    run.log = lambda m: bar.print(m, highlight=False) if bar.enabled else print_to_console(m)
             self._prepare()
-            variants = self._variants()
             results = []
+            done = 0.0
             for i, v in enumerate(variants, 1):
                 t = time.monotonic()
-                results.append(self._run_variant(v))
+                results.append(self._run_variant(v, bar))
                 self._say_done(v, i, len(variants), time.monotonic() - t)
+                done += sum(self._weights(v).values())
+                bar.update(completed=done)  # a failed or skipped variant's steps count as done
+            bar.update(step="report")
             return self._report(results)
+
+    def _weights(self, v: Variant) -> dict[str, float]:
+        lt_s = (self.run_ctx.lt_cfg.profile.planned_dispatch_s() or self.run_ctx.lt_cfg.max_duration_s) + 10
+        return step_seconds(v.recipe, lt_s)
 
     def _say_done(self, v: Variant, i: int, n: int, took_s: float) -> None:
         """`w8a8-int8 done in 4.2 min (2/4 variants; about 9 min left)`: the time left is the mean time of the
@@ -80,7 +120,7 @@ class ReleaseRunner:
         names = [(BASELINE, None)] + [(variant_name(r), r) for r in self.run_ctx.cfg.recipes]
         return [Variant(name, recipe, root / name) for name, recipe in names]
 
-    def _run_variant(self, v: Variant) -> "VariantResult":
+    def _run_variant(self, v: Variant, bar: "ProgressBar | None" = None) -> "VariantResult":
         """One variant through the steps. A variant that fails is reported with its error and the run goes on,
         except for the baseline (every other variant is measured against it)."""
         from packager.report.model import VariantResult
@@ -95,14 +135,19 @@ class ReleaseRunner:
             run.notes.append(f"{v.name} {msg}")
             return vr
         ctx = VariantContext(run, v, vr, StepCache(v.root))
+        weights = self._weights(v)
         try:
-            steps.compress(ctx)
-            steps.describe(ctx)
-            steps.look_up(ctx)
-            steps.register(ctx)
-            steps.measure(ctx)
-            steps.collect(ctx)
-            steps.record_results(ctx)
+            for name, func, weight in STEPS:
+                step: Callable[[VariantContext], None] = getattr(steps, func)
+                if bar is not None:
+                    bar.update(step=f"{v.name}: {name}")
+                t = time.monotonic()
+                step(ctx)
+                took = time.monotonic() - t
+                if took >= 1.0:
+                    run.log(f"{v.name}: {name} done in {_duration(took)}")
+                if bar is not None and weight:
+                    bar.advance(weights[weight])
         except PackagerError as e:
             vr.errors.append(str(e))
             run.log(f"[red]{v.name} failed:[/] {e}")
@@ -137,6 +182,10 @@ class ReleaseRunner:
         paths = write_report(report, run.run_dir)
         run.log(f"report: {', '.join(str(p) for p in paths.values())}")
         return report
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def _import_what_the_steps_need() -> None:

@@ -90,9 +90,9 @@ def _register(ctx: VariantContext) -> None:
 
     parent = run.baseline_version if v.recipe else None
     version = run.registry.register_variant(VariantRegistration(
-        run.registry_name(source), v.model_dir, source_model=str(source.source), source_digest=source.digest,
-        parent_version=parent, recipe=v.recipe, stage_records=v.stages, run_config=run.cfg.model_dump(mode="json"),
-        description=f"packager release: {v.name}",
+        run.registry_name(source), cast(Path, v.model_dir), source_model=str(source.source),
+        source_digest=source.digest, parent_version=parent, recipe=v.recipe, stage_records=v.stages,
+        run_config=run.cfg.model_dump(mode="json"), description=f"packager release: {v.name}",
     ))
     v.registry_version = str(version)
     ctx.cache.put("register", key, v.registry_version)

@@ -445,6 +445,14 @@ def test_console_of_the_first_run(runs):
     assert out[0].endswith(f" min on this machine (time budget 10 min). Results: {run}")
     assert out[1] == ("The estimate exceeds the time budget: variants that do not fit are skipped and named in the "
                       "report. Raise time_budget_s or drop recipes to run them all.")
+    # one line per step that took a second or more (which do is a clock reading: shape and order only)
+    step_re = re.compile(r"(\S+): (compress|register|serve, evaluate and load-test|record the results) done in "
+                         r"\d+(\.\d)? (s|min)")
+    step_lines = [ln for ln in out[2:] if step_re.fullmatch(ln)]
+    order = ["baseline", "w8a8-int8", "broken-int4"]
+    assert [order.index(step_re.fullmatch(ln).group(1)) for ln in step_lines] == sorted(
+        order.index(step_re.fullmatch(ln).group(1)) for ln in step_lines)
+    out = [ln for ln in out if ln not in step_lines]
     # one line per finished variant, with the time left (its figures are clock readings: shape only)
     done_lines = [ln for ln in out[2:] if " done in " in ln]
     assert [ln.split(" done in ")[0] for ln in done_lines] == ["baseline", "w8a8-int8", "broken-int4", "late-fp8"]
@@ -555,3 +563,36 @@ def test_bad_settings_fail_before_any_file(inputs, fakes):
     with pytest.raises(ConfigError, match="^No price"):
         run_release(make_cfg(inputs, pricing={"instance": None}), log=lambda m: None)
     assert not (inputs.tmp / "run").exists()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_one_release_bar_on_a_terminal(inputs, fakes, monkeypatch, verbose):
+    """On a terminal the release draws one bar (with the step it is at) and turns the steps' own bars off; its
+    messages print above the bar. With --verbose there is no release bar and the steps draw their own."""
+    import packager.core.logs as logs
+    import packager.evaluate.runner as eval_mod
+    import packager.release.runner as runner_mod
+    from rich.console import Console
+
+    from packager.release import run_release
+
+    term = Console(file=io.StringIO(), force_terminal=True, color_system=None, width=200, soft_wrap=True)
+    monkeypatch.setattr(runner_mod, "console", term)
+    monkeypatch.setattr(logs, "is_verbose", lambda: verbose)
+    shown: list[bool] = []
+    evaluate = eval_mod.evaluate_model
+
+    def recording(*a, **kw):
+        shown.append(kw["show_progress"])
+        return evaluate(*a, **kw)
+
+    monkeypatch.setattr(eval_mod, "evaluate_model", recording)
+    monkeypatch.setattr(runner_mod, "print_to_console", lambda m: term.print(m, highlight=False))
+    cfg = make_cfg(inputs, recipes=["w8a8-int8"])
+    cfg.eval.behaviour_suite = None
+    report = run_release(cfg, show_progress=True)
+    out = term.file.getvalue()  # type: ignore[attr-defined]
+    assert [v.name for v in report.variants] == ["baseline", "w8a8-int8"] and not report.variants[1].errors
+    assert shown == [verbose, verbose]  # the steps' own bars only with --verbose
+    assert ("release" in out and "━" in out) is (not verbose)
+    assert "packager release: model" in out and "w8a8-int8 done in " in out and "report: " in out

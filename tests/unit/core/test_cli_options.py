@@ -1,0 +1,51 @@
+"""CLI flags derived from the config models: help from the field description, values as dotted overrides."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from packager.cli import app
+from packager.cli.options import config_field, config_help, overrides
+from packager.config import EvalConfig, load_config
+
+
+def test_config_field_walks_nested_and_optional_sections():
+    assert config_field("eval.max_items") is EvalConfig.model_fields["max_items"]
+    assert config_field("loadtest.max_requests").annotation is not None  # through Optional[LoadTestConfig]
+    for bad in ("eval.nope", "nope", "model.sub"):
+        with pytest.raises(KeyError):
+            config_field(bad)
+
+
+def test_help_names_the_setting_and_its_default():
+    assert config_help("eval.max_items") == ("score only the first N suite items "
+                                             "(setting eval.max_items; default: none)")
+    assert config_help("recipes").endswith("(setting recipes; default: w8a8-int8, gptq-w4a16, gguf-q4_k_m)")
+    assert config_help("eval.perplexity").endswith("default: true)")
+
+
+def test_overrides_drop_unset_flags_and_nest_the_rest():
+    assert overrides({"eval.max_items": 5, "engine.dtype": None, "model": "m", "eval.perplexity": False}) == {
+        "eval": {"max_items": 5, "perplexity": False}, "model": "m"}
+    with pytest.raises(KeyError):
+        overrides({"eval.max_item": 5})  # a typo in a command fails its tests
+    cfg = load_config(None, overrides({"eval.max_items": 5, "engine.target": "gpu"}))
+    assert cfg.eval.max_items == 5 and cfg.engine.target == "gpu" and cfg.eval.concurrency == 8
+
+
+@pytest.mark.parametrize("command, flag, setting", [
+    (["release"], "--max-items", "eval.max_items"),
+    (["release"], "--time-budget-s", "time_budget_s"),
+    (["evaluate"], "--concurrency", "eval.concurrency"),
+    (["evaluate"], "--dtype", "engine.dtype"),
+    (["build"], "--kvcache-gib", "engine.cpu_kvcache_space_gib"),
+    (["compress"], "--target", "engine.target"),
+])
+def test_every_config_flag_shows_its_settings_help(command, flag, setting):
+    r = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "300", "TERM": "dumb"})
+    assert r.exit_code == 0, r.output
+    flat = re.sub(r"[\s│]+", " ", r.output)
+    assert flag in flat and f"(setting {setting}; default:" in flat
+    assert config_help(setting).split(" (setting")[0] in flat
