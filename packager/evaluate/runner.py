@@ -25,6 +25,7 @@ from packager.core.progress import progress_bar
 from packager.errors import ConfigError, ServerError
 from packager.evaluate.client import OpenAIClient
 from packager.evaluate.scorers import SCORERS
+from packager.evaluate.stats import PairedStats, bootstrap_stats
 from packager.evaluate.suite import Suite, SuiteItem, load_suite
 from packager.fsutil import atomic_write_json, atomic_write_text
 from packager.provenance import now_iso, package_versions, platform_info
@@ -71,7 +72,11 @@ class EvalSummary(BaseModel):
     recovery_by_category: dict[str, float] = Field(default_factory=dict)
     fidelity_agreement: float | None = None
     fidelity_mean_kl: float | None = None
+    fidelity_p95_kl: float | None = None
+    fidelity_top1_agreement: float | None = None  # teacher-forced, per position
     fidelity_kl_positions: int = 0
+    # bootstrap intervals of score and recovery, paired with the baseline's items (packager.evaluate.stats)
+    stats: PairedStats | None = None
     behaviour: dict[str, float] = Field(default_factory=dict)
     wall_time_s: float
     items_path: str | None = None
@@ -201,7 +206,7 @@ def _aggregate(results: list[ItemResult]) -> tuple[float, dict[str, float], dict
         for t in r.tags:
             if not t.startswith("group:"):
                 by_tag.setdefault(t, []).append(r.score)
-        by_cat.setdefault(r.tags[0] if r.tags else "untagged", []).append(r.score)
+        by_cat.setdefault(_category(r), []).append(r.score)
     return (_mean([r.score for r in results]), {k: _mean(v) for k, v in sorted(by_tag.items())},
             {k: _mean(v) for k, v in sorted(by_cat.items())})
 
@@ -223,26 +228,65 @@ def behaviour_metrics(results: list[ItemResult]) -> dict[str, float]:
     return out
 
 
-def fidelity(results: list[ItemResult], baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str,
-             top_k: int, concurrency: int) -> tuple[float | None, float | None, int]:
-    pairs = [(r, baseline_items[r.id]) for r in results if r.id in baseline_items and not r.error]
-    if not pairs:
-        return None, None, 0
-    agreement = _mean([float(r.output.strip() == b.output.strip()) for r, b in pairs])
+class Fidelity(BaseModel):
+    """How far a model's next-token distributions are from the baseline's, along the baseline's own greedy outputs
+    (teacher-forced), plus how often its greedy output equals the baseline's (None where not measured)."""
 
-    def one(b: ItemResult) -> list[float]:
+    agreement: float | None = None  # whole greedy outputs equal
+    mean_kl: float | None = None
+    p95_kl: float | None = None
+    top1_agreement: float | None = None  # per position: the same most likely next token
+    positions: int = 0
+
+
+def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str, top_k: int,
+                            concurrency: int, ids: list[str] | None = None) -> Fidelity:
+    """KL(baseline || model) and top-1 agreement at each position of the baseline's outputs (of `ids`, default
+    every item that has the baseline's top-k). Positions the endpoint gives no prompt logprobs for are left out."""
+    pairs: list[tuple[dict[str, float], dict[str, float]]] = []
+
+    def one(b: ItemResult) -> list[tuple[dict[str, float], dict[str, float]]]:
         if not (b.topk_logprobs and b.prompt_token_ids and b.output_token_ids):
             return []
         mine = _teacher_forced_topk(client, model, b.prompt_token_ids, b.output_token_ids, top_k)
-        if not mine:
-            return []
-        return [kl_topk(p, q) for p, q in zip(b.topk_logprobs, mine)]
+        return list(zip(b.topk_logprobs, mine)) if mine else []
 
-    kls: list[float] = []
+    chosen = [baseline_items[i] for i in (ids if ids is not None else list(baseline_items)) if i in baseline_items]
     with ThreadPoolExecutor(concurrency) as ex:
-        for fut in as_completed([ex.submit(one, b) for _, b in pairs]):
-            kls.extend(fut.result())
-    return agreement, (_mean(kls) if kls else None), len(kls)
+        for fut in as_completed([ex.submit(one, b) for b in chosen]):
+            pairs.extend(fut.result())
+    if not pairs:
+        return Fidelity()
+    kls = sorted(kl_topk(p, q) for p, q in pairs)
+    top1 = [float(bool(p) and bool(q) and max(p, key=p.__getitem__) == max(q, key=q.__getitem__)) for p, q in pairs]
+    return Fidelity(mean_kl=_mean(kls), p95_kl=kls[min(len(kls) - 1, math.ceil(0.95 * len(kls)) - 1)],
+                    top1_agreement=_mean(top1), positions=len(pairs))
+
+
+def fidelity(results: list[ItemResult], baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str,
+             top_k: int, concurrency: int) -> Fidelity:
+    pairs = [(r, baseline_items[r.id]) for r in results if r.id in baseline_items and not r.error]
+    if not pairs:
+        return Fidelity()
+    f = teacher_forced_fidelity(baseline_items, client, model, top_k, concurrency, ids=[b.id for _, b in pairs])
+    f.agreement = _mean([float(r.output.strip() == b.output.strip()) for r, b in pairs])
+    return f
+
+
+def quality_stats(results: list[ItemResult], baseline_items: dict[str, ItemResult] | None) -> PairedStats | None:
+    """Bootstrap intervals of the score (paired with the baseline's items where given: recovery, p-value)."""
+    if not results:
+        return None
+    if baseline_items:
+        paired = [r for r in results if r.id in baseline_items]
+        if paired:
+            return bootstrap_stats([r.score for r in paired], [_category(r) for r in paired],
+                                   [baseline_items[r.id].score for r in paired])
+    return bootstrap_stats([r.score for r in results], [_category(r) for r in results])
+
+
+def _category(r: ItemResult) -> str:
+    return r.tags[0] if r.tags else "untagged"
 
 
 def load_items(path: Path) -> dict[str, ItemResult]:
@@ -355,9 +399,11 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
             if baseline_items is None and baseline.items_path and Path(baseline.items_path).exists():
                 baseline_items = load_items(Path(baseline.items_path))
             if baseline_items:
-                agree, kl, npos = fidelity(results, baseline_items, client, model, cfg.eval.fidelity_top_k,
-                                           cfg.eval.concurrency)
-                summary.fidelity_agreement, summary.fidelity_mean_kl, summary.fidelity_kl_positions = agree, kl, npos
+                f = fidelity(results, baseline_items, client, model, cfg.eval.fidelity_top_k, cfg.eval.concurrency)
+                summary.fidelity_agreement, summary.fidelity_mean_kl = f.agreement, f.mean_kl
+                summary.fidelity_p95_kl, summary.fidelity_top1_agreement = f.p95_kl, f.top1_agreement
+                summary.fidelity_kl_positions = f.positions
+        summary.stats = quality_stats(results, baseline_items if baseline is not None else None)
     finally:
         client.close()
     return summary, results

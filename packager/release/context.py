@@ -62,6 +62,7 @@ class RunContext:
     baseline_summary: Any = None  # packager.evaluate.runner.EvalSummary
     baseline_items: dict | None = None
     baseline_version: str | None = None
+    noise_floor: dict | None = None  # packager.evaluate.noise_floor.NoiseFloor as JSON, set by the baseline
 
     @property
     def run_dir(self) -> Path:

@@ -8,7 +8,7 @@ from packager.config import RunConfig
 from packager.errors import ConfigError
 
 # Seconds each step takes for the bundled model on a 2-core CPU (measured), used for the up-front estimate.
-_ESTIMATE_S: dict[str, Any] = {"serve_start": 150.0, "evaluate": 90.0, "register": 10.0,
+_ESTIMATE_S: dict[str, Any] = {"serve_start": 150.0, "evaluate": 90.0, "register": 10.0, "noise_floor": 120.0,
                "compress": {"gptq": 300.0, "w8a8_int8": 30.0, "fp8": 30.0, "prune": 60.0, "distill": 300.0,
                             "gguf": 30.0}}
 
@@ -44,14 +44,17 @@ def check_expected_load(expected_load: float | None, lt_cfg) -> None:
 
 
 def estimate_seconds(cfg: RunConfig, recipes: list[str], loadtest_s: float) -> float:
-    return sum(sum(step_seconds(r, loadtest_s).values()) for r in [None, *recipes])
+    return sum(sum(step_seconds(r, loadtest_s, cfg).values()) for r in [None, *recipes])
 
 
-def step_seconds(recipe: str | None, loadtest_s: float) -> dict[str, float]:
-    """The estimated seconds of one variant's steps (the baseline's compress is free): the up-front estimate
-    and the weights of the release's progress bar."""
+def step_seconds(recipe: str | None, loadtest_s: float, cfg: RunConfig | None = None) -> dict[str, float]:
+    """The estimated seconds of one variant's steps (the baseline's compress is free; only the baseline measures
+    the noise floor): the up-front estimate and the weights of the release's progress bar."""
+    gate = cfg.gate if cfg is not None else None
+    floor = recipe is None and gate is not None and gate.noise_floor and gate.max_kl_vs_noise is not None
     return {"compress": _compress_seconds(recipe) if recipe else 0.0, "register": _ESTIMATE_S["register"],
-            "measure": _ESTIMATE_S["serve_start"] + _ESTIMATE_S["evaluate"] + loadtest_s}
+            "measure": _ESTIMATE_S["serve_start"] + _ESTIMATE_S["evaluate"] + loadtest_s,
+            "noise_floor": _ESTIMATE_S["noise_floor"] if floor else 0.0}
 
 
 def _compress_seconds(recipe: str) -> float:

@@ -24,6 +24,7 @@ from packager.release.estimate import check_expected_load, default_loadtest, est
 if TYPE_CHECKING:
     from packager.core.progress import ProgressBar
     from packager.report.model import Report, VariantResult
+    from packager.report.quality_gate import QualityGate
 
 # The steps of a variant, in order: (what the console calls it, its function in packager.release.steps, the
 # estimate it is weighted by on the progress bar). A step that takes a second or more gets a line when it ends.
@@ -34,6 +35,7 @@ STEPS: tuple[tuple[str, str, str | None], ...] = (
     ("register", "register", "register"),
     ("serve, evaluate and load-test", "measure", "measure"),
     ("collect", "collect", None),
+    ("measure the noise floor", "noise_floor", "noise_floor"),
     ("record the results", "record_results", None),
 )
 
@@ -84,7 +86,7 @@ class ReleaseRunner:
 
     def _weights(self, v: Variant) -> dict[str, float]:
         lt_s = (self.run_ctx.lt_cfg.profile.planned_dispatch_s() or self.run_ctx.lt_cfg.max_duration_s) + 10
-        return step_seconds(v.recipe, lt_s)
+        return step_seconds(v.recipe, lt_s, self.run_ctx.cfg)
 
     def _say_done(self, v: Variant, i: int, n: int, took_s: float) -> None:
         """`w8a8-int8 done in 4.2 min (2/4 variants; about 9 min left)`: the time left is the mean time of the
@@ -164,14 +166,19 @@ class ReleaseRunner:
 
         run, cfg = self.run_ctx, self.run_ctx.cfg
         rec_floor = cfg.quality_floor
+        gate = quality_gate(cfg, run.noise_floor)
         rec = recommend(results, rec_floor, cfg.slo.ttft_ms, cfg.slo.tpot_ms,
-                        min_goodput_fraction=run.lt_cfg.slo_attainment_target, expected_load=cfg.expected_load)
+                        min_goodput_fraction=run.lt_cfg.slo_attainment_target, expected_load=cfg.expected_load,
+                        gate=gate)
+        run.notes.extend(quality_notes(results, gate))
         # after recommend: it leaves out variants below the quality floor
         engines = compare_engines(results, expected_load=cfg.expected_load)
         if engines is not None:
             run.log(f"engines: {engines.summary}")
         report = Report(
-            model=run.source.name, baseline=BASELINE, quality_floor=rec_floor,
+            model=run.source.name, baseline=BASELINE, quality_floor=rec_floor, noise_floor=run.noise_floor,
+            gate={"use_lower_bound": gate.use_lower_bound, "max_kl": gate.max_kl,
+                  "max_kl_vs_noise": cfg.gate.max_kl_vs_noise},
             slo={"ttft_ms": cfg.slo.ttft_ms, "tpot_ms": cfg.slo.tpot_ms},
             pricing={"instance": cfg.pricing.instance, "usd_per_hour": run.usd_per_hour, "source": run.price.source},
             variants=results, pareto=pareto_frontier(results), engines=engines,
@@ -182,6 +189,31 @@ class ReleaseRunner:
         paths = write_report(report, run.run_dir)
         run.log(f"report: {', '.join(str(p) for p in paths.values())}")
         return report
+
+
+def quality_notes(results: list["VariantResult"], gate: "QualityGate") -> list[str]:
+    """What the quality verdicts could not settle: suites too small for the floor, tests that could not run."""
+    from packager.report.quality_gate import quality_caveat, suite_too_small
+
+    out = []
+    for v in results:
+        if (small := suite_too_small(v, gate.floor)) is not None:
+            out.append(small)
+        if (caveat := quality_caveat(v, gate)) is not None:
+            out.append(f"{v.name}: {caveat}")
+    return out
+
+
+def quality_gate(cfg: RunConfig, noise_floor: dict | None) -> "QualityGate":
+    """The release's quality tests: the recovery interval's lower bound (when configured) and a KL limit of
+    `gate.max_kl_vs_noise` times the baseline's noise floor (when it was measured and is above zero)."""
+    from packager.report.quality_gate import QualityGate
+
+    nf_kl = (noise_floor or {}).get("mean_kl")
+    mult = cfg.gate.max_kl_vs_noise
+    max_kl = mult * nf_kl if mult is not None and nf_kl else None
+    return QualityGate(cfg.quality_floor, use_lower_bound=cfg.gate.use_lower_bound, max_kl=max_kl,
+                       noise_floor_kl=nf_kl if max_kl is not None else None)
 
 
 def _duration(s: float) -> str:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, cast
 
+from packager.core.formatting import num, pct
 from packager.engines.select import LLAMACPP, engine_for, evaluation_config
 from packager.fsutil import dir_size_bytes, read_manifest
 from packager.release.cache import cache_key
@@ -248,6 +249,13 @@ def _fill_quality(vr, s) -> None:
     vr.perplexity = s.perplexity
     vr.fidelity_agreement = s.fidelity_agreement
     vr.fidelity_mean_kl = s.fidelity_mean_kl
+    vr.fidelity_p95_kl = s.fidelity_p95_kl
+    vr.fidelity_top1_agreement = s.fidelity_top1_agreement
+    st = s.stats
+    if st is not None:
+        vr.score_ci = (st.score.low, st.score.high)
+        if st.recovery is not None and not vr.is_baseline:
+            vr.recovery_ci, vr.p_value = (st.recovery.low, st.recovery.high), st.p_value
     vr.behaviour = s.behaviour
     vr.eval = {k: v for k, v in s.model_dump(mode="json").items() if k not in ("config", "versions", "platform")}
 
@@ -257,6 +265,42 @@ def load_summary_from(lt: dict, run_dir: Path | None = None) -> Any:
     from packager.report.loadsummary import from_loadtest_result
 
     return from_loadtest_result(lt, run_dir)
+
+
+# ------------------------------------------------------------------ the baseline's noise floor
+
+
+def noise_floor(ctx: VariantContext) -> None:
+    """The baseline served in the other dtype, measured against its own items (packager.evaluate.noise_floor):
+    what the KL limit of the quality gate is a multiple of. Once per baseline content, suite and settings (cached);
+    a failure is a note, and the gate then has no KL test."""
+    run, v, cfg = ctx.run, ctx.v, ctx.cfg
+    if v.recipe is not None or not cfg.gate.noise_floor or cfg.gate.max_kl_vs_noise is None:
+        return
+    from packager.engines.select import capabilities
+    from packager.errors import PackagerError
+
+    if not capabilities(ctx.vr.engine).prompt_logprobs or not run.baseline_items:
+        run.notes.append("noise floor not measured: the baseline has no teacher-forced logprobs; no KL test")
+        return
+    key = cache_key("noise_floor", v.digest, run.suite.sha256, cfg.eval, cfg.engine, ctx.vr.dtype)
+    found = ctx.cache.get("noise_floor", key)
+    if found is None:
+        from packager.evaluate.noise_floor import measure_noise_floor
+
+        try:
+            with run.timed(f"{v.name}/noise_floor"):
+                nf = measure_noise_floor(cast(Path, v.model_dir), cfg, ctx.vr.dtype or "float32",
+                                         run.baseline_items, log_path=v.root / "noise_floor.log")
+        except PackagerError as e:
+            run.notes.append(f"noise floor not measured ({e}); no KL test")
+            run.log(f"[yellow]noise floor not measured:[/] {e}")
+            return
+        found = nf.model_dump(mode="json")
+        ctx.cache.put("noise_floor", key, found)
+        run.log(f"{v.name}: noise floor (served in {nf.reference_dtype} against {nf.served_dtype}): mean KL "
+                f"{num(nf.mean_kl, '.2g')}, top-1 agreement {pct(nf.top1_agreement)} over {nf.positions} positions")
+    run.noise_floor = found
 
 
 # ------------------------------------------------------------------ facts of a checkpoint

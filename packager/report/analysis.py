@@ -25,6 +25,7 @@ from packager.core.formatting import fmt_pair, fmt_pct_pair, fmt_usd, load_words
 from packager.engines.select import engine_label
 from packager.report.loadsummary import usd_per_million
 from packager.report.model import EngineComparison, LoadSummary, Recommendation, Report, VariantResult
+from packager.report.quality_gate import QualityGate, effective_recovery, quality_failure
 
 # A variant meets the SLO at the tested load when at least this share of its requests met every SLO
 # (unless the caller asks for an absolute goodput in requests/s instead).
@@ -59,13 +60,6 @@ def pareto_frontier(variants: Iterable[VariantResult]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------------- recommend
-def effective_recovery(v: VariantResult) -> float | None:
-    """The recovery used against the quality floor: the baseline counts as 1.0 by definition."""
-    if v.recovery is not None:
-        return v.recovery
-    return 1.0 if v.is_baseline else None
-
-
 def load_failure(v: VariantResult) -> str | None:
     """Why a variant has no usable load-test figures, or None when it has them."""
     if v.load is None:
@@ -81,21 +75,6 @@ def load_failure(v: VariantResult) -> str | None:
             detail = "; ".join(v.errors)
         what = f"no request completed ({v.load.errors} error(s))"
         return f"{what}: {detail}" if detail else what
-    return None
-
-
-def _quality_failure(v: VariantResult, quality_floor: float) -> str | None:
-    rec = effective_recovery(v)
-    if rec is None:
-        if v.score is None:
-            why = "has no task score"
-            if v.errors:
-                why += f" ({'; '.join(v.errors)})"
-            return why
-        return "has no recovery (the baseline has no usable score to compare with)"
-    if rec + 1e-12 < quality_floor:
-        a, b = fmt_pct_pair(rec, quality_floor)
-        return f"recovers {a} < floor {b}"
     return None
 
 
@@ -156,7 +135,7 @@ def load_at(load: LoadSummary, expected_load: float) -> tuple[LoadSummary | None
 class _Criteria(NamedTuple):
     """What `recommend` judges every variant against."""
 
-    quality_floor: float
+    gate: QualityGate
     slo_ttft_ms: float
     slo_tpot_ms: float
     required_goodput_rps: float | None
@@ -193,7 +172,7 @@ def _judge(variants: Sequence[VariantResult],
     failures: dict[str, str] = {}
     at_load: dict[str, LoadSummary] = {}
     for v in variants:
-        q_fail = _quality_failure(v, c.quality_floor)
+        q_fail = quality_failure(v, c.gate)
         v.meets_quality_floor = None if effective_recovery(v) is None else q_fail is None
         s_fails, view = _slo_verdict(v, c)
         if view is not None:
@@ -239,7 +218,9 @@ def _chosen_reason(best: VariantResult, variants: Sequence[VariantResult], at_lo
     baseline's."""
     best_cost = float(_cost_at(at_load, best))  # type: ignore[arg-type]  # passing variants all have a finite cost
     rec = float(effective_recovery(best))  # type: ignore[arg-type]  # passing variants all have one
-    rec_s, floor_s = fmt_pct_pair(rec, c.quality_floor)
+    shown = best.recovery_ci[0] if c.gate.use_lower_bound and best.recovery_ci and not best.is_baseline else rec
+    rec_s, floor_s = fmt_pct_pair(shown, c.gate.floor)
+    what = "recovery lower bound" if shown is not rec else "recovery"
     load = at_load[best.name]
     slo_bits = [f"TTFT p95 {load.ttft_ms_p95:.0f} ms <= {c.slo_ttft_ms:.0f} ms",
                 f"TPOT p95 {load.tpot_ms_p95:.0f} ms <= {c.slo_tpot_ms:.0f} ms"]
@@ -247,7 +228,7 @@ def _chosen_reason(best: VariantResult, variants: Sequence[VariantResult], at_lo
         slo_bits.append(f"goodput {load.goodput_requests_per_s:.3g} req/s >= {c.required_goodput_rps:.3g} req/s")
     elif load.goodput_fraction is not None:
         slo_bits.append(f"{load.goodput_fraction * 100:.0f}% of requests within the SLO")
-    reason = (f"{best.name} is the cheapest variant that keeps the quality floor (recovery {rec_s} >= {floor_s}) "
+    reason = (f"{best.name} is the cheapest variant that keeps the quality floor ({what} {rec_s} >= {floor_s}) "
               f"and meets the SLO at {where} ({', '.join(slo_bits)}): "
               f"USD {fmt_usd(best_cost)} per 1M output tokens")
     baseline = next((v for v in variants if v.is_baseline), None)
@@ -263,7 +244,8 @@ def _chosen_reason(best: VariantResult, variants: Sequence[VariantResult], at_lo
 
 def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_ms: float, slo_tpot_ms: float,
               required_goodput_rps: float | None = None, *,
-              min_goodput_fraction: float = MIN_GOODPUT_FRACTION, expected_load: float | None = None) -> Recommendation:
+              min_goodput_fraction: float = MIN_GOODPUT_FRACTION, expected_load: float | None = None,
+              gate: QualityGate | None = None) -> Recommendation:
     """The cheapest variant (USD per 1M output tokens) that keeps recovery >= quality_floor and meets the SLO
     at the tested load: goodput_fraction >= min_goodput_fraction (0.9; pass the load test's
     slo_attainment_target to match it), or goodput >= required_goodput_rps when that is given, and p95 TTFT
@@ -274,10 +256,14 @@ def recommend(variants: Sequence[VariantResult], quality_floor: float, slo_ttft_
     load falls on (`load_at`), because which engine is cheaper depends on the traffic (llama.cpp at a few
     concurrent users, vLLM at many).
 
+    `gate` adds the release's quality tests (the recovery interval's lower bound, the KL limit; see
+    packager.report.quality_gate); without it recovery's point estimate is compared with `quality_floor`.
+
     Sets `meets_quality_floor` and `meets_slo` on every variant (None where it could not be judged). When no
     variant qualifies, `variant` is None and `reason` names each variant's failure.
     """
-    c = _Criteria(quality_floor, slo_ttft_ms, slo_tpot_ms, required_goodput_rps, min_goodput_fraction, expected_load)
+    gate = gate._replace(floor=quality_floor) if gate is not None else QualityGate(quality_floor)
+    c = _Criteria(gate, slo_ttft_ms, slo_tpot_ms, required_goodput_rps, min_goodput_fraction, expected_load)
     passing, failures, at_load = _judge(variants, c)
 
     def cost(v: VariantResult) -> float | None:

@@ -47,7 +47,18 @@ def summary_columns(report: Report) -> list[Column]:
         return num(v.score, ".3f")
 
     def recovery(v: VariantResult) -> str:
-        return pct(effective_recovery(v))
+        shown = pct(effective_recovery(v))
+        if v.recovery_ci is not None and not v.is_baseline:
+            shown += f" ({v.recovery_ci[0] * 100:.1f}–{v.recovery_ci[1] * 100:.1f})"
+        return shown
+
+    nf_kl = (report.noise_floor or {}).get("mean_kl")
+
+    def kl(v: VariantResult) -> str:
+        shown = num(v.fidelity_mean_kl, ".4f")
+        if v.fidelity_mean_kl is not None and nf_kl:
+            shown += f" ({v.fidelity_mean_kl / nf_kl:.0f}×)"
+        return shown
 
     return [
         Column("size (MB)", lambda v: mb(v.size_bytes)),
@@ -56,7 +67,7 @@ def summary_columns(report: Report) -> list[Column]:
         Column("recovery", recovery),
         Column("perplexity", lambda v: num(v.perplexity, ".2f")),
         Column("agreement", lambda v: pct(v.fidelity_agreement)),
-        Column("mean KL", lambda v: num(v.fidelity_mean_kl, ".4f")),
+        Column("mean KL", kl),
         Column("TTFT p50 (ms)", lambda v: num(_l(v).ttft_ms_p50, ".0f"), load=True),
         Column("TTFT p95 (ms)", lambda v: num(_l(v).ttft_ms_p95, ".0f"), load=True),
         Column("TPOT p50 (ms)", lambda v: num(_l(v).tpot_ms_p50, ".1f"), load=True),
@@ -81,8 +92,10 @@ DEFINITIONS = [
     "TTFT: request sent to first content token. TPOT: (end-to-end latency − TTFT) / (output tokens − 1).",
     "Goodput: requests per second that met every SLO (TTFT and TPOT limits); 'within SLO' is their share.",
     "USD per 1M output tokens = price per hour / (sustained output tokens per second × 3600) × 10⁶.",
-    "Recovery: task score / the baseline's task score. Agreement: share of greedy outputs identical to the "
-    "baseline's. Mean KL: mean KL divergence of next-token distributions from the baseline's (0 = identical).",
+    "Recovery: task score / the baseline's task score, with its 95% paired bootstrap interval (items resampled "
+    "2,000 times). Agreement: share of greedy outputs identical to the baseline's. Mean KL: mean KL divergence of "
+    "next-token distributions from the baseline's along its own outputs (0 = identical), with its multiple of the "
+    "noise floor: the KL of the baseline itself served in the other dtype.",
 ]
 
 
@@ -107,7 +120,14 @@ def expected_load_line(report: Report) -> str | None:
 def criteria_line(report: Report) -> str:
     """The quality floor, the SLO and the price the variants were judged against."""
     slo, price = report.slo, report.pricing
-    return (f"Quality floor: recovery ≥ {report.quality_floor * 100:g}% · SLO: TTFT p95 ≤ "
+    gate, nf = report.gate or {}, report.noise_floor or {}
+    floor = f"Quality floor: recovery{' (lower 95% bound)' if gate.get('use_lower_bound') else ''} ≥ " \
+            f"{report.quality_floor * 100:g}%"
+    if gate.get("max_kl") is not None:
+        floor += (f", mean KL ≤ {num(gate['max_kl'], '.2g')} ({num(gate.get('max_kl_vs_noise'), 'g')}× the noise "
+                  f"floor {num(nf.get('mean_kl'), '.2g')}: the baseline in {nf.get('reference_dtype', DASH)} "
+                  f"against {nf.get('served_dtype', DASH)})")
+    return (f"{floor} · SLO: TTFT p95 ≤ "
             f"{num(slo.get('ttft_ms'), 'g')} ms, TPOT p95 ≤ {num(slo.get('tpot_ms'), 'g')} ms · "
             f"price: {price.get('instance', DASH)} at USD {usd_hour(price.get('usd_per_hour'))}/hour"
             + (f" ({price['source']})" if price.get("source") else ""))

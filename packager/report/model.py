@@ -77,9 +77,14 @@ class VariantResult(BaseModel):
     score: float | None = None
     score_by_category: dict[str, float] = Field(default_factory=dict)
     recovery: float | None = None
+    recovery_ci: tuple[float, float] | None = None  # 95% paired bootstrap interval (packager.evaluate.stats)
+    score_ci: tuple[float, float] | None = None
+    p_value: float | None = None  # paired sign-flip test against the baseline's items
     perplexity: float | None = None
     fidelity_agreement: float | None = None
     fidelity_mean_kl: float | None = None
+    fidelity_p95_kl: float | None = None
+    fidelity_top1_agreement: float | None = None
     behaviour: dict[str, float] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
     # serving and load
@@ -126,6 +131,10 @@ class Report(BaseModel):
     model: str
     baseline: str
     quality_floor: float
+    # the quality tests of the recommendation (packager.report.quality_gate): use_lower_bound, max_kl,
+    # max_kl_vs_noise; and the baseline's noise floor (packager.evaluate.noise_floor) the KL limit derives from
+    gate: dict[str, Any] = Field(default_factory=dict)
+    noise_floor: dict[str, Any] | None = None
     slo: dict[str, float] = Field(default_factory=dict)  # ttft_ms, tpot_ms
     pricing: dict[str, Any] = Field(default_factory=dict)  # instance, usd_per_hour, source
     variants: list[VariantResult]

@@ -104,12 +104,21 @@ def plot_pareto(report: Report) -> str | None:
     if not pts:
         return None
     colors = _variant_colors(report)
+    pts_ci: list[float] = []  # interval ends: the y range must show them
     with _rc():
         fig = _new_figure(7.2, 4.6)
         ax = fig.add_subplot()
+        ci_drawn = False
         for v, x, y in pts:
             ax.scatter([x], [y], s=70, color=colors[v.name], edgecolor="black", linewidth=0.6, zorder=3,
                        label=v.name + (" (baseline)" if v.is_baseline else ""))
+            if floor is not None and v.recovery_ci is not None and not v.is_baseline:
+                lo_ci, hi_ci = v.recovery_ci[0] * 100.0, v.recovery_ci[1] * 100.0
+                ax.errorbar([x], [y], yerr=[[max(y - lo_ci, 0.0)], [max(hi_ci - y, 0.0)]], fmt="none",
+                            ecolor=colors[v.name], elinewidth=1.4, capsize=5, zorder=2,
+                            label=None if ci_drawn else "95% recovery interval")
+                ci_drawn = True
+                pts_ci.extend([lo_ci, hi_ci])
             ax.annotate(v.name, (x, y), textcoords="offset points", xytext=(12, 8), fontsize=9.5,
                         bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
         front = [(x, y) for v, x, y in pts if v.name in report.pareto]
@@ -122,7 +131,7 @@ def plot_pareto(report: Report) -> str | None:
         if rec is not None:
             ax.scatter([rec[0]], [rec[1]], s=420, marker="*", facecolor="none", edgecolor="#d4a017", linewidth=2.0,
                        zorder=4, label=f"recommended: {report.recommendation.variant}")
-        ys = [y for _, _, y in pts]
+        ys = [y for _, _, y in pts] + pts_ci
         if floor is not None:
             ax.axhline(floor, color="#c0392b", linestyle=":", linewidth=1.5,
                        label=f"quality floor {floor:g}%")

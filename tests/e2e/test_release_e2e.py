@@ -97,6 +97,17 @@ def test_report_numbers_are_consistent(release_run):
     assert q4.dtype == "q4_k_m" and q4.fidelity_mean_kl is None and q4.recovery == pytest.approx(q4.score / base.score)
     assert any("llama-cpp-python's server returns no prompt logprobs" in n for n in q4.eval.get("notes", [])), q4.eval
     assert q4.size_bytes < w8.size_bytes  # 4-bit k-quants are smaller than int8
+    # the baseline's noise floor: served once more in the other dtype, measured along its own outputs
+    nf = report.noise_floor
+    assert nf is not None and nf["served_dtype"] == base.dtype and nf["reference_dtype"] != base.dtype
+    assert nf["positions"] > 0 and nf["mean_kl"] >= 0 and 0 <= nf["top1_agreement"] <= 1
+    if nf["mean_kl"] > 0:
+        assert report.gate["max_kl"] == pytest.approx(report.gate["max_kl_vs_noise"] * nf["mean_kl"])
+    # paired bootstrap intervals hold their point estimates; the baseline has none
+    assert w8.recovery_ci is not None and w8.recovery_ci[0] <= w8.recovery <= w8.recovery_ci[1]
+    assert q4.recovery_ci is not None and base.recovery_ci is None and 0 <= w8.p_value <= 1
+    assert w8.fidelity_top1_agreement is not None and w8.fidelity_p95_kl >= 0
+    assert "lower 95% bound" in (run / "report.md").read_text()
 
 
 def test_engines_are_compared_over_the_sweep(release_run):
@@ -120,6 +131,16 @@ def test_engines_are_compared_over_the_sweep(release_run):
     assert ec.summary and ec.summary in (run / "report.md").read_text()
     # the summary names the engine(s) the figures above show leading, whichever that is on this machine
     assert ec.summary == _expected_engines_summary(ec)
+
+
+def _keeps_quality(v, report) -> bool:
+    """The quality gate, derived from the report's own figures: the recovery interval's lower bound (the point
+    estimate where there is none) reaches the floor, and the mean KL, where measured, is within the limit."""
+    rec = v.recovery if v.recovery is not None else 1.0
+    judged = v.recovery_ci[0] if report.gate.get("use_lower_bound") and v.recovery_ci and not v.is_baseline else rec
+    limit = report.gate.get("max_kl")
+    kl_ok = limit is None or v.is_baseline or v.fidelity_mean_kl is None or v.fidelity_mean_kl <= limit
+    return judged >= report.quality_floor and kl_ok
 
 
 def _expected_engines_summary(ec) -> str:
@@ -162,7 +183,7 @@ def test_rerun_reuses_every_finished_step(release_run):
     for v in report.variants:
         step = next(p for p in v.load.sweep if p.offered == 1)
         want[v.name] = v.load.usd_per_hour / (step.output_tokens_per_s * 3600) * 1e6
-        if ((v.recovery if v.recovery is not None else 1.0) >= report.quality_floor
+        if (_keeps_quality(v, report)
                 and step.ttft_ms_p95 <= report.slo["ttft_ms"] and step.tpot_ms_p95 <= report.slo["tpot_ms"]
                 and step.requests_per_s > 0 and step.goodput_requests_per_s is not None
                 and step.goodput_requests_per_s / step.requests_per_s >= 0.9):

@@ -47,3 +47,17 @@ def test_bad_values_name_the_value(tmp_path):
 def test_engine_config_json_round_trip():
     e = EngineConfig(target="gpu", tensor_parallel_size=2, gpu_memory_utilization=0.8)
     assert EngineConfig.model_validate_json(e.model_dump_json()) == e
+
+
+@pytest.mark.parametrize("floor", [0, -0.1, 1.01, 1.5])
+def test_a_quality_floor_outside_0_1_is_refused(floor):
+    with pytest.raises(ConfigError, match="quality_floor"):
+        load_config(None, {"quality_floor": floor})
+
+
+def test_quality_gate_section():
+    cfg = load_config(None, {"gate": {"max_kl_vs_noise": None, "use_lower_bound": False}})
+    assert cfg.gate.max_kl_vs_noise is None and cfg.gate.noise_floor and not cfg.gate.use_lower_bound
+    assert RunConfig().quality_floor == 0.97 and RunConfig().gate.max_kl_vs_noise == 15.0
+    with pytest.raises(ConfigError, match="max_kl_vs_noise"):
+        load_config(None, {"gate": {"max_kl_vs_noise": 0}})

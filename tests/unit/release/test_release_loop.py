@@ -101,6 +101,8 @@ def make_cfg(inputs, **over) -> RunConfig:
         "pricing": {"instance": None, "usd_per_hour": USD_PER_HOUR},
         "registry": {"name": "tiny-release"},
         "quality_floor": 0.9, "time_budget_s": BUDGET_S,
+        # the fake server gives no prompt logprobs; the noise floor step has tests of its own
+        "gate": {"noise_floor": False},
     }
     data.update(over)
     return RunConfig.model_validate(data)

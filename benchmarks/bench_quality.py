@@ -1,0 +1,101 @@
+"""Quality the recommendation can stand on: the noise floor, fidelity and recovery intervals of W8A8 recipes.
+
+On the bundled SmolLM2-135M-Instruct, through the engine that serves each variant (vLLM; llama.cpp for the GGUF),
+on the default task suite, one after the other in one run:
+
+1. the baseline, scored with teacher-forced top-k logprobs along its own greedy outputs;
+2. its noise floor: the same baseline served in the other dtype (packager.evaluate.noise_floor);
+3. each variant: built-in w8a8-int8 (round-to-nearest), SmoothQuant alpha 0.5, SmoothQuant alpha 0.5 with the
+   MLP down projections kept in float, and the built-in gguf-q4_k_m; each scored against the baseline's items.
+
+For every variant: recovery with its 95% paired bootstrap interval and the paired test's p-value, mean and p95 KL
+(and their multiple of the noise floor), top-1 and greedy agreement, and the verdict of a release's default
+quality gate (lower bound >= 0.97, mean KL <= 15x the noise floor). Results: benchmarks/results/quality.json.
+
+    flock /tmp/packager-heavy.lock .venv/bin/python benchmarks/bench_quality.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RECIPES = ["w8a8-int8", str(ROOT / "benchmarks/recipes/w8a8-int8-smoothquant.yaml"),
+           str(ROOT / "benchmarks/recipes/w8a8-int8-smoothquant-down-fp.yaml"), "gguf-q4_k_m"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/quality.json"))
+    ap.add_argument("--max-items", type=int, default=None)
+    ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
+    a = ap.parse_args()
+
+    from packager.compress.recipe import load_recipe, run_recipe
+    from packager.config import RunConfig
+    from packager.core.sources import ensure_default_model
+    from packager.evaluate.noise_floor import measure_noise_floor
+    from packager.evaluate.runner import evaluate_model, load_items
+    from packager.hardware import serving_dtype
+    from packager.release.runner import quality_gate
+    from packager.report.model import VariantResult
+    from packager.report.quality_gate import quality_failure
+
+    work = Path(a.work or tempfile.mkdtemp(prefix="bench-quality-"))
+    cfg = RunConfig.model_validate({"eval": {"perplexity": False, "max_items": a.max_items,
+                                             "behaviour_suite": None},
+                                    "engine": {"enforce_eager": True}})
+    source = ensure_default_model()
+    served = serving_dtype(cfg.engine.dtype, cfg.engine.target)
+    t0 = time.monotonic()
+    base = evaluate_model(source.path, cfg, out_dir=work / "baseline", name="baseline", show_progress=False)
+    items = load_items(Path(str(base.items_path)))
+    base_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    nf = measure_noise_floor(source.path, cfg, served, items, log_path=work / "noise_floor.log")
+    nf_s = time.monotonic() - t0
+    gate = quality_gate(cfg, nf.model_dump(mode="json"))
+    out = {"model": source.name, "suite": base.suite, "items": base.n_items, "served_dtype": served,
+           "baseline": {"score": base.score, "score_ci": [base.stats.score.low, base.stats.score.high]
+                        if base.stats else None, "wall_s": round(base_s, 1)},
+           "noise_floor": {**nf.model_dump(mode="json"), "wall_s": round(nf_s, 1)},
+           "gate": {"floor": gate.floor, "use_lower_bound": gate.use_lower_bound, "max_kl": gate.max_kl,
+                    "max_kl_vs_noise": cfg.gate.max_kl_vs_noise},
+           "variants": []}
+    for r in RECIPES:
+        recipe = load_recipe(r)
+        t0 = time.monotonic()
+        res = run_recipe(source, recipe, work / recipe.name / "stages", engine=cfg.engine, progress=False)
+        comp_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        s = evaluate_model(res.final_dir, cfg, out_dir=work / recipe.name / "eval", name=recipe.name,
+                           baseline=base, baseline_items=items, show_progress=False)
+        eval_s = time.monotonic() - t0
+        st = s.stats
+        vr = VariantResult(name=recipe.name, recipe=r, score=s.score, recovery=s.recovery,
+                           recovery_ci=(st.recovery.low, st.recovery.high) if st and st.recovery else None,
+                           fidelity_mean_kl=s.fidelity_mean_kl)
+        why = quality_failure(vr, gate)
+        row = {"recipe": recipe.name, "score": s.score, "recovery": s.recovery,
+               "recovery_ci": list(vr.recovery_ci) if vr.recovery_ci else None,
+               "p_value": st.p_value if st else None,
+               "mean_kl": s.fidelity_mean_kl, "p95_kl": s.fidelity_p95_kl,
+               "kl_vs_noise_floor": (s.fidelity_mean_kl / nf.mean_kl) if s.fidelity_mean_kl and nf.mean_kl else None,
+               "top1_agreement": s.fidelity_top1_agreement, "greedy_agreement": s.fidelity_agreement,
+               "score_by_category": s.score_by_category, "passes_gate": why is None, "gate_verdict": why,
+               "compress_s": round(comp_s, 1), "evaluate_s": round(eval_s, 1), "notes": s.notes}
+        out["variants"].append(row)
+        print(json.dumps({k: row[k] for k in ("recipe", "recovery", "recovery_ci", "mean_kl", "kl_vs_noise_floor",
+                                              "passes_gate")}), flush=True)
+    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

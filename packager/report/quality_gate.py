@@ -1,0 +1,93 @@
+"""The quality half of the recommendation: does a variant keep enough of the baseline's quality?
+
+Two tests, each naming what it found and by how much when it rejects:
+
+1. **Recovery** (score / baseline score) against the floor. With `use_lower_bound` (a release's default) the
+   lower bound of the variant's 95% paired bootstrap interval must reach the floor, so a variant whose recovery
+   only looks high on a small suite is not taken on trust (packager.evaluate.stats). Without an interval (an
+   older report, a suite scored without the baseline's items) the point estimate is used, and the verdict says so.
+2. **Fidelity**: the variant's mean KL to the baseline (teacher-forced, along the baseline's own outputs) may be
+   at most `max_kl` (a release sets it to a multiple of the baseline's noise floor: the KL the same model shows
+   when served in another dtype, packager.evaluate.noise_floor). Task scores can hide a model that moved: a
+   suite tests few skills, and the KL sees every position. Variants served by an engine without prompt logprobs
+   have no KL; they are judged on recovery alone and the verdict says so.
+
+The baseline is judged on its recovery of 1 alone (it has no interval and no KL to itself).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from packager.core.formatting import fmt_pair, fmt_pct_pair
+from packager.report.model import VariantResult
+
+
+class QualityGate(NamedTuple):
+    floor: float
+    use_lower_bound: bool = False
+    max_kl: float | None = None  # None: no fidelity test
+    noise_floor_kl: float | None = None  # what max_kl is a multiple of (for the sentences)
+
+
+def effective_recovery(v: VariantResult) -> float | None:
+    """The recovery used against the quality floor: the baseline counts as 1.0 by definition."""
+    if v.recovery is not None:
+        return v.recovery
+    return 1.0 if v.is_baseline else None
+
+
+def quality_failure(v: VariantResult, gate: QualityGate) -> str | None:
+    """Why `v` does not keep the quality (one sentence), or None when it passes."""
+    rec = effective_recovery(v)
+    if rec is None:
+        if v.score is None:
+            why = "has no task score"
+            if v.errors:
+                why += f" ({'; '.join(v.errors)})"
+            return why
+        return "has no recovery (the baseline has no usable score to compare with)"
+    fails = []
+    if gate.use_lower_bound and v.recovery_ci is not None and not v.is_baseline:
+        low, high = v.recovery_ci
+        if low + 1e-12 < gate.floor:
+            a, b = fmt_pct_pair(low, gate.floor)
+            fails.append(f"the lower bound of its 95% recovery interval is {a} < floor {b} (recovery "
+                         f"{rec * 100:.1f}%, interval {low * 100:.1f}-{high * 100:.1f}%)")
+    elif rec + 1e-12 < gate.floor:
+        a, b = fmt_pct_pair(rec, gate.floor)
+        fails.append(f"recovers {a} < floor {b}")
+    kl = v.fidelity_mean_kl
+    if gate.max_kl is not None and kl is not None and kl > gate.max_kl + 1e-15 and not v.is_baseline:
+        a, b = fmt_pair(kl, gate.max_kl)
+        times = f" ({kl / gate.noise_floor_kl:.0f}x the noise floor {gate.noise_floor_kl:.2g})" \
+            if gate.noise_floor_kl else ""
+        fails.append(f"its mean KL to the baseline is {a} > limit {b}{times}")
+    return ", and ".join(fails) or None
+
+
+def quality_caveat(v: VariantResult, gate: QualityGate) -> str | None:
+    """What the verdict could not check for `v` (no interval, no KL), or None."""
+    if v.is_baseline or effective_recovery(v) is None:
+        return None
+    missing = []
+    if gate.use_lower_bound and v.recovery_ci is None:
+        missing.append("no recovery interval (judged on the point estimate)")
+    if gate.max_kl is not None and v.fidelity_mean_kl is None:
+        missing.append("no KL to the baseline (its engine gives no prompt logprobs: judged on recovery alone)")
+    return "; ".join(missing) or None
+
+
+def suite_too_small(v: VariantResult, floor: float) -> str | None:
+    """A sentence when the suite cannot resolve the floor for `v`: its recovery interval is wider than the room
+    between the floor and 100%, so even a variant that scores like the baseline could fall below it."""
+    if v.is_baseline or v.recovery_ci is None:
+        return None
+    half = (v.recovery_ci[1] - v.recovery_ci[0]) / 2
+    room = 1.0 - floor
+    if half <= room:
+        return None
+    n = v.eval.get("n_items") if isinstance(v.eval, dict) else None
+    on = f" on {n} items" if n else ""
+    return (f"{v.name}: the suite is too small to tell it from the baseline at a {floor * 100:g}% floor (its 95% "
+            f"recovery interval is ±{half * 100:.1f} points{on}, more than the {room * 100:.1f} between the floor "
+            f"and 100%); score more items or a larger suite")
