@@ -96,6 +96,8 @@ class QualityGateConfig(Strict):
                                              "served in the other dtype); null: no fidelity test")
     noise_floor: bool = Field(True, description="measure the baseline's noise floor in a release (the baseline "
                                                 "served once more in the other dtype, prompt logprobs only)")
+    noise_floor_items: int = Field(48, ge=1, description="suite items the noise floor is measured on (the first "
+                                                         "ones; each gives up to 24 positions)")
 
 
 class RegistryConfig(BaseModel):

@@ -8,7 +8,9 @@ that moves it tens of times more is visible as a change of the model.
 `measure_noise_floor` serves the baseline a second time in the other precision (float32 <-> bfloat16; float16
 counts as a half precision too) and measures, along the baseline's own greedy outputs, the same teacher-forced
 figures as every variant (mean and p95 KL over the top-k, top-1 agreement). Only prompt logprobs are asked for, no
-generation, so even an emulated bfloat16 on a CPU costs one prefill per item.
+generation, so each item costs one prefill; a bfloat16 that a CPU emulates makes that prefill slow (about 4 s an
+item over the full vocabulary on 2 AVX2 cores), so a release measures the floor on the first
+`gate.noise_floor_items` items: a mean over about a thousand positions.
 """
 from __future__ import annotations
 
@@ -40,8 +42,10 @@ def reference_dtype(served: str) -> str:
 
 
 def measure_noise_floor(model_dir: str | Path, cfg: RunConfig, served_dtype: str,
-                        baseline_items: dict[str, ItemResult], log_path: Path | None = None) -> NoiseFloor:
-    """Serve `model_dir` (the baseline, on vLLM) in the other dtype and measure its fidelity to `baseline_items`."""
+                        baseline_items: dict[str, ItemResult], log_path: Path | None = None,
+                        max_items: int | None = None) -> NoiseFloor:
+    """Serve `model_dir` (the baseline, on vLLM) in the other dtype and measure its fidelity to `baseline_items`
+    (the first `max_items` that carry top-k logprobs, in suite order; all when None)."""
     from packager.engines.select import capabilities, select_engine, server_for_model
 
     other = reference_dtype(served_dtype)
@@ -49,6 +53,8 @@ def measure_noise_floor(model_dir: str | Path, cfg: RunConfig, served_dtype: str
     if not capabilities(select_engine(model_dir, engine).backend).prompt_logprobs:
         raise ConfigError(f"{model_dir} is served by an engine without prompt logprobs: no noise floor to measure.")
     usable = {k: v for k, v in baseline_items.items() if v.topk_logprobs and not v.error}
+    if max_items is not None:
+        usable = dict(list(usable.items())[:max_items])
     if not usable:
         raise ConfigError("The baseline's items carry no top-k logprobs (was it scored through an engine that gives "
                           "them?): no noise floor to measure.")

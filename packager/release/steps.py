@@ -283,7 +283,8 @@ def noise_floor(ctx: VariantContext) -> None:
     if not capabilities(ctx.vr.engine).prompt_logprobs or not run.baseline_items:
         run.notes.append("noise floor not measured: the baseline has no teacher-forced logprobs; no KL test")
         return
-    key = cache_key("noise_floor", v.digest, run.suite.sha256, cfg.eval, cfg.engine, ctx.vr.dtype)
+    key = cache_key("noise_floor", v.digest, run.suite.sha256, cfg.eval, cfg.engine, ctx.vr.dtype,
+                    cfg.gate.noise_floor_items)
     found = ctx.cache.get("noise_floor", key)
     if found is None:
         from packager.evaluate.noise_floor import measure_noise_floor
@@ -291,7 +292,8 @@ def noise_floor(ctx: VariantContext) -> None:
         try:
             with run.timed(f"{v.name}/noise_floor"):
                 nf = measure_noise_floor(cast(Path, v.model_dir), cfg, ctx.vr.dtype or "float32",
-                                         run.baseline_items, log_path=v.root / "noise_floor.log")
+                                         run.baseline_items, log_path=v.root / "noise_floor.log",
+                                         max_items=cfg.gate.noise_floor_items)
         except PackagerError as e:
             run.notes.append(f"noise floor not measured ({e}); no KL test")
             run.log(f"[yellow]noise floor not measured:[/] {e}")
