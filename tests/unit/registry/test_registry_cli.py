@@ -77,7 +77,7 @@ def test_register_approve_list_show_gate(cli, unique_name, make_model_dir, tmp_p
     out = cli("update", unique_name, "2", "--eval", str(tmp_path / "new.json"))
     assert "results revision 2" in out and "stale" in out
     out = cli("gate", unique_name, "2", code=4)
-    assert "approval is stale" in out and "under the quality floor 0.900" in out
+    assert "approval is stale" in out and "under the quality floor 0.970" in out
 
     cli("verify", unique_name, "2")
     (var / "model.safetensors").write_bytes(b"tampered")
