@@ -60,6 +60,7 @@ def main() -> None:
     t0 = time.monotonic()
     nf = measure_noise_floor(source.path, cfg, served, items, log_path=work / "noise_floor.log")
     nf_s = time.monotonic() - t0
+    (work / "noise_floor.json").write_text(nf.model_dump_json(indent=2))  # kept: a stopped run loses nothing
     gate = quality_gate(cfg, nf.model_dump(mode="json"))
     out = {"model": source.name, "suite": base.suite, "items": base.n_items, "served_dtype": served,
            "baseline": {"score": base.score, "score_ci": [base.stats.score.low, base.stats.score.high]
@@ -91,6 +92,7 @@ def main() -> None:
                "score_by_category": s.score_by_category, "passes_gate": why is None, "gate_verdict": why,
                "compress_s": round(comp_s, 1), "evaluate_s": round(eval_s, 1), "notes": s.notes}
         out["variants"].append(row)
+        Path(a.out).write_text(json.dumps(out, indent=2) + "\n")  # after every variant
         print(json.dumps({k: row[k] for k in ("recipe", "recovery", "recovery_ci", "mean_kl", "kl_vs_noise_floor",
                                               "passes_gate")}), flush=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
