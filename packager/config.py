@@ -143,7 +143,8 @@ class RunConfig(Strict):
         return None if v == {} else v  # `loadtest: {}` keeps each command's default, as before it was typed
 
 
-def _deep_set(d: dict[str, Any], dotted: list[str], value: Any) -> None:
+def deep_set(d: dict[str, Any], dotted: list[str], value: Any) -> None:
+    """d["a"]["b"] = value for dotted ["a", "b"], making the sections on the way."""
     for k in dotted[:-1]:
         d = d.setdefault(k, {})
     d[dotted[-1]] = value
@@ -159,7 +160,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
         path = [p.lower() for p in k[len("PACKAGER_"):].split("__")]
         if path[0] not in RunConfig.model_fields:
             continue
-        _deep_set(out, path, yaml.safe_load(v))
+        deep_set(out, path, yaml.safe_load(v))
     return out
 
 

@@ -18,7 +18,7 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from packager.config import RunConfig
+from packager.config import RunConfig, deep_set
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
@@ -76,9 +76,5 @@ def overrides(values: Mapping[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         config_field(path)  # a typo in a command is a KeyError in its tests, not a silent no-op
-        node = out
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        deep_set(out, path.split("."), value)
     return out

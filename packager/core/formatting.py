@@ -46,6 +46,11 @@ def secs(x: float | None) -> str:
     return f"{x:.1f} s"
 
 
+def duration(x: float) -> str:
+    """A step's duration for a console line: whole seconds under two minutes, then minutes (`42 s`, `3.5 min`)."""
+    return f"{x:.0f} s" if x < 120 else f"{x / 60:.1f} min"
+
+
 def usd_hour(x: float | None) -> str:
     """Hourly prices as list prices print them (0.1785), not rounded to 3 significant digits."""
     return DASH if x is None else (f"{x:,.2f}" if x >= 100 else f"{x:.4g}")

@@ -112,16 +112,3 @@ def sign_flip_p_value(differences: np.ndarray, *, resamples: int = N_RESAMPLES, 
     flipped = np.abs((signs * d).mean(axis=1))
     return float((1 + np.count_nonzero(flipped >= observed - 1e-12)) / (resamples + 1))
 
-
-def too_small_to_tell(stats: PairedStats, floor: float) -> str | None:
-    """A sentence when the suite cannot resolve the quality floor: the recovery interval is wider than the room
-    between the floor and a perfect 100% (so even a variant that scores exactly like the baseline could fail)."""
-    rec = stats.recovery
-    if rec is None:
-        return None
-    room = 1.0 - floor
-    if rec.half_width > room:
-        return (f"the suite is too small to tell this variant from the baseline at a {floor:.0%} floor: its "
-                f"{stats.confidence:.0%} recovery interval is ±{rec.half_width:.1%} wide on {stats.n_items} "
-                f"items (more than the {room:.1%} between the floor and 100%); score more items or a larger suite")
-    return None

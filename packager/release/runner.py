@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Callable
 
 import packager.release.steps as steps
 from packager.config import RunConfig, dump_config
+from packager.core.formatting import duration
 from packager.errors import PackagerError
 from packager.fsutil import atomic_write_json, atomic_write_text
 from packager.hardware import serving_dtype
@@ -84,9 +85,13 @@ class ReleaseRunner:
             bar.update(step="report")
             return self._report(results)
 
+    def _loadtest_seconds(self) -> float:
+        """What one load test is planned to take (its dispatch, else its cap) plus 10 s to drain."""
+        lt = self.run_ctx.lt_cfg
+        return (lt.profile.planned_dispatch_s() or lt.max_duration_s) + 10
+
     def _weights(self, v: Variant) -> dict[str, float]:
-        lt_s = (self.run_ctx.lt_cfg.profile.planned_dispatch_s() or self.run_ctx.lt_cfg.max_duration_s) + 10
-        return step_seconds(v.recipe, lt_s, self.run_ctx.cfg)
+        return step_seconds(v.recipe, self._loadtest_seconds(), self.run_ctx.cfg)
 
     def _say_done(self, v: Variant, i: int, n: int, took_s: float) -> None:
         """`w8a8-int8 done in 4.2 min (2/4 variants; about 9 min left)`: the time left is the mean time of the
@@ -105,8 +110,7 @@ class ReleaseRunner:
         run.price  # a bad price or unknown instance fails here, before any work or file
         run.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.run_dir / "config.yaml", dump_config(cfg))
-        lt_s = (run.lt_cfg.profile.planned_dispatch_s() or run.lt_cfg.max_duration_s) + 10
-        est = estimate_seconds(cfg, cfg.recipes, lt_s)
+        est = estimate_seconds(cfg, cfg.recipes, self._loadtest_seconds())
         run.log(f"[bold]packager release[/]: model {cfg.model}, variants: baseline + "
                 f"{', '.join(cfg.recipes) or 'none'}; serving via {run.serve_via}; "
                 f"estimated {est / 60:.0f} min on this machine (time budget {cfg.time_budget_s / 60:.0f} min). "
@@ -147,7 +151,7 @@ class ReleaseRunner:
                 step(ctx)
                 took = time.monotonic() - t
                 if took >= 1.0:
-                    run.log(f"{v.name}: {name} done in {_duration(took)}")
+                    run.log(f"{v.name}: {name} done in {duration(took)}")
                 if bar is not None and weight:
                     bar.advance(weights[weight])
         except PackagerError as e:
@@ -214,10 +218,6 @@ def quality_gate(cfg: RunConfig, noise_floor: dict | None) -> "QualityGate":
     max_kl = mult * nf_kl if mult is not None and nf_kl else None
     return QualityGate(cfg.quality_floor, use_lower_bound=cfg.gate.use_lower_bound, max_kl=max_kl,
                        noise_floor_kl=nf_kl if max_kl is not None else None)
-
-
-def _duration(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def _import_what_the_steps_need() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from packager.evaluate.stats import bootstrap_stats, sign_flip_p_value, too_small_to_tell
+from packager.evaluate.stats import PairedStats, bootstrap_stats, sign_flip_p_value
+from packager.report.model import VariantResult
+from packager.report.quality_gate import suite_too_small
 
 
 def test_a_variant_that_answers_like_the_baseline_has_a_point_interval_and_p_1():
@@ -64,7 +66,14 @@ def test_small_suite_warning():
     base = [1.0, 0.0] * 10
     var = [1.0, 0.0] * 8 + [0.0, 1.0] * 2  # same score, different items: a wide interval
     st = bootstrap_stats(var, ["t"] * 20, base)
-    msg = too_small_to_tell(st, 0.97)
+    msg = suite_too_small(_row(st), 0.97)
     assert msg is not None and "too small" in msg and "20 items" in msg
-    assert too_small_to_tell(st, 0.2) is None
-    assert too_small_to_tell(bootstrap_stats(base, ["t"] * 20), 0.97) is None  # no baseline: no recovery
+    assert suite_too_small(_row(st), 0.2) is None
+    assert suite_too_small(_row(bootstrap_stats(base, ["t"] * 20)), 0.97) is None  # no baseline: no recovery
+
+
+def _row(st: PairedStats) -> VariantResult:
+    """A report row carrying the intervals as the release puts them there (packager.release.steps)."""
+    ci = (st.recovery.low, st.recovery.high) if st.recovery is not None else None
+    return VariantResult(name="v", recipe="r", recovery=st.recovery.value if st.recovery else None, recovery_ci=ci,
+                         eval={"n_items": st.n_items})
