@@ -99,6 +99,10 @@ def process_report(pid: int) -> str:
         tck = os.sysconf("SC_CLK_TCK")
         out.append(f"cpu used: user {int(fields[11]) / tck:.2f} s, system {int(fields[12]) / tck:.2f} s; "
                    f"nice {fields[16]}, policy {fields[38]}")
+    status = {line.split(":")[0]: line.split(":", 1)[1].strip() for line in read(f"/proc/{pid}/status").splitlines()
+              if ":" in line}
+    summary = (f"state {status.get('State')}, wchan {read(f'/proc/{pid}/wchan')!r}, "
+               + (f"cpu user {int(fields[11]) / os.sysconf('SC_CLK_TCK'):.2f} s" if len(fields) > 39 else "cpu ?"))
     out.append(f"wchan {read(f'/proc/{pid}/wchan')!r}; syscall {read(f'/proc/{pid}/syscall')!r}")
     out.append("kernel stack: " + read(f"/proc/{pid}/stack").replace("\n", " | "))
     for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
@@ -115,9 +119,14 @@ def process_report(pid: int) -> str:
                             capture_output=True, text=True, timeout=10).stdout
         rows = ps.splitlines()
         user = [r for r in rows[1:] if r.split()[1] not in ("0", "2")]  # kernel threads left out
-        out += [row[:220] for row in rows[:1] + user[:25]]
+        out += [row[:160] for row in rows[:1] + user[:15]]
     except (OSError, subprocess.TimeoutExpired) as e:
         out.append(f"ps: {e}")
+    # the facts that tell a stopped, blocked or starved process apart, repeated at the end of the report
+    out.append(f"in short: pid {pid} {summary}; loadavg {read('/proc/loadavg')}; "
+               f"memory available {mem.get('MemAvailable')}; "
+               f"pressure cpu {read('/proc/pressure/cpu').splitlines()[:1]}, "
+               f"memory {read('/proc/pressure/memory').splitlines()[:1]}, io {read('/proc/pressure/io').splitlines()[:1]}")
     return "\n".join(out)
 
 
@@ -137,8 +146,10 @@ def _fail_hung(proc, args, waited_s: float, finish) -> None:
         after = "\n--- 30 s after SIGABRT it still ran; its state then (SIGKILL next) ---\n" + process_report(proc.pid)
         proc.kill()
         out, err = finish(None)
-    pytest.fail(f"`packager {' '.join(args)}` still ran after {waited_s:.0f} s.\n--- its state and the machine's ---\n"
-                f"{before}{after}\n--- stderr (Python stacks on SIGABRT) ---\n{err[-8000:]}\n--- stdout ---\n{out[-2000:]}")
+    # The process's own state goes last: CI shows the tail of a failure, and that is what tells a hang apart.
+    pytest.fail(f"`packager {' '.join(args)}` still ran after {waited_s:.0f} s.\n"
+                f"--- stdout ---\n{out[-600:]}\n--- stderr (Python stacks on SIGABRT) ---\n{err[-6000:]}\n"
+                f"--- its state and the machine's when it was found hung ---\n{before}{after}")
 
 
 def _cli_argv(args) -> list[str]:

@@ -271,7 +271,7 @@ def test_prometheus_scrapes_endpoint_and_monitor_agrees(endpoint, prometheus):
         th = threading.Thread(target=traffic)
         th.start()
         try:
-            later = [json.loads(mon.readline(60)) for _ in range(3)]
+            later = [json.loads(mon.readline(120)) for _ in range(3)]
         finally:
             stop.set()
             th.join(300)
