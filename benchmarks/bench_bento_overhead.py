@@ -72,12 +72,13 @@ async def one_request(client, url: str, model: str, prompt: str, output_len: int
     return {"ttft_s": ttft, "e2e_s": time.perf_counter() - t0, "output_tokens": tokens}
 
 
-async def run_round(url: str, model: str, n: int, concurrency: int, output_len: int) -> dict[str, Any]:
+async def run_round(url: str, model: str, n: int, concurrency: int, output_len: int,
+                    headers: dict[str, str] | None = None) -> dict[str, Any]:
     import httpx
 
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits, headers=headers) as client:
         async def task(i: int):
             async with sem:
                 return await one_request(client, url, model, PROMPTS[i % len(PROMPTS)], output_len)
@@ -152,15 +153,16 @@ def main() -> int:
         bento_ready_s = time.time() - t
         print(f"bento ready (/readyz) in {bento_ready_s:.0f}s", flush=True)
         urls = {"bare": bare.base_url, "bento": bento.base_url}
+        auth = {"bare": {}, "bento": bento.headers}  # the bento wants its key
         name = built.args.served_name
         for arm in ("bare", "bento"):  # warm-up
-            asyncio.run(run_round(urls[arm], name, a.concurrency, a.concurrency, a.output_len))
+            asyncio.run(run_round(urls[arm], name, a.concurrency, a.concurrency, a.output_len, auth[arm]))
         cpu_s = 0.0
         for i in range(a.rounds):
             order = ("bare", "bento") if i % 2 == 0 else ("bento", "bare")
             for arm in order:
                 c0 = gateway_cpu_s(bento.proc.pid) if arm == "bento" else 0.0
-                r = asyncio.run(run_round(urls[arm], name, a.requests, a.concurrency, a.output_len))
+                r = asyncio.run(run_round(urls[arm], name, a.requests, a.concurrency, a.output_len, auth[arm]))
                 if arm == "bento":
                     cpu_s += gateway_cpu_s(bento.proc.pid) - c0
                 r["round"] = i

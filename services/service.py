@@ -6,30 +6,39 @@
 Layout of a running replica:
 
     client ──HTTP──> BentoML server (this service, port 3000 by default)
-                       /v1/*         gateway (packager.serve.gateway): relays to the backend with httpx and
-                                     observes TTFT, TPOT, E2E, tokens and outcomes -> packager_* series
-                       /readyz       200 once the backend answers its readiness path
-                       /livez        200 while the backend process lives
-                       /metrics      BentoML's series + packager_* + the backend's (vllm:*) merged
-                       (other paths) BentoML's proxy straight to the backend
+                       front door    (packager.serve.frontdoor) before everything else: API keys (401),
+                                     only the routes below (404/405), body size and time (413/408),
+                                     Retry-After on 429/503
+                       /v1/chat/completions, /v1/completions, /v1/models
+                                     gateway (packager.serve.gateway): relays to the backend with httpx,
+                                     bounds work (n x prompts, max_tokens, stream time) and observes TTFT,
+                                     TPOT, E2E, tokens and outcomes -> packager_* series
+                       /readyz       200 once the backend answers its readiness path (no key needed)
+                       /livez        200 while the backend process lives (no key needed)
+                       /metrics      BentoML's series + packager_* + the backend's (vllm:*) merged (no key
+                                     needed unless PACKAGER_METRICS_TOKEN is set)
                      `__command__`: packager.serve.supervise -> the backend, an OpenAI server on
                                      127.0.0.1:<backend_port>, e.g. vLLM. The supervisor lets in-flight
                                      requests drain on SIGTERM; a backend that dies on its own is started
                                      again by the worker (watchdog below; /livez 200, /readyz 503 meanwhile).
 
 Before any worker starts, `bentoml serve` runs `verify_model` (an on_deployment hook, in the serving
-process): the model files' sha256 must match what was recorded at import and the digest this bento was
-built for; otherwise it refuses to start, with a message, and exits non-zero.
+process): the bento needs an API key (unless built with require_api_key=false), and the model files' sha256
+must match what was recorded at import and the digest this bento was built for; otherwise it refuses to
+start, with a message, and exits non-zero. The watchdog verifies the files again before it restarts a
+backend, and leaves it stopped (/livez and /readyz 503) when they changed.
 """
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import bentoml
 
 from packager.serve.args import BentoArgs, deployment_overrides
+from packager.serve import frontdoor
 from packager.serve.backends import BACKENDS, launch_command
 from packager.serve.gateway import Gateway
 from packager.serve.integrity import MODEL_SUBDIR
@@ -48,13 +57,88 @@ def _create_metrics():
 
 
 gateway = Gateway(f"http://127.0.0.1:{args.backend_port}", concurrency=args.concurrency_per_worker,
-                  metrics_factory=_create_metrics)
+                  metrics_factory=_create_metrics, limits=args.request_limits())
+
+
+def _api_keys() -> list[str]:
+    """The keys this bento accepts, read from where it runs; refuses to start without one when it must."""
+    from packager.errors import ConfigError
+    from packager.serve.auth import ENV_API_KEYS, ENV_API_KEYS_FILE, load_api_keys
+
+    try:
+        keys = load_api_keys()
+    except ConfigError as e:
+        _refuse_to_start(str(e), ConfigError.exit_code)
+    if not keys and args.require_api_key:
+        _refuse_to_start(f"this bento requires an API key and was given none. Set {ENV_API_KEYS} (one or several "
+                         f"keys, comma-separated) or {ENV_API_KEYS_FILE} (a file of keys, one per line) where it "
+                         "runs, or build it with `--arg require_api_key=false` to serve without keys.",
+                         ConfigError.exit_code)
+    if not keys:
+        logger.warning("packager: serving WITHOUT API keys (require_api_key=false): anyone who reaches the port "
+                       "can use it")
+    return keys
+
+
+def _refuse_to_start(why: str, code: int) -> NoReturn:
+    msg = f"packager: refusing to serve {args.model_tag}: {why}"
+    logger.error(msg)
+    print(msg, file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def _front_door(app):
+    """The outermost layer of the service's HTTP app (packager/serve/frontdoor.py), built in each worker."""
+    from packager.serve.auth import KeyCheck, load_metrics_token
+
+    token = load_metrics_token()
+    return frontdoor.FrontDoor(app, KeyCheck(_api_keys()), KeyCheck([token]) if token else None,
+                               max_body_bytes=args.max_body_bytes, body_timeout_s=args.body_timeout_s,
+                               on_refused=gateway.count_refused,
+                               open_paths=frontdoor.OPEN_PATHS | {backend.readiness_path})
+
+
+frontdoor.install(_front_door)
 
 
 def _image() -> bentoml.images.Image:
     # The Python requirements shared by every target are in bentofile.yaml; the backend's are per target.
+    packages = list(backend.python_packages(args.target))
+    if args.require_approved:  # the approval is read from the registry when the bento starts
+        packages.append(f"mlflow=={MLFLOW_VERSION}")
     return bentoml.images.Image(python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
-                                lock_python_packages=False).python_packages(*backend.python_packages(args.target))
+                                lock_python_packages=False).python_packages(*packages)
+
+
+MLFLOW_VERSION = "3.17.2"  # the registry's client, as pinned in pyproject.toml
+
+
+def _check_approved() -> None:
+    """require_approved: the registry (PACKAGER_REGISTRY_URI) must hold this version as approved now."""
+    from packager.errors import PackagerError
+    from packager.registry.gate import check_serving_approval
+
+    name = args.registry_name or args.model_name
+    if args.registry_version == "unregistered":
+        _refuse_to_start("require_approved is set but this bento serves no registry version (build it with "
+                         "--registry-name and --registry-version).", PackagerError.exit_code)
+    try:
+        ok, why = check_serving_approval(name, args.registry_version)
+    except PackagerError as e:
+        _refuse_to_start(f"its approval could not be checked: {e}", e.exit_code)
+    if not ok:
+        _refuse_to_start(why, PackagerError.exit_code)
+    logger.info("packager: %s", why)
+
+
+def _verify_model_files() -> None:
+    """The stored model's files against the sha256 recorded at import and the digest the bento was built for
+    (raises packager.errors.IntegrityError): before the first start and before every restart of the backend."""
+    from packager.serve.integrity import verify_model_files
+
+    stored = model_ref.resolve()
+    verify_model_files(Path(stored.path) / MODEL_SUBDIR, stored.info.metadata, args.model_digest,
+                       f"BentoML model {args.model_tag}")
 
 
 DRAIN_MARGIN_S = 30.0
@@ -78,6 +162,7 @@ async def _backend_watchdog(instance) -> None:
     import time
 
     import anyio
+    import anyio.to_thread
 
     state = PackagerLLM.context.state
     while "proc" not in state:  # set by BentoML's proxy once the backend answered its health path
@@ -107,6 +192,15 @@ async def _backend_watchdog(instance) -> None:
         await asyncio.sleep(delay_s)
         if state.get("stopping"):
             return
+        try:  # the files may have changed since the bento started: never start a backend on altered weights
+            await anyio.to_thread.run_sync(_verify_model_files)
+        except Exception as e:  # IntegrityError, or files gone
+            msg = (f"packager: not starting the backend again: the model failed verification ({e}). /livez and "
+                   "/readyz stay 503; restore the model files or redeploy.")
+            logger.error(msg)
+            print(msg, file=sys.stderr, flush=True)
+            state["refused"] = str(e)
+            return
         proc.terminate = lambda: None  # BentoML's proxy stops the process it started at shutdown: it is gone
         proc = await anyio.open_process(instance.__command__(), stdout=None, stderr=None)
         state["proc"] = proc
@@ -130,14 +224,14 @@ class PackagerLLM:
 
     @bentoml.on_deployment
     def verify_model() -> None:
-        """Runs once in `bentoml serve` before workers start: refuse altered model files."""
+        """Runs once in `bentoml serve` before workers start: refuse missing API keys and altered model files."""
         from packager.errors import IntegrityError
-        from packager.serve.integrity import verify_model_files
 
-        stored = model_ref.resolve()
+        _api_keys()
+        if args.require_approved:
+            _check_approved()
         try:
-            verify_model_files(Path(stored.path) / MODEL_SUBDIR, stored.info.metadata, args.model_digest,
-                               f"BentoML model {args.model_tag}")
+            _verify_model_files()
         except IntegrityError as e:
             msg = f"packager: refusing to serve {args.model_tag}: {e}"
             logger.error(msg)

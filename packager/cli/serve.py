@@ -45,6 +45,19 @@ def build(
     registry_name: Optional[str] = typer.Option(None, help="registered model name (with --release)"),
     registry_uri: Optional[str] = typer.Option(None, help="registry URI (default: the embedded store)"),
     quality_floor: Optional[float] = config_flag("quality_floor", extra=", checked by --release"),
+    require_api_key: bool = typer.Option(True, "--require-api-key/--no-api-key", help="the bento refuses to start "
+                                         "without an API key (PACKAGER_API_KEYS or PACKAGER_API_KEYS_FILE where it "
+                                         "runs); --no-api-key serves anyone who can reach the port"),
+    max_body_bytes: Optional[int] = typer.Option(None, help="request bodies above this many bytes get 413 "
+                                                 "(default 4 MiB)"),
+    max_tokens_limit: Optional[int] = typer.Option(None, help="larger max_tokens get 400 (default: max_model_len)"),
+    max_tokens_default: Optional[int] = typer.Option(None, help="max_tokens of a request that gives none "
+                                                     "(default 1024)"),
+    max_stream_s: Optional[float] = typer.Option(None, help="a stream still running after this many seconds is "
+                                                 "ended (default 900)"),
+    require_approved: bool = typer.Option(False, "--require-approved", help="the bento refuses to start unless "
+                                          "--registry-name/--registry-version is approved in the registry it "
+                                          "reads at start (PACKAGER_REGISTRY_URI where it runs)"),
 ) -> None:
     """Import VARIANT_DIR into the BentoML model store and build its bento; print the bento tag on stdout."""
     from rich.console import Console
@@ -80,7 +93,12 @@ def build(
                                registry_version=registry_version, hardware=hardware, usd_per_hour=price,
                                max_concurrency=max_concurrency, timeout_s=timeout_s, workers=workers,
                                build_ctx=build_ctx,
-                               log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+                               log=lambda m: err.print(m, highlight=False, soft_wrap=True), access=access)
+
+    access = {k: v for k, v in {"require_api_key": require_api_key, "require_approved": require_approved,
+                                "registry_name": registry_name, "max_body_bytes": max_body_bytes,
+                                "max_tokens_limit": max_tokens_limit, "max_tokens_default": max_tokens_default,
+                                "max_stream_s": max_stream_s}.items() if v is not None}
 
     res = run_guarded(go)
     err.print(f"[green]built[/] {res.bento_tag} (model {res.model_tag}); serve it with: "
@@ -95,12 +113,45 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)"),
     backend_port: Optional[int] = typer.Option(None, help="port of the backend behind the bento (default: the bento's, "
                                                "8000)"),
+    require_approved: bool = typer.Option(False, "--require-approved", help="refuse to serve unless the bento's "
+                                          "registry version is approved now (not pending, rejected, stale or "
+                                          "tampered)"),
+    registry_name: Optional[str] = typer.Option(None, help="registered model name (with --require-approved; default: "
+                                                "the bento's)"),
+    registry_uri: Optional[str] = typer.Option(None, help="registry URI (with --require-approved; default: "
+                                               "PACKAGER_REGISTRY_URI or the embedded store)"),
 ) -> None:
-    """Serve a built bento with `bentoml serve` (packager's BentoML store); Ctrl+C stops it."""
+    """Serve a built bento with `bentoml serve` (packager's BentoML store); Ctrl+C stops it. The bento reads its
+    API keys from PACKAGER_API_KEYS (comma-separated) or PACKAGER_API_KEYS_FILE; clients send one as
+    `Authorization: Bearer KEY`."""
     import os
 
     from packager.serve.server import serve_command, serve_env
 
+    if require_approved:
+        run_guarded(lambda: _check_bento_approved(tag, registry_name, registry_uri))
     cmd = serve_command(tag, port=port, host=host)
     typer.echo(" ".join(cmd[2:]), err=True)
     os.execvpe(cmd[0], cmd, serve_env(backend_port))
+
+
+def _check_bento_approved(tag: str, registry_name: str | None, registry_uri: str | None) -> None:
+    """`packager serve --require-approved`: the registry version the bento was built for must be approved now."""
+    from rich.console import Console
+
+    from packager.errors import ConfigError
+    from packager.registry.errors import ReleaseRefusedError
+    from packager.registry.gate import check_serving_approval
+    from packager.serve.manifests import bento_info
+
+    info = bento_info(tag)
+    args = info.get("args", {})
+    version = str(args.get("registry_version", "unregistered"))
+    name = registry_name or args.get("registry_name") or args.get("model_name")
+    if version == "unregistered" or not name:
+        raise ConfigError(f"{tag} serves no registry version (it was built without --registry-version), so "
+                          "--require-approved cannot hold. Build it from a registered version.")
+    ok, why = check_serving_approval(name, version, registry_uri=registry_uri)
+    if not ok:
+        raise ReleaseRefusedError(f"Refusing to serve {tag}: {why}")
+    Console(stderr=True).print(f"[green]approved[/]: {why}", highlight=False)

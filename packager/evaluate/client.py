@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from packager.errors import ServerError
+from packager.serve.auth import client_headers, unauthorized_hint
 
 
 class OpenAIClient:
@@ -15,7 +16,7 @@ class OpenAIClient:
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[:-3]
         self.retries = retries
-        self.http = httpx.Client(timeout=timeout_s,
+        self.http = httpx.Client(timeout=timeout_s, headers=client_headers(),
                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
     def close(self) -> None:
@@ -26,6 +27,10 @@ class OpenAIClient:
             r = self.http.get(f"{self.base_url}/v1/models")
             r.raise_for_status()
             data = r.json()["data"]
+        except httpx.HTTPStatusError as e:
+            raise ServerError(f"{self.base_url}/v1/models answered HTTP {e.response.status_code}."
+                              + (unauthorized_hint(e.response.status_code)
+                                 or " Is this an OpenAI-compatible endpoint?")) from None
         except (httpx.HTTPError, KeyError, ValueError) as e:
             raise ServerError(f"{self.base_url}/v1/models did not answer with a model list ({e}); "
                               "is this an OpenAI-compatible endpoint?") from None

@@ -332,7 +332,7 @@ class _Driver:
                                           connection_timeout=min(30.0, self.timeout_s),
                                           network_timeout=self.timeout_s,
                                           headers={"Content-Type": "application/json", "Accept": "text/event-stream",
-                                                   "User-Agent": "packager-loadtest"})
+                                                   "User-Agent": "packager-loadtest", **_auth_header()})
         self.model = plan["model"]
         self.in_flight = 0
 
@@ -392,3 +392,10 @@ class _Driver:
             exception=None if rec["ok"] else (exc or RuntimeError(rec["error_kind"])), context={})
         if isinstance(exc, gevent.GreenletExit):
             raise exc
+
+
+def _auth_header() -> dict[str, str]:
+    """`Authorization: Bearer KEY` from PACKAGER_API_KEY (packager.serve.auth), read from the environment so
+    the key never enters the plan file or the command line."""
+    key = os.environ.get("PACKAGER_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}

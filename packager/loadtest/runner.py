@@ -78,13 +78,16 @@ def discover_model(base_url: str, timeout_s: float = 10.0) -> str:
     """The model name to send: the only entry of GET /v1/models (several entries: ask for --model)."""
     import httpx
 
+    from packager.serve.auth import client_headers, unauthorized_hint
+
     try:
-        r = httpx.get(f"{base_url}/v1/models", timeout=timeout_s)
+        r = httpx.get(f"{base_url}/v1/models", timeout=timeout_s, headers=client_headers())
     except httpx.HTTPError as e:
         raise ServerError(f"Cannot reach {base_url}/v1/models ({type(e).__name__}: {e}); "
                           "is the server running?") from None
     if r.status_code != 200:
-        raise ServerError(f"GET {base_url}/v1/models answered HTTP {r.status_code}: {r.text[:200]!r}.")
+        raise ServerError(f"GET {base_url}/v1/models answered HTTP {r.status_code}: {r.text[:200]!r}."
+                          + unauthorized_hint(r.status_code))
     try:
         ids = [m["id"] for m in r.json()["data"]]
     except (ValueError, KeyError, TypeError):

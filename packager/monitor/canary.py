@@ -121,6 +121,7 @@ def run_canary_once(base_url: str, items: Sequence["SuiteItem"], model: str | No
     import httpx
 
     from packager.evaluate.scorers import SCORERS
+    from packager.serve.auth import client_headers
 
     if not items:
         raise ConfigError("The canary was given no items; pass a suite with at least one item.")
@@ -130,7 +131,7 @@ def run_canary_once(base_url: str, items: Sequence["SuiteItem"], model: str | No
         raise ConfigError(f"concurrency must be >= 1, got {concurrency}.")
     scorers = {it.scorer: SCORERS.get(it.scorer) for it in items}
     own = client is None
-    client = client or httpx.Client()
+    client = client or httpx.Client(headers=client_headers())
     started = time.time()
     t0 = time.monotonic()
     try:

@@ -116,7 +116,11 @@ def scrape_client():
     scrape interval as it gets) races the server's close."""
     import httpx
 
-    return httpx.Client(headers={"Connection": "close"}, limits=httpx.Limits(max_keepalive_connections=0))
+    from packager.serve.auth import load_metrics_token
+
+    token = load_metrics_token()  # PACKAGER_METRICS_TOKEN: a bento's /metrics may ask for it
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(headers={"Connection": "close", **auth}, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def fetch_metrics(url: str, timeout_s: float = 10.0, client=None) -> Scrape:

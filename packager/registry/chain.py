@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterable
 
 from pydantic import ValidationError
 
@@ -35,10 +35,20 @@ def approval_key(seq: int) -> str:
 
 
 def parse_seq(key: str, prefix: str = APPROVAL_PREFIX) -> int | None:
+    """The sequence number of a key written as PREFIX + 4 digits (`packager.approval.0001`), else None. Only the
+    form packager writes counts: `packager.approval.1` or `packager.approval.00001` would alias entry 1."""
     if not key.startswith(prefix):
         return None
     tail = key[len(prefix):]
-    return int(tail) if tail.isdigit() else None
+    if not (tail.isascii() and tail.isdigit()) or tail != f"{int(tail):04d}" or int(tail) < 1:
+        return None
+    return int(tail)
+
+
+def stray_keys(keys: Iterable[str], prefix: str = APPROVAL_PREFIX) -> list[str]:
+    """Keys under `prefix` that packager never writes (not PREFIX + 4 digits from 0001): each was added outside
+    packager, and one such as `packager.approval.1` would otherwise pass for an entry it aliases."""
+    return sorted(k for k in keys if k.startswith(prefix) and parse_seq(k, prefix) is None)
 
 
 def entry_hash(fields: dict[str, Any]) -> str:

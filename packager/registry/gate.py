@@ -86,3 +86,19 @@ def bento_labels(name: str, version: int | str, *, registry: ModelRegistry | Non
         "packager.registry_results_sha256": rec.results_digest,
         "packager.registry_status": rec.history.status,
     }
+
+
+def check_serving_approval(name: str, version: int | str, *, registry: ModelRegistry | None = None,
+                           registry_uri: str | None = None) -> tuple[bool, str]:
+    """May a bento serve `name` version `version`? Only when the version is approved now: a pending, rejected,
+    stale or tampered version is refused. Returns (allowed, a sentence that says why)."""
+    reg = _registry(registry, registry_uri)
+    rec = reg.get(name, version)
+    hist = rec.history
+    label = f"{rec.name} version {rec.version}"
+    if hist.status == "approved":
+        return True, f"{label} is approved ({hist.status_detail})"
+    why = "; ".join(hist.problems[:3]) if hist.status == "tampered" else hist.status_detail
+    return False, (f"{label} is not approved for serving (state: {hist.status}; {why}). Approve it with "
+                   f"`packager registry approve {rec.name} {rec.version} --by WHO --reason WHY`, or serve "
+                   "without --require-approved.")

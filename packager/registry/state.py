@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from packager.registry.chain import compute_status, parse_seq, verify_chain
+from packager.registry.chain import compute_status, parse_seq, stray_keys, verify_chain
 from packager.registry.documents import RESULTS_PREFIX
 from packager.registry.records import ApprovalHistory, ResultsRevision, ResultsSummary
 
@@ -26,6 +26,10 @@ class VersionState:
         p_entries = {n: v for k, v in self.params.items() if (n := parse_seq(k)) is not None}
         t_entries = {n: v for k, v in self.tags.items() if (n := parse_seq(k)) is not None}
         self.entries, chain_problems, self.notes = verify_chain(p_entries, t_entries)
+        for where, keys in (("run param", self.params), ("model version tag", self.tags)):
+            for k in stray_keys(keys) + stray_keys(keys, RESULTS_PREFIX):
+                chain_problems.append(f"the {where} {k} is not a key packager writes (it would alias "
+                                      "an entry of the chain): added outside packager (forged)")
         self.chain_ok = not chain_problems
         self.problems += chain_problems
         self.files_digest = self.params.get("packager.files_digest", "")

@@ -73,6 +73,8 @@ from packager.registry.records import (
 from packager.registry.results import canonical_json, digest, results_document, root_summary, summarize
 from packager.registry.state import VersionState
 
+APPROVED_ALIAS = "approved"  # models:/NAME@approved: the version approved last
+
 
 class ModelRegistry(MlflowBackend):
     """A registry of compressed model variants backed by an MLflow tracking server / model registry.
@@ -322,9 +324,24 @@ class ModelRegistry(MlflowBackend):
             state = self._state(name, version)
             status, _ = state.status()
             self._tag_version(state.name, state.version, {"packager.status": status})
+            self._move_approved_alias(state.name, state.version, status == "approved")
             return entry
         raise RegistryError(f"Could not record the decision on {name} version {version}: other decisions kept "
                             "arriving at the same time; try again.")
+
+    def _move_approved_alias(self, name: str, version: int, approved: bool) -> None:
+        """`models:/NAME@approved` names the version approved last; a rejection of that version removes it."""
+        if approved:
+            self._call("set the alias 'approved'", self.client.set_registered_model_alias, name, APPROVED_ALIAS,
+                       str(version))
+            return
+        try:
+            current = self.client.get_model_version_by_alias(name, APPROVED_ALIAS)
+        except Exception:  # noqa: BLE001 - no such alias (MLflow raises its own error type)
+            return
+        if str(current.version) == str(version):
+            self._call("remove the alias 'approved'", self.client.delete_registered_model_alias, name,
+                       APPROVED_ALIAS)
 
     # ---------------------------------------------------------------- reading
     def history(self, name: str, version: int | str) -> ApprovalHistory:

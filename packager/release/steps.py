@@ -165,6 +165,7 @@ def _serve_on_engine(ctx: VariantContext) -> Iterator[str]:
 
 @contextmanager
 def _serve_bento(ctx: VariantContext) -> Iterator[str]:
+    from packager.serve.auth import use_client_key
     from packager.serve.build import build_bento
     from packager.serve.server import BentoServer
 
@@ -172,14 +173,16 @@ def _serve_bento(ctx: VariantContext) -> Iterator[str]:
     with run.timed(f"{v.name}/build"):
         built = build_bento(cast(Path, v.model_dir), engine=cfg.engine, name=f"packager-{v.name}", model_name=v.name,
                             registry_version=v.registry_version or "unregistered", hardware=cfg.engine.target,
-                            usd_per_hour=run.usd_per_hour, log=lambda m: None)
+                            usd_per_hour=run.usd_per_hour, log=lambda m: None,
+                            access={"registry_name": ctx.vr.registry_name} if ctx.vr.registry_name else None)
     v.bento_tag = built.bento_tag
     run.log(f"{v.name}: bento {built.bento_tag}; starting `bentoml serve` (about 2-3 minutes on 2 cores)")
     with run.timed(f"{v.name}/serve_start"):
         srv = BentoServer(built.bento_tag, log_path=v.root / "bento.log",
                           startup_timeout_s=cfg.engine.startup_timeout_s).start()
     try:
-        yield srv.base_url
+        with use_client_key(srv.api_key):  # the evaluation and the load test send this bento's own key
+            yield srv.base_url
     finally:
         srv.stop()
 

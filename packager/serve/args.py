@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -27,6 +27,9 @@ from packager.config import EngineConfig
 from packager.core.validation import format_validation_error, parse_model
 from packager.engines.select import ENGINES, check_target
 from packager.errors import ConfigError
+
+if TYPE_CHECKING:
+    from packager.serve.gateway import RequestLimits
 
 # BentoML names (bento, service, model): lowercase letters, digits, '-', '_' and '.', starting and ending
 # with a letter or digit.
@@ -78,10 +81,21 @@ class BentoArgs(BaseModel):
     # BentoML's OpenTelemetry middleware costs ~0.04 ms of CPU per streamed token even when it samples
     # nothing (its default); the inference routes are left out of tracing unless this is set.
     trace_inference: bool = False
+    # Access and bounds (packager/serve/frontdoor.py, packager/serve/gateway.py). The API keys themselves are
+    # never arguments: the bento reads them where it runs (PACKAGER_API_KEYS or PACKAGER_API_KEYS_FILE).
+    require_api_key: bool = True  # refuse to start without a key; every route but the probes needs one
+    # refuse to start unless registry_name/registry_version is approved in the registry (PACKAGER_REGISTRY_URI)
+    require_approved: bool = False
+    max_body_bytes: int = Field(4 << 20, ge=1024)  # larger request bodies get 413
+    body_timeout_s: float = Field(15.0, gt=0)  # a body not received within this gets 408, holding no slot
+    max_tokens_default: int | None = Field(1024, ge=1)  # set on requests that give no max_tokens
+    max_tokens_limit: int | None = Field(None, ge=1)  # larger max_tokens get 400; default: max_model_len
+    max_stream_s: float | None = Field(900.0, gt=0)  # a stream still running after this is ended
     # Cost and identity of the variant (labels of the service, the bento and every packager_* series).
     usd_per_hour: float | None = Field(None, ge=0)
     model_name: str = "model"
     registry_version: str = "unregistered"
+    registry_name: str | None = None  # the registered model name (default: model_name)
     hardware: str | None = None  # default: "cpu", or "<gpu_type>x<n>"
 
     @field_validator("extra_args", mode="before")
@@ -156,6 +170,13 @@ class BentoArgs(BaseModel):
         if self.target == "cpu":
             return "cpu"
         return f"{self.gpu_type or 'gpu'}x{self.tensor_parallel_size}"
+
+    def request_limits(self) -> "RequestLimits":
+        from packager.serve.gateway import RequestLimits
+
+        return RequestLimits(max_tokens_default=self.max_tokens_default,
+                             max_tokens_limit=self.max_tokens_limit or self.max_model_len,
+                             max_stream_s=self.max_stream_s)
 
     def traffic(self) -> dict[str, Any]:
         """BentoML traffic: a hard ceiling on in-flight requests (429 above it) and a timeout (504)."""

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -41,9 +41,10 @@ def project_root() -> Path:
 def make_args(*, model_tag: str, model_digest: str, engine: EngineConfig, service_name: str, model_name: str,
               registry_version: str = "unregistered", hardware: str | None = None,
               usd_per_hour: float | None = None, max_concurrency: int | None = None, timeout_s: float = 300.0,
-              backend_port: int = 8000, workers: int = 1) -> BentoArgs:
-    """The bento's arguments from the run configuration's engine settings and the variant's identity."""
-    return parse_args({
+              backend_port: int = 8000, workers: int = 1, access: Mapping[str, Any] | None = None) -> BentoArgs:
+    """The bento's arguments from the run configuration's engine settings and the variant's identity; `access`
+    sets the access and bound arguments (require_api_key, max_body_bytes, max_tokens_limit, ...) by name."""
+    return parse_args({**(access or {}),
         "model_tag": model_tag, "model_digest": model_digest, "service_name": service_name,
         "backend": engine.backend, "target": engine.target, "dtype": engine.dtype,
         "max_model_len": engine.max_model_len, "max_num_seqs": engine.max_num_seqs,
@@ -81,7 +82,8 @@ def run_bentoml_build(args: BentoArgs, build_ctx: Path, log: Callable[[str], Non
 def build_bento(variant_dir: str | Path, *, engine: EngineConfig | None = None, name: str | None = None,
                 model_name: str | None = None, registry_version: str = "unregistered", hardware: str | None = None,
                 usd_per_hour: float | None = None, max_concurrency: int | None = None, timeout_s: float = 300.0,
-                workers: int = 1, build_ctx: Path | None = None, log: Callable[[str], None] = print) -> BuildResult:
+                workers: int = 1, build_ctx: Path | None = None, log: Callable[[str], None] = print,
+                access: Mapping[str, Any] | None = None) -> BuildResult:
     """Verify a variant, import it into the BentoML model store, build the bento; nothing is left half-made
     (BentoML stages models and bentos in temporary folders and moves them into the store when complete)."""
     from packager.core.sources import resolve_model
@@ -96,12 +98,13 @@ def build_bento(variant_dir: str | Path, *, engine: EngineConfig | None = None, 
     # Validate the arguments before the (slow) import so a bad flag fails at once.
     make_args(model_tag="pending:pending", model_digest=record.digest, engine=engine, service_name=service_name,
               model_name=model_name, registry_version=registry_version, hardware=hardware,
-              usd_per_hour=usd_per_hour, max_concurrency=max_concurrency, timeout_s=timeout_s, workers=workers)
+              usd_per_hour=usd_per_hour, max_concurrency=max_concurrency, timeout_s=timeout_s, workers=workers,
+              access=access)
     model_tag = import_model(record, registry_version=registry_version, target=engine.target,
                              model_name=model_name, log=log)
     args = make_args(model_tag=model_tag, model_digest=record.digest, engine=engine, service_name=service_name,
                      model_name=model_name, registry_version=registry_version, hardware=hardware,
                      usd_per_hour=usd_per_hour, max_concurrency=max_concurrency, timeout_s=timeout_s,
-                     workers=workers)
+                     workers=workers, access=access)
     bento_tag = run_bentoml_build(args, ctx, log=log)
     return BuildResult(bento_tag=bento_tag, model_tag=model_tag, args=args)

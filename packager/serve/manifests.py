@@ -8,6 +8,10 @@
 
 The bento's own arguments (target, GPUs, concurrency) are read from the BentoML store, so the manifests match
 the bento; flags override them.
+
+API keys are referenced, never written: the Deployment sets PACKAGER_API_KEYS from the Secret `<name>-api-keys`
+(key `api-keys`; `kubectl create secret generic NAME-api-keys --from-literal=api-keys=KEY1,KEY2`), and the
+BentoML deployment names a BentoCloud secret of the same name that sets PACKAGER_API_KEYS.
 """
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from packager.errors import ConfigError
 from packager.fsutil import atomic_write_text
+from packager.serve.auth import ENV_API_KEYS
 
 BENTO_PORT = 3000
+SECRET_KEY = "api-keys"  # the key of the API-key Secret the manifests reference
 
 
 class ManifestOptions(BaseModel):
@@ -36,6 +42,9 @@ class ManifestOptions(BaseModel):
     instance_type: str | None = None  # BentoML deployment instance type, e.g. cpu.4 or gpu.l4.1
     startup_grace_s: int = Field(600, ge=30)  # vLLM needs minutes to start: probes wait this long at most
     termination_grace_s: int = Field(120, ge=5)  # time to drain in-flight requests on shutdown
+    # The Secret holding the bento's API keys (key `api-keys`, one or several keys, comma-separated); the
+    # manifests reference it and never hold a key. Default: <name>-api-keys.
+    api_key_secret: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "ManifestOptions":
@@ -100,8 +109,14 @@ def render_manifests(info: dict[str, Any], opts: ManifestOptions) -> dict[str, l
                            "timeoutSeconds": 3, "failureThreshold": 2},
         "livenessProbe": {"httpGet": {"path": "/livez", "port": "http"}, "periodSeconds": probe_period,
                           "timeoutSeconds": 5, "failureThreshold": 3},
-        "env": [{"name": "BENTOML_DO_NOT_TRACK", "value": "True"}, {"name": "VLLM_NO_USAGE_STATS", "value": "1"}],
     }
+    env: list[dict[str, Any]] = [{"name": "BENTOML_DO_NOT_TRACK", "value": "True"},
+                                 {"name": "VLLM_NO_USAGE_STATS", "value": "1"}]
+    container["env"] = env
+    secret = opts.api_key_secret or f"{name}-api-keys"
+    needs_key = str(args.get("require_api_key", True)).lower() not in ("false", "0", "no")
+    if needs_key:
+        env.append({"name": ENV_API_KEYS, "valueFrom": {"secretKeyRef": {"name": secret, "key": SECRET_KEY}}})
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -138,6 +153,8 @@ def render_manifests(info: dict[str, Any], opts: ManifestOptions) -> dict[str, l
             }
         },
     }
+    if needs_key:  # a BentoCloud secret of that name sets PACKAGER_API_KEYS in the deployment
+        bentoml_cfg["secrets"] = [secret]
     return {"bentoml": bentoml_cfg, "kubernetes": [deployment, service]}
 
 

@@ -11,6 +11,9 @@ Every series carries the variant's identity as labels: model, registry_version, 
                                               success, client_error (4xx from the backend), server_error (5xx or
                                               backend failure), timeout (no answer within traffic.timeout: 504),
                                               rejected (concurrency limit: 429), cancelled (caller went away)
+    packager_refused_requests_total counter   requests the front door answered itself, by reason: unauthorized
+                                              (401), not_found (404), method_not_allowed (405), too_large (413),
+                                              body_timeout (408)
     packager_usd_per_hour          gauge      the configured price of one replica (absent when unknown)
 
 Cost per token is then a PromQL expression (see USD_PER_MILLION_OUTPUT_TOKENS_PROMQL): the fleet's hourly
@@ -69,6 +72,11 @@ class ServiceMetrics:
         requests = pc.Counter("packager_requests", "Inference requests by outcome.", [*names, "outcome"],
                               registry=reg)
         self.requests = {o: requests.labels(**lv, outcome=o) for o in OUTCOMES}
+        refused = pc.Counter("packager_refused_requests", "Requests the front door answered itself, by reason.",
+                             [*names, "reason"], registry=reg)
+        from packager.serve.frontdoor import REFUSAL_REASONS
+
+        self.refused = {r: refused.labels(**lv, reason=r) for r in REFUSAL_REASONS}
         self.usd_per_hour = None
         if usd_per_hour is not None:
             # "max": one value per variant whatever the number of BentoML worker processes.

@@ -6,7 +6,7 @@
 stopped (its whole process group: BentoML's arbiter, its worker and the vLLM server) when the session ends.
 
     def test_something(bento_server):
-        httpx.post(bento_server.base_url + "/v1/chat/completions",
+        httpx.post(bento_server.base_url + "/v1/chat/completions", headers=bento_server.headers,
                    json={"model": bento_server.model, "messages": [...]})
 
 Attributes of what it yields (BentoServerInfo):
@@ -18,6 +18,7 @@ Attributes of what it yields (BentoServerInfo):
     backend_url  http://127.0.0.1:PORT of the vLLM server behind the bento (to compare against the bare engine)
     usd_per_hour the price the bento was built with (its packager_usd_per_hour gauge)
     registry_version, hardware   the variant labels of its packager_* series
+    api_key, headers  the key the bento was started with (PACKAGER_API_KEYS) and `Authorization: Bearer KEY`
 
 Run integration tests under the heavy-job lock: `flock /tmp/packager-heavy.lock .venv/bin/pytest -m slow ...`.
 """
@@ -47,6 +48,8 @@ class BentoServerInfo:
     usd_per_hour: float
     registry_version: str
     hardware: str
+    api_key: str
+    headers: dict[str, str]  # Authorization: Bearer api_key, what every client of the bento sends
 
 
 def packager_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 600) -> subprocess.CompletedProcess:
@@ -82,6 +85,6 @@ def bento_server(default_model, tmp_path_factory):
         yield BentoServerInfo(base_url=srv.base_url, tag=tag, proc=srv.proc, log_path=log_path,
                               model=default_model.name, backend_url=f"http://127.0.0.1:{srv.backend_port}",
                               usd_per_hour=BENTO_USD_PER_HOUR, registry_version=BENTO_REGISTRY_VERSION,
-                              hardware="cpu")
+                              hardware="cpu", api_key=srv.api_key, headers=srv.headers)
     finally:
         srv.stop()

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 from conftest import corrupt_tail, metric_value
 import pytest
+
+from packager.serve.auth import use_client_key
 import yaml
 
 pytestmark = [pytest.mark.slow,
@@ -36,6 +38,11 @@ class GgufBento:
     model: str
     artifact_dir: Path
     log_path: Path
+    api_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
 
 
 _value = metric_value
@@ -69,7 +76,7 @@ def gguf_bento(gguf_artifacts, build_bento_cli, tmp_path_factory):
     srv = BentoServer(tag, log_path=log_path, startup_timeout_s=300)
     srv.start()
     try:
-        yield GgufBento(srv.base_url, tag, gguf_artifacts["q8_0"].record.name, art, log_path)
+        yield GgufBento(srv.base_url, tag, gguf_artifacts["q8_0"].record.name, art, log_path, srv.api_key)
     finally:
         srv.stop()
 
@@ -113,12 +120,12 @@ def test_bento_model_carries_the_gguf_identity(gguf_bento):
 def test_probes_and_models(gguf_bento):
     assert httpx.get(gguf_bento.base_url + "/readyz", timeout=10).status_code == 200
     assert httpx.get(gguf_bento.base_url + "/livez", timeout=10).status_code == 200
-    r = httpx.get(gguf_bento.base_url + "/v1/models", timeout=30)
+    r = httpx.get(gguf_bento.base_url + "/v1/models", headers=gguf_bento.headers, timeout=30)
     assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == [gguf_bento.model]
 
 
 def test_chat_answer_is_right_and_ends_cleanly(gguf_bento):
-    r = httpx.post(gguf_bento.base_url + "/v1/chat/completions", timeout=120, json={
+    r = httpx.post(gguf_bento.base_url + "/v1/chat/completions", headers=gguf_bento.headers, timeout=120, json={
         "model": gguf_bento.model, "messages": QUESTION, "max_tokens": 24, "temperature": 0})
     assert r.status_code == 200, r.text
     out = r.json()
@@ -137,7 +144,7 @@ def test_streaming_yields_chunks_and_done_and_moves_the_metrics(gguf_bento):
     body = {"model": gguf_bento.model, "messages": [{"role": "user", "content": "Name three colors."}],
             "max_tokens": 32, "temperature": 0, "stream": True}
     chunks = []
-    with httpx.stream("POST", gguf_bento.base_url + "/v1/chat/completions", json=body, timeout=120) as r:
+    with httpx.stream("POST", gguf_bento.base_url + "/v1/chat/completions", headers=gguf_bento.headers, json=body, timeout=120) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -147,7 +154,7 @@ def test_streaming_yields_chunks_and_done_and_moves_the_metrics(gguf_bento):
     texts = [e["choices"][0]["delta"].get("content") for e in events if e.get("choices")]
     assert len([t for t in texts if t]) >= 3, chunks
     assert "<|im_end|>" not in "".join(t for t in texts if t)
-    r = httpx.post(gguf_bento.base_url + "/v1/chat/completions", timeout=120,
+    r = httpx.post(gguf_bento.base_url + "/v1/chat/completions", headers=gguf_bento.headers, timeout=120,
                    json={"model": gguf_bento.model, "messages": QUESTION, "max_tokens": 8, "temperature": 0})
     assert r.status_code == 200
     chat_tokens = r.json()["usage"]["completion_tokens"]
@@ -178,7 +185,7 @@ def test_concurrent_streams_queue_and_complete_beyond_the_limit_429(gguf_bento):
     def one() -> None:
         start.wait()
         t_sent = time.monotonic()
-        with httpx.stream("POST", gguf_bento.base_url + "/v1/chat/completions", json=body, timeout=120) as r:
+        with httpx.stream("POST", gguf_bento.base_url + "/v1/chat/completions", headers=gguf_bento.headers, json=body, timeout=120) as r:
             lines = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")] if r.status_code == 200 else []
             with lock:
                 results.append((r.status_code, lines, t_sent, time.monotonic()))
@@ -231,7 +238,9 @@ def test_short_locust_run_through_the_bento(gguf_bento, tmp_path):
         "profile": {"kind": "concurrency", "users": 2, "duration_s": 40},
         "prompts": {"kind": "synthetic", "input_tokens": {"mean": 32}, "output_tokens": {"mean": 16}},
         "max_requests": 10, "max_duration_s": 40, "request_timeout_s": 60, "drain_timeout_s": 30})
-    r = run_loadtest(gguf_bento.base_url, cfg, SLOConfig(), PricingConfig(usd_per_hour=USD_PER_HOUR), tmp_path / "lt")
+    with use_client_key(gguf_bento.api_key):  # locust sends the bento's key (PACKAGER_API_KEY)
+        r = run_loadtest(gguf_bento.base_url, cfg, SLOConfig(), PricingConfig(usd_per_hour=USD_PER_HOUR),
+                         tmp_path / "lt")
     ph = r.phases[0]
     assert r.model == gguf_bento.model
     assert ph.requests_sent == 10 and ph.requests_ok == 10 and ph.errors_by_kind == {}
@@ -262,8 +271,14 @@ def test_tampered_gguf_is_refused_before_llama_cpp_starts(tiny_llama_dir, tmp_pa
     info = yaml.safe_load((tmp_path / "bentoml-home" / "bentos" / tag.replace(":", "/") / "bento.yaml").read_text())
     weights = tmp_path / "bentoml-home" / "models" / info["args"]["model_tag"].replace(":", "/") / "model" / "model.gguf"
     corrupt_tail(weights)
-    r = subprocess.run(serve_command(tag, port=free_port()), env=serve_env(base=own_store), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(serve_command(tag, port=free_port()), env=serve_env(base={**own_store, **_a_key()}),
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 3, (r.returncode, r.stderr[-3000:])
     assert "sha256 mismatch: model.gguf" in r.stderr
     assert "llamacpp_main" not in r.stderr and "llama_cpp.server" not in r.stderr  # the backend never started
+
+
+def _a_key() -> dict[str, str]:
+    from packager.serve.auth import ENV_API_KEYS, generate_key
+
+    return {ENV_API_KEYS: generate_key()}

@@ -129,8 +129,12 @@ def _base_url(srv) -> str:
     raise TypeError(f"cannot find the base URL of {srv!r}")
 
 
+# `Authorization` of the endpoint under test (set by the `endpoint` fixture)
+AUTH: dict[str, str] = {}
+
+
 def _served_model(base_url: str) -> str:
-    return httpx.get(base_url + "/v1/models", timeout=30).json()["data"][0]["id"]
+    return httpx.get(base_url + "/v1/models", timeout=30, headers=AUTH).json()["data"][0]["id"]
 
 
 def _chat(client: httpx.Client, base_url: str, model: str, i: int) -> dict:
@@ -165,6 +169,8 @@ def endpoint(request):
         pytest.skip(f"fixture {profile.fixture!r} is not defined (tests/integration/conftest.py); "
                     f"the {request.param} endpoint is not tested here")
     base_url = _base_url(srv)
+    AUTH.clear()
+    AUTH.update(getattr(srv, "headers", None) or {})  # a bento's key; a bare vLLM server needs none
     model = getattr(srv, "model", None) or _served_model(base_url)
     return profile, base_url, model
 
@@ -203,7 +209,7 @@ def test_prometheus_scrapes_endpoint_and_monitor_agrees(endpoint, prometheus):
 
     # Traffic: 6 requests of 16 tokens, two at a time.
     usages: list[dict] = []
-    with httpx.Client() as client:
+    with httpx.Client(headers=AUTH) as client:
         def worker(k):
             for i in range(k, 6, 2):
                 usages.append(_chat(client, base_url, model, i))
@@ -262,7 +268,7 @@ def test_prometheus_scrapes_endpoint_and_monitor_agrees(endpoint, prometheus):
         stop = threading.Event()
 
         def traffic():
-            with httpx.Client() as c:
+            with httpx.Client(headers=AUTH) as c:
                 i = 0
                 while not stop.is_set():
                     _chat(c, base_url, model, 100 + i)

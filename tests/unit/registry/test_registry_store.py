@@ -322,3 +322,52 @@ def test_registry_section_of_the_run_configuration(tmp_path):
     assert reg.uri == "sqlite:///" + (tmp_path / "team" / "mlflow.db").as_posix() and reg.log_artifacts
     with pytest.raises(ConfigError, match="registry section is not valid:\n  - url: Extra inputs are not permitted"):
         ModelRegistry.from_config({"url": "http://x"})
+
+
+def test_a_key_that_aliases_an_entry_is_refused(registry, pair):
+    """`packager.approval.1` would read as entry 1 if keys were parsed as numbers: a forged approval added as a
+    run param beside a rejection. The chain refuses every key packager does not write."""
+    name, _, v2, _, _ = pair
+    registry.reject(name, v2, by="bob", reason="recovery too low")
+    entry = json.loads(registry.client.get_model_version(name, str(v2)).tags["packager.approval.0001"])
+    run_id = registry.get(name, v2).run_id
+    registry.client.log_param(run_id, "packager.approval.1", json.dumps({**entry, "decision": "approved"}))
+    hist = registry.history(name, v2)
+    assert hist.status == "tampered" and not hist.chain_ok
+    assert [e.decision for e in hist.entries] == ["rejected"]
+    assert hist.problems == ["the run param packager.approval.1 is not a key packager writes (it would alias an entry "
+                             "of the chain): added outside packager (forged)"]
+    assert not check_release_gate(name, v2, 0.9, registry=registry).allowed
+
+
+def test_approval_moves_the_approved_alias(registry, pair):
+    name, v1, v2, _, _ = pair
+    registry.approve(name, v1, by="bob", reason="first")
+    assert str(registry.client.get_model_version_by_alias(name, "approved").version) == str(v1)
+    registry.approve(name, v2, by="bob", reason="better")
+    assert str(registry.client.get_model_version_by_alias(name, "approved").version) == str(v2)
+    # rejecting another version leaves the alias; rejecting the aliased one removes it
+    registry.reject(name, v1, by="carol", reason="superseded")
+    assert str(registry.client.get_model_version_by_alias(name, "approved").version) == str(v2)
+    registry.reject(name, v2, by="carol", reason="regression found")
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):
+        registry.client.get_model_version_by_alias(name, "approved")
+
+
+def test_serving_needs_an_approval_that_holds_now(registry, pair):
+    from packager.registry.gate import check_serving_approval
+
+    name, _, v2, _, _ = pair
+    ok, why = check_serving_approval(name, v2, registry=registry)
+    assert not ok and f"{name} version {v2} is not approved for serving (state: pending" in why
+    registry.approve(name, v2, by="bob", reason="good")
+    ok, why = check_serving_approval(name, v2, registry=registry)
+    assert ok and "approved by bob" in why
+    registry.update_results(name, v2, eval_results={"score": 0.5})  # new results: the approval is stale
+    ok, why = check_serving_approval(name, v2, registry=registry)
+    assert not ok and "state: stale" in why
+    registry.reject(name, v2, by="carol", reason="regressed")
+    ok, why = check_serving_approval(name, v2, registry=registry)
+    assert not ok and "state: rejected" in why and "regressed" in why

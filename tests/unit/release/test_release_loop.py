@@ -14,6 +14,8 @@ The main scenario (one module fixture, three runs of the same run directory):
 """
 from __future__ import annotations
 
+import os
+
 import contextlib
 import hashlib
 import io
@@ -162,6 +164,8 @@ class FakeServer:
         self.fakes, self.name, self.record = fakes, name, record
         self.srv = FakeOpenAIServer(**SERVER_SETTINGS[name])
         self.base_url = None
+        # a bento has a key of its own, which the release's clients send (the fake server does not check it)
+        self.api_key = f"key-of-{name}-0123456789" if record.get("via") == "bento" else None
 
     def start(self):
         self.fakes.calls["serve"].append({"name": self.name, **self.record})
@@ -206,11 +210,12 @@ def install_fakes(mp: pytest.MonkeyPatch) -> Fakes:
     real_evaluate, real_loadtest = eval_mod.evaluate_model, lt_mod.run_loadtest
 
     def evaluate_model(*a, **kw):
-        f.calls["evaluate"].append({"name": kw["name"], "out": Path(kw["out_dir"]).name})
+        f.calls["evaluate"].append({"name": kw["name"], "out": Path(kw["out_dir"]).name,
+                                    "client_key": os.environ.get("PACKAGER_API_KEY")})
         return real_evaluate(*a, **kw)
 
     def run_loadtest(url, *a, **kw):
-        f.calls["loadtest"].append({"name": Path(a[3]).parent.name})
+        f.calls["loadtest"].append({"name": Path(a[3]).parent.name, "client_key": os.environ.get("PACKAGER_API_KEY")})
         return real_loadtest(url, *a, **kw)
 
     mp.setattr(recipe_mod, "load_recipe", lambda name: name)
@@ -397,6 +402,11 @@ def test_what_the_first_run_did(runs):
         ("baseline", "eval"), ("baseline", "behaviour"), ("w8a8-int8", "eval"), ("w8a8-int8", "behaviour"),
         ("broken-int4", "eval")]
     assert names(calls, "loadtest") == MEASURED
+    # the evaluation and the load test of a bento send that bento's own key, and only while it runs
+    assert {(c["name"], c["client_key"]) for c in calls["evaluate"]} == {
+        (n, f"key-of-{n}-0123456789") for n in ("baseline", "w8a8-int8", "broken-int4")}
+    assert [c["client_key"] for c in calls["loadtest"]] == [f"key-of-{n}-0123456789" for n in MEASURED]
+    assert "PACKAGER_API_KEY" not in os.environ
     builds = {c["name"]: c for c in calls["build"]}
     assert [builds[n]["registry_version"] for n in ("baseline", *RECIPES[:2])] == ["1", "2", "3"]
     assert builds["w8a8-int8"]["bento_name"] == "packager-w8a8-int8" and builds["w8a8-int8"]["hardware"] == "cpu"

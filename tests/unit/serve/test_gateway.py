@@ -153,7 +153,7 @@ async def test_over_the_concurrency_limit_is_429_and_counted(setup):
     gw, client, registry, _ = setup
     gw.in_flight = gw.concurrency  # as if 4 requests were streaming
     r = await client.post("/v1/chat/completions", json={"model": "m", "messages": []})
-    assert r.status_code == 429 and "4 inference requests" in r.json()["error"]["message"]
+    assert r.status_code == 429 and "4 of this replica's 4 inference slots" in r.json()["error"]["message"]
     assert sample(registry, "packager_requests_total", outcome="rejected") == 1
     assert gw.in_flight == gw.concurrency
 

@@ -57,3 +57,20 @@ def test_unknown_bento_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "store"))
     with pytest.raises(ConfigError, match="not in the BentoML store"):
         write_manifests("nope:1", tmp_path / "out")
+
+
+def test_api_keys_come_from_a_secret_the_manifests_only_name():
+    dep, _ = render_manifests(INFO, ManifestOptions())["kubernetes"]
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ref = env["PACKAGER_API_KEYS"]
+    assert "value" not in ref
+    assert ref["valueFrom"] == {"secretKeyRef": {"name": f"{dep['metadata']['name']}-api-keys", "key": "api-keys"}}
+    cfg = render_manifests(INFO, ManifestOptions(api_key_secret="team-keys"))
+    assert cfg["bentoml"]["secrets"] == ["team-keys"]
+    dep2 = cfg["kubernetes"][0]
+    assert dep2["spec"]["template"]["spec"]["containers"][0]["env"][-1]["valueFrom"]["secretKeyRef"]["name"] == "team-keys"
+    # a bento built to serve without keys gets no key wiring
+    open_info = {**INFO, "args": {**INFO["args"], "require_api_key": False}}
+    docs = render_manifests(open_info, ManifestOptions())
+    names = [e["name"] for e in docs["kubernetes"][0]["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert "PACKAGER_API_KEYS" not in names and "secrets" not in docs["bentoml"]
