@@ -50,7 +50,8 @@ def evaluate(
     concurrency: Optional[int] = config_flag("eval.concurrency"),
     no_perplexity: bool = typer.Option(False, "--no-perplexity", help="skip perplexity on the held-out corpus"),
 ) -> None:
-    """Score MODEL on a task suite through its serving engine; print task score, perplexity, recovery, fidelity."""
+    """Score MODEL on a task suite through its serving engine; print task score, perplexity, recovery, fidelity.
+    An endpoint URL gets PACKAGER_API_KEY as `Authorization: Bearer` when set (a packager bento needs one)."""
     from rich.console import Console
 
     from packager.config import load_config

@@ -144,7 +144,8 @@ def loadtest(
     plan_only: bool = typer.Option(False, "--plan-only", help="Write plan.json only and print the locust "
                                    "commands to run it by hand (e.g. with workers on other hosts)"),
 ) -> None:
-    """Load-test a server with locust (headless, in subprocesses): latency percentiles, goodput, $/1M tokens."""
+    """Load-test a server with locust (headless, in subprocesses): latency percentiles, goodput, $/1M tokens.
+    Sends PACKAGER_API_KEY as `Authorization: Bearer` when set (a packager bento needs one)."""
     args = dict(locals())
     run_guarded(_loadtest, **args)
 

@@ -29,7 +29,8 @@ def monitor(
 ) -> None:
     """Live view of an endpoint: request rate, tokens/s, TTFT/TPOT/E2E percentiles, errors, USD per 1M output tokens.
 
-    Reads a packager bento's packager_* series, or a bare vLLM server's vllm:* series.
+    Reads a packager bento's packager_* series, or a bare vLLM server's vllm:* series. A bento whose /metrics
+    asks for a token gets PACKAGER_METRICS_TOKEN.
     """
     from packager.config import SLOConfig
     from packager.monitor.scrape import ScrapeError
@@ -100,7 +101,8 @@ def canary(
     timeout_s: float = typer.Option(60.0, "--timeout-s", help="Per-request timeout in seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print each run's full result as one JSON line."),
 ) -> None:
-    """Quality canary: send a small golden set at an interval and export its pass rate on /metrics."""
+    """Quality canary: send a small golden set at an interval and export its pass rate on /metrics. Sends
+    PACKAGER_API_KEY as `Authorization: Bearer` when set (a packager bento needs one)."""
 
     def go() -> None:
         from packager.evaluate.suite import load_suite

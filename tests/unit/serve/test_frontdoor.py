@@ -63,8 +63,8 @@ CHAT_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 @pytest.mark.anyio
 @pytest.mark.parametrize("headers,message", [
     ({}, "This bento needs an API key"),
-    ({"Authorization": "Bearer wrong-key-dddddddddd"}, "The API key is not valid"),
-    ({"Authorization": f"Bearer {KEY[:-1]}"}, "The API key is not valid"),
+    ({"Authorization": "Bearer wrong-key-dddddddddd"}, "The API key sent"),
+    ({"Authorization": f"Bearer {KEY[:-1]}"}, "The API key sent"),
     ({"Authorization": f"Basic {KEY}"}, "This bento needs an API key"),
     ({"X-Api-Key": KEY}, "This bento needs an API key"),
 ])
