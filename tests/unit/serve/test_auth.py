@@ -225,3 +225,15 @@ def test_generate_key_gives_distinct_long_keys_that_load():
     assert all(k.startswith("pk-") for k in keys)
     assert load_api_keys({ENV_API_KEYS: ",".join(keys)}) == keys  # accepted by the server as they are
     assert KeyCheck(keys).accepts(keys[17].encode())
+
+
+def test_keys_in_the_environment_never_reach_the_run_configuration():
+    """PACKAGER_API_KEYS and friends share the PACKAGER_ prefix of configuration overrides: they must not become
+    configuration (which is written into results, reports and registry records)."""
+    from packager.config import env_overrides, load_config
+
+    secret = "pk-" + "s" * 40
+    env = {"PACKAGER_API_KEYS": secret, "PACKAGER_API_KEY": secret, "PACKAGER_METRICS_TOKEN": secret,
+           "PACKAGER_API_KEYS_FILE": "/nonexistent"}
+    assert env_overrides(env) == {}
+    assert secret not in load_config(environ=env).model_dump_json()
