@@ -1,6 +1,11 @@
 """A bento safe to expose, checked against the real one (session fixture `bento_server`: `packager build` +
 `bentoml serve` + vLLM CPU): API keys, one gate for every route, bounded requests, bounded metrics.
 
+The file sorts after every test module that starts a bento in packager's default BentoML store (the GGUF one):
+`bentoml serve` empties the store's Prometheus multiprocess folder when it starts, which freezes the metrics of a
+bento already running from the same store (the session bento's packager_* series stopped moving in CI when this
+file ran first and started the session bento early).
+
 Figures (status codes seen, /metrics size before and after 10,000 random paths, the work counted for `n` and
 prompt lists, the time to refuse a slow body) go to benchmarks/results/reliability.json, section "security".
 """
