@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from fakes.streaming_asgi import StreamingASGITransport
+
 from packager.serve.gateway import Gateway, StreamObserver, outcome_of_status
 from packager.serve.metrics import OUTCOMES, ServiceMetrics
 
@@ -257,54 +259,6 @@ async def call_asgi(app, body: dict, disconnect_after_chunks: int | None = None,
              "headers": [(b"content-type", b"application/json")], "scheme": "http", "server": ("bento", 80)}
     await app(scope, receive, send)
     return sent
-
-
-class StreamingASGITransport(httpx.AsyncBaseTransport):
-    """Like httpx.ASGITransport, but hands the response over as soon as it starts and streams its body
-    (httpx's own transport waits for the whole response), so cancellation reaches the backend mid-stream."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        queue: asyncio.Queue = asyncio.Queue()
-        started: asyncio.Future = asyncio.get_running_loop().create_future()
-        closed = asyncio.Event()
-        sent_body = False
-
-        async def receive():
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await closed.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(msg):
-            if msg["type"] == "http.response.start":
-                started.set_result(msg)
-            else:
-                await queue.put(msg.get("body", b""))
-                if not msg.get("more_body"):
-                    await queue.put(None)
-
-        scope = {"type": "http", "method": request.method, "path": request.url.path, "root_path": "",
-                 "query_string": request.url.query, "headers": list(request.headers.raw), "scheme": "http",
-                 "server": ("backend", 80)}
-        task = asyncio.create_task(self.app(scope, receive, send))
-        start = await started
-
-        class Body(httpx.AsyncByteStream):
-            async def __aiter__(self):
-                while (chunk := await queue.get()) is not None:
-                    yield chunk
-
-            async def aclose(self):
-                closed.set()
-                task.cancel()
-
-        return httpx.Response(start["status"], headers=start["headers"], stream=Body())
 
 
 def gateway_for(backend: Starlette, registry) -> Starlette:

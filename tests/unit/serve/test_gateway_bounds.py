@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from fakes.streaming_asgi import StreamingASGITransport
+
 from packager.serve.gateway import Gateway, RequestLimits, prepare_inference
 from packager.serve.metrics import OUTCOMES, ServiceMetrics
 
@@ -304,54 +306,6 @@ async def test_unknown_v1_paths_never_reach_the_backend(lenient):
         assert r.status_code >= 400
     assert seen == [] and gw.in_flight == 0
     assert outcomes(registry) == only("success", 0)
-
-
-class StreamingASGITransport(httpx.AsyncBaseTransport):
-    """Like httpx.ASGITransport, but hands the response over as soon as it starts and streams its body
-    (httpx's own transport waits for the whole response), so a stalled stream stalls the relay."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
-        queue: asyncio.Queue = asyncio.Queue()
-        started: asyncio.Future = asyncio.get_running_loop().create_future()
-        closed = asyncio.Event()
-        sent_body = False
-
-        async def receive():
-            nonlocal sent_body
-            if not sent_body:
-                sent_body = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await closed.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(msg):
-            if msg["type"] == "http.response.start":
-                started.set_result(msg)
-            else:
-                await queue.put(msg.get("body", b""))
-                if not msg.get("more_body"):
-                    await queue.put(None)
-
-        scope = {"type": "http", "method": request.method, "path": request.url.path, "root_path": "",
-                 "query_string": request.url.query, "headers": list(request.headers.raw), "scheme": "http",
-                 "server": ("backend", 80)}
-        task = asyncio.create_task(self.app(scope, receive, send))
-        start = await started
-
-        class Body(httpx.AsyncByteStream):
-            async def __aiter__(self):
-                while (chunk := await queue.get()) is not None:
-                    yield chunk
-
-            async def aclose(self):
-                closed.set()
-                task.cancel()
-
-        return httpx.Response(start["status"], headers=start["headers"], stream=Body())
 
 
 def stalling_backend(events_before_stall: int, closed: list[bool]) -> Starlette:
