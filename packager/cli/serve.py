@@ -10,6 +10,10 @@ import typer
 from packager.cli.guard import run_guarded
 from packager.cli.options import config_flag, overrides
 
+# `packager build` flags that are bento arguments of the same name (access and bounds, packager/serve/args.py)
+ACCESS_FLAGS = ("require_api_key", "require_approved", "registry_name", "max_body_bytes", "max_tokens_limit",
+                "max_tokens_default", "max_stream_s")
+
 
 def build(
     variant_dir: str = typer.Argument(..., help="model variant directory (or 'default' for the bundled model)"),
@@ -66,6 +70,9 @@ def build(
 
     err = Console(stderr=True)
 
+    flags = locals()
+    access = {k: flags[k] for k in ACCESS_FLAGS if flags[k] is not None}  # bento args of the same names
+
     def go():
         from packager.serve.build import build_bento
 
@@ -76,31 +83,22 @@ def build(
             "engine.gpu_memory_utilization": gpu_memory_utilization, "engine.cpu_kvcache_space_gib": kvcache_gib,
             "engine.cpu_omp_threads_bind": omp_threads_bind}))
         if release:
-            from packager.errors import ConfigError
-            from packager.registry.gate import check_release_gate
-
-            if not registry_name or registry_version == "unregistered":
-                raise ConfigError("--release needs --registry-name and --registry-version: a release bento is "
-                                  "built only from an approved registry version.")
-            floor = quality_floor if quality_floor is not None else cfg.quality_floor
-            decision = check_release_gate(registry_name, registry_version, floor, registry_uri=registry_uri,
-                                          model_dir=variant_dir)
-            decision.raise_if_refused()
-            err.print(f"[green]release gate passed[/]: {decision.message}", highlight=False)
+            msg = _release_gate(registry_name, registry_version, quality_floor if quality_floor is not None
+                                else cfg.quality_floor, registry_uri, variant_dir)
+            err.print(f"[green]release gate passed[/]: {msg}", highlight=False)
         price = usd_per_hour if usd_per_hour is not None else cfg.pricing.usd_per_hour
         with err.status("building the bento (import model, bentoml build)"):
             return build_bento(variant_dir, engine=cfg.engine, name=name, model_name=model_name,
                                registry_version=registry_version, hardware=hardware, usd_per_hour=price,
                                max_concurrency=max_concurrency, timeout_s=timeout_s, workers=workers,
-                               build_ctx=build_ctx,
-                               log=lambda m: err.print(m, highlight=False, soft_wrap=True), access=access)
+                               build_ctx=build_ctx, log=lambda m: err.print(m, highlight=False, soft_wrap=True),
+                               access=access)
 
-    access = {k: v for k, v in {"require_api_key": require_api_key, "require_approved": require_approved,
-                                "registry_name": registry_name, "max_body_bytes": max_body_bytes,
-                                "max_tokens_limit": max_tokens_limit, "max_tokens_default": max_tokens_default,
-                                "max_stream_s": max_stream_s}.items() if v is not None}
+    _report_built(err, run_guarded(go))
 
-    res = run_guarded(go)
+
+def _report_built(err, res) -> None:
+    """How to serve the bento on stderr; its tag alone on stdout (what scripts read)."""
     err.print(f"[green]built[/] {res.bento_tag} (model {res.model_tag}); serve it with: "
               f"packager serve {res.bento_tag}   (or: bentoml serve {res.bento_tag})", highlight=False,
               soft_wrap=True)
@@ -155,3 +153,18 @@ def _check_bento_approved(tag: str, registry_name: str | None, registry_uri: str
     if not ok:
         raise ReleaseRefusedError(f"Refusing to serve {tag}: {why}")
     Console(stderr=True).print(f"[green]approved[/]: {why}", highlight=False)
+
+
+def _release_gate(registry_name: str | None, registry_version: str, floor: float, registry_uri: str | None,
+                  variant_dir: str) -> str:
+    """`packager build --release`: the registry version must pass the release gate; its message, or an error."""
+    from packager.errors import ConfigError
+    from packager.registry.gate import check_release_gate
+
+    if not registry_name or registry_version == "unregistered":
+        raise ConfigError("--release needs --registry-name and --registry-version: a release bento is "
+                          "built only from an approved registry version.")
+    decision = check_release_gate(registry_name, registry_version, floor, registry_uri=registry_uri,
+                                  model_dir=variant_dir)
+    decision.raise_if_refused()
+    return decision.message

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -27,9 +27,7 @@ from packager.config import EngineConfig
 from packager.core.validation import format_validation_error, parse_model
 from packager.engines.select import ENGINES, check_target
 from packager.errors import ConfigError
-
-if TYPE_CHECKING:
-    from packager.serve.gateway import RequestLimits
+from packager.serve.bounds import RequestLimits
 
 # BentoML names (bento, service, model): lowercase letters, digits, '-', '_' and '.', starting and ending
 # with a letter or digit.
@@ -171,9 +169,7 @@ class BentoArgs(BaseModel):
             return "cpu"
         return f"{self.gpu_type or 'gpu'}x{self.tensor_parallel_size}"
 
-    def request_limits(self) -> "RequestLimits":
-        from packager.serve.gateway import RequestLimits
-
+    def request_limits(self) -> RequestLimits:
         return RequestLimits(max_tokens_default=self.max_tokens_default,
                              max_tokens_limit=self.max_tokens_limit or self.max_model_len,
                              max_stream_s=self.max_stream_s)

@@ -15,7 +15,8 @@ from starlette.routing import Route
 
 from fakes.streaming_asgi import StreamingASGITransport
 
-from packager.serve.gateway import Gateway, RequestLimits, prepare_inference
+from packager.serve.bounds import RequestLimits, prepare_inference
+from packager.serve.gateway import Gateway
 from packager.serve.metrics import OUTCOMES, ServiceMetrics
 
 LABELS = {"model": "m", "registry_version": "3", "backend": "vllm", "hardware": "cpu"}
