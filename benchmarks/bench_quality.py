@@ -35,12 +35,16 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/quality.json"))
     ap.add_argument("--max-items", type=int, default=None)
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
+    ap.add_argument("--recipes", nargs="+", default=None, help="recipes to run (default: all of RECIPES)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep --out's noise floor (not measured again) and its other variants; rows of the "
+                         "recipes run now replace rows of the same name, whose old values are kept as 'before'")
     a = ap.parse_args()
 
     from packager.compress.recipe import load_recipe, run_recipe
     from packager.config import RunConfig
     from packager.core.sources import ensure_default_model
-    from packager.evaluate.noise_floor import measure_noise_floor
+    from packager.evaluate.noise_floor import NoiseFloor, measure_noise_floor
     from packager.evaluate.runner import evaluate_model, load_items
     from packager.hardware import serving_dtype
     from packager.release.runner import quality_gate
@@ -57,19 +61,32 @@ def main() -> None:
     base = evaluate_model(source.path, cfg, out_dir=work / "baseline", name="baseline", show_progress=False)
     items = load_items(Path(str(base.items_path)))
     base_s = time.monotonic() - t0
-    t0 = time.monotonic()
-    nf = measure_noise_floor(source.path, cfg, served, items, log_path=work / "noise_floor.log")
-    nf_s = time.monotonic() - t0
+    old = json.loads(Path(a.out).read_text()) if a.merge else None
+    if old is not None:
+        nf = NoiseFloor.model_validate({k: v for k, v in old["noise_floor"].items()
+                                        if k in NoiseFloor.model_fields})
+        nf_s = old["noise_floor"].get("wall_s") or old["noise_floor"].get("measure_s_approx")
+    else:
+        t0 = time.monotonic()
+        nf = measure_noise_floor(source.path, cfg, served, items, log_path=work / "noise_floor.log")
+        nf_s = time.monotonic() - t0
     (work / "noise_floor.json").write_text(nf.model_dump_json(indent=2))  # kept: a stopped run loses nothing
     gate = quality_gate(cfg, nf.model_dump(mode="json"))
     out = {"model": source.name, "suite": base.suite, "items": base.n_items, "served_dtype": served,
            "baseline": {"score": base.score, "score_ci": [base.stats.score.low, base.stats.score.high]
                         if base.stats else None, "wall_s": round(base_s, 1)},
-           "noise_floor": {**nf.model_dump(mode="json"), "wall_s": round(nf_s, 1)},
+           "noise_floor": {**(old["noise_floor"] if old else nf.model_dump(mode="json")),
+                           "wall_s": round(nf_s, 1) if nf_s else None},
            "gate": {"floor": gate.floor, "use_lower_bound": gate.use_lower_bound, "max_kl": gate.max_kl,
                     "max_kl_vs_noise": cfg.gate.max_kl_vs_noise},
            "variants": []}
-    for r in RECIPES:
+    previous = {v["recipe"]: v for v in (old or {}).get("variants", [])}
+    if old is not None:
+        out["earlier_run"] = old.get("earlier_run") or {
+            "baseline": old["baseline"], "variants": [v for v in previous if v not in (a.recipes or RECIPES)],
+            "note": "variants kept from an earlier run, and every 'before' entry, are relative to this baseline"}
+    out["variants"] = [v for v in previous.values()]
+    for r in a.recipes or RECIPES:
         recipe = load_recipe(r)
         t0 = time.monotonic()
         res = run_recipe(source, recipe, work / recipe.name / "stages", engine=cfg.engine, progress=False)
@@ -90,8 +107,11 @@ def main() -> None:
                "kl_vs_noise_floor": (s.fidelity_mean_kl / nf.mean_kl) if s.fidelity_mean_kl and nf.mean_kl else None,
                "top1_agreement": s.fidelity_top1_agreement, "greedy_agreement": s.fidelity_agreement,
                "score_by_category": s.score_by_category, "passes_gate": why is None, "gate_verdict": why,
-               "compress_s": round(comp_s, 1), "evaluate_s": round(eval_s, 1), "notes": s.notes}
-        out["variants"].append(row)
+               "compress_s": round(comp_s, 1), "evaluate_s": round(eval_s, 1), "notes": s.notes,
+               "stage": res.stages[-1].report if res.stages else None}
+        if recipe.name in previous:
+            row["before"] = {k: v for k, v in previous[recipe.name].items() if k not in ("before", "stage")}
+        out["variants"] = [v for v in out["variants"] if v["recipe"] != recipe.name] + [row]
         Path(a.out).write_text(json.dumps(out, indent=2) + "\n")  # after every variant
         print(json.dumps({k: row[k] for k in ("recipe", "recovery", "recovery_ci", "mean_kl", "kl_vs_noise_floor",
                                               "passes_gate")}), flush=True)

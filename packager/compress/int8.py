@@ -15,9 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from packager.compress.base import METHODS, StageArgs, StageContext
+from packager.compress.int8_search import MixedPrecisionArgs, apply_factors, smoothquant_factors
+
+__all__ = ["W8A8Int8Args", "apply_factors", "apply_w8a8_int8", "smoothquant_factors"]
 from packager.errors import ConfigError
 
 SMOOTHQUANT_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -30,9 +33,15 @@ class W8A8Int8Args(StageArgs):
 
     quantizes: ClassVar[bool] = True
     kind: Literal["w8a8_int8"] = "w8a8_int8"
-    smoothquant_alpha: float | None = Field(
-        None, ge=0.0, le=1.0,
-        description="SmoothQuant migration strength (0.5 is typical); null = no smoothing, no calibration data.")
+    smoothquant_alpha: float | Literal["auto"] | None = Field(
+        None, description="SmoothQuant migration strength in [0, 1] (0.5 is typical); 'auto' = the candidate (or "
+                          "no smoothing) with the lowest calibration KL; null = no smoothing.")
+    alpha_candidates: list[float] = Field(default_factory=lambda: [0.3, 0.45, 0.6, 0.75, 0.9],
+                                          description="strengths tried when smoothquant_alpha is 'auto'")
+    mixed_precision: MixedPrecisionArgs | None = Field(
+        None, description="keep the most sensitive Linear units in float until a calibration KL target is met")
+    search_samples: int = Field(8, ge=1, le=1024, description="calibration samples the KL search simulates on")
+    search_seq_len: int = Field(128, ge=16, le=8192, description="tokens per sample in the KL search")
     ignore: list[str] = Field(default_factory=lambda: ["lm_head"],
                               description="Linear modules left in float: names, suffixes, or 're:' regexes.")
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
@@ -40,8 +49,19 @@ class W8A8Int8Args(StageArgs):
     n_samples: int = Field(64, ge=1, le=4096, description="calibration samples (SmoothQuant only)")
     seq_len: int = Field(512, ge=16, le=32768, description="tokens per calibration sample (SmoothQuant only)")
 
+    @field_validator("smoothquant_alpha", "alpha_candidates")
+    @classmethod
+    def _alpha_range(cls, v):
+        for a in v if isinstance(v, list) else [v]:
+            if isinstance(a, float) and not 0.0 <= a <= 1.0:
+                raise ValueError(f"a SmoothQuant strength must lie in [0, 1]; got {a}")
+        return v
+
+    def searches(self) -> bool:
+        return self.smoothquant_alpha == "auto" or self.mixed_precision is not None
+
     def needs_calibration(self) -> bool:
-        return self.smoothquant_alpha is not None
+        return self.smoothquant_alpha is not None or self.mixed_precision is not None
 
     def validate_for(self, model_dir: Path) -> None:
         from packager.compress.checkpoint import read_config
@@ -57,90 +77,27 @@ class W8A8Int8Args(StageArgs):
                 )
 
 
-def smoothquant_factors(model_dir: Path, texts: list[str], alpha: float, seq_len: int, device: str = "cpu",
-                        show_progress: bool = True) -> dict[str, tuple[str, Any]]:
-    """{tensor name: ("div"|"mul", per-input-channel factor)} for SmoothQuant on a llama-style model."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not texts:
-        raise ConfigError("SmoothQuant needs calibration texts, and none were given.")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    # ignore below: transformers wraps .to with functools.wraps, and typeshed's _Wrapped does not bind self
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=torch.float32).to(device).eval()  # type: ignore[arg-type]
-    modules = dict(model.named_modules())
-    groups: list[tuple[str, list[str]]] = []
-    for name in modules:
-        for norm, linears in _SMOOTH_GROUPS:
-            if name.endswith("." + norm):
-                prefix = name[: -len(norm)]
-                lin = [prefix + n for n in linears]
-                if all(n in modules for n in lin):
-                    groups.append((name, lin))
-    if not groups:
-        raise ConfigError(f"No llama-style norm/Linear groups found in {model_dir}; set smoothquant_alpha: null.")
-    act_max: dict[str, torch.Tensor] = {}
-
-    def hook(key):
-        def fn(_mod, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()
-            act_max[key] = torch.maximum(act_max[key], x) if key in act_max else x
-        return fn
-
-    handles = [modules[lin[0]].register_forward_pre_hook(hook(norm)) for norm, lin in groups]
-    try:
-        from packager.core.progress import progress_bar
-
-        with torch.no_grad(), progress_bar("SmoothQuant calibration", total=len(texts), enabled=show_progress,
-                                           transient=True) as bar:
-            for t in texts:
-                ids = tok(t, return_tensors="pt", truncation=True, max_length=seq_len)["input_ids"].to(device)
-                if ids.shape[1]:
-                    model(input_ids=ids)
-                bar.advance()
-    finally:
-        for h in handles:
-            h.remove()
-    factors: dict[str, tuple[str, Any]] = {}
-    for norm, lin in groups:
-        w_max = torch.stack([modules[n].weight.detach().abs().amax(dim=0).float() for n in lin]).amax(dim=0)
-        a = act_max[norm].clamp(min=1e-5)
-        s = (a.pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5).cpu()
-        factors[f"{norm}.weight"] = ("div", s)
-        for n in lin:
-            factors[f"{n}.weight"] = ("mul", s)
-    del model
-    return factors
-
-
-def apply_factors(factors: dict[str, tuple[str, Any]]):
-    import torch
-
-    def pre(name: str, t):
-        if name not in factors:
-            return t
-        op, s = factors[name]
-        t32 = t.to(torch.float32)
-        return t32 / s if op == "div" else t32 * s.unsqueeze(0)
-
-    return pre
-
-
 @METHODS.register("w8a8_int8")
 def apply_w8a8_int8(args: W8A8Int8Args, ctx: StageContext) -> dict[str, Any]:
-    from packager.compress.ct_format import write_w8a8
+    from packager.compress.ct_format import select_linears, write_w8a8
+    from packager.compress.int8_search import SearchResult, search
 
     args.validate_for(ctx.input_dir)
-    pre = None
     report: dict[str, Any] = {"smoothquant_alpha": args.smoothquant_alpha, "weight_rounding": "nearest"}
-    if args.smoothquant_alpha is not None:
+    ignore = list(args.ignore)
+    res = SearchResult(None, {}, [])
+    if args.needs_calibration():
         texts = ctx.calibration_texts[: args.n_samples]
-        ctx.log(f"SmoothQuant (alpha={args.smoothquant_alpha}) on {len(texts)} calibration samples")
-        factors = smoothquant_factors(ctx.input_dir, texts, args.smoothquant_alpha, args.seq_len, ctx.device,
-                                      ctx.show_progress)
-        pre = apply_factors(factors)
-        report["smoothed_tensors"] = len(factors)
-        report["calibration_samples"] = len(texts)
-    report.update(write_w8a8(ctx.input_dir, ctx.output_dir, "int8", args.ignore, args.dtype, pre_transform=pre))
+        quantizable, _ = select_linears(ctx.input_dir, ignore)
+        ctx.log(f"int8 calibration on {len(texts)} samples"
+                + (f"; KL search on {min(args.search_samples, len(texts))}" if args.searches() else ""))
+        res = search(ctx.input_dir, texts, alpha=args.smoothquant_alpha, alpha_candidates=args.alpha_candidates,
+                     mixed=args.mixed_precision, quantizable=quantizable,
+                     seq_len=args.seq_len, search_samples=args.search_samples, search_seq_len=args.search_seq_len,
+                     device=ctx.device, show_progress=ctx.show_progress, log=ctx.log)
+        ignore += res.keep_float
+        report.update(smoothquant_alpha=res.alpha, smoothed_tensors=len(res.factors), calibration_samples=len(texts),
+                      **res.record)
+    pre = apply_factors(res.factors) if res.factors else None
+    report.update(write_w8a8(ctx.input_dir, ctx.output_dir, "int8", ignore, args.dtype, pre_transform=pre))
     return report

@@ -97,15 +97,25 @@ def test_variant_loads_and_answers_in_vllm(name, compressed, default_model, tmp_
 
 
 def test_cli_compress_scores_source_and_stage_through_vllm(default_model, tmp_path):
-    """`packager compress --recipe w8a8-int8` with evaluation on: the source is scored once as the baseline,
-    the stage against it; the table and both summaries carry score, recovery and perplexity."""
+    """`packager compress --recipe FILE` (the built-in w8a8-int8's search, made small) with evaluation on: the
+    source is scored once as the baseline, the stage against it; the table and both summaries carry score,
+    recovery and perplexity. The KL target is out of reach, so mixed precision keeps units in float up to its
+    share, and vLLM must serve a checkpoint whose fused q/k/v and gate/up units are partly left in float."""
     import subprocess
     import sys
 
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[2] / "packager/recipes/w8a8-int8.yaml").read_text())
+    recipe["stages"][0].update(n_samples=6, seq_len=96, search_samples=2, search_seq_len=64,
+                               alpha_candidates=[0.5, 0.75],
+                               mixed_precision={"target_kl": 1e-9, "max_float_share": 0.08})
+    rfile = tmp_path / "w8a8-int8.yaml"
+    rfile.write_text(yaml.safe_dump(recipe))
     cfg = tmp_path / "run.yaml"
     cfg.write_text("eval:\n  max_items: 16\n  perplexity: true\n  perplexity_max_chunks: 4\n")
     out = tmp_path / "out"
-    cp = subprocess.run([sys.executable, "-m", "packager.cli", "compress", "default", "--recipe", "w8a8-int8",
+    cp = subprocess.run([sys.executable, "-m", "packager.cli", "compress", "default", "--recipe", str(rfile),
                          "--out", str(out), "--config", str(cfg), "--device", "cpu"],
                         capture_output=True, text=True, timeout=1500)
     assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
@@ -117,5 +127,9 @@ def test_cli_compress_scores_source_and_stage_through_vllm(default_model, tmp_pa
     assert stage["recovery"] == pytest.approx(stage["score"] / src["score"])
     rec = json.loads((out / "01-w8a8_int8" / "stage.json").read_text())
     assert rec["evaluation"]["n_items"] == 16 and rec["evaluation"]["fidelity_agreement"] is not None
+    mp = rec["report"]["mixed_precision"]
+    assert mp["met"] is False and mp["kept_float"] and 0 < mp["weight_share_float"] <= 0.08
+    ignore = json.loads((out / "01-w8a8_int8" / "config.json").read_text())["quantization_config"]["ignore"]
+    assert set(rec["report"]["float_linear_layers"]) - {"lm_head"} <= set(ignore)
     assert (out / "eval" / "00-source" / "summary.json").is_file()
     assert "01-w8a8_int8" in cp.stdout and "recovery" in cp.stdout

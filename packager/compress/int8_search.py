@@ -1,0 +1,434 @@
+"""Accuracy-aware W8A8 int8: the SmoothQuant strength chosen on calibration KL, then mixed precision.
+
+Why own code: llm-compressor ships this recipe (SmoothQuant, then quantize, with an `ignore` list), but its
+pins clash with this stack (transformers 5, compressed-tensors 0.17), so the pieces are implemented here
+on plain torch and transformers. The output format is the same compressed-tensors W8A8 checkpoint vLLM loads.
+
+How it works, all on calibration text and the float32 model in memory:
+  1. Simulate what the engine computes: every quantized Linear sees its input rounded to int8 per token
+     (symmetric, scale = max|x| / 127, as vLLM's dynamic per-token activations) and its weight rounded to
+     int8 per output channel. The simulated model's next-token distributions are compared with the float
+     model's by KL over the whole vocabulary, at every position of every calibration sample.
+  2. SmoothQuant strength: for each candidate alpha (and "no smoothing") the smoothed, simulated model's
+     KL is measured; the lowest wins. Smoothing covers q/k/v after input_layernorm, gate/up after
+     post_attention_layernorm, and down_proj after up_proj (its output rows are divided by the factor
+     that down_proj's input columns are multiplied by: exact in float, since act = silu(gate) * up).
+  3. Mixed precision: the sensitivity of each unit (the Linears that read one input, which the engine
+     fuses and must treat alike: q/k/v, o, gate/up, down; one per layer each) is the KL of the model
+     with ONLY that unit quantized. Units are kept in float, most sensitive per weight first, until the
+     whole simulated model's KL is at most `target_kl`, or until the kept weights reach
+     `max_float_share` of the quantizable ones. The smallest such prefix is found by doubling and then
+     bisection on the prefix length (about 2 log2(units) simulated passes).
+The stage record lists the alphas tried with their KL, each unit's sensitivity, the units kept with their
+share of the weights, and whether the target was met.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from packager.errors import ConfigError
+
+# (module that produces the shared input, Linears that read it; op applied to the producer)
+_UNITS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)),
+          ("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",)))
+_SMOOTH = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+           ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+           ("mlp.up_proj", ("mlp.down_proj",)))
+
+
+class MixedPrecisionArgs(BaseModel):
+    """Keep the most sensitive Linear units in float until the simulated KL meets a target."""
+
+    model_config = ConfigDict(extra="forbid")
+    target_kl: float = Field(0.002, gt=0.0, le=10.0,
+                             description="mean KL (nats/token) on calibration text the int8 model may reach")
+    max_float_share: float = Field(0.25, gt=0.0, le=1.0,
+                                   description="at most this share of the quantizable weights stays in float")
+
+
+@dataclass
+class SearchResult:
+    alpha: float | None
+    factors: dict[str, dict[str, Any]]
+    keep_float: list[str]
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def fake_quant_tokens(x):
+    """Symmetric per-token int8 round trip (the engine's dynamic activation quantization)."""
+    import torch
+
+    s = x.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
+    return torch.round(x / s).clamp_(-127, 127) * s
+
+
+def _smooth_groups(modules: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    groups = []
+    for name in modules:
+        for prod, linears in _SMOOTH:
+            if name.endswith("." + prod):
+                prefix = name[: -len(prod)]
+                lin = [prefix + n for n in linears]
+                if all(n in modules for n in lin):
+                    if prod == "mlp.up_proj" and getattr(modules[name], "bias", None) is not None:
+                        continue  # a biased up_proj would need its bias divided too; leave it unsmoothed
+                    groups.append((name, lin))
+    return groups
+
+
+def activation_maxima(model, batches, groups, show_progress: bool) -> dict[str, Any]:
+    """max |x| per input channel of each smoothing group's Linears, over the calibration batches."""
+    import torch
+
+    from packager.core.progress import progress_bar
+
+    modules = dict(model.named_modules())
+    act_max: dict[str, Any] = {}
+
+    def hook(key):
+        def fn(_mod, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()
+            act_max[key] = torch.maximum(act_max[key], x) if key in act_max else x
+        return fn
+
+    handles = [modules[lin[0]].register_forward_pre_hook(hook(prod)) for prod, lin in groups]
+    try:
+        with torch.no_grad(), progress_bar("SmoothQuant calibration", total=len(batches), enabled=show_progress,
+                                           transient=True) as bar:
+            for ids in batches:
+                model(input_ids=ids)
+                bar.advance()
+    finally:
+        for h in handles:
+            h.remove()
+    return act_max
+
+
+def weight_maxima(modules: dict[str, Any], groups) -> dict[str, Any]:
+    """max |w| per input channel over each smoothing group's Linears (read once, before any smoothing)."""
+    import torch
+
+    return {prod: torch.stack([modules[n].weight.detach().abs().amax(dim=0).float() for n in lin]).amax(dim=0)
+            for prod, lin in groups}
+
+
+def factors_for(groups, act_max, w_maxima, alpha: float) -> dict[str, dict[str, Any]]:
+    """{tensor name: {"div": factor, "mul": factor}}: "div" divides a 1-D norm weight, or the rows (outputs)
+    of a producing Linear; "mul" multiplies the input columns of the Linears that read it. A tensor can
+    take both (up_proj: its columns for gate/up smoothing, its rows for down_proj smoothing)."""
+
+    factors: dict[str, dict[str, Any]] = {}
+    for prod, lin in groups:
+        w_max = w_maxima[prod]
+        a = act_max[prod].clamp(min=1e-5)
+        s = (a.pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5).cpu()
+        factors.setdefault(f"{prod}.weight", {})["div"] = s
+        for n in lin:
+            factors.setdefault(f"{n}.weight", {})["mul"] = s
+    return factors
+
+
+def apply_factors(factors: dict[str, dict[str, Any]]) -> Callable[[str, Any], Any]:
+    """A per-tensor transform that applies smoothing factors (tensors without factors pass unchanged)."""
+    import torch
+
+    def pre(name: str, t):
+        ops = factors.get(name)
+        if not ops:
+            return t
+        t32 = t.to(torch.float32)
+        if "mul" in ops:
+            t32 = t32 * ops["mul"].unsqueeze(0)
+        if "div" in ops:
+            t32 = t32 / ops["div"] if t32.dim() == 1 else t32 / ops["div"].unsqueeze(1)
+        return t32
+
+    return pre
+
+
+def units_of(modules: dict[str, Any], quantizable: list[str]) -> list[tuple[str, list[str]]]:
+    """[(unit name, its Linears)], in model order; a unit is quantized or kept whole."""
+    qset = set(quantizable)
+    units: list[tuple[str, list[str]]] = []
+    seen: set[str] = set()
+    for n in quantizable:
+        if n in seen:
+            continue
+        for parent, shards in _UNITS:
+            for sh in shards:
+                suffix = f".{parent}.{sh}"
+                if n.endswith(suffix):
+                    prefix = n[: -len(suffix)]
+                    members = [f"{prefix}.{parent}.{s}" for s in shards if f"{prefix}.{parent}.{s}" in qset]
+                    label = f"{prefix}.{parent}." + "/".join(s.replace("_proj", "") for s in shards)
+                    units.append((label, members))
+                    seen.update(members)
+                    break
+            else:
+                continue
+            break
+        else:
+            units.append((n, [n]))
+            seen.add(n)
+    return units
+
+
+def _layer_index(name: str) -> int | None:
+    m = re.search(r"\.layers\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+class Simulator:
+    """The float model with switchable W8A8 simulation per Linear, and KL against the float reference."""
+
+    def __init__(self, model, batches, quantizable: list[str], smooth_tensors: set[str]):
+        import torch
+
+        self.model = model
+        self.batches = batches
+        self.modules = dict(model.named_modules())
+        self.params = dict(model.named_parameters())
+        self.quantizable = quantizable
+        self.active: set[str] = set()
+        self.orig = {n: self.params[n].detach().clone() for n in smooth_tensors}
+        for n in quantizable:
+            self.orig.setdefault(f"{n}.weight", self.params[f"{n}.weight"].detach().clone())
+        self.float_w: dict[str, Any] = {}
+        self.int_w: dict[str, Any] = {}
+        self._hooks = [self.modules[n].register_forward_pre_hook(self._hook(n)) for n in quantizable]
+        # The decoder layers' inputs on the float model, so that a pass that quantizes only layer i's
+        # Linears can start at layer i (llama-style models: model.model.layers, .norm, and lm_head).
+        inner = getattr(model, "model", None)
+        self.layers = list(getattr(inner, "layers", []) or [])
+        self.norm = getattr(inner, "norm", None)
+        self.head = getattr(model, "lm_head", None)
+        self.layer_inputs: list[list[Any]] = []
+        self.layer_kwargs: list[dict[str, Any]] = []
+        captured: list[Any] = []
+
+        def capture(_mod, args, kwargs):
+            if not captured:
+                self.layer_kwargs.append(dict(kwargs))
+            captured.append(args[0].detach().clone())
+
+        caps = [layer.register_forward_pre_hook(capture, with_kwargs=True) for layer in self.layers]
+        self.ref = []
+        try:
+            with torch.no_grad():
+                for ids in batches:
+                    captured.clear()
+                    self.ref.append(torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1))
+                    self.layer_inputs.append(list(captured))
+        finally:
+            for h in caps:
+                h.remove()
+        self.resumable = (self.norm is not None and self.head is not None and bool(self.layers)
+                          and all(len(c) == len(self.layers) for c in self.layer_inputs))
+        self.passes = 0
+
+    def _hook(self, name: str):
+        def fn(_mod, args):
+            if name in self.active:
+                return (fake_quant_tokens(args[0]),) + tuple(args[1:])
+            return None
+        return fn
+
+    def smooth(self, factors: dict[str, dict[str, Any]]) -> None:
+        """Reset the weights to the originals, apply smoothing factors, precompute int8 round trips."""
+        from packager.compress.ct_format import dequantize, quantize_int8_per_channel
+
+        pre = apply_factors(factors)
+        for n, t in self.orig.items():
+            self.params[n].data = pre(n, t).to(t.dtype)
+        for n in self.quantizable:
+            w = self.params[f"{n}.weight"].data
+            self.float_w[n] = w
+            self.int_w[n] = dequantize(*quantize_int8_per_channel(w)).to(w.dtype)
+
+    def _logits(self, b: int, start: int | None):
+        if start is None or not self.resumable:
+            return self.model(input_ids=self.batches[b], use_cache=False).logits
+        h = self.layer_inputs[b][start]
+        for layer in self.layers[start:]:
+            out = layer(h, **self.layer_kwargs[b])
+            h = out[0] if isinstance(out, tuple) else out
+        return self.head(self.norm(h))
+
+    def kl(self, quantized: set[str], start: int | None = None) -> float:
+        """Mean KL(float || simulated) per token with exactly `quantized` Linears in int8. `start`: the
+        first decoder layer that holds a quantized Linear (the float layers before it are not rerun)."""
+        import torch
+
+        for n in self.quantizable:
+            self.params[f"{n}.weight"].data = self.int_w[n] if n in quantized else self.float_w[n]
+        self.active = set(quantized)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for b, ref in enumerate(self.ref):
+                lq = torch.log_softmax(self._logits(b, start).float(), dim=-1)
+                total += float((ref.exp() * (ref - lq)).sum(dim=-1).clamp(min=0).sum())
+                count += ref.shape[0] * ref.shape[1]
+        self.passes += 1
+        return total / max(count, 1)
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self.active = set()
+
+
+def _load(model_dir: Path, texts: list[str], seq_len: int, device: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    # ignore below: transformers wraps .to with functools.wraps, and typeshed's _Wrapped does not bind self
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch.float32).to(device).eval()  # type: ignore[arg-type]
+    batches = [b for b in (tok(t, return_tensors="pt", truncation=True, max_length=seq_len)["input_ids"].to(device)
+                           for t in texts) if b.shape[1] > 1]
+    if not batches:
+        raise ConfigError("The calibration texts tokenize to nothing usable (each needs at least 2 tokens).")
+    return model, batches
+
+
+def smoothquant_factors(model_dir: Path, texts: list[str], alpha: float, seq_len: int, device: str = "cpu",
+                        show_progress: bool = True) -> dict[str, dict[str, Any]]:
+    """SmoothQuant factors for one fixed strength (no search)."""
+    if not texts:
+        raise ConfigError("SmoothQuant needs calibration texts, and none were given.")
+    model, batches = _load(model_dir, texts, seq_len, device)
+    modules = dict(model.named_modules())
+    groups = _smooth_groups(modules)
+    if not groups:
+        raise ConfigError(f"No llama-style norm/Linear groups found in {model_dir}; set smoothquant_alpha: null.")
+    return factors_for(groups, activation_maxima(model, batches, groups, show_progress),
+                       weight_maxima(modules, groups), alpha)
+
+
+def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alpha_candidates: list[float],
+           mixed: MixedPrecisionArgs | None, quantizable: list[str], seq_len: int, search_samples: int,
+           search_seq_len: int, device: str = "cpu", show_progress: bool = True,
+           log: Callable[[str], None] = print) -> SearchResult:
+    """Choose the smoothing strength and the Linears kept in float (see the module docstring)."""
+    from packager.core.progress import progress_bar
+
+    if not texts:
+        raise ConfigError("The int8 search needs calibration texts, and none were given.")
+    t0 = time.monotonic()
+    model, batches = _load(model_dir, texts, seq_len, device)
+    search_batches = [b[:, :search_seq_len] for b in batches[:search_samples]]
+    modules = dict(model.named_modules())
+    groups = _smooth_groups(modules) if alpha is not None else []
+    if alpha is not None and not groups:
+        raise ConfigError(f"No llama-style norm/Linear groups found in {model_dir}; set smoothquant_alpha: null.")
+    act_max = activation_maxima(model, batches, groups, show_progress) if groups else {}
+    w_max = weight_maxima(modules, groups)
+    smooth_tensors = {n for prod, lin in groups for n in [f"{prod}.weight", *(f"{x}.weight" for x in lin)]}
+    sim = Simulator(model, search_batches, quantizable, smooth_tensors)
+    record: dict[str, Any] = {"search_samples": len(search_batches),
+                              "search_tokens": int(sum(b.shape[1] for b in search_batches))}
+    try:
+        every = set(quantizable)
+        if alpha == "auto":
+            tried: dict[str, float] = {}
+            best: tuple[float, float | None] | None = None
+            cands: list[float | None] = [None, *alpha_candidates]
+            with progress_bar("int8: SmoothQuant strength", total=len(cands), enabled=show_progress,
+                              transient=True) as bar:
+                for a in cands:
+                    sim.smooth(factors_for(groups, act_max, w_max, a) if a is not None else {})
+                    k = sim.kl(every)
+                    tried["none" if a is None else f"{a:g}"] = k
+                    if best is None or k < best[0]:
+                        best = (k, a)
+                    bar.advance()
+            assert best is not None
+            chosen: float | None = best[1]
+            record["alpha_kl"] = tried
+            log(f"SmoothQuant strength: {'none' if chosen is None else chosen} (calibration KL "
+                + ", ".join(f"{a}: {k:.3g}" for a, k in tried.items()) + ")")
+        else:
+            chosen = alpha if isinstance(alpha, float) else None
+        factors = factors_for(groups, act_max, w_max, chosen) if chosen is not None else {}
+        sim.smooth(factors)
+        kl_all = sim.kl(every)
+        record["kl_all_quantized"] = kl_all
+        keep: list[str] = []
+        if mixed is not None:
+            keep = _mixed_precision(sim, modules, quantizable, mixed, kl_all, record, show_progress, log)
+        record["search_s"] = round(time.monotonic() - t0, 1)
+        record["simulated_passes"] = sim.passes
+        return SearchResult(chosen, factors, keep, record)
+    finally:
+        sim.close()
+        del model
+
+
+def _mixed_precision(sim: Simulator, modules, quantizable: list[str], mixed: MixedPrecisionArgs, kl_all: float,
+                     record: dict[str, Any], show_progress: bool, log: Callable[[str], None]) -> list[str]:
+    from packager.core.progress import progress_bar
+
+    units = units_of(modules, quantizable)
+    size = {label: sum(sim.params[f"{n}.weight"].numel() for n in members) for label, members in units}
+    total = sum(size.values())
+    record["mixed_precision"] = mp = {"target_kl": mixed.target_kl, "max_float_share": mixed.max_float_share,
+                                      "units": len(units)}
+    if kl_all <= mixed.target_kl:
+        mp.update(met=True, kept_float=[], weight_share_float=0.0, kl=kl_all)
+        log(f"int8: all {len(units)} units quantized meet the KL target ({kl_all:.4f} <= {mixed.target_kl})")
+        return []
+    sens: dict[str, float] = {}
+    with progress_bar("int8: layer sensitivity", total=len(units), enabled=show_progress, transient=True) as bar:
+        for label, members in units:
+            sens[label] = sim.kl(set(members), start=_layer_index(members[0]))
+            bar.advance()
+    # Most KL per weight kept first: the least float weight for the most fidelity.
+    order = sorted(units, key=lambda u: sens[u[0]] / size[u[0]], reverse=True)
+    cum, budget = [0], mixed.max_float_share * total
+    for label, _ in order:
+        cum.append(cum[-1] + size[label])
+    max_k = max(k for k in range(len(order) + 1) if cum[k] <= budget)
+    every = set(quantizable)
+    cache: dict[int, float] = {0: kl_all}
+
+    def kl_keeping(k: int) -> float:
+        if k not in cache:
+            kept = {n for _, members in order[:k] for n in members}
+            cache[k] = sim.kl(every - kept)
+        return cache[k]
+
+    lo, hi = 0, None  # kl_keeping(lo) > target; kl_keeping(hi) <= target
+    k = 1
+    while k <= max_k:
+        if kl_keeping(k) <= mixed.target_kl:
+            hi = k
+            break
+        lo, k = k, k * 2
+    if hi is None and max_k > lo:
+        if kl_keeping(max_k) <= mixed.target_kl:
+            hi = max_k
+    if hi is not None:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if kl_keeping(mid) <= mixed.target_kl:
+                hi = mid
+            else:
+                lo = mid
+        n_keep, met = hi, True
+    else:
+        n_keep, met = max_k, False
+    kept_units = [label for label, _ in order[:n_keep]]
+    share = cum[n_keep] / total if total else 0.0
+    mp.update(met=met, kl=kl_keeping(n_keep), kept_float=kept_units, weight_share_float=share,
+              sensitivity={label: sens[label] for label, _ in units})
+    log(f"int8 mixed precision: {n_keep} of {len(units)} units kept in float ({share:.1%} of the weights), "
+        f"calibration KL {kl_all:.4f} -> {mp['kl']:.4f} (target {mixed.target_kl}"
+        + ("" if met else f", NOT met within max_float_share {mixed.max_float_share}") + ")")
+    return [n for _, members in order[:n_keep] for n in members]
