@@ -325,8 +325,26 @@ def _check_source(src: Path) -> None:
         )
 
 
+def chat_renderer(model_dir: Path) -> Callable[[list[dict[str, str]]], str] | None:
+    """Formats a conversation with the model's chat template, as the engine will; None without a template."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception:  # noqa: BLE001 - no usable tokenizer: conversations are joined as plain text
+        return None
+    if not getattr(tok, "chat_template", None):
+        return None
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return str(tok.apply_chat_template(messages, tokenize=False))
+
+    return render
+
+
 def _stage_calibration(args: StageArgs, calibration: str | None,
-                       cache: dict[tuple[int, int], tuple[list[str], str, str]]
+                       cache: dict[tuple[int, int], tuple[list[str], str, str]],
+                       render: Callable[[list[dict[str, str]]], str] | None = None
                        ) -> tuple[list[str], str | None, str | None]:
     """(texts, calibration label, calibration sha256) of a stage; no texts (and None, None) when it reads none."""
     from packager.compress.calibration import load_calibration
@@ -336,7 +354,7 @@ def _stage_calibration(args: StageArgs, calibration: str | None,
     # Methods without an n_samples field (distillation) get every calibration sample there is.
     key = (int(getattr(args, "n_samples", None) or ALL_SAMPLES), int(getattr(args, "seq_len", None) or 512))
     if key not in cache:
-        cache[key] = load_calibration(calibration, *key)
+        cache[key] = load_calibration(calibration, *key, render=render)
     return cache[key]
 
 
@@ -428,10 +446,13 @@ def run_recipe(model, recipe: Recipe, out_root: Path, *, calibration: str | None
     reused: list[str] = []
     input_dir, input_digest = src, src_digest
     calib_cache: dict[tuple[int, int], tuple[list[str], str, str]] = {}
+    render = chat_renderer(src) if any(a.needs_calibration() for a in recipe.stages) else None
+    for args in recipe.stages:  # bad calibration data is refused before any stage starts
+        _stage_calibration(args, calibration, calib_cache, render)
     for i, args in enumerate(recipe.stages, 1):
         label = stage_label(i, args)
         stage_dir = out_root / label
-        calib = _stage_calibration(args, calibration, calib_cache)
+        calib = _stage_calibration(args, calibration, calib_cache, render)
         rec = _reusable(stage_dir, args, input_digest, calib[2])
         if rec is not None:
             log(f"stage {label}: reusing the completed stage in {stage_dir} (same input, arguments and calibration)")

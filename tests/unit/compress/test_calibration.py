@@ -5,14 +5,33 @@ import json
 
 import pytest
 
-from packager.compress.calibration import _chunk, load_calibration
+from packager.compress.calibration import MIX_PATH, _chunk, load_calibration
 from packager.errors import ConfigError
 
 
-def test_default_is_the_corpus_calibration_split_only():
+def test_default_mixes_the_bundled_mix_and_the_corpus_calibration_split():
     from packager.evaluate.corpus import split_corpus
 
-    texts, label, sha = load_calibration(None, n_samples=16, seq_len=128)
+    texts, label, sha = load_calibration(None, n_samples=64, seq_len=128)
+    assert len(texts) == 64 and len(sha) == 64
+    assert label.startswith("default: mix:bundled calibration mix") and "corpus:default calibration split" in label
+    calib, held = split_corpus()
+    mix = [json.loads(line) for line in MIX_PATH.read_text().splitlines() if line.strip()]
+    mix_text = "\n".join(m.get("text") or "\n".join(t["content"] for t in m["messages"]) for m in mix)
+    from_corpus = [t for t in texts if any(t.splitlines()[0][:60] in c for c in calib)]
+    from_mix = [t for t in texts if t.splitlines()[0][:60] in mix_text]
+    # both sources contribute a fair share, and every sample comes from one of them
+    assert len(from_corpus) >= 16 and len(from_mix) >= 16
+    assert len(set(from_corpus) | set(from_mix)) == 64
+    assert any(any(ord(ch) > 0x3000 for ch in t) for t in texts)  # CJK text among them: several languages
+    assert all(len(t) <= 128 * 4 for t in texts)
+    assert load_calibration("default", 64, 128) == (texts, label, sha)  # deterministic
+
+
+def test_the_corpus_alone_is_its_calibration_split_only():
+    from packager.evaluate.corpus import split_corpus
+
+    texts, label, sha = load_calibration("corpus", n_samples=16, seq_len=128)
     assert len(texts) == 16 and label.startswith("corpus:default calibration split") and len(sha) == 64
     calib, held = split_corpus()
     joined_held = "\n".join(held)
@@ -21,7 +40,7 @@ def test_default_is_the_corpus_calibration_split_only():
         assert all(len(t) <= 128 * 4 for t in texts)
         first = t.splitlines()[0][:60]
         assert any(first in c for c in calib)
-    assert load_calibration("default", 16, 128) == (texts, label, sha)  # deterministic
+    assert load_calibration("corpus", 16, 128) == (texts, label, sha)  # deterministic
     assert not all(t[:60] in joined_held for t in texts)
 
 
@@ -54,6 +73,22 @@ def test_txt_and_jsonl_files(tmp_path):
     assert texts[1] == "What is int8 quantization?\nStoring weights in 8 bits."
 
 
+def test_conversations_take_the_chat_template_when_one_is_given(tmp_path):
+    j = tmp_path / "c.jsonl"
+    j.write_text(json.dumps({"messages": [{"role": "user", "content": "How many legs has a spider?"},
+                                          {"role": "assistant", "content": "Eight legs, in four pairs."}]}) + "\n")
+
+    def render(msgs):
+        return "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in msgs)
+
+    texts, _, sha = load_calibration(str(j), 4, 64, render=render)
+    assert texts == ["<|user|>How many legs has a spider?<|end|><|assistant|>Eight legs, in four pairs.<|end|>"]
+    plain, _, sha_plain = load_calibration(str(j), 4, 64)
+    assert plain == ["How many legs has a spider?\nEight legs, in four pairs."] and sha != sha_plain
+    label = load_calibration("mix", 4, 64, render=render)[1]
+    assert label.startswith("mix:") and label.endswith(", chat template)")
+
+
 def test_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_calibration(str(tmp_path / "missing.txt"), 4, 64)
@@ -67,6 +102,18 @@ def test_errors_name_the_problem(tmp_path):
         load_calibration(str(odd), 4, 64)
     with pytest.raises(ConfigError, match="n_samples"):
         load_calibration(None, 0, 64)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    with pytest.raises(ConfigError, match="holds no text of at least 16 characters"):
+        load_calibration(str(empty), 4, 64)
+    binary = tmp_path / "weights.txt"
+    binary.write_bytes(b"GGUF\x00\x00\x03" + b"a" * 40)
+    with pytest.raises(ConfigError, match="not text .*NUL bytes"):
+        load_calibration(str(binary), 4, 64)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 au lait, long enough to count".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_calibration(str(latin), 4, 64)
 
 
 def test_chunking_respects_the_limit():
