@@ -66,8 +66,9 @@ def compress(
     recipe: str = typer.Option(..., "--recipe", "-r", help="a built-in recipe name or a recipe YAML file"),
     out: Optional[Path] = typer.Option(None, "--out", help="output directory (default <output_dir>/compress/<recipe>)"),
     calibration: Optional[str] = typer.Option(
-        None, "--calibration", help="calibration data: 'default' (bundled corpus), suite:NAME_OR_PATH, or a "
-        ".txt/.jsonl file"),
+        None, "--calibration", help="calibration data: 'default' (half the bundled mix of chats, code, numbers and "
+        "12 languages, in the model's chat template; half the bundled corpus), 'mix', 'corpus', suite:NAME_OR_PATH, "
+        "or a .txt/.jsonl file"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip scoring the source model and every stage through vLLM"),
     device: str = typer.Option("auto", "--device", help="where compression runs: cpu, cuda or auto"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="run configuration YAML"),

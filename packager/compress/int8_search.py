@@ -206,8 +206,8 @@ class Simulator:
         # Linears can start at layer i (llama-style models: model.model.layers, .norm, and lm_head).
         inner = getattr(model, "model", None)
         self.layers = list(getattr(inner, "layers", []) or [])
-        self.norm = getattr(inner, "norm", None)
-        self.head = getattr(model, "lm_head", None)
+        self.norm: Any = getattr(inner, "norm", None)
+        self.head: Any = getattr(model, "lm_head", None)
         self.layer_inputs: list[list[Any]] = []
         self.layer_kwargs: list[dict[str, Any]] = []
         captured: list[Any] = []
@@ -378,8 +378,9 @@ def _mixed_precision(sim: Simulator, modules, quantizable: list[str], mixed: Mix
     units = units_of(modules, quantizable)
     size = {label: sum(sim.params[f"{n}.weight"].numel() for n in members) for label, members in units}
     total = sum(size.values())
-    record["mixed_precision"] = mp = {"target_kl": mixed.target_kl, "max_float_share": mixed.max_float_share,
-                                      "units": len(units)}
+    mp: dict[str, Any] = {"target_kl": mixed.target_kl, "max_float_share": mixed.max_float_share,
+                          "units": len(units)}
+    record["mixed_precision"] = mp
     if kl_all <= mixed.target_kl:
         mp.update(met=True, kept_float=[], weight_share_float=0.0, kl=kl_all)
         log(f"int8: all {len(units)} units quantized meet the KL target ({kl_all:.4f} <= {mixed.target_kl})")

@@ -41,10 +41,10 @@ def test_estimate_and_default_loadtest():
     from packager.release import default_loadtest, estimate_seconds
 
     recipes = ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m", "recipes/mine.yaml", "fp8-dynamic"]
-    assert estimate_seconds(RunConfig(), recipes, 70.0) == 2430.0 + 240.0  # + the baseline's noise floor
+    assert estimate_seconds(RunConfig(), recipes, 70.0) == 2790.0 + 240.0  # + the baseline's noise floor
     assert estimate_seconds(RunConfig(), [], 70.0) == 320.0 + 240.0
     no_floor = RunConfig.model_validate({"gate": {"noise_floor": False}})
-    assert estimate_seconds(no_floor, recipes, 70.0) == 2430.0 and estimate_seconds(no_floor, [], 70.0) == 320.0
+    assert estimate_seconds(no_floor, recipes, 70.0) == 2790.0 and estimate_seconds(no_floor, [], 70.0) == 320.0
     lt = parse_loadtest_config(default_loadtest(), "loadtest")
     assert lt.profile.kind == "sweep" and list(lt.profile.values) == [1, 4, 16]
     assert lt.profile.planned_dispatch_s() == 60 and lt.max_duration_s == 120 and lt.max_requests == 5000
