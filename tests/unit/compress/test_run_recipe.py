@@ -171,7 +171,7 @@ def test_gptq_on_tiny_model_with_calibration_record(tiny, tmp_path, avx512_cpu):
     assert (d / "tokenizer.json").is_file()
     assert [p.name for p in d.glob("*.safetensors")] == ["model.safetensors"]
     assert not list(d.glob("*.bin"))
-    assert rec.calibration_source.startswith("corpus:default") and len(rec.calibration_sha256) == 64
+    assert rec.calibration_source.startswith("default: mix:bundled calibration mix") and len(rec.calibration_sha256) == 64
     assert rec.calibration_samples == 8
     assert rec.report["quantized_modules"] == 28 and rec.report["calibration_samples"] == 8
     assert rec.parameter_count == res.source.parameter_count
