@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import sys
 import tempfile
 import time
@@ -45,7 +46,7 @@ def main() -> None:
     from packager.config import RunConfig
     from packager.core.sources import ensure_default_model
     from packager.evaluate.noise_floor import NoiseFloor, measure_noise_floor
-    from packager.evaluate.runner import evaluate_model, load_items
+    from packager.evaluate.runner import baseline_corpus_items, evaluate_model, load_items
     from packager.hardware import serving_dtype
     from packager.release.runner import quality_gate
     from packager.report.model import VariantResult
@@ -60,6 +61,8 @@ def main() -> None:
     t0 = time.monotonic()
     base = evaluate_model(source.path, cfg, out_dir=work / "baseline", name="baseline", show_progress=False)
     items = load_items(Path(str(base.items_path)))
+    # fidelity is measured along the baseline's answers to the fidelity corpus; so is the noise floor
+    corpus_items = baseline_corpus_items(base) or items
     base_s = time.monotonic() - t0
     old = json.loads(Path(a.out).read_text()) if a.merge else None
     if old is not None:
@@ -68,13 +71,19 @@ def main() -> None:
         nf_s = old["noise_floor"].get("wall_s") or old["noise_floor"].get("measure_s_approx")
     else:
         t0 = time.monotonic()
-        nf = measure_noise_floor(source.path, cfg, served, items, log_path=work / "noise_floor.log")
+        nf = measure_noise_floor(source.path, cfg, served, corpus_items, log_path=work / "noise_floor.log",
+                                 max_items=cfg.gate.noise_floor_items)
         nf_s = time.monotonic() - t0
     (work / "noise_floor.json").write_text(nf.model_dump_json(indent=2))  # kept: a stopped run loses nothing
     gate = quality_gate(cfg, nf.model_dump(mode="json"))
     out = {"model": source.name, "suite": base.suite, "items": base.n_items, "served_dtype": served,
            "baseline": {"score": base.score, "score_ci": [base.stats.score.low, base.stats.score.high]
-                        if base.stats else None, "wall_s": round(base_s, 1)},
+                        if base.stats else None, "wall_s": round(base_s, 1),
+                        "score_by_category": base.score_by_category,
+                        "items_by_category": dict(Counter(r.tags[0] if r.tags else "untagged"
+                                                          for r in items.values())),
+                        "fidelity_source": base.fidelity_source, "fidelity_prompts": base.fidelity_prompts,
+                        "fidelity_prompts_skipped": base.fidelity_prompts_skipped},
            "noise_floor": {**(old["noise_floor"] if old else nf.model_dump(mode="json")),
                            "wall_s": round(nf_s, 1) if nf_s else None},
            "gate": {"floor": gate.floor, "use_lower_bound": gate.use_lower_bound, "max_kl": gate.max_kl,
@@ -106,6 +115,8 @@ def main() -> None:
                "mean_kl": s.fidelity_mean_kl, "p95_kl": s.fidelity_p95_kl,
                "kl_vs_noise_floor": (s.fidelity_mean_kl / nf.mean_kl) if s.fidelity_mean_kl and nf.mean_kl else None,
                "top1_agreement": s.fidelity_top1_agreement, "greedy_agreement": s.fidelity_agreement,
+               "prefix_match_mean": s.fidelity_prefix_match_mean, "prefix_match_share": s.fidelity_prefix_match_share,
+               "fidelity_source": s.fidelity_source, "fidelity_prompts": s.fidelity_prompts,
                "score_by_category": s.score_by_category, "passes_gate": why is None, "gate_verdict": why,
                "compress_s": round(comp_s, 1), "evaluate_s": round(eval_s, 1), "notes": s.notes,
                "stage": res.stages[-1].report if res.stages else None}

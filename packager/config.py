@@ -62,6 +62,13 @@ class EvalConfig(Strict):
     perplexity_max_chunks: int = Field(24, ge=1)
     perplexity_chunk_tokens: int = Field(256, ge=16)
     fidelity_top_k: int = Field(5, ge=1, le=20)
+    fidelity_corpus: str | None = Field("default", description="prompts fidelity is measured on: default (the "
+                                        "bundled 530 prompts), a JSONL file of prompts, or null: along the "
+                                        "suite items' answers")
+    fidelity_max_prompts: int | None = Field(None, ge=1, description="use only N prompts of the fidelity "
+                                             "corpus, spread evenly over it")
+    fidelity_max_tokens: int = Field(32, ge=1, le=512, description="tokens of the baseline's greedy answer to "
+                                     "each fidelity prompt that are compared")
     request_timeout_s: float = Field(120.0, gt=0)
 
 
@@ -96,8 +103,8 @@ class QualityGateConfig(Strict):
                                              "served in the other dtype); null: no fidelity test")
     noise_floor: bool = Field(True, description="measure the baseline's noise floor in a release (the baseline "
                                                 "served once more in the other dtype, prompt logprobs only)")
-    noise_floor_items: int = Field(48, ge=1, description="suite items the noise floor is measured on (the first "
-                                                         "ones; each gives up to 24 positions)")
+    noise_floor_items: int = Field(48, ge=1, description="baseline answers the noise floor is measured on (spread "
+                                                         "over the fidelity corpus, else the suite)")
 
 
 class RegistryConfig(BaseModel):

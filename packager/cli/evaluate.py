@@ -26,13 +26,28 @@ def summary_table(summaries: list, title: str = "evaluation"):
         t.add_row(f"  {c}", *[num(s.score_by_category.get(c), ".3f") for s in summaries])
     t.add_row("recovery", *[pct(s.recovery) for s in summaries])
     t.add_row("perplexity (held-out)", *[num(s.perplexity, ".2f") for s in summaries])
+    t.add_row("fidelity measured on", *[_fidelity_where(s) for s in summaries])
     t.add_row("greedy agreement", *[pct(s.fidelity_agreement) for s in summaries])
     t.add_row("mean KL to baseline", *[num(s.fidelity_mean_kl, ".4f") for s in summaries])
+    t.add_row("p95 KL to baseline", *[num(s.fidelity_p95_kl, ".4f") for s in summaries])
+    t.add_row("top-1 agreement (per token)", *[pct(s.fidelity_top1_agreement) for s in summaries])
+    t.add_row("greedy-prefix match (tokens)", *[num(s.fidelity_prefix_match_mean, ".1f") for s in summaries])
     for key in sorted({k for s in summaries for k in s.behaviour}):
         t.add_row(key, *[num(s.behaviour.get(key), ".3f") for s in summaries])
     t.add_row("items / errors", *[f"{s.n_items} / {s.n_errors}" for s in summaries])
     t.add_row("wall time (s)", *[f"{s.wall_time_s:.0f}" for s in summaries])
     return t
+
+
+def _fidelity_where(s) -> str:
+    if not s.fidelity_source:
+        return "-"
+    if s.fidelity_source == "suite":
+        return "suite answers"
+    shown = f"{s.fidelity_source.removeprefix('corpus:')} corpus, {s.fidelity_prompts} prompts"
+    if s.fidelity_prompts_skipped:
+        shown += f" ({s.fidelity_prompts_skipped} too long, skipped)"
+    return shown
 
 
 def evaluate(

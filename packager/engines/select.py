@@ -113,7 +113,8 @@ def evaluation_config(backend: str, cfg: "RunConfig") -> tuple["RunConfig", list
     caps = capabilities(backend)
     if caps.prompt_logprobs:
         return cfg, []
-    run_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"perplexity": False})})
+    ev = cfg.eval.model_copy(update={"perplexity": False, "fidelity_corpus": None})
+    run_cfg = cfg.model_copy(update={"eval": ev})
     return run_cfg, list(caps.eval_notes)
 
 

@@ -38,6 +38,16 @@ class OpenAIClient:
             raise ServerError(f"{self.base_url}/v1/models lists no model.")
         return data[0]["id"]
 
+    def max_model_len(self) -> int | None:
+        """The served model's context length from /v1/models (vLLM gives max_model_len); None when not said."""
+        try:
+            r = self.http.get(f"{self.base_url}/v1/models")
+            data = r.json().get("data") or []
+            n = data[0].get("max_model_len") if data else None
+            return int(n) if n else None
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError, IndexError):
+            return None
+
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         last: Exception | None = None
         for attempt in range(self.retries + 1):

@@ -7,10 +7,12 @@ that moves it tens of times more is visible as a change of the model.
 
 `measure_noise_floor` serves the baseline a second time in the other precision (float32 <-> bfloat16; float16
 counts as a half precision too) and measures, along the baseline's own greedy outputs, the same teacher-forced
-figures as every variant (mean and p95 KL over the top-k, top-1 agreement). Only prompt logprobs are asked for, no
-generation, so each item costs one prefill; a bfloat16 that a CPU emulates makes that prefill slow (about 4 s an
-item over the full vocabulary on 2 AVX2 cores), so a release measures the floor on the first
-`gate.noise_floor_items` items: a mean over about a thousand positions.
+figures as every variant (mean and p95 KL over the top-k, top-1 agreement, greedy-prefix match), on the same
+answers the variants are compared along: the fidelity corpus's (packager.evaluate.fidelity_corpus), or the suite's
+when no corpus is used. Only prompt logprobs are asked for, no generation, so each answer costs one prefill; a
+bfloat16 that a CPU emulates makes that prefill slow (about 4 s an item over the full vocabulary on 2 AVX2 cores),
+so a release measures the floor on `gate.noise_floor_items` answers spread evenly over the corpus: a mean over
+about a thousand positions.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pydantic import BaseModel
 from packager.config import RunConfig
 from packager.errors import ConfigError
 from packager.evaluate.client import OpenAIClient
+from packager.evaluate.fidelity_corpus import spread
 from packager.evaluate.runner import ItemResult, teacher_forced_fidelity
 
 
@@ -32,6 +35,8 @@ class NoiseFloor(BaseModel):
     mean_kl: float | None = None
     p95_kl: float | None = None
     top1_agreement: float | None = None
+    prefix_match_mean: float | None = None  # tokens of the baseline's greedy answers the other dtype keeps
+    full_match: float | None = None  # answers the other dtype reproduces entirely
     positions: int = 0
     items: int = 0
 
@@ -45,7 +50,7 @@ def measure_noise_floor(model_dir: str | Path, cfg: RunConfig, served_dtype: str
                         baseline_items: dict[str, ItemResult], log_path: Path | None = None,
                         max_items: int | None = None) -> NoiseFloor:
     """Serve `model_dir` (the baseline, on vLLM) in the other dtype and measure its fidelity to `baseline_items`
-    (the first `max_items` that carry top-k logprobs, in suite order; all when None)."""
+    (`max_items` of those that carry top-k logprobs, spread evenly in their order; all when None)."""
     from packager.engines.select import capabilities, select_engine, server_for_model
 
     other = reference_dtype(served_dtype)
@@ -54,7 +59,7 @@ def measure_noise_floor(model_dir: str | Path, cfg: RunConfig, served_dtype: str
         raise ConfigError(f"{model_dir} is served by an engine without prompt logprobs: no noise floor to measure.")
     usable = {k: v for k, v in baseline_items.items() if v.topk_logprobs and not v.error}
     if max_items is not None:
-        usable = dict(list(usable.items())[:max_items])
+        usable = dict(spread(list(usable.items()), max_items))
     if not usable:
         raise ConfigError("The baseline's items carry no top-k logprobs (was it scored through an engine that gives "
                           "them?): no noise floor to measure.")
@@ -66,4 +71,5 @@ def measure_noise_floor(model_dir: str | Path, cfg: RunConfig, served_dtype: str
         finally:
             client.close()
     return NoiseFloor(served_dtype=served_dtype, reference_dtype=other, mean_kl=f.mean_kl, p95_kl=f.p95_kl,
-                      top1_agreement=f.top1_agreement, positions=f.positions, items=len(usable))
+                      top1_agreement=f.top1_agreement, prefix_match_mean=f.prefix_match_mean,
+                      full_match=f.full_match, positions=f.positions, items=len(usable))

@@ -75,6 +75,15 @@ class EvalSummary(BaseModel):
     fidelity_p95_kl: float | None = None
     fidelity_top1_agreement: float | None = None  # teacher-forced, per position
     fidelity_kl_positions: int = 0
+    fidelity_prefix_match_mean: float | None = None  # tokens of the baseline's greedy answer kept, mean
+    fidelity_prefix_match_share: float | None = None  # the same as a share of the compared answer length
+    # where fidelity was measured: "corpus:<name>" (packager.evaluate.fidelity_corpus) or "suite" (its answers)
+    fidelity_source: str | None = None
+    fidelity_corpus_sha256: str | None = None
+    fidelity_prompts: int = 0  # corpus prompts compared (answers)
+    fidelity_prompts_skipped: int = 0  # longer than the engine's context with the answer: skipped, counted
+    fidelity_prompts_failed: int = 0
+    fidelity_items_path: str | None = None  # the baseline's corpus answers with their top-k (baseline runs)
     # bootstrap intervals of score and recovery, paired with the baseline's items (packager.evaluate.stats)
     stats: PairedStats | None = None
     behaviour: dict[str, float] = Field(default_factory=dict)
@@ -121,9 +130,10 @@ def _score_item(client: OpenAIClient, model: str, item: SuiteItem, want_topk: in
 
 
 def _teacher_forced_topk(client: OpenAIClient, model: str, prompt_ids: list[int], output_ids: list[int],
-                         k: int) -> list[dict[str, float]] | None:
-    """Top-k next-token log-probabilities at each position of `output_ids` given the prompt."""
-    out_ids = output_ids[:FIDELITY_MAX_POSITIONS]
+                         k: int, max_positions: int = FIDELITY_MAX_POSITIONS) -> list[dict[str, float]] | None:
+    """Top-k next-token log-probabilities at each position of `output_ids` (the first `max_positions`) given the
+    prompt, keyed by token id (as text)."""
+    out_ids = output_ids[:max_positions]
     if not out_ids:
         return None
     try:
@@ -237,6 +247,11 @@ class Fidelity(BaseModel):
     p95_kl: float | None = None
     top1_agreement: float | None = None  # per position: the same most likely next token
     positions: int = 0
+    # greedy-prefix match: per answer, the leading tokens the model's greedy answer shares with the baseline's
+    prefix_match_mean: float | None = None  # tokens, mean over answers
+    prefix_match_share: float | None = None  # the same, as a share of each answer's measured length
+    full_match: float | None = None  # answers whose every measured token matches (greedy outputs equal)
+    answers: int = 0
 
 
 def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str, top_k: int,
@@ -244,23 +259,46 @@ def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenA
     """KL(baseline || model) and top-1 agreement at each position of the baseline's outputs (of `ids`, default
     every item that has the baseline's top-k). Positions the endpoint gives no prompt logprobs for are left out."""
     pairs: list[tuple[dict[str, float], dict[str, float]]] = []
+    prefixes: list[tuple[int, int]] = []  # (matched leading tokens, measured tokens) per answer
 
-    def one(b: ItemResult) -> list[tuple[dict[str, float], dict[str, float]]]:
+    def one(b: ItemResult) -> tuple[list[tuple[dict[str, float], dict[str, float]]], tuple[int, int] | None]:
         if not (b.topk_logprobs and b.prompt_token_ids and b.output_token_ids):
-            return []
-        mine = _teacher_forced_topk(client, model, b.prompt_token_ids, b.output_token_ids, top_k)
-        return list(zip(b.topk_logprobs, mine)) if mine else []
+            return [], None
+        mine = _teacher_forced_topk(client, model, b.prompt_token_ids, b.output_token_ids, top_k,
+                                    max_positions=len(b.topk_logprobs))
+        if not mine:
+            return [], None
+        got = list(zip(b.topk_logprobs, mine))
+        return got, (greedy_prefix_match(b.output_token_ids[:len(got)], [q for _, q in got]), len(got))
 
     chosen = [baseline_items[i] for i in (ids if ids is not None else list(baseline_items)) if i in baseline_items]
     with ThreadPoolExecutor(concurrency) as ex:
         for fut in as_completed([ex.submit(one, b) for b in chosen]):
-            pairs.extend(fut.result())
+            got, prefix = fut.result()
+            pairs.extend(got)
+            if prefix is not None:
+                prefixes.append(prefix)
     if not pairs:
         return Fidelity()
     kls = sorted(kl_topk(p, q) for p, q in pairs)
     top1 = [float(bool(p) and bool(q) and max(p, key=p.__getitem__) == max(q, key=q.__getitem__)) for p, q in pairs]
     return Fidelity(mean_kl=_mean(kls), p95_kl=kls[min(len(kls) - 1, math.ceil(0.95 * len(kls)) - 1)],
-                    top1_agreement=_mean(top1), positions=len(pairs))
+                    top1_agreement=_mean(top1), positions=len(pairs),
+                    prefix_match_mean=_mean([float(m) for m, _ in prefixes]),
+                    prefix_match_share=_mean([m / n for m, n in prefixes]),
+                    full_match=_mean([float(m == n) for m, n in prefixes]), answers=len(prefixes))
+
+
+def greedy_prefix_match(reference_ids: list[int], model_topk: list[dict[str, float]]) -> int:
+    """How many leading tokens of the reference answer the model's own greedy answer shares: teacher-forced along
+    the reference, greedy decoding follows the same path until the first position whose most likely token (the
+    top-k key with the highest log-probability; keys are token ids as text) differs from the reference's."""
+    n = 0
+    for ref, q in zip(reference_ids, model_topk):
+        if not q or max(q, key=q.__getitem__) != str(ref):
+            break
+        n += 1
+    return n
 
 
 def fidelity(results: list[ItemResult], baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str,
@@ -320,7 +358,8 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
     label = name or (Path(model_dir).name if model_dir else url) or "model"
     t0 = time.perf_counter()
     if url is not None:
-        summary, results = _evaluate_endpoint(url, cfg, suite, label, baseline, baseline_items, show_progress)
+        summary, results, reference = _evaluate_endpoint(url, cfg, suite, label, baseline, baseline_items,
+                                                         show_progress)
     else:
         # The model's own engine (packager.engines.select: llama.cpp for a GGUF artifact, vLLM otherwise).
         from packager.engines.select import evaluation_config, server_for_model
@@ -333,8 +372,8 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
             log_path = Path(out_dir) / "engine.log"
         with server_for_model(model_dir, cfg.engine, served_name=label, log_path=log_path) as srv:
             run_cfg, notes = evaluation_config(srv.engine.backend, cfg.model_copy(update={"engine": srv.engine}))
-            summary, results = _evaluate_endpoint(srv.base_url, run_cfg, suite, label, baseline, baseline_items,
-                                                  show_progress)
+            summary, results, reference = _evaluate_endpoint(srv.base_url, run_cfg, suite, label, baseline,
+                                                             baseline_items, show_progress)
         summary.model_dir, summary.url = str(model_dir), None
         summary.notes.extend(notes)
     summary.wall_time_s = time.perf_counter() - t0
@@ -344,19 +383,25 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
         items_path = out / "items.jsonl"
         atomic_write_text(items_path, "".join(r.model_dump_json() + "\n" for r in results))
         summary.items_path = str(items_path.resolve())
+        if reference:
+            ref_path = out / "fidelity_items.jsonl"
+            atomic_write_text(ref_path, "".join(r.model_dump_json() + "\n" for r in reference))
+            summary.fidelity_items_path = str(ref_path.resolve())
         atomic_write_json(out / "summary.json", summary.model_dump(mode="json"))
     return summary
 
 
 def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, baseline: EvalSummary | None,
                        baseline_items: dict[str, ItemResult] | None,
-                       show_progress: bool) -> tuple[EvalSummary, list[ItemResult]]:
+                       show_progress: bool) -> tuple[EvalSummary, list[ItemResult], list[ItemResult] | None]:
     items = suite.items[: cfg.eval.max_items] if cfg.eval.max_items else suite.items
     t0 = time.perf_counter()
     client = OpenAIClient(url, timeout_s=cfg.eval.request_timeout_s)
     try:
         model = client.model_id()
-        want_topk = cfg.eval.fidelity_top_k if baseline is None else None
+        # A baseline keeps the top-k along its suite answers only when fidelity is measured along them (no corpus).
+        want_topk = cfg.eval.fidelity_top_k if baseline is None and not cfg.eval.fidelity_corpus else None
+        reference: list[ItemResult] | None = None
         results: list[ItemResult] = []
         with progress_bar(f"evaluate {label}", total=len(items), enabled=show_progress) as bar, \
                 ThreadPoolExecutor(cfg.eval.concurrency) as ex:
@@ -398,12 +443,62 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
                                             if c in by_cat and s > 0}
             if baseline_items is None and baseline.items_path and Path(baseline.items_path).exists():
                 baseline_items = load_items(Path(baseline.items_path))
-            if baseline_items:
+            corpus_items = baseline_corpus_items(baseline) if cfg.eval.fidelity_corpus else None
+            if corpus_items:
+                f = teacher_forced_fidelity(corpus_items, client, model, cfg.eval.fidelity_top_k,
+                                            cfg.eval.concurrency)
+                f.agreement = f.full_match
+                summary.fidelity_source = baseline.fidelity_source
+                summary.fidelity_corpus_sha256 = baseline.fidelity_corpus_sha256
+                summary.fidelity_prompts = f.answers
+                summary.fidelity_prompts_skipped = baseline.fidelity_prompts_skipped
+            elif baseline_items:
                 f = fidelity(results, baseline_items, client, model, cfg.eval.fidelity_top_k, cfg.eval.concurrency)
-                summary.fidelity_agreement, summary.fidelity_mean_kl = f.agreement, f.mean_kl
-                summary.fidelity_p95_kl, summary.fidelity_top1_agreement = f.p95_kl, f.top1_agreement
-                summary.fidelity_kl_positions = f.positions
+                summary.fidelity_source = "suite"
+            else:
+                f = Fidelity()
+            summary.fidelity_agreement, summary.fidelity_mean_kl = f.agreement, f.mean_kl
+            summary.fidelity_p95_kl, summary.fidelity_top1_agreement = f.p95_kl, f.top1_agreement
+            summary.fidelity_kl_positions = f.positions
+            summary.fidelity_prefix_match_mean = f.prefix_match_mean
+            summary.fidelity_prefix_match_share = f.prefix_match_share
+        elif cfg.eval.fidelity_corpus:
+            reference = _corpus_reference(client, model, cfg, summary, show_progress)
         summary.stats = quality_stats(results, baseline_items if baseline is not None else None)
     finally:
         client.close()
-    return summary, results
+    return summary, results, reference
+
+
+def _corpus_reference(client: OpenAIClient, model: str, cfg: RunConfig, summary: EvalSummary,
+                      show_progress: bool) -> list[ItemResult]:
+    """The baseline's answers to the fidelity corpus (what variants are compared along), noted on `summary`."""
+    from packager.evaluate.fidelity_corpus import load_fidelity_corpus, reference_outputs
+
+    assert cfg.eval.fidelity_corpus is not None
+    corpus = load_fidelity_corpus(cfg.eval.fidelity_corpus)
+    ref = reference_outputs(client, model, corpus, max_tokens=cfg.eval.fidelity_max_tokens,
+                            top_k=cfg.eval.fidelity_top_k, concurrency=cfg.eval.concurrency,
+                            max_prompts=cfg.eval.fidelity_max_prompts, show_progress=show_progress)
+    if ref.items:
+        summary.fidelity_source = f"corpus:{corpus.name}"
+        summary.fidelity_corpus_sha256 = corpus.sha256
+    summary.fidelity_prompts = len(ref.items)
+    summary.fidelity_prompts_skipped = ref.skipped_too_long
+    summary.fidelity_prompts_failed = ref.failed
+    if ref.skipped_too_long:
+        summary.notes.append(f"fidelity corpus: {ref.skipped_too_long} prompt(s) longer than the engine's context "
+                             f"with a {cfg.eval.fidelity_max_tokens}-token answer were skipped")
+    if ref.no_logprobs:
+        summary.notes.append("fidelity corpus: the endpoint gave no answer with prompt logprobs to its first prompt; "
+                             "no fidelity figures")
+    elif ref.failed:
+        summary.notes.append(f"fidelity corpus: {ref.failed} prompt(s) got no answer with logprobs")
+    return ref.items
+
+
+def baseline_corpus_items(baseline: EvalSummary) -> dict[str, ItemResult] | None:
+    """The baseline's answers to the fidelity corpus, when its evaluation measured them and they are on disk."""
+    if baseline.fidelity_items_path and Path(baseline.fidelity_items_path).exists():
+        return load_items(Path(baseline.fidelity_items_path)) or None
+    return None

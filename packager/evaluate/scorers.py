@@ -1,6 +1,7 @@
 """Scorers: each maps (model output, item) to a score in [0, 1]. Registered by name; see SCORERS.names()."""
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections import Counter
@@ -113,3 +114,41 @@ def rouge_l(pred: str, ref: str) -> float:
 def score_rouge_l(output: str, item: "SuiteItem") -> float:
     """ROUGE-L F-measure on normalised tokens, best over references."""
     return max(rouge_l(output, r) for r in _refs(item))
+
+
+def first_json_object(text: str) -> dict | None:
+    """The first JSON object in `text` (code fences and prose around it allowed); None when there is none."""
+    dec = json.JSONDecoder()
+    i = text.find("{")
+    while i >= 0:
+        try:
+            obj, _ = dec.raw_decode(text, i)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            return obj
+        i = text.find("{", i + 1)
+    return None
+
+
+def _field_text(v: object) -> str:
+    if isinstance(v, (list, tuple)):
+        return " ".join(_field_text(x) for x in v)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return normalize(str(v))
+
+
+@SCORERS.register("json_fields")
+def score_json_fields(output: str, item: "SuiteItem") -> float:
+    """Share of the reference object's keys whose value in the output's first JSON object matches (normalised
+    text: 42, "42" and " 42." are equal); 0 when the output holds no JSON object. Best over references."""
+    got = first_json_object(output)
+    if got is None:
+        return 0.0
+    best = 0.0
+    for r in _refs(item):
+        want = json.loads(r)
+        hits = sum(k in got and _field_text(got[k]) == _field_text(v) for k, v in want.items())
+        best = max(best, hits / len(want))
+    return best

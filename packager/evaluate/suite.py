@@ -5,7 +5,8 @@
 
 Fields: `id` (unique), `prompt` or `messages` (OpenAI chat messages; exactly one of the two), optional
 `system`, `reference` (a string or a list of acceptable strings; regexes for the `regex` scorer),
-`scorer` (exact, contains, regex, choice, f1, rouge_l), `choices` (required by `choice`), `tags`,
+`scorer` (exact, contains, regex, choice, f1, rouge_l, json_fields: the reference is a JSON object of
+expected fields), `choices` (required by `choice`), `tags`,
 `max_tokens` (default 32). Blank lines and lines starting with `#` are skipped. A bad line raises
 ConfigError naming the file, the line number and the field.
 """
@@ -38,7 +39,7 @@ class SuiteItem(BaseModel):
     messages: list[ChatMessage] | None = None
     system: str | None = None
     reference: str | list[str]
-    scorer: Literal["exact", "contains", "regex", "choice", "f1", "rouge_l"]
+    scorer: Literal["exact", "contains", "regex", "choice", "f1", "rouge_l", "json_fields"]
     choices: list[str] | None = None
     tags: list[str] = Field(default_factory=list)
     max_tokens: int = Field(32, ge=1, le=4096)
@@ -66,6 +67,17 @@ class SuiteItem(BaseModel):
                     re.compile(r)
                 except re.error as e:
                     raise ValueError(f"'reference' {r!r} is not a valid regex: {e}") from None
+        if self.scorer == "json_fields":
+            import json
+
+            for r in self.references():
+                try:
+                    obj = json.loads(r)
+                except ValueError:
+                    obj = None
+                if not isinstance(obj, dict) or not obj:
+                    raise ValueError(f"scorer 'json_fields' needs each 'reference' to be a JSON object with at least "
+                                     f"one key, got {r!r}")
         return self
 
     def references(self) -> list[str]:

@@ -61,6 +61,7 @@ class RunContext:
     suite: Any = None  # packager.evaluate.suite.Suite
     baseline_summary: Any = None  # packager.evaluate.runner.EvalSummary
     baseline_items: dict | None = None
+    baseline_fidelity_items: dict | None = None  # the baseline's answers to the fidelity corpus, with their top-k
     baseline_version: str | None = None
     noise_floor: dict | None = None  # packager.evaluate.noise_floor.NoiseFloor as JSON, set by the baseline
 

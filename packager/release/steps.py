@@ -233,7 +233,7 @@ def load_test(ctx: VariantContext, url: str) -> None:
 def collect(ctx: VariantContext) -> None:
     """The evaluation and load test on the variant's report row; the baseline's summary and items are kept for
     the variants after it (recovery and fidelity are measured against them)."""
-    from packager.evaluate.runner import EvalSummary, load_items
+    from packager.evaluate.runner import EvalSummary, baseline_corpus_items, load_items
 
     run, v = ctx.run, ctx.v
     summary = EvalSummary.model_validate(ctx.summary_d)
@@ -241,6 +241,7 @@ def collect(ctx: VariantContext) -> None:
         run.baseline_summary = summary
         if summary.items_path and Path(summary.items_path).exists():
             run.baseline_items = load_items(Path(summary.items_path))
+        run.baseline_fidelity_items = baseline_corpus_items(summary)
     _fill_quality(ctx.vr, summary)
     ctx.vr.load = load_summary_from(ctx.lt_d or {}, v.root / "loadtest")
 
@@ -254,6 +255,8 @@ def _fill_quality(vr, s) -> None:
     vr.fidelity_mean_kl = s.fidelity_mean_kl
     vr.fidelity_p95_kl = s.fidelity_p95_kl
     vr.fidelity_top1_agreement = s.fidelity_top1_agreement
+    vr.fidelity_prefix_match_mean = s.fidelity_prefix_match_mean
+    vr.fidelity_source = s.fidelity_source
     st = s.stats
     if st is not None:
         vr.score_ci = (st.score.low, st.score.high)
@@ -283,11 +286,13 @@ def noise_floor(ctx: VariantContext) -> None:
     from packager.engines.select import capabilities
     from packager.errors import PackagerError
 
-    if not capabilities(ctx.vr.engine).prompt_logprobs or not run.baseline_items:
+    # Measured where the variants are: along the baseline's fidelity-corpus answers, else its suite answers.
+    items = run.baseline_fidelity_items or run.baseline_items
+    if not capabilities(ctx.vr.engine).prompt_logprobs or not items:
         run.notes.append("noise floor not measured: the baseline has no teacher-forced logprobs; no KL test")
         return
     key = cache_key("noise_floor", v.digest, run.suite.sha256, cfg.eval, cfg.engine, ctx.vr.dtype,
-                    cfg.gate.noise_floor_items)
+                    cfg.gate.noise_floor_items, bool(run.baseline_fidelity_items))
     found = ctx.cache.get("noise_floor", key)
     if found is None:
         from packager.evaluate.noise_floor import measure_noise_floor
@@ -295,7 +300,7 @@ def noise_floor(ctx: VariantContext) -> None:
         try:
             with run.timed(f"{v.name}/noise_floor"):
                 nf = measure_noise_floor(cast(Path, v.model_dir), cfg, ctx.vr.dtype or "float32",
-                                         run.baseline_items, log_path=v.root / "noise_floor.log",
+                                         items, log_path=v.root / "noise_floor.log",
                                          max_items=cfg.gate.noise_floor_items)
         except PackagerError as e:
             run.notes.append(f"noise floor not measured ({e}); no KL test")

@@ -67,6 +67,7 @@ def summary_columns(report: Report) -> list[Column]:
         Column("recovery", recovery),
         Column("perplexity", lambda v: num(v.perplexity, ".2f")),
         Column("agreement", lambda v: pct(v.fidelity_agreement)),
+        Column("prefix match (tokens)", lambda v: num(v.fidelity_prefix_match_mean, ".1f")),
         Column("mean KL", kl),
         Column("TTFT p50 (ms)", lambda v: num(_l(v).ttft_ms_p50, ".0f"), load=True),
         Column("TTFT p95 (ms)", lambda v: num(_l(v).ttft_ms_p95, ".0f"), load=True),
@@ -126,7 +127,12 @@ def criteria_line(report: Report) -> str:
     if gate.get("max_kl") is not None:
         floor += (f", mean KL ≤ {num(gate['max_kl'], '.2g')} ({num(gate.get('max_kl_vs_noise'), 'g')}× the noise "
                   f"floor {num(nf.get('mean_kl'), '.2g')}: the baseline in {nf.get('reference_dtype', DASH)} "
-                  f"against {nf.get('served_dtype', DASH)})")
+                  f"against {nf.get('served_dtype', DASH)}"
+                  + (f", over {nf['items']} answers" if nf.get("items") else "") + ")")
+    sources = sorted({v.fidelity_source for v in report.variants if v.fidelity_source})
+    if sources:
+        floor += " · fidelity along the baseline's greedy answers to " + ", ".join(
+            "its suite items" if s == "suite" else f"the {s.removeprefix('corpus:')} fidelity corpus" for s in sources)
     return (f"{floor} · SLO: TTFT p95 ≤ "
             f"{num(slo.get('ttft_ms'), 'g')} ms, TPOT p95 ≤ {num(slo.get('tpot_ms'), 'g')} ms · "
             f"price: {price.get('instance', DASH)} at USD {usd_hour(price.get('usd_per_hour'))}/hour"

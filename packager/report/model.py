@@ -85,6 +85,8 @@ class VariantResult(BaseModel):
     fidelity_mean_kl: float | None = None
     fidelity_p95_kl: float | None = None
     fidelity_top1_agreement: float | None = None
+    fidelity_prefix_match_mean: float | None = None  # leading tokens of the baseline's greedy answers kept, mean
+    fidelity_source: str | None = None  # "corpus:<name>" or "suite"
     behaviour: dict[str, float] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
     # serving and load

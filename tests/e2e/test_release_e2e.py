@@ -37,7 +37,7 @@ def release_run(tmp_path_factory, default_model):
         "output_dir": str(out / "run"),
         # a slice of the suite: the e2e checks structure and consistency, not quality (the behaviour suite is
         # covered by tests/unit/release against the fake server)
-        "eval": {"max_items": 30, "perplexity_max_chunks": 2, "behaviour_suite": None},
+        "eval": {"max_items": 30, "perplexity_max_chunks": 2, "behaviour_suite": None, "fidelity_max_prompts": 48},
         "loadtest": {
             "profile": {"kind": "sweep", "mode": "concurrency", "values": [1, 4], "step_duration_s": 8},
             "prompts": {"kind": "synthetic", "input_tokens": {"mean": 64}, "output_tokens": {"mean": 32}},
@@ -102,7 +102,15 @@ def test_report_numbers_are_consistent(release_run):
     # the baseline's noise floor: served once more in the other dtype, measured along its own outputs
     nf = report.noise_floor
     assert nf is not None and nf["served_dtype"] == base.dtype and nf["reference_dtype"] != base.dtype
-    assert 0 < nf["items"] <= 10 and 0 < nf["positions"] <= nf["items"] * 24
+    assert 0 < nf["items"] <= 10 and 0 < nf["positions"] <= nf["items"] * 32  # fidelity answers: 32 tokens at most
+    assert 0 <= nf["prefix_match_mean"] <= 32 and 0 <= nf["full_match"] <= 1
+    # fidelity along the baseline's answers to 48 prompts spread over the bundled corpus
+    assert w8.fidelity_source == "corpus:default" and base.eval["fidelity_prompts"] + \
+        base.eval["fidelity_prompts_skipped"] + base.eval["fidelity_prompts_failed"] == 48
+    assert w8.eval["fidelity_prompts"] == base.eval["fidelity_prompts"]
+    assert w8.fidelity_prefix_match_mean is not None and 0 <= w8.fidelity_prefix_match_mean <= 32
+    assert "fidelity along the baseline's greedy answers to the default fidelity corpus" in \
+        (run / "report.md").read_text()
     assert nf["mean_kl"] >= 0 and 0 <= nf["top1_agreement"] <= 1
     if nf["mean_kl"] > 0:
         assert report.gate["max_kl"] == pytest.approx(report.gate["max_kl_vs_noise"] * nf["mean_kl"])

@@ -116,7 +116,7 @@ def test_cli_compress_scores_source_and_stage_through_vllm(default_model, tmp_pa
     rfile = tmp_path / "w8a8-int8.yaml"
     rfile.write_text(yaml.safe_dump(recipe))
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("eval:\n  max_items: 16\n  perplexity: true\n  perplexity_max_chunks: 4\n")
+    cfg.write_text("eval:\n  max_items: 16\n  perplexity: true\n  perplexity_max_chunks: 4\n  fidelity_max_prompts: 16\n")
     out = tmp_path / "out"
     cp = subprocess.run([sys.executable, "-m", "packager.cli", "compress", "default", "--recipe", str(rfile),
                          "--out", str(out), "--config", str(cfg), "--device", "cpu"],

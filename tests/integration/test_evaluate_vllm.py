@@ -18,8 +18,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def baseline_run(vllm_default_server, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval-base")
-    # the whole suite; 6 perplexity chunks of 256 tokens (the default 24 add minutes on 2 cores, not coverage)
-    cfg = load_config(None, {"eval": {"suite": "default", "concurrency": 8, "perplexity_max_chunks": 6}})
+    # the whole suite; 6 perplexity chunks of 256 tokens (the default 24 add minutes on 2 cores, not coverage);
+    # 40 prompts of the fidelity corpus, spread over it
+    cfg = load_config(None, {"eval": {"suite": "default", "concurrency": 8, "perplexity_max_chunks": 6,
+                                      "fidelity_max_prompts": 40}})
     s = evaluate_model(None, cfg, url=vllm_default_server.base_url, out_dir=out, name="baseline", show_progress=False)
     return s, out
 
@@ -38,8 +40,19 @@ def test_default_suite_scores_between_zero_and_one(baseline_run):
     items = load_items(out / "items.jsonl")
     assert len(items) == s.n_items
     assert sum(r.score for r in items.values()) / len(items) == pytest.approx(s.score)
-    # the baseline stores teacher-forced top-k distributions for fidelity of later variants
-    assert sum(1 for r in items.values() if r.topk_logprobs) > 0.9 * len(items)
+    # the baseline stores its answers to the fidelity corpus with teacher-forced top-k distributions, for the
+    # fidelity of later variants; its suite answers need none then
+    assert s.fidelity_source == "corpus:default" and len(s.fidelity_corpus_sha256 or "") == 64
+    assert s.fidelity_prompts + s.fidelity_prompts_skipped + s.fidelity_prompts_failed == 40
+    assert s.fidelity_prompts >= 36 and s.fidelity_prompts_failed == 0
+    ref = load_items(out / "fidelity_items.jsonl")
+    assert s.fidelity_items_path == str((out / "fidelity_items.jsonl").resolve()) and len(ref) == s.fidelity_prompts
+    for r in ref.values():
+        assert r.output_token_ids and r.topk_logprobs and len(r.topk_logprobs) == len(r.output_token_ids) <= 32
+        # the answer's own token is the most likely one at every position (it was decoded greedily)
+        tops = [max(d, key=d.__getitem__) for d in r.topk_logprobs]
+        assert sum(t == str(i) for t, i in zip(tops, r.output_token_ids)) >= 0.9 * len(tops), r.id
+    assert not any(r.topk_logprobs for r in items.values())
 
 
 def test_fidelity_of_the_same_engine_is_perfect(baseline_run, vllm_default_server):
@@ -47,10 +60,42 @@ def test_fidelity_of_the_same_engine_is_perfect(baseline_run, vllm_default_serve
     cfg = load_config(None, {"eval": {"suite": "default", "max_items": 40, "perplexity": False, "concurrency": 1}})
     s = evaluate_model(None, cfg, url=vllm_default_server.base_url, baseline=base, name="again", show_progress=False)
     assert s.recovery is not None
-    assert s.fidelity_kl_positions > 100
-    # Same weights, same engine: teacher-forced distributions agree up to bf16 batch noise.
+    assert s.fidelity_source == "corpus:default" and s.fidelity_prompts == base.fidelity_prompts
+    assert s.fidelity_kl_positions > 300
+    # Same weights, same engine: teacher-forced distributions agree up to batch noise.
     assert s.fidelity_mean_kl < 0.05, s.fidelity_mean_kl
     assert s.fidelity_agreement >= 0.85
+    assert s.fidelity_prefix_match_share >= 0.85 and s.fidelity_prefix_match_mean > 5
+
+
+def test_fidelity_along_suite_answers_and_a_user_corpus_with_a_prompt_too_long(vllm_default_server, tmp_path):
+    """Without a corpus, fidelity is measured along the baseline's suite answers; a user's corpus file is used as
+    given, and a prompt longer than the context is skipped and counted, not failed."""
+    cfg = load_config(None, {"eval": {"suite": "default", "max_items": 8, "perplexity": False,
+                                      "fidelity_corpus": None}})
+    base = evaluate_model(None, cfg, url=vllm_default_server.base_url, out_dir=tmp_path / "b", name="b",
+                          show_progress=False)
+    assert base.fidelity_source is None and base.fidelity_items_path is None
+    assert sum(1 for r in load_items(tmp_path / "b" / "items.jsonl").values() if r.topk_logprobs) >= 7
+    again = evaluate_model(None, cfg, url=vllm_default_server.base_url, baseline=base, name="a", show_progress=False)
+    assert again.fidelity_source == "suite" and again.fidelity_kl_positions > 20
+    assert again.fidelity_prefix_match_mean is not None
+
+    corpus = tmp_path / "mine.jsonl"
+    corpus.write_text("\n".join(json.dumps(x) for x in [
+        {"id": "a", "prompt": "Name three colours."},
+        {"id": "long", "prompt": "word " * 3000},
+        {"id": "b", "messages": [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
+                                 {"role": "user", "content": "What can you do?"}]},
+    ]) + "\n")
+    cfg2 = load_config(None, {"eval": {"suite": "default", "max_items": 2, "perplexity": False,
+                                       "fidelity_corpus": str(corpus), "fidelity_max_tokens": 8}})
+    mine = evaluate_model(None, cfg2, url=vllm_default_server.base_url, out_dir=tmp_path / "m", name="m",
+                          show_progress=False)
+    assert mine.fidelity_source == "corpus:mine" and mine.fidelity_prompts == 2
+    assert mine.fidelity_prompts_skipped == 1 and any("1 prompt(s) longer than" in n for n in mine.notes)
+    ref = load_items(tmp_path / "m" / "fidelity_items.jsonl")
+    assert set(ref) == {"a", "b"} and all(1 <= len(r.output_token_ids or []) <= 8 for r in ref.values())
 
 
 def test_cli_scores_the_bundled_model_and_prints_score_and_perplexity(vllm_default_server, tmp_path):

@@ -74,7 +74,7 @@ def test_release_interrupted_while_its_engine_starts(tiny_copy, tmp_path):
     cfg = {
         "model": str(tiny_copy), "recipes": ["w8a8-int8"], "output_dir": str(run),
         "engine": {"max_model_len": 512, "max_num_seqs": 4},
-        "eval": {"max_items": 4, "perplexity": False},
+        "eval": {"max_items": 4, "perplexity": False, "fidelity_max_prompts": 4},
         "loadtest": {"profile": {"kind": "concurrency", "users": 1, "duration_s": 3},
                      "prompts": {"kind": "synthetic", "input_tokens": {"mean": 16}, "output_tokens": {"mean": 8}},
                      "max_duration_s": 10, "max_requests": 20},

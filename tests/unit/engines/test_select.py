@@ -62,6 +62,8 @@ def test_evaluation_without_prompt_logprobs_skips_perplexity_and_says_why():
     assert evaluation_config(VLLM, cfg) == (cfg, [])
     run_cfg, notes = evaluation_config(LLAMACPP, cfg)
     assert run_cfg.eval.perplexity is False and cfg.eval.perplexity is True  # the caller's config is untouched
-    assert run_cfg.eval.model_dump(exclude={"perplexity"}) == cfg.eval.model_dump(exclude={"perplexity"})
+    assert run_cfg.eval.fidelity_corpus is None and cfg.eval.fidelity_corpus == "default"  # no logprobs, no corpus
+    skip = {"perplexity", "fidelity_corpus"}
+    assert run_cfg.eval.model_dump(exclude=skip) == cfg.eval.model_dump(exclude=skip)
     assert notes == list(ENGINES[LLAMACPP].eval_notes)
     assert notes[0] == "perplexity: not measured: llama-cpp-python's server returns no prompt logprobs"

@@ -63,3 +63,23 @@ def test_unknown_scorer_lists_known():
 
     with pytest.raises(ConfigError, match="Known: .*contains.*exact"):
         SCORERS.get("bleu")
+
+
+@pytest.mark.parametrize("output,expected", [
+    ('{"name": "Ana Silva", "age": 31}', 1.0),
+    ('Sure:\n```json\n{"name": "ana silva.", "age": "31"}\n```', 1.0),  # fences, case, punctuation, number as text
+    ('{"name": "Ana", "age": 31}', 0.5),
+    ('{"full_name": "Ana Silva", "age": 30}', 0.0),
+    ("name: Ana Silva, age: 31", 0.0),  # no JSON object at all
+    ('{broken {"name": "Ana Silva", "age": 31}', 1.0),  # the first object that parses
+    ('[{"name": "Ana Silva"}]', 0.0 + 0.5),  # an object inside a list still counts as the first object
+])
+def test_json_fields(output, expected):
+    it = item(scorer="json_fields", reference='{"name": "Ana Silva", "age": "31"}')
+    assert SCORERS.get("json_fields")(output, it) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("ref", ["not json", "[1, 2]", "{}"])
+def test_json_fields_reference_must_be_an_object(ref):
+    with pytest.raises(ValueError, match="JSON object"):
+        item(scorer="json_fields", reference=ref)

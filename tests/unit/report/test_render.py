@@ -107,15 +107,15 @@ def test_markdown_has_recommendation_first_then_one_table(report):
     assert lines[0] == "# packager release report: SmolLM2-135M-Instruct"
     rec_at = md.index("## Recommendation")
     assert md.index("**Deploy w8a8-int8.**") > rec_at
-    header = ("| variant | size (MB) | params | task score | recovery | perplexity | agreement | mean KL | TTFT p50 (ms) "
+    header = ("| variant | size (MB) | params | task score | recovery | perplexity | agreement | prefix match (tokens) | mean KL | TTFT p50 (ms) "
               "| TTFT p95 (ms) | TPOT p50 (ms) | TPOT p95 (ms) | output tok/s | goodput (req/s) | within SLO "
               "| USD / 1M output tokens | verdict |")
     assert header in lines
     assert md.index(header) > md.index("**Deploy w8a8-int8.**")
     row = next(line for line in lines if line.startswith("| w8a8-int8 "))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:8] == ["w8a8-int8 ★ ◆", "172.4", "134.5M", "0.605", "97.6%", "14.39", "91.0%", "0.0123"]
-    assert cells[12] == "487.0" and cells[15] == "0.102" and cells[16] == "recommended"
+    assert cells[:9] == ["w8a8-int8 ★ ◆", "172.4", "134.5M", "0.605", "97.6%", "14.39", "91.0%", "—", "0.0123"]
+    assert cells[13] == "487.0" and cells[16] == "0.102" and cells[17] == "recommended"
     failed = next(line for line in lines if line.startswith("| gptq-w4a16 "))
     assert "load test failed: no request completed (12 error(s))" in failed
     # html in an error message is neutralised
