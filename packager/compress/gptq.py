@@ -4,6 +4,17 @@ that vLLM loads (CPU build: its mixed-precision CPU kernel; GPUs: exllama/Marlin
 The group size must divide the input dimension of every quantized Linear; it is checked from config.json
 (and the safetensors headers) before the model is even loaded, with an error naming the dimension and
 the group sizes that would fit.
+
+Column order: GPTQModel 7.6 quantizes with group-aware activation ordering (`act_group_aware`, on by default for
+GPTQ) and true-sequential layers; the checkpoint it writes keeps a static column order, which vLLM loads.
+`desc_act: true` (dynamic act-order, g_idx) is refused by vLLM 0.32 with groups, so it is refused here first.
+
+Mixed precision (`mixed_precision: {target_kl, max_float_share}`): as for W8A8 (packager.compress.int8_search),
+each fused unit (q/k/v, o, gate/up, down of a layer) is rounded alone to the target bits per group and its
+calibration KL measured; the most sensitive units per weight stay in float until the simulated model's KL meets
+the target, within the float share. The units are written as GPTQ `dynamic` negative rules (`-:` regexes that
+match both the separate and vLLM's fused projection names), which GPTQModel skips and vLLM loads unquantized.
+The simulation rounds to nearest, so its KL is a pessimistic stand-in for GPTQ's.
 """
 from __future__ import annotations
 
@@ -15,6 +26,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from packager.compress.base import METHODS, StageArgs, StageContext
+from packager.compress.int8_search import MixedPrecisionArgs
 from packager.errors import ConfigError
 
 _PREFERRED_GROUPS = (32, 64, 128, 256)
@@ -29,13 +41,18 @@ class GPTQArgs(StageArgs):
     bits: Literal[4, 8] = Field(4, description="weight bits: 4 (W4A16) or 8 (W8A16)")
     group_size: int = Field(64, description="weights per quantization group along the input dimension; "
                                             "-1 = one group per row")
-    desc_act: bool = Field(False, description="quantize columns in order of decreasing activation (act-order)")
+    desc_act: bool = Field(False, description="dynamic act-order (g_idx); vLLM 0.32 refuses it with groups, so "
+                                              "only group_size -1 accepts it. Group-aware static ordering is on.")
     sym: bool = Field(True, description="symmetric quantization (no zero points)")
     damp_percent: float = Field(0.05, gt=0.0, lt=1.0,
                                 description="Hessian dampening as a fraction of its mean diagonal")
     n_samples: int = Field(128, ge=1, le=4096, description="calibration samples")
     seq_len: int = Field(512, ge=16, le=32768, description="tokens per calibration sample")
     batch_size: int = Field(4, ge=1, le=256, description="calibration batch size")
+    mixed_precision: MixedPrecisionArgs | None = Field(
+        None, description="keep the most sensitive Linear units in float until a calibration KL target is met")
+    search_samples: int = Field(8, ge=1, le=1024, description="calibration samples the KL search simulates on")
+    search_seq_len: int = Field(128, ge=16, le=8192, description="tokens per sample in the KL search")
 
     @field_validator("group_size")
     @classmethod
@@ -46,6 +63,10 @@ class GPTQArgs(StageArgs):
 
     def validate_for(self, model_dir: Path) -> None:
         check_group_size(model_dir, self.group_size)
+        if self.desc_act and self.group_size != -1:
+            raise ConfigError("desc_act: true (dynamic act-order) with groups is refused by vLLM 0.32, which would not "
+                              "load the checkpoint; leave it false (GPTQModel orders columns group-aware, statically) "
+                              "or use group_size: -1.")
 
 
 def linear_input_dims(config: dict[str, Any]) -> dict[str, tuple[int, str]]:
@@ -133,9 +154,21 @@ def apply_gptq(args: GPTQArgs, ctx: StageContext) -> dict[str, Any]:
     examples = _calibration_examples(tok, ctx.calibration_texts[: args.n_samples], args.seq_len)
     if not examples:
         raise ConfigError("Every calibration text tokenized to fewer than 2 tokens; give longer calibration texts.")
-    qcfg = QuantizeConfig(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=args.sym,
-                          damp_percent=args.damp_percent, offload_to_disk=False)
     device = "cuda:0" if ctx.device == "cuda" else "cpu"
+    dynamic: dict[str, dict] = {}
+    mixed: dict[str, Any] | None = None
+    if args.mixed_precision is not None:
+        from packager.compress.int8_search import weight_only_search
+
+        res = weight_only_search(ctx.input_dir, ctx.calibration_texts[: args.n_samples], bits=args.bits,
+                                 group_size=args.group_size, mixed=args.mixed_precision, quantizable=None,
+                                 seq_len=args.seq_len, search_samples=args.search_samples,
+                                 search_seq_len=args.search_seq_len, device="cuda" if ctx.device == "cuda" else "cpu",
+                                 show_progress=ctx.show_progress, log=ctx.log)
+        dynamic = skip_rules(res.keep_float)
+        mixed = {**res.record, "kept_modules": res.keep_float}
+    qcfg = QuantizeConfig(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=args.sym,
+                          damp_percent=args.damp_percent, offload_to_disk=False, dynamic=dynamic or None)
     ctx.log(f"GPTQ W{args.bits}A16 group {args.group_size} on {len(examples)} samples (device {device})")
     model = GPTQModel.load(str(ctx.input_dir), qcfg, device=device)
     model.quantize(examples, batch_size=args.batch_size)
@@ -152,8 +185,27 @@ def apply_gptq(args: GPTQArgs, ctx: StageContext) -> dict[str, Any]:
         "group_size": args.group_size,
         "calibration_samples": len(examples),
         "calibration_tokens": sum(len(e["input_ids"]) for e in examples),
+        **({"search": mixed} if mixed is not None else {}),
         **losses,
     }
+
+
+# vLLM fuses these projections into one Linear; a rule must name the fused module as well as its parts.
+_FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj",
+          "up_proj": "gate_up_proj"}
+
+
+def skip_rules(modules: list[str]) -> dict[str, dict]:
+    """GPTQ `dynamic` negative rules that leave `modules` unquantized, in GPTQModel (which matches the separate
+    projections) and in vLLM (which matches its fused qkv_proj / gate_up_proj)."""
+    import re
+
+    rules: dict[str, dict] = {}
+    for m in modules:
+        parent, _, leaf = m.rpartition(".")
+        names = [leaf] + ([_FUSED[leaf]] if leaf in _FUSED else [])
+        rules[f"-:^{re.escape(parent)}\\.({'|'.join(names)})$"] = {}
+    return rules
 
 
 def _read_quant_log(path: Path) -> dict[str, Any]:

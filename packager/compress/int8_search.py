@@ -184,12 +184,41 @@ def _layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-class Simulator:
-    """The float model with switchable W8A8 simulation per Linear, and KL against the float reference."""
+def int8_per_channel_round_trip(w):
+    """Symmetric int8 per output channel, dequantized (the W8A8 weights)."""
+    from packager.compress.ct_format import dequantize, quantize_int8_per_channel
 
-    def __init__(self, model, batches, quantizable: list[str], smooth_tensors: set[str]):
+    return dequantize(*quantize_int8_per_channel(w)).to(w.dtype)
+
+
+def group_round_trip(bits: int, group_size: int) -> Callable[[Any], Any]:
+    """Symmetric round-to-nearest of `bits` per group of `group_size` input columns (-1: a whole row),
+    dequantized: what a weight-only GPTQ checkpoint holds before GPTQ's error compensation (a pessimistic
+    stand-in for ranking the Linears' sensitivity)."""
+    import torch
+
+    qmax = 2 ** (bits - 1) - 1
+
+    def rt(w):
+        out_f, in_f = w.shape
+        g = in_f if group_size == -1 else group_size
+        x = w.float().reshape(out_f, in_f // g, g)
+        s = x.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / qmax
+        return (torch.round(x / s).clamp_(-qmax - 1, qmax) * s).reshape(out_f, in_f).to(w.dtype)
+    return rt
+
+
+class Simulator:
+    """The float model with switchable quantization simulation per Linear, and KL against the float reference.
+    Default: W8A8 (int8 weights per channel, int8 activations per token); `weight_quant` and
+    `quantize_activations=False` simulate a weight-only scheme instead."""
+
+    def __init__(self, model, batches, quantizable: list[str], smooth_tensors: set[str],
+                 weight_quant: Callable[[Any], Any] = int8_per_channel_round_trip,
+                 quantize_activations: bool = True):
         import torch
 
+        self.weight_quant, self.quantize_activations = weight_quant, quantize_activations
         self.model = model
         self.batches = batches
         self.modules = dict(model.named_modules())
@@ -234,22 +263,20 @@ class Simulator:
 
     def _hook(self, name: str):
         def fn(_mod, args):
-            if name in self.active:
+            if self.quantize_activations and name in self.active:
                 return (fake_quant_tokens(args[0]),) + tuple(args[1:])
             return None
         return fn
 
     def smooth(self, factors: dict[str, dict[str, Any]]) -> None:
-        """Reset the weights to the originals, apply smoothing factors, precompute int8 round trips."""
-        from packager.compress.ct_format import dequantize, quantize_int8_per_channel
-
+        """Reset the weights to the originals, apply smoothing factors, precompute the quantized round trips."""
         pre = apply_factors(factors)
         for n, t in self.orig.items():
             self.params[n].data = pre(n, t).to(t.dtype)
         for n in self.quantizable:
             w = self.params[f"{n}.weight"].data
             self.float_w[n] = w
-            self.int_w[n] = dequantize(*quantize_int8_per_channel(w)).to(w.dtype)
+            self.int_w[n] = self.weight_quant(w)
 
     def _logits(self, b: int, start: int | None):
         if start is None or not self.resumable:
@@ -371,8 +398,45 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
         del model
 
 
+def weight_only_search(model_dir: Path, texts: list[str], *, bits: int, group_size: int,
+                       mixed: MixedPrecisionArgs, quantizable: list[str] | None, seq_len: int, search_samples: int,
+                       search_seq_len: int, device: str = "cpu", show_progress: bool = True,
+                       log: Callable[[str], None] = print) -> SearchResult:
+    """Mixed precision for a weight-only scheme (GPTQ W4A16/W8A16): each unit's sensitivity with its weights
+    rounded to `bits` per group (no activation quantization), then the same keep-in-float search as W8A8.
+    `quantizable`: None for every decoder Linear (everything but lm_head)."""
+    if not texts:
+        raise ConfigError("The mixed-precision search needs calibration texts, and none were given.")
+    t0 = time.monotonic()
+    model, batches = _load(model_dir, texts, seq_len, device)
+    search_batches = [b[:, :search_seq_len] for b in batches[:search_samples]]
+    modules = dict(model.named_modules())
+    if quantizable is None:
+        import torch
+
+        quantizable = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+    sim = Simulator(model, search_batches, quantizable, set(), weight_quant=group_round_trip(bits, group_size),
+                    quantize_activations=False)
+    record: dict[str, Any] = {"search_samples": len(search_batches),
+                              "search_tokens": int(sum(b.shape[1] for b in search_batches)),
+                              "simulated": f"round-to-nearest W{bits}A16, group {group_size}"}
+    try:
+        sim.smooth({})
+        kl_all = sim.kl(set(quantizable))
+        record["kl_all_quantized"] = kl_all
+        keep = _mixed_precision(sim, modules, quantizable, mixed, kl_all, record, show_progress, log,
+                                scheme=f"W{bits}A16")
+        record["search_s"] = round(time.monotonic() - t0, 1)
+        record["simulated_passes"] = sim.passes
+        return SearchResult(None, {}, keep, record)
+    finally:
+        sim.close()
+        del model
+
+
 def _mixed_precision(sim: Simulator, modules, quantizable: list[str], mixed: MixedPrecisionArgs, kl_all: float,
-                     record: dict[str, Any], show_progress: bool, log: Callable[[str], None]) -> list[str]:
+                     record: dict[str, Any], show_progress: bool, log: Callable[[str], None],
+                     scheme: str = "int8") -> list[str]:
     from packager.core.progress import progress_bar
 
     units = units_of(modules, quantizable)
@@ -383,10 +447,10 @@ def _mixed_precision(sim: Simulator, modules, quantizable: list[str], mixed: Mix
     record["mixed_precision"] = mp
     if kl_all <= mixed.target_kl:
         mp.update(met=True, kept_float=[], weight_share_float=0.0, kl=kl_all)
-        log(f"int8: all {len(units)} units quantized meet the KL target ({kl_all:.4f} <= {mixed.target_kl})")
+        log(f"{scheme}: all {len(units)} units quantized meet the KL target ({kl_all:.4f} <= {mixed.target_kl})")
         return []
     sens: dict[str, float] = {}
-    with progress_bar("int8: layer sensitivity", total=len(units), enabled=show_progress, transient=True) as bar:
+    with progress_bar(f"{scheme}: layer sensitivity", total=len(units), enabled=show_progress, transient=True) as bar:
         for label, members in units:
             sens[label] = sim.kl(set(members), start=_layer_index(members[0]))
             bar.advance()
@@ -429,7 +493,7 @@ def _mixed_precision(sim: Simulator, modules, quantizable: list[str], mixed: Mix
     share = cum[n_keep] / total if total else 0.0
     mp.update(met=met, kl=kl_keeping(n_keep), kept_float=kept_units, weight_share_float=share,
               sensitivity={label: sens[label] for label, _ in units})
-    log(f"int8 mixed precision: {n_keep} of {len(units)} units kept in float ({share:.1%} of the weights), "
+    log(f"{scheme} mixed precision: {n_keep} of {len(units)} units kept in float ({share:.1%} of the weights), "
         f"calibration KL {kl_all:.4f} -> {mp['kl']:.4f} (target {mixed.target_kl}"
         + ("" if met else f", NOT met within max_float_share {mixed.max_float_share}") + ")")
     return [n for _, members in order[:n_keep] for n in members]
