@@ -261,7 +261,8 @@ def eval_summaries():
         return EvalSummary(name=name, served_model=name, suite="default", suite_sha256="0" * 64, n_items=123456,
                            n_errors=789, score=score, score_by_tag=cats, score_by_category=cats, perplexity=12345.6789,
                            recovery=recovery, fidelity_agreement=0.987654, fidelity_mean_kl=0.0123456,
-                           behaviour={"refusal_rate": 0.5, "consistency": 0.75}, wall_time_s=98765.4,
+                           fidelity_prefix_match_mean=17.25, fidelity_source="corpus:default", fidelity_prompts=557,
+                           fidelity_prompts_skipped=3, behaviour={"refusal_rate": 0.5, "consistency": 0.75}, wall_time_s=98765.4,
                            versions={}, platform={})
 
     return [one("smollm2-135m-instruct-baseline-with-a-long-name", 0.6543, None),
@@ -269,6 +270,7 @@ def eval_summaries():
 
 
 EVAL_FIGURES = ["0.654", "0.543", "83.0%", "12345.68", "98.8%", "0.0123", "123456 / 789", "98765", "0.500", "0.750",
+                "17.2", "557 prompts", "(3 too long, skipped)",
                 "smollm2-135m-instruct-gptq-w4a16-with-a-long-name", "category-7-with-a-long-name"]
 
 
