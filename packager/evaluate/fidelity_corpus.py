@@ -40,7 +40,7 @@ from packager.fsutil import iter_jsonl, sha256_bytes
 
 if TYPE_CHECKING:
     from packager.evaluate.client import OpenAIClient
-    from packager.evaluate.runner import ItemResult
+    from packager.evaluate.fidelity import ItemResult
 
 BUILTIN_CORPORA = {"default": "fidelity_prompts.jsonl"}
 T = TypeVar("T")
@@ -151,7 +151,7 @@ def reference_outputs(client: "OpenAIClient", model: str, corpus: FidelityCorpus
                       show_progress: bool = False) -> ReferenceRun:
     """The baseline's greedy answers to the corpus's prompts, each with its top-k logprobs teacher-forced along
     the answer (positions: the answer's tokens, at most `max_tokens`)."""
-    from packager.evaluate.runner import ItemResult, _teacher_forced_topk
+    from packager.evaluate.fidelity import ItemResult, _teacher_forced_topk
 
     prompts = spread(corpus.prompts, max_prompts) if max_prompts else corpus.prompts
     ctx_len = client.max_model_len()

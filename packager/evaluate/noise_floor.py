@@ -23,8 +23,8 @@ from pydantic import BaseModel
 from packager.config import RunConfig
 from packager.errors import ConfigError
 from packager.evaluate.client import OpenAIClient
+from packager.evaluate.fidelity import ItemResult, teacher_forced_fidelity
 from packager.evaluate.fidelity_corpus import spread
-from packager.evaluate.runner import ItemResult, teacher_forced_fidelity
 
 
 class NoiseFloor(BaseModel):

@@ -24,6 +24,16 @@ from packager.config import RunConfig
 from packager.core.progress import progress_bar
 from packager.errors import ConfigError, ServerError
 from packager.evaluate.client import OpenAIClient
+from packager.evaluate.fidelity import (  # noqa: F401 - re-exported: the runner's public names
+    FIDELITY_MAX_POSITIONS,
+    Fidelity,
+    ItemResult,
+    _teacher_forced_topk,
+    greedy_prefix_match,
+    kl_topk,
+    load_items,
+    teacher_forced_fidelity,
+)
 from packager.evaluate.scorers import SCORERS
 from packager.evaluate.stats import PairedStats, bootstrap_stats
 from packager.evaluate.suite import Suite, SuiteItem, load_suite
@@ -31,22 +41,6 @@ from packager.fsutil import atomic_write_json, atomic_write_text
 from packager.provenance import now_iso, package_versions, platform_info
 
 SUMMARY_SCHEMA_VERSION = 1
-FIDELITY_MAX_POSITIONS = 24
-
-
-class ItemResult(BaseModel):
-    id: str
-    tags: list[str]
-    scorer: str
-    output: str
-    score: float
-    finish_reason: str | None = None
-    latency_s: float
-    error: str | None = None
-    prompt_token_ids: list[int] | None = None
-    output_token_ids: list[int] | None = None
-    # teacher-forced top-k log-probabilities along this model's own greedy output (baseline runs only)
-    topk_logprobs: list[dict[str, float]] | None = None
 
 
 class EvalSummary(BaseModel):
@@ -129,51 +123,6 @@ def _score_item(client: OpenAIClient, model: str, item: SuiteItem, want_topk: in
     return res
 
 
-def _teacher_forced_topk(client: OpenAIClient, model: str, prompt_ids: list[int], output_ids: list[int],
-                         k: int, max_positions: int = FIDELITY_MAX_POSITIONS) -> list[dict[str, float]] | None:
-    """Top-k next-token log-probabilities at each position of `output_ids` (the first `max_positions`) given the
-    prompt, keyed by token id (as text)."""
-    out_ids = output_ids[:max_positions]
-    if not out_ids:
-        return None
-    try:
-        resp = client.post("/v1/completions", {
-            "model": model, "prompt": prompt_ids + out_ids, "max_tokens": 1, "temperature": 0.0,
-            "prompt_logprobs": k,
-        })
-    except ServerError:
-        return None
-    plp = resp["choices"][0].get("prompt_logprobs") or resp.get("prompt_logprobs")
-    if not plp:
-        return None
-    tail = plp[len(prompt_ids):len(prompt_ids) + len(out_ids)]
-    return [{tok: v["logprob"] for tok, v in (pos or {}).items()} for pos in tail]
-
-
-def kl_topk(p_logprobs: dict[str, float], q_logprobs: dict[str, float]) -> float:
-    """KL(p || q) over p's top-k support plus one 'rest' bucket.
-
-    Tokens of p's top-k that q did not return get q's smallest returned probability (q's top-k cut-off, an
-    upper bound of their probability), so the estimate never divides by zero and is the same for every variant.
-    """
-    if not p_logprobs:
-        return 0.0
-    q_floor = min(q_logprobs.values()) if q_logprobs else -30.0
-    eps = 1e-9
-    kl = 0.0
-    p_mass = q_mass = 0.0
-    for tok, lp in p_logprobs.items():
-        p = math.exp(lp)
-        lq = q_logprobs.get(tok, q_floor)
-        q = math.exp(lq)
-        p_mass += p
-        q_mass += q
-        kl += p * (lp - lq)
-    p_rest, q_rest = max(1.0 - p_mass, eps), max(1.0 - q_mass, eps)
-    kl += p_rest * (math.log(p_rest) - math.log(q_rest))
-    return max(kl, 0.0)
-
-
 def perplexity(client: OpenAIClient, model: str, texts: list[str], chunk_chars: int, max_chunks: int,
                concurrency: int, show_progress: bool) -> tuple[float | None, int]:
     """exp(mean negative log-likelihood) of the engine over fixed character chunks of `texts`."""
@@ -238,69 +187,6 @@ def behaviour_metrics(results: list[ItemResult]) -> dict[str, float]:
     return out
 
 
-class Fidelity(BaseModel):
-    """How far a model's next-token distributions are from the baseline's, along the baseline's own greedy outputs
-    (teacher-forced), plus how often its greedy output equals the baseline's (None where not measured)."""
-
-    agreement: float | None = None  # whole greedy outputs equal
-    mean_kl: float | None = None
-    p95_kl: float | None = None
-    top1_agreement: float | None = None  # per position: the same most likely next token
-    positions: int = 0
-    # greedy-prefix match: per answer, the leading tokens the model's greedy answer shares with the baseline's
-    prefix_match_mean: float | None = None  # tokens, mean over answers
-    prefix_match_share: float | None = None  # the same, as a share of each answer's measured length
-    full_match: float | None = None  # answers whose every measured token matches (greedy outputs equal)
-    answers: int = 0
-
-
-def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str, top_k: int,
-                            concurrency: int, ids: list[str] | None = None) -> Fidelity:
-    """KL(baseline || model) and top-1 agreement at each position of the baseline's outputs (of `ids`, default
-    every item that has the baseline's top-k). Positions the endpoint gives no prompt logprobs for are left out."""
-    pairs: list[tuple[dict[str, float], dict[str, float]]] = []
-    prefixes: list[tuple[int, int]] = []  # (matched leading tokens, measured tokens) per answer
-
-    def one(b: ItemResult) -> tuple[list[tuple[dict[str, float], dict[str, float]]], tuple[int, int] | None]:
-        if not (b.topk_logprobs and b.prompt_token_ids and b.output_token_ids):
-            return [], None
-        mine = _teacher_forced_topk(client, model, b.prompt_token_ids, b.output_token_ids, top_k,
-                                    max_positions=len(b.topk_logprobs))
-        if not mine:
-            return [], None
-        got = list(zip(b.topk_logprobs, mine))
-        return got, (greedy_prefix_match(b.output_token_ids[:len(got)], [q for _, q in got]), len(got))
-
-    chosen = [baseline_items[i] for i in (ids if ids is not None else list(baseline_items)) if i in baseline_items]
-    with ThreadPoolExecutor(concurrency) as ex:
-        for fut in as_completed([ex.submit(one, b) for b in chosen]):
-            got, prefix = fut.result()
-            pairs.extend(got)
-            if prefix is not None:
-                prefixes.append(prefix)
-    if not pairs:
-        return Fidelity()
-    kls = sorted(kl_topk(p, q) for p, q in pairs)
-    top1 = [float(bool(p) and bool(q) and max(p, key=p.__getitem__) == max(q, key=q.__getitem__)) for p, q in pairs]
-    return Fidelity(mean_kl=_mean(kls), p95_kl=kls[min(len(kls) - 1, math.ceil(0.95 * len(kls)) - 1)],
-                    top1_agreement=_mean(top1), positions=len(pairs),
-                    prefix_match_mean=_mean([float(m) for m, _ in prefixes]),
-                    prefix_match_share=_mean([m / n for m, n in prefixes]),
-                    full_match=_mean([float(m == n) for m, n in prefixes]), answers=len(prefixes))
-
-
-def greedy_prefix_match(reference_ids: list[int], model_topk: list[dict[str, float]]) -> int:
-    """How many leading tokens of the reference answer the model's own greedy answer shares: teacher-forced along
-    the reference, greedy decoding follows the same path until the first position whose most likely token (the
-    top-k key with the highest log-probability; keys are token ids as text) differs from the reference's."""
-    n = 0
-    for ref, q in zip(reference_ids, model_topk):
-        if not q or max(q, key=q.__getitem__) != str(ref):
-            break
-        n += 1
-    return n
-
-
 def fidelity(results: list[ItemResult], baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str,
              top_k: int, concurrency: int) -> Fidelity:
     pairs = [(r, baseline_items[r.id]) for r in results if r.id in baseline_items and not r.error]
@@ -325,15 +211,6 @@ def quality_stats(results: list[ItemResult], baseline_items: dict[str, ItemResul
 
 def _category(r: ItemResult) -> str:
     return r.tags[0] if r.tags else "untagged"
-
-
-def load_items(path: Path) -> dict[str, ItemResult]:
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            r = ItemResult.model_validate_json(line)
-            out[r.id] = r
-    return out
 
 
 def load_summary(path: str | Path) -> EvalSummary:
