@@ -41,6 +41,9 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true",
                     help="keep --out's noise floor (not measured again) and its other variants; rows of the "
                          "recipes run now replace rows of the same name, whose old values are kept as 'before'")
+    ap.add_argument("--reuse-baseline", action="store_true",
+                    help="with --work and --merge: read the baseline's evaluation from <work>/baseline (written by an "
+                         "earlier run of the same suite and corpus) instead of evaluating it again")
     a = ap.parse_args()
 
     from packager.compress.recipe import load_recipe, run_recipe
@@ -48,7 +51,7 @@ def main() -> None:
     from packager.core.sources import ensure_default_model
     from packager.errors import HardwareError
     from packager.evaluate.noise_floor import NoiseFloor, measure_noise_floor
-    from packager.evaluate.runner import baseline_corpus_items, evaluate_model, load_items
+    from packager.evaluate.runner import baseline_corpus_items, evaluate_model, load_items, load_summary
     from packager.hardware import serving_dtype
     from packager.release.runner import quality_gate
     from packager.report.model import VariantResult
@@ -61,7 +64,12 @@ def main() -> None:
     source = ensure_default_model()
     served = serving_dtype(cfg.engine.dtype, cfg.engine.target)
     t0 = time.monotonic()
-    base = evaluate_model(source.path, cfg, out_dir=work / "baseline", name="baseline", show_progress=False)
+    if a.reuse_baseline:
+        if not (a.work and a.merge and (work / "baseline" / "summary.json").exists()):
+            ap.error("--reuse-baseline needs --work with a finished baseline in <work>/baseline, and --merge")
+        base = load_summary(work / "baseline")
+    else:
+        base = evaluate_model(source.path, cfg, out_dir=work / "baseline", name="baseline", show_progress=False)
     items = load_items(Path(str(base.items_path)))
     # fidelity is measured along the baseline's answers to the fidelity corpus; so is the noise floor
     corpus_items = baseline_corpus_items(base) or items
@@ -80,7 +88,8 @@ def main() -> None:
     gate = quality_gate(cfg, nf.model_dump(mode="json"))
     out = {"model": source.name, "suite": base.suite, "items": base.n_items, "served_dtype": served,
            "baseline": {"score": base.score, "score_ci": [base.stats.score.low, base.stats.score.high]
-                        if base.stats else None, "wall_s": round(base_s, 1),
+                        if base.stats else None,
+                        "wall_s": old["baseline"]["wall_s"] if a.reuse_baseline and old else round(base_s, 1),
                         "score_by_category": base.score_by_category,
                         "items_by_category": dict(Counter(r.tags[0] if r.tags else "untagged"
                                                           for r in items.values())),

@@ -63,7 +63,7 @@ class EvalConfig(Strict):
     perplexity_chunk_tokens: int = Field(256, ge=16)
     fidelity_top_k: int = Field(5, ge=1, le=20)
     fidelity_corpus: str | None = Field("default", description="prompts fidelity is measured on: default (the "
-                                        "bundled 530 prompts), a JSONL file of prompts, or null: along the "
+                                        "bundled 557 prompts), a JSONL file of prompts, or null: along the "
                                         "suite items' answers")
     fidelity_max_prompts: int | None = Field(None, ge=1, description="use only N prompts of the fidelity "
                                              "corpus, spread evenly over it")

@@ -64,6 +64,8 @@ def evaluate(
     max_items: Optional[int] = config_flag("eval.max_items"),
     concurrency: Optional[int] = config_flag("eval.concurrency"),
     no_perplexity: bool = typer.Option(False, "--no-perplexity", help="skip perplexity on the held-out corpus"),
+    fidelity_corpus: Optional[str] = config_flag("eval.fidelity_corpus", extra="; 'suite' for null"),
+    fidelity_prompts: Optional[int] = config_flag("eval.fidelity_max_prompts", "--fidelity-prompts"),
 ) -> None:
     """Score MODEL on a task suite through its serving engine; print task score, perplexity, recovery, fidelity.
     An endpoint URL gets PACKAGER_API_KEY as `Authorization: Bearer` when set (a packager bento needs one)."""
@@ -77,7 +79,11 @@ def evaluate(
 
         cfg = load_config(config, overrides({
             "eval.suite": suite, "eval.max_items": max_items, "eval.concurrency": concurrency,
-            "eval.perplexity": False if no_perplexity else None, "engine.dtype": dtype}))
+            "eval.perplexity": False if no_perplexity else None, "engine.dtype": dtype,
+            "eval.fidelity_corpus": None if fidelity_corpus == "suite" else fidelity_corpus,
+            "eval.fidelity_max_prompts": fidelity_prompts}))
+        if fidelity_corpus == "suite":
+            cfg.eval.fidelity_corpus = None
         base = load_summary(baseline) if baseline else None
         is_url = model.startswith(("http://", "https://"))
         if is_url:

@@ -109,12 +109,16 @@ def test_cli_scores_the_bundled_model_and_prints_score_and_perplexity(vllm_defau
         out = tmp_path / f"run{i}"
         cp = subprocess.run(
             [sys.executable, "-m", "packager.cli", "evaluate", vllm_default_server.base_url, "--max-items", "12",
-             "--concurrency", "1", "--out", str(out), "--name", f"run{i}"],
+             "--fidelity-prompts", "4", "--concurrency", "1", "--out", str(out), "--name", f"run{i}"],
             capture_output=True, text=True, timeout=600, env={**os.environ, "PACKAGER_EVAL__PERPLEXITY_MAX_CHUNKS": "2"},
         )
         assert cp.returncode == 0, cp.stderr[-2000:]
         assert "task score" in cp.stdout and "perplexity" in cp.stdout
         outs.append(load_items(out / "items.jsonl"))
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["fidelity_source"] == "corpus:default"
+        assert summary["fidelity_prompts"] + summary["fidelity_prompts_skipped"] + summary["fidelity_prompts_failed"] == 4
+        assert len(load_items(out / "fidelity_items.jsonl")) == summary["fidelity_prompts"]
     assert {k: v.output for k, v in outs[0].items()} == {k: v.output for k, v in outs[1].items()}
     assert [v.score for v in outs[0].values()] == [v.score for v in outs[1].values()]
 
