@@ -127,8 +127,10 @@ def select_linears(model_dir: Path, ignore: list[str]) -> tuple[list[str], list[
 
 def write_w8a8(src: Path, dst: Path, scheme: Scheme, ignore: list[str], dtype: str,
                pre_transform: Callable[[str, Any], Any] | None = None,
-               progress: Callable | None = None) -> dict[str, Any]:
-    """Quantize every selected Linear of src into dst (compressed-tensors W8A8); returns a report dict."""
+               progress: Callable | None = None,
+               rounded: dict[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
+    """Quantize every selected Linear of src into dst (compressed-tensors W8A8); returns a report dict.
+    `rounded`: int8 weights already rounded (e.g. by GPTQ), {weight tensor name: (q, scale)}, used as given."""
     import torch
 
     validate_ignore(ignore)
@@ -145,7 +147,15 @@ def write_w8a8(src: Path, dst: Path, scheme: Scheme, ignore: list[str], dtype: s
         if name in qset:
             if t.dim() != 2:
                 raise ConfigError(f"{name} has shape {tuple(t.shape)}; only 2-D Linear weights can be quantized.")
-            q, s = qfn(t)
+            given = (rounded or {}).get(name)
+            if given is not None and scheme == "int8":
+                q, s = given
+                if tuple(q.shape) != tuple(t.shape):
+                    raise ConfigError(f"{name}: rounded weight has shape {tuple(q.shape)}, the checkpoint "
+                                      f"{tuple(t.shape)}")
+                stats["gptq_rounded_tensors"] = stats.get("gptq_rounded_tensors", 0) + 1
+            else:
+                q, s = qfn(t)
             # Relative reconstruction error of this weight (Frobenius), for the report.
             deq = dequantize(q, s)
             w32 = t.to(torch.float32)

@@ -1,6 +1,7 @@
 """`w8a8_int8`: int8 weights and int8 activations (W8A8), in the compressed-tensors format.
 
-Weights: symmetric, one scale per output channel, round-to-nearest. Activations: quantized by the engine
+Weights: symmetric, one scale per output channel, rounded to nearest or (`weight_rounding: gptq`) by GPTQ on
+calibration inputs (packager.compress.gptq_int8, with the reasons it is own code). Activations: quantized by the engine
 per token at run time (dynamic), so no calibration is needed unless SmoothQuant is on. vLLM runs this on
 x86 CPUs through oneDNN (fast with VNNI/AMX) and on NVIDIA GPUs from Turing.
 
@@ -29,7 +30,8 @@ _SMOOTH_GROUPS = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "
 
 
 class W8A8Int8Args(StageArgs):
-    """W8A8 int8: per-channel symmetric int8 weights (round-to-nearest), dynamic per-token int8 activations."""
+    """W8A8 int8: per-channel symmetric int8 weights (nearest or GPTQ rounding), dynamic per-token int8
+    activations."""
 
     quantizes: ClassVar[bool] = True
     kind: Literal["w8a8_int8"] = "w8a8_int8"
@@ -57,11 +59,18 @@ class W8A8Int8Args(StageArgs):
                 raise ValueError(f"a SmoothQuant strength must lie in [0, 1]; got {a}")
         return v
 
+    weight_rounding: Literal["nearest", "gptq"] = Field(
+        "nearest", description="int8 weight rounding: nearest, or gptq (error spread over the columns not yet "
+                               "rounded by the inverse Hessian of calibration inputs, with act order)")
+    gptq_damp: float = Field(0.01, gt=0.0, lt=1.0, description="GPTQ Hessian dampening, a fraction of its mean "
+                                                                "diagonal")
+
     def searches(self) -> bool:
         return self.smoothquant_alpha == "auto" or self.mixed_precision is not None
 
     def needs_calibration(self) -> bool:
-        return self.smoothquant_alpha is not None or self.mixed_precision is not None
+        return (self.smoothquant_alpha is not None or self.mixed_precision is not None
+                or self.weight_rounding == "gptq")
 
     def validate_for(self, model_dir: Path) -> None:
         from packager.compress.checkpoint import read_config
@@ -83,7 +92,7 @@ def apply_w8a8_int8(args: W8A8Int8Args, ctx: StageContext) -> dict[str, Any]:
     from packager.compress.int8_search import SearchResult, search
 
     args.validate_for(ctx.input_dir)
-    report: dict[str, Any] = {"smoothquant_alpha": args.smoothquant_alpha, "weight_rounding": "nearest"}
+    report: dict[str, Any] = {"smoothquant_alpha": args.smoothquant_alpha, "weight_rounding": args.weight_rounding}
     ignore = list(args.ignore)
     res = SearchResult(None, {}, [])
     if args.needs_calibration():
@@ -94,10 +103,12 @@ def apply_w8a8_int8(args: W8A8Int8Args, ctx: StageContext) -> dict[str, Any]:
         res = search(ctx.input_dir, texts, alpha=args.smoothquant_alpha, alpha_candidates=args.alpha_candidates,
                      mixed=args.mixed_precision, quantizable=quantizable,
                      seq_len=args.seq_len, search_samples=args.search_samples, search_seq_len=args.search_seq_len,
-                     device=ctx.device, show_progress=ctx.show_progress, log=ctx.log)
+                     device=ctx.device, show_progress=ctx.show_progress, log=ctx.log,
+                     weight_rounding=args.weight_rounding, gptq_damp=args.gptq_damp)
         ignore += res.keep_float
         report.update(smoothquant_alpha=res.alpha, smoothed_tensors=len(res.factors), calibration_samples=len(texts),
                       **res.record)
     pre = apply_factors(res.factors) if res.factors else None
-    report.update(write_w8a8(ctx.input_dir, ctx.output_dir, "int8", ignore, args.dtype, pre_transform=pre))
+    report.update(write_w8a8(ctx.input_dir, ctx.output_dir, "int8", ignore, args.dtype, pre_transform=pre,
+                             rounded={f"{n}.weight": qs for n, qs in res.weights.items()}))
     return report

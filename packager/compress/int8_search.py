@@ -13,6 +13,9 @@ How it works, all on calibration text and the float32 model in memory:
      KL is measured; the lowest wins. Smoothing covers q/k/v after input_layernorm, gate/up after
      post_attention_layernorm, and down_proj after up_proj (its output rows are divided by the factor
      that down_proj's input columns are multiplied by: exact in float, since act = silu(gate) * up).
+  2b. With `weight_rounding: gptq`, the smoothed float weights are GPTQ-rounded on the calibration samples
+     (packager.compress.gptq_int8), and the simulation uses those weights from here on: what the mixed-precision
+     search measures is what the checkpoint holds.
   3. Mixed precision: the sensitivity of each unit (the Linears that read one input, which the engine
      fuses and must treat alike: q/k/v, o, gate/up, down; one per layer each) is the KL of the model
      with ONLY that unit quantized. Units are kept in float, most sensitive per weight first, until the
@@ -58,6 +61,8 @@ class SearchResult:
     factors: dict[str, dict[str, Any]]
     keep_float: list[str]
     record: dict[str, Any] = field(default_factory=dict)
+    # GPTQ-rounded int8 weights (q, scale) by Linear name, of the smoothed model (weight_rounding: gptq)
+    weights: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def fake_quant_tokens(x):
@@ -342,8 +347,11 @@ def smoothquant_factors(model_dir: Path, texts: list[str], alpha: float, seq_len
 def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alpha_candidates: list[float],
            mixed: MixedPrecisionArgs | None, quantizable: list[str], seq_len: int, search_samples: int,
            search_seq_len: int, device: str = "cpu", show_progress: bool = True,
-           log: Callable[[str], None] = print) -> SearchResult:
-    """Choose the smoothing strength and the Linears kept in float (see the module docstring)."""
+           log: Callable[[str], None] = print, weight_rounding: str = "nearest",
+           gptq_damp: float = 0.01) -> SearchResult:
+    """Choose the smoothing strength and the Linears kept in float (see the module docstring); with
+    weight_rounding "gptq", round the weights by GPTQ (packager.compress.gptq_int8) before the mixed-precision
+    search, which then simulates the weights the checkpoint will hold."""
     from packager.core.progress import progress_bar
 
     if not texts:
@@ -385,6 +393,10 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
             chosen = alpha if isinstance(alpha, float) else None
         factors = factors_for(groups, act_max, w_max, chosen) if chosen is not None else {}
         sim.smooth(factors)
+        weights: dict[str, tuple[Any, Any]] = {}
+        if weight_rounding == "gptq":
+            record["kl_all_quantized_nearest"] = sim.kl(every)
+            weights = _gptq_weights(sim, batches, quantizable, gptq_damp, record, show_progress, log)
         kl_all = sim.kl(every)
         record["kl_all_quantized"] = kl_all
         keep: list[str] = []
@@ -392,10 +404,35 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
             keep = _mixed_precision(sim, modules, quantizable, mixed, kl_all, record, show_progress, log)
         record["search_s"] = round(time.monotonic() - t0, 1)
         record["simulated_passes"] = sim.passes
-        return SearchResult(chosen, factors, keep, record)
+        return SearchResult(chosen, factors, keep, record, weights)
     finally:
         sim.close()
         del model
+
+
+def _gptq_weights(sim: Simulator, batches, quantizable: list[str], damp: float, record: dict[str, Any],
+                  show_progress: bool, log: Callable[[str], None]) -> dict[str, tuple[Any, Any]]:
+    """GPTQ-round the (smoothed) float weights on the full calibration batches; the simulator's int8 weights
+    become the GPTQ ones. Returns {Linear name: (q int8, scale)}."""
+    from packager.compress.gptq_int8 import gptq_round
+
+    t0 = time.monotonic()
+    for n in quantizable:  # the float (smoothed) weights, no activation rounding, while inputs are read
+        sim.params[f"{n}.weight"].data = sim.float_w[n]
+    sim.active = set()
+    units = units_of(sim.modules, quantizable)
+    covered = {n for _, members in units for n in members}
+    units += [(n, [n]) for n in quantizable if n not in covered]
+    r = gptq_round(sim.model, batches, units, damp=damp, show_progress=show_progress, log=log)
+    for n, (q, s) in r.weights.items():
+        sim.int_w[n] = (q.to(s.dtype) * s).to(sim.float_w[n].dtype)
+    record["gptq"] = {"damp": damp, "calibration_tokens": r.tokens, "passes": r.passes,
+                      "output_error_vs_nearest": r.output_error_vs_nearest, "nearest_fallbacks": r.fallbacks,
+                      "seconds": round(time.monotonic() - t0, 1)}
+    log(f"int8 GPTQ rounding: calibration output error {r.output_error_vs_nearest:.3f}x round-to-nearest's "
+        f"({len(r.weights)} Linears, {r.tokens} tokens)" if r.output_error_vs_nearest is not None else
+        "int8 GPTQ rounding done")
+    return r.weights
 
 
 def weight_only_search(model_dir: Path, texts: list[str], *, bits: int, group_size: int,
