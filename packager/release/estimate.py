@@ -9,9 +9,14 @@ from packager.errors import ConfigError
 
 # Seconds each step takes for the bundled model on a 2-core CPU (measured), used for the up-front estimate
 # (w8a8_int8: the built-in recipe's SmoothQuant and mixed-precision search; 4 s without them).
-_ESTIMATE_S: dict[str, Any] = {"serve_start": 150.0, "evaluate": 90.0, "register": 10.0, "noise_floor": 240.0,
+_ESTIMATE_S: dict[str, Any] = {"serve_start": 150.0, "register": 10.0, "noise_floor": 240.0,
                "compress": {"gptq": 300.0, "w8a8_int8": 390.0, "fp8": 30.0, "prune": 60.0, "distill": 300.0,
                             "gguf": 30.0}}
+# Evaluation, per unit of work (benchmarks/results/quality.json, 2 cores, concurrency 8): a suite item; a fidelity
+# prompt answered by the baseline (32 greedy tokens and their top-k); the same answer read teacher-forced by a
+# variant (one prefill); perplexity and the behaviour suite together.
+_EVAL_S = {"item": 0.52, "answer": 0.49, "read": 0.085, "fixed": 40.0}
+_DEFAULT_SIZES = {"suite": 430, "fidelity_corpus": 557}
 
 
 def default_loadtest() -> dict[str, Any]:
@@ -54,8 +59,18 @@ def step_seconds(recipe: str | None, loadtest_s: float, cfg: RunConfig | None = 
     gate = cfg.gate if cfg is not None else None
     floor = recipe is None and gate is not None and gate.noise_floor and gate.max_kl_vs_noise is not None
     return {"compress": _compress_seconds(recipe) if recipe else 0.0, "register": _ESTIMATE_S["register"],
-            "measure": _ESTIMATE_S["serve_start"] + _ESTIMATE_S["evaluate"] + loadtest_s,
+            "measure": _ESTIMATE_S["serve_start"] + evaluate_seconds(cfg, baseline=recipe is None) + loadtest_s,
             "noise_floor": _ESTIMATE_S["noise_floor"] if floor else 0.0}
+
+
+def evaluate_seconds(cfg: RunConfig | None, baseline: bool) -> float:
+    """Estimated seconds of one evaluation: the suite's items, then the fidelity corpus (answered by the baseline,
+    read by a variant), from the configured sizes (the default suite and corpus when not capped)."""
+    ev = (cfg or RunConfig()).eval
+    items = min(ev.max_items or _DEFAULT_SIZES["suite"], _DEFAULT_SIZES["suite"]) \
+        if ev.suite == "default" else (ev.max_items or _DEFAULT_SIZES["suite"])
+    prompts = 0 if not ev.fidelity_corpus else (ev.fidelity_max_prompts or _DEFAULT_SIZES["fidelity_corpus"])
+    return round(_EVAL_S["fixed"] + items * _EVAL_S["item"] + prompts * _EVAL_S["answer" if baseline else "read"])
 
 
 def _compress_seconds(recipe: str) -> float:

@@ -39,12 +39,20 @@ def test_step_cache_file_format_hit_and_miss(tmp_path):
 def test_estimate_and_default_loadtest():
     from packager.loadtest.config import parse_loadtest_config
     from packager.release import default_loadtest, estimate_seconds
+    from packager.release.estimate import evaluate_seconds
 
     recipes = ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m", "recipes/mine.yaml", "fp8-dynamic"]
-    assert estimate_seconds(RunConfig(), recipes, 70.0) == 2790.0 + 240.0  # + the baseline's noise floor
-    assert estimate_seconds(RunConfig(), [], 70.0) == 320.0 + 240.0
+    # baseline: register 10 + engine start 150 + evaluation (40 + 430 items x 0.52 + 557 corpus answers x 0.49)
+    # + load test 70; a variant reads the answers (557 x 0.085) and adds its compression
+    assert evaluate_seconds(RunConfig(), baseline=True) == 537 and evaluate_seconds(RunConfig(), baseline=False) == 311
+    assert estimate_seconds(RunConfig(), recipes, 70.0) == 4342.0 + 240.0  # + the baseline's noise floor
+    assert estimate_seconds(RunConfig(), [], 70.0) == 767.0 + 240.0
     no_floor = RunConfig.model_validate({"gate": {"noise_floor": False}})
-    assert estimate_seconds(no_floor, recipes, 70.0) == 2790.0 and estimate_seconds(no_floor, [], 70.0) == 320.0
+    assert estimate_seconds(no_floor, recipes, 70.0) == 4342.0 and estimate_seconds(no_floor, [], 70.0) == 767.0
+    small = RunConfig.model_validate({"eval": {"max_items": 30, "fidelity_max_prompts": 48}})
+    assert evaluate_seconds(small, baseline=True) == round(40 + 30 * 0.52 + 48 * 0.49)
+    no_corpus = RunConfig.model_validate({"eval": {"fidelity_corpus": None}})
+    assert evaluate_seconds(no_corpus, baseline=True) == evaluate_seconds(no_corpus, baseline=False) == 264
     lt = parse_loadtest_config(default_loadtest(), "loadtest")
     assert lt.profile.kind == "sweep" and list(lt.profile.values) == [1, 4, 16]
     assert lt.profile.planned_dispatch_s() == 60 and lt.max_duration_s == 120 and lt.max_requests == 5000
