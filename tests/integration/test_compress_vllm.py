@@ -147,6 +147,10 @@ def test_cli_compress_scores_source_and_stage_through_vllm(default_model, tmp_pa
     assert rec["evaluation"]["n_items"] == 16 and rec["evaluation"]["fidelity_agreement"] is not None
     mp = rec["report"]["mixed_precision"]
     assert mp["met"] is False and mp["kept_float"] and 0 < mp["weight_share_float"] <= 0.08
+    # the built-in recipe's GPTQ rounding: every int8 weight written is the GPTQ one
+    assert rec["report"]["weight_rounding"] == "gptq"
+    assert rec["report"]["gptq_rounded_tensors"] == rec["report"]["quantized_tensors"] > 0
+    assert 0 < rec["report"]["gptq"]["output_error_vs_nearest"] < 1
     ignore = json.loads((out / "01-w8a8_int8" / "config.json").read_text())["quantization_config"]["ignore"]
     assert set(rec["report"]["float_linear_layers"]) - {"lm_head"} <= set(ignore)
     assert (out / "eval" / "00-source" / "summary.json").is_file()
