@@ -57,15 +57,19 @@ def usd_hour(x: float | None) -> str:
 
 
 def fmt_pair(value: float, limit: float, scale: float = 1.0, unit: str = "") -> tuple[str, str]:
-    """Format a value and its limit with just enough decimals that unequal values never print the same."""
+    """Format a value and its limit with just enough decimals that unequal values never print the same, and that
+    neither prints as zero unless it is (a KL of 0.2 against a limit of 0.0105: "0.20 > limit 0.01", not "0.0")."""
     def fmt(decimals: int) -> tuple[str, str]:
         return f"{value * scale:.{decimals}f}{unit}", f"{limit * scale:.{decimals}f}{unit}"
 
-    for decimals in (0, 1, 2, 3):
+    def zeroed(x: float, decimals: int) -> bool:
+        return x != 0 and round(x * scale, decimals) == 0
+
+    for decimals in (0, 1, 2, 3, 4, 5):
         a, b = fmt(decimals)
-        if a != b or value == limit:
+        if (a != b or value == limit) and not zeroed(value, decimals) and not zeroed(limit, decimals):
             return a, b
-    return fmt(4)
+    return fmt(6)
 
 
 def fmt_pct_pair(value: float, limit: float) -> tuple[str, str]:

@@ -32,6 +32,9 @@ def test_kl_limit_names_the_multiple_of_the_noise_floor():
     why = quality_failure(variant("rtn", 0.95, kl=0.025), gate)
     assert why is not None and "its mean KL to the baseline is 0.03 > limit 0.01" in why and "(62x the noise" in why
     assert quality_failure(variant("sq", 0.95, kl=0.005), gate) is None
+    # a limit under 0.05 never prints as 0.0 beside a KL that rounds to one decimal
+    far = quality_failure(variant("w4", 0.95, kl=0.1685), QualityGate(0.9, max_kl=0.010544, noise_floor_kl=0.0007))
+    assert far is not None and "is 0.17 > limit 0.01 (241x" in far
     both = quality_failure(variant("bad", 0.5, kl=0.025), gate)
     assert both is not None and both.startswith("recovers 50% < floor 90%, and its mean KL")
     # an engine without prompt logprobs: recovery alone, with a caveat
