@@ -37,10 +37,16 @@ def quantize_int8_per_channel(w):
     import torch
 
     w32 = w.to(torch.float32)
-    absmax = w32.abs().amax(dim=1, keepdim=True)
-    scale = (absmax / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    scale = int8_channel_scale(w32)
     q = torch.round(w32 / scale).clamp_(-128, 127).to(torch.int8)
     return q, scale
+
+
+def int8_channel_scale(w32):
+    """The symmetric per-output-channel int8 scale of a float32 weight: max|w_row| / 127 ([out, 1], never 0)."""
+    import torch
+
+    return (w32.abs().amax(dim=1, keepdim=True) / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def quantize_fp8_per_channel(w):

@@ -18,8 +18,11 @@ fuses) share one Hessian.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from packager.compress.ct_format import int8_channel_scale, quantize_int8_per_channel
 
 DEFAULT_DAMP = 0.01  # of the mean Hessian diagonal, as GPTQ's reference code
 MAX_HESSIAN_BYTES = 2 << 30
@@ -47,7 +50,7 @@ def gptq_int8(w, h, damp: float = DEFAULT_DAMP, block: int = 128) -> tuple[Any, 
     W = w.detach().to(torch.float32).clone()
     H = h.detach().to(torch.float32).clone()
     cols = W.shape[1]
-    scale = (W.abs().amax(dim=1, keepdim=True) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
+    scale = int8_channel_scale(W)
     dead = torch.diag(H) == 0  # inputs never non-zero on the calibration text: their weights do not matter
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -79,12 +82,6 @@ def output_error(w, q, scale, h) -> float:
 
     d = w.to(torch.float32) - q.to(torch.float32) * scale
     return float(((d @ h) * d).sum())
-
-
-def nearest_int8(w) -> tuple[Any, Any]:
-    from packager.compress.ct_format import quantize_int8_per_channel
-
-    return quantize_int8_per_channel(w)
 
 
 def _chunks(units: list[tuple[str, list[str]]], dims: dict[str, int], budget: int) -> list[list[tuple[str, list[str]]]]:
@@ -144,7 +141,7 @@ def gptq_round(model, batches: list[Any], units: list[tuple[str, list[str]]], *,
                 h = hs.pop(members[0]) / max(tokens, 1)
                 for n in members:
                     w = modules[n].weight.detach().to(torch.float32)
-                    qn, sn = nearest_int8(w)
+                    qn, sn = quantize_int8_per_channel(w)
                     try:
                         q, s = gptq_int8(w, h, damp)
                     except torch.linalg.LinAlgError:
@@ -162,3 +159,25 @@ def gptq_round(model, batches: list[Any], units: list[tuple[str, list[str]]], *,
         log(f"GPTQ: {len(res.fallbacks)} Linears rounded to nearest (their Hessian is not positive definite): "
             + ", ".join(res.fallbacks[:5]) + ("..." if len(res.fallbacks) > 5 else ""))
     return res
+
+
+def round_simulated(sim, batches: list[Any], units: list[tuple[str, list[str]]], damp: float, record: dict[str, Any],
+                    show_progress: bool, log: Callable[[str], None]) -> dict[str, tuple[Any, Any]]:
+    """GPTQ-round the (smoothed) float weights of an int8 Simulator (packager.compress.int8_search) on the full
+    calibration batches; the simulator's int8 weights become the GPTQ ones and `record["gptq"]` says what the
+    rounding achieved. Returns {Linear name: (q int8, scale)}."""
+    t0 = time.monotonic()
+    for _, members in units:  # the float (smoothed) weights, no activation rounding, while inputs are read
+        for n in members:
+            sim.params[f"{n}.weight"].data = sim.float_w[n]
+    sim.active = set()
+    r = gptq_round(sim.model, batches, units, damp=damp, show_progress=show_progress, log=log)
+    for n, (q, s) in r.weights.items():
+        sim.int_w[n] = (q.to(s.dtype) * s).to(sim.float_w[n].dtype)
+    record["gptq"] = {"damp": damp, "calibration_tokens": r.tokens, "passes": r.passes,
+                      "output_error_vs_nearest": r.output_error_vs_nearest, "nearest_fallbacks": r.fallbacks,
+                      "seconds": round(time.monotonic() - t0, 1)}
+    log(f"int8 GPTQ rounding: calibration output error {r.output_error_vs_nearest:.3f}x round-to-nearest's "
+        f"({len(r.weights)} Linears, {r.tokens} tokens)" if r.output_error_vs_nearest is not None else
+        "int8 GPTQ rounding done")
+    return r.weights

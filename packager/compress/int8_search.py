@@ -395,8 +395,13 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
         sim.smooth(factors)
         weights: dict[str, tuple[Any, Any]] = {}
         if weight_rounding == "gptq":
+            from packager.compress.gptq_int8 import round_simulated
+
             record["kl_all_quantized_nearest"] = sim.kl(every)
-            weights = _gptq_weights(sim, batches, quantizable, gptq_damp, record, show_progress, log)
+            units = units_of(modules, quantizable)
+            covered = {n for _, members in units for n in members}
+            units += [(n, [n]) for n in quantizable if n not in covered]  # every Linear, alone if not in a unit
+            weights = round_simulated(sim, batches, units, gptq_damp, record, show_progress, log)
         kl_all = sim.kl(every)
         record["kl_all_quantized"] = kl_all
         keep: list[str] = []
@@ -408,31 +413,6 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
     finally:
         sim.close()
         del model
-
-
-def _gptq_weights(sim: Simulator, batches, quantizable: list[str], damp: float, record: dict[str, Any],
-                  show_progress: bool, log: Callable[[str], None]) -> dict[str, tuple[Any, Any]]:
-    """GPTQ-round the (smoothed) float weights on the full calibration batches; the simulator's int8 weights
-    become the GPTQ ones. Returns {Linear name: (q int8, scale)}."""
-    from packager.compress.gptq_int8 import gptq_round
-
-    t0 = time.monotonic()
-    for n in quantizable:  # the float (smoothed) weights, no activation rounding, while inputs are read
-        sim.params[f"{n}.weight"].data = sim.float_w[n]
-    sim.active = set()
-    units = units_of(sim.modules, quantizable)
-    covered = {n for _, members in units for n in members}
-    units += [(n, [n]) for n in quantizable if n not in covered]
-    r = gptq_round(sim.model, batches, units, damp=damp, show_progress=show_progress, log=log)
-    for n, (q, s) in r.weights.items():
-        sim.int_w[n] = (q.to(s.dtype) * s).to(sim.float_w[n].dtype)
-    record["gptq"] = {"damp": damp, "calibration_tokens": r.tokens, "passes": r.passes,
-                      "output_error_vs_nearest": r.output_error_vs_nearest, "nearest_fallbacks": r.fallbacks,
-                      "seconds": round(time.monotonic() - t0, 1)}
-    log(f"int8 GPTQ rounding: calibration output error {r.output_error_vs_nearest:.3f}x round-to-nearest's "
-        f"({len(r.weights)} Linears, {r.tokens} tokens)" if r.output_error_vs_nearest is not None else
-        "int8 GPTQ rounding done")
-    return r.weights
 
 
 def weight_only_search(model_dir: Path, texts: list[str], *, bits: int, group_size: int,
