@@ -51,6 +51,8 @@ class EngineConfig(Strict):
     # lower throughput (benchmarks/results/vllm_cpu_dtype.json): for short-lived engines (evaluation, CI).
     enforce_eager: bool = False
     extra_args: list[str] = Field(default_factory=list)
+    chat_template: str | None = Field(None, description="a Jinja chat template (a file, or its text) for a model "
+                                      "without one, or to replace its own; carried into the bento")
 
 
 class EvalConfig(Strict):
@@ -70,6 +72,10 @@ class EvalConfig(Strict):
     fidelity_max_tokens: int = Field(32, ge=1, le=512, description="tokens of the baseline's greedy answer to "
                                      "each fidelity prompt that are compared")
     request_timeout_s: float = Field(120.0, gt=0)
+    prompt_format: Literal["auto", "chat", "completion"] = Field(
+        "auto", description="how prompts are sent: chat (the chat template, /v1/chat/completions), completion "
+                            "(raw text, /v1/completions; for base models), or auto (chat when the model has a "
+                            "template)")
 
 
 class SLOConfig(Strict):

@@ -6,8 +6,16 @@ from typing import Optional
 
 import typer
 
-from packager.cli.guard import run_guarded
-from packager.cli.options import config_flag, overrides
+from packager.cli.options import (
+    api_key_env_flag,
+    api_key_file_flag,
+    ca_bundle_flag,
+    config_flag,
+    header_flag,
+    insecure_flag,
+    overrides,
+    run_with_access,
+)
 from packager.core.formatting import num, pct
 
 
@@ -21,6 +29,8 @@ def summary_table(summaries: list, title: str = "evaluation"):
         t.add_column(s.name, justify="right", no_wrap=False, overflow="fold")
     cats = sorted({c for s in summaries for c in s.score_by_category})
 
+    t.add_row("prompts sent as", *[{"chat": "chat (template)", "completion": "raw text (no template)"}.get(
+        s.prompt_format or "", "-") for s in summaries])
     t.add_row("task score", *[num(s.score, ".3f") for s in summaries])
     for c in cats:
         t.add_row(f"  {c}", *[num(s.score_by_category.get(c), ".3f") for s in summaries])
@@ -66,9 +76,17 @@ def evaluate(
     no_perplexity: bool = typer.Option(False, "--no-perplexity", help="skip perplexity on the held-out corpus"),
     fidelity_corpus: Optional[str] = config_flag("eval.fidelity_corpus", extra="; 'suite' for null"),
     fidelity_prompts: Optional[int] = config_flag("eval.fidelity_max_prompts", "--fidelity-prompts"),
+    prompt_format: Optional[str] = config_flag("eval.prompt_format"),
+    chat_template: Optional[str] = config_flag("engine.chat_template"),
+    api_key_env: Optional[str] = api_key_env_flag(),
+    api_key_file: Optional[Path] = api_key_file_flag(),
+    header: list[str] = header_flag(),
+    ca_bundle: Optional[Path] = ca_bundle_flag(),
+    insecure: bool = insecure_flag(),
 ) -> None:
     """Score MODEL on a task suite through its serving engine; print task score, perplexity, recovery, fidelity.
-    An endpoint URL gets PACKAGER_API_KEY as `Authorization: Bearer` when set (a packager bento needs one)."""
+    An endpoint URL (local or remote) gets the API key (--api-key-env/--api-key-file, else PACKAGER_API_KEY) as
+    `Authorization: Bearer`, and the --header headers."""
     from rich.console import Console
 
     from packager.config import load_config
@@ -81,7 +99,8 @@ def evaluate(
             "eval.suite": suite, "eval.max_items": max_items, "eval.concurrency": concurrency,
             "eval.perplexity": False if no_perplexity else None, "engine.dtype": dtype,
             "eval.fidelity_corpus": None if fidelity_corpus == "suite" else fidelity_corpus,
-            "eval.fidelity_max_prompts": fidelity_prompts}))
+            "eval.fidelity_max_prompts": fidelity_prompts, "eval.prompt_format": prompt_format,
+            "engine.chat_template": chat_template}))
         if fidelity_corpus == "suite":
             cfg.eval.fidelity_corpus = None
         base = load_summary(baseline) if baseline else None
@@ -99,4 +118,4 @@ def evaluate(
         Console(soft_wrap=True).print(f"results: {out_dir}/summary.json, {out_dir}/items.jsonl")
         return s
 
-    run_guarded(go)
+    run_with_access(go, api_key_env, api_key_file, header, ca_bundle, insecure)

@@ -36,6 +36,9 @@ def export(
                                 "the source's 16-bit type), f32, f16, bf16"),
     threads: Optional[int] = typer.Option(None, help="quantization threads (default: the CPUs this process may use)"),
     force: bool = typer.Option(False, "--force", help="export again even when a matching, verified artifact exists"),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="a Jinja chat template file for a "
+                                                "model without one (or to replace its own) in the Modelfile; a "
+                                                "ChatML template becomes its TEMPLATE"),
 ) -> None:
     """Export VARIANT_DIR to GGUF (llama.cpp's converter, then llama.cpp quantization), one artifact per type:
     model.gguf, an Ollama Modelfile, the export record and a sha256 manifest."""
@@ -50,7 +53,7 @@ def export(
         resolved = resolve_model(variant_dir)
         out_dir = out or Path("runs") / "gguf" / resolved.name
         return export_gguf(resolved.path, out_dir, quants=quant, outtype=cast(Outtype, outtype), threads=threads,
-                           force=force, log=lambda m: err.print(m, highlight=False))
+                           force=force, log=lambda m: err.print(m, highlight=False), chat_template=chat_template)
 
     arts = run_guarded(go)
     err.print(artifacts_table(arts))

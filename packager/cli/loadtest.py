@@ -8,11 +8,20 @@ from typing import Any, Optional
 import typer
 
 from packager.cli.guard import console, run_guarded
+from packager.cli.options import (
+    api_key_env_flag,
+    api_key_file_flag,
+    ca_bundle_flag,
+    client_access,
+    header_flag,
+    insecure_flag,
+)
 
 PROFILE_HELP = (
     "Traffic profile: concurrency | rate | sweep | burst | replay. Its fields come from --set KEY=VALUE "
-    "(e.g. --set requests_per_s=4, --set 'values=[1,2,4]', --set trace=trace.jsonl) or the shortcuts "
-    "--users/--rate/--duration."
+    "(e.g. --set requests_per_s=4, --set trace=trace.jsonl) or the shortcuts --users/--rate/--duration. "
+    "A sweep steps over requests/s (open loop) unless --set mode=concurrency makes its values users: "
+    "--profile sweep --set mode=concurrency --set 'values=[1,4,16]'."
 )
 
 
@@ -37,8 +46,17 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+PROMPTS_HELP = (
+    "synthetic | suite:NAME_OR_PATH | jsonl:PATH (OpenAI chat requests) | conversations:PATH (recorded ShareGPT "
+    "or OpenAI conversations, JSONL or one JSON array: each one's first user turn) | conversations-multi:PATH "
+    "(one request per user turn, with the recorded history) | hf:DATASET[:SPLIT] (a Hugging Face dataset from "
+    "the local cache only, never downloaded; default split train)"
+)
+
+
 def parse_prompts(spec: str) -> dict[str, Any]:
-    """'synthetic' | 'suite:NAME_OR_PATH' | 'jsonl:PATH' -> a prompt source dict."""
+    """'synthetic' | 'suite:NAME_OR_PATH' | 'jsonl:PATH' | 'conversations:PATH' | 'conversations-multi:PATH' |
+    'hf:DATASET[:SPLIT]' -> a prompt source dict."""
     from packager.errors import ConfigError
 
     if spec == "synthetic":
@@ -48,7 +66,14 @@ def parse_prompts(spec: str) -> dict[str, Any]:
         return {"kind": "suite", "suite": arg}
     if kind == "jsonl" and arg:
         return {"kind": "jsonl", "path": arg}
-    raise ConfigError(f"--prompts {spec!r} is not understood; give 'synthetic', 'suite:NAME_OR_PATH' or 'jsonl:PATH'.")
+    if kind in ("conversations", "conversations-multi") and arg:
+        return {"kind": "conversations", "path": arg, "multi_turn": kind == "conversations-multi"}
+    if kind == "hf" and arg:
+        dataset, _, split = arg.partition(":")  # a split may itself hold ':' (train[:100])
+        if dataset:
+            return {"kind": "hf", "dataset": dataset, **({"split": split} if split else {})}
+    raise ConfigError(f"--prompts {spec!r} is not understood; give 'synthetic', 'suite:NAME_OR_PATH', 'jsonl:PATH', "
+                      "'conversations:PATH', 'conversations-multi:PATH' or 'hf:DATASET[:SPLIT]'.")
 
 
 def build_loadtest_dict(base: dict[str, Any], profile: str | None, sets: dict[str, Any], users: int | None,
@@ -101,7 +126,8 @@ def manual_run_instructions(plan_path: Path, workers: int) -> str:
     lf = locustfile_path()
     return (
         f"Wrote {plan_path}. To run it by hand with {workers} worker(s) (any hosts that reach the target at the "
-        "same loopback URL, e.g. through `ssh -N -L PORT:127.0.0.1:PORT server-host`):\n"
+        "plan's URL; give each the same PACKAGER_API_KEY, PACKAGER_CLIENT_HEADERS, PACKAGER_CA_BUNDLE or "
+        "PACKAGER_TLS_VERIFY it needs, as keys and headers are never written into the plan):\n"
         f"  master:  PACKAGER_LOADTEST_PLAN={plan_path} PACKAGER_LOADTEST_RECORDS={d / 'records.jsonl'} \\\n"
         f"           python -m locust -f {lf} --headless --only-summary --exit-code-on-error 0 --master \\\n"
         f"           --master-bind-host 0.0.0.0 --expect-workers {workers} -u {workers} -r {workers} --run-time 1h\n"
@@ -113,8 +139,8 @@ def manual_run_instructions(plan_path: Path, workers: int) -> str:
 
 
 def loadtest(
-    target: str = typer.Option(..., "--target", help="Base URL of an OpenAI-compatible server on this machine "
-                               "(loopback only), e.g. http://127.0.0.1:8000"),
+    target: str = typer.Option(..., "--target", help="Base URL of an OpenAI-compatible server, local or remote, "
+                               "e.g. http://127.0.0.1:8000 or https://llm.staging.example.com"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run configuration YAML (its loadtest:, "
                                           "slo: and pricing: sections)"),
     profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
@@ -122,7 +148,7 @@ def loadtest(
     users: Optional[int] = typer.Option(None, "--users", help="Concurrent users (concurrency profile)"),
     rate: Optional[float] = typer.Option(None, "--rate", help="Requests per second (rate profile)"),
     duration: Optional[float] = typer.Option(None, "--duration", help="Seconds of load (per step for a sweep)"),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="synthetic | suite:NAME_OR_PATH | jsonl:PATH"),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help=PROMPTS_HELP),
     input_tokens: Optional[int] = typer.Option(None, "--input-tokens", help="Synthetic prompt length (tokens)"),
     output_tokens: Optional[int] = typer.Option(None, "--output-tokens", help="Synthetic output length (tokens)"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Override every request's max_tokens"),
@@ -143,9 +169,19 @@ def loadtest(
     json_out: bool = typer.Option(False, "--json", help="Also print the result as JSON on stdout"),
     plan_only: bool = typer.Option(False, "--plan-only", help="Write plan.json only and print the locust "
                                    "commands to run it by hand (e.g. with workers on other hosts)"),
+    warmup: Optional[float] = typer.Option(None, "--warmup", help="Seconds at the start of each phase whose "
+                                           "requests are sent but left out of the figures"),
+    prompt_format: Optional[str] = typer.Option(None, "--prompt-format", help="auto (default: asks the target "
+                                                "once), chat (/v1/chat/completions) or completion (raw prompts "
+                                                "through /v1/completions, for a base model)"),
+    api_key_env: Optional[str] = api_key_env_flag(),
+    api_key_file: Optional[Path] = api_key_file_flag(),
+    header: list[str] = header_flag(),
+    ca_bundle: Optional[Path] = ca_bundle_flag(),
+    insecure: bool = insecure_flag(),
 ) -> None:
     """Load-test a server with locust (headless, in subprocesses): latency percentiles, goodput, $/1M tokens.
-    Sends PACKAGER_API_KEY as `Authorization: Bearer` when set (a packager bento needs one)."""
+    Sends the API key (--api-key-env/--api-key-file, else PACKAGER_API_KEY) as `Authorization: Bearer`."""
     args = dict(locals())
     run_guarded(_loadtest, **args)
 
@@ -191,17 +227,54 @@ def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[
               output_tokens: int | None, max_tokens: int | None, max_requests: int | None,
               max_duration: float | None, workers: int | None, model: str | None, slo_ttft_ms: float | None,
               slo_tpot_ms: float | None, instance: str | None, usd_per_hour: float | None, price_table: Path | None,
-              utilisation: float | None, out: Path | None, json_out: bool, plan_only: bool) -> None:
+              utilisation: float | None, out: Path | None, json_out: bool, plan_only: bool, warmup: float | None,
+              prompt_format: str | None, api_key_env: str | None, api_key_file: Path | None, header: list[str],
+              ca_bundle: Path | None, insecure: bool) -> None:
+    from packager.core.access import normalize_target
+
+    normalize_target(target)
+    with client_access(api_key_env, api_key_file, header, ca_bundle, insecure):
+        _run_loadtest(target, config, profile, set_, users, rate, duration, prompts, input_tokens, output_tokens,
+                      max_tokens, max_requests, max_duration, workers, model, slo_ttft_ms, slo_tpot_ms, instance,
+                      usd_per_hour, price_table, utilisation, out, json_out, plan_only, warmup, prompt_format)
+
+
+def bounds_line(cfg: Any) -> str:
+    """How much load a run sends at most: requests, dispatch time and requests in flight."""
+    p = cfg.profile
+    planned = p.planned_dispatch_s()
+    time_s = min(planned, cfg.max_duration_s) if planned is not None else cfg.max_duration_s
+    if p.kind == "concurrency":
+        flight = f"{p.users} concurrent users"
+    elif p.kind == "sweep" and p.mode == "concurrency":
+        flight = f"up to {int(max(p.values))} concurrent users (sweep over users)"
+    elif p.kind == "sweep":
+        flight = f"up to {max(p.values):g} requests/s offered, at most {p.max_in_flight} in flight (sweep over rates)"
+    elif p.kind == "rate":
+        flight = f"{p.requests_per_s:g} requests/s offered, at most {p.max_in_flight} in flight"
+    else:
+        flight = f"{p.kind} arrivals"
+    return (f"at most {cfg.max_requests} requests over at most {time_s:g} s of dispatch ({flight}), each at most "
+            f"{cfg.request_timeout_s:g} s")
+
+
+def _run_loadtest(target: str, config: Path | None, profile: str | None, set_: list[str], users: int | None,
+                  rate: float | None, duration: float | None, prompts: str | None, input_tokens: int | None,
+                  output_tokens: int | None, max_tokens: int | None, max_requests: int | None,
+                  max_duration: float | None, workers: int | None, model: str | None, slo_ttft_ms: float | None,
+                  slo_tpot_ms: float | None, instance: str | None, usd_per_hour: float | None,
+                  price_table: Path | None, utilisation: float | None, out: Path | None, json_out: bool,
+                  plan_only: bool, warmup: float | None, prompt_format: str | None) -> None:
     import json
 
     from packager.config import load_config
+    from packager.core.access import normalize_target, where_line
     from packager.core.progress import progress_bar
     from packager.loadtest.config import parse_loadtest_config
     from packager.loadtest.pricing import resolve_price
     from packager.loadtest.render import summary_renderables
-    from packager.loadtest.runner import check_loopback_target, run_loadtest, write_plan
+    from packager.loadtest.runner import run_loadtest, write_plan
 
-    check_loopback_target(target)
     overrides: dict[str, Any] = {}
     slo = {k: v for k, v in (("ttft_ms", slo_ttft_ms), ("tpot_ms", slo_tpot_ms)) if v is not None}
     if slo:
@@ -222,11 +295,14 @@ def _loadtest(target: str, config: Path | None, profile: str | None, set_: list[
     lt = build_loadtest_dict(base, profile, parse_set(set_), users, rate, duration, prompts,
                              input_tokens, output_tokens,
                              {"max_tokens": max_tokens, "max_requests": max_requests, "max_duration_s": max_duration,
-                              "workers": workers, "utilisation_fraction": utilisation})
+                              "workers": workers, "utilisation_fraction": utilisation, "warmup_s": warmup,
+                              "prompt_format": prompt_format})
     cfg = parse_loadtest_config(lt, "the load-test configuration (config file + flags)")
     if run_cfg.pricing.instance or run_cfg.pricing.usd_per_hour is not None:
         resolve_price(run_cfg.pricing)  # fail before any load is sent or anything is written
     out_dir = out or Path(run_cfg.output_dir) / "loadtest"
+    if not plan_only:
+        console.print(f"Load goes to {where_line(normalize_target(target))}; {bounds_line(cfg)}.", highlight=False)
     if plan_only:
         plan_path = write_plan(target, cfg, run_cfg.slo, run_cfg.pricing, out_dir, model=model)
         console.print(manual_run_instructions(plan_path, max(1, cfg.workers)), highlight=False)

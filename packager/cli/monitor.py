@@ -2,11 +2,20 @@
 top-level `packager` command. Heavy libraries are imported inside the commands."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
 
-from packager.cli.guard import console, run_guarded
+from packager.cli.guard import console
+from packager.cli.options import (
+    api_key_env_flag,
+    api_key_file_flag,
+    ca_bundle_flag,
+    header_flag,
+    insecure_flag,
+    run_with_access,
+)
 
 
 def monitor(
@@ -26,6 +35,11 @@ def monitor(
                                              "until Ctrl-C)."),
     timeout_s: float = typer.Option(10.0, "--timeout-s", help="Longest a scrape may take, connection to last byte; a "
                                     "slower one is a failed scrape."),
+    api_key_env: Optional[str] = api_key_env_flag(),
+    api_key_file: Optional[Path] = api_key_file_flag(),
+    header: list[str] = header_flag(),
+    ca_bundle: Optional[Path] = ca_bundle_flag(),
+    insecure: bool = insecure_flag(),
 ) -> None:
     """Live view of an endpoint: request rate, tokens/s, TTFT/TPOT/E2E percentiles, errors, USD per 1M output tokens.
 
@@ -80,7 +94,7 @@ def monitor(
         if last is None:
             raise ScrapeError(f"No snapshot of {url} in {iterations} intervals: every scrape failed (see above).")
 
-    run_guarded(go)
+    run_with_access(go, api_key_env, api_key_file, header, ca_bundle, insecure)
 
 
 def canary(
@@ -100,16 +114,28 @@ def canary(
                                      "scorers: f1, rouge_l)."),
     timeout_s: float = typer.Option(60.0, "--timeout-s", help="Per-request timeout in seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print each run's full result as one JSON line."),
+    prompt_format: str = typer.Option("chat", "--prompt-format", help="chat (/v1/chat/completions) or completion "
+                                      "(raw prompts through /v1/completions, for a base model without a chat "
+                                      "template)."),
+    api_key_env: Optional[str] = api_key_env_flag(),
+    api_key_file: Optional[Path] = api_key_file_flag(),
+    header: list[str] = header_flag(),
+    ca_bundle: Optional[Path] = ca_bundle_flag(),
+    insecure: bool = insecure_flag(),
 ) -> None:
-    """Quality canary: send a small golden set at an interval and export its pass rate on /metrics. Sends
-    PACKAGER_API_KEY as `Authorization: Bearer` when set (a packager bento needs one)."""
+    """Quality canary: send a small golden set at an interval and export its pass rate on /metrics. Sends the
+    API key (--api-key-env/--api-key-file, else PACKAGER_API_KEY) as `Authorization: Bearer` and the --header
+    headers."""
 
     def go() -> None:
+        from packager.errors import ConfigError
         from packager.evaluate.suite import load_suite
         from packager.monitor.canary import CanaryExporter, CanaryResult, run_canary, select_canary_items
         from packager.monitor.scrape import metrics_url
 
         metrics_url(url)  # validates the scheme
+        if prompt_format not in ("chat", "completion"):
+            raise ConfigError(f"--prompt-format must be chat or completion, got {prompt_format!r}.")
         s = load_suite(suite)
         items = select_canary_items(s.items, max_items)
         exporter = CanaryExporter(endpoint=url.rstrip("/"), suite=s.name, min_pass_ratio=min_pass_ratio)
@@ -130,8 +156,8 @@ def canary(
 
         try:
             run_canary(url, items, exporter, interval_s=interval_s, iterations=iterations or None, model=model,
-                       timeout_s=timeout_s, pass_score=pass_score, on_result=show)
+                       timeout_s=timeout_s, pass_score=pass_score, on_result=show, prompt_format=prompt_format)
         finally:
             exporter.close()
 
-    run_guarded(go)
+    run_with_access(go, api_key_env, api_key_file, header, ca_bundle, insecure)

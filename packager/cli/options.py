@@ -11,8 +11,10 @@ dotted paths (None values left out), so a command never spells a nested dict by 
 """
 from __future__ import annotations
 
+import contextlib
 import typing
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import typer
 from pydantic import BaseModel
@@ -78,3 +80,57 @@ def overrides(values: Mapping[str, Any]) -> dict[str, Any]:
         config_field(path)  # a typo in a command is a KeyError in its tests, not a silent no-op
         deep_set(out, path.split("."), value)
     return out
+
+
+# ------------------------------------------------------------------------- how a client reaches its target
+def api_key_env_flag() -> Any:
+    return typer.Option(None, "--api-key-env", metavar="NAME",
+                        help="Send the key held in environment variable NAME as `Authorization: Bearer KEY` "
+                             "(default: PACKAGER_API_KEY, when set). The key is never written anywhere.")
+
+
+def api_key_file_flag() -> Any:
+    return typer.Option(None, "--api-key-file", help="Send the key in this file (its first line that is not empty "
+                        "or a '#' comment), e.g. a mounted Secret.")
+
+
+def header_flag() -> Any:
+    return typer.Option([], "--header", "-H", help="Extra request header 'Name: value' (repeatable), e.g. a "
+                        "gateway's tenant or routing header. Never written to results.")
+
+
+def ca_bundle_flag() -> Any:
+    return typer.Option(None, "--ca-bundle", help="PEM file of CA certificates that an https target is verified "
+                        "with (default: the system's CAs).")
+
+
+def insecure_flag() -> Any:
+    return typer.Option(False, "--insecure", help="Do not verify an https target's certificate (a warning says so).")
+
+
+@contextlib.contextmanager
+def client_access(api_key_env: str | None, api_key_file: Path | None, header: list[str], ca_bundle: Path | None,
+                  insecure: bool) -> Iterator[Any]:
+    """Within the block every client of the command (and the locust processes it starts) sends the key and
+    headers of these flags and verifies TLS as they say; a bad flag is a ConfigError before any request."""
+    from packager.cli.guard import console
+    from packager.core.access import access_scope, resolve_access
+
+    access = resolve_access(api_key_env, api_key_file, header, ca_bundle, insecure)
+    if insecure:
+        console.print("[yellow]warning:[/] --insecure: the target's TLS certificate is not verified; anyone on "
+                      "the path can read the requests, the answers and the API key.", highlight=False)
+    with access_scope(access) as a:
+        yield a
+
+
+def run_with_access(go: Any, api_key_env: str | None, api_key_file: Path | None, header: list[str],
+                    ca_bundle: Path | None, insecure: bool) -> Any:
+    """run_guarded(go) with these client-access flags in force (see client_access)."""
+    from packager.cli.guard import run_guarded
+
+    def guarded() -> Any:
+        with client_access(api_key_env, api_key_file, header, ca_bundle, insecure):
+            return go()
+
+    return run_guarded(guarded)

@@ -6,8 +6,8 @@ from typing import Any
 
 import httpx
 
+from packager.core.access import http_options, unauthorized_hint
 from packager.errors import ServerError
-from packager.serve.auth import client_headers, unauthorized_hint
 
 
 class OpenAIClient:
@@ -16,7 +16,7 @@ class OpenAIClient:
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[:-3]
         self.retries = retries
-        self.http = httpx.Client(timeout=timeout_s, headers=client_headers(),
+        self.http = httpx.Client(timeout=timeout_s, **http_options(),
                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
     def close(self) -> None:

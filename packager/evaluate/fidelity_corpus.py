@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from packager.core.progress import progress_bar
+from packager.core.prompt_format import answer_text, request_body
 from packager.errors import ConfigError, ServerError
 from packager.evaluate.suite import ChatMessage
 from packager.fsutil import iter_jsonl, sha256_bytes
@@ -148,7 +149,7 @@ def _too_long_error(msg: str) -> bool:
 
 def reference_outputs(client: "OpenAIClient", model: str, corpus: FidelityCorpus, *, max_tokens: int, top_k: int,
                       concurrency: int, max_prompts: int | None = None,
-                      show_progress: bool = False) -> ReferenceRun:
+                      show_progress: bool = False, fmt: str = "chat") -> ReferenceRun:
     """The baseline's greedy answers to the corpus's prompts, each with its top-k logprobs teacher-forced along
     the answer (positions: the answer's tokens, at most `max_tokens`)."""
     from packager.evaluate.fidelity import ItemResult, _teacher_forced_topk
@@ -159,15 +160,16 @@ def reference_outputs(client: "OpenAIClient", model: str, corpus: FidelityCorpus
 
     def one(fp: FidelityPrompt) -> ItemResult | str:
         msgs = fp.chat_messages()
+        path, prompt = request_body(fmt, msgs)
         if ctx_len is not None:
-            ids = client.tokenize(model, messages=msgs)
+            ids = (client.tokenize(model, prompt=prompt["prompt"]) if fmt == "completion"
+                   else client.tokenize(model, messages=msgs))
             if ids is not None and len(ids) + max_tokens > ctx_len:
                 return "too_long"
         t0 = time.perf_counter()
         try:
-            resp = client.post("/v1/chat/completions", {
-                "model": model, "messages": msgs, "max_tokens": max_tokens, "temperature": 0.0, "seed": 0,
-                "return_token_ids": True})
+            resp = client.post(path, {"model": model, **prompt, "max_tokens": max_tokens, "temperature": 0.0,
+                                      "seed": 0, "return_token_ids": True})
         except ServerError as e:
             return "too_long" if _too_long_error(str(e)) else "failed"
         choice = resp["choices"][0]
@@ -178,7 +180,7 @@ def reference_outputs(client: "OpenAIClient", model: str, corpus: FidelityCorpus
         topk = _teacher_forced_topk(client, model, prompt_ids, out_ids, top_k, max_positions=max_tokens)
         if not topk:
             return "failed"
-        return ItemResult(id=fp.id, tags=fp.tags(), scorer="fidelity", output=choice["message"].get("content") or "",
+        return ItemResult(id=fp.id, tags=fp.tags(), scorer="fidelity", output=answer_text(fmt, choice),
                           score=0.0, finish_reason=choice.get("finish_reason"), latency_s=time.perf_counter() - t0,
                           prompt_token_ids=prompt_ids, output_token_ids=out_ids[:len(topk)], topk_logprobs=topk)
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from packager.config import RunConfig
 from packager.core.progress import progress_bar
+from packager.core.prompt_format import PromptFormat, answer_text, describe, request_body, resolve_format
 from packager.errors import ConfigError, ServerError
 from packager.evaluate.client import OpenAIClient
 from packager.evaluate.fidelity import (  # noqa: F401 - re-exported: the runner's public names
@@ -74,6 +75,8 @@ class EvalSummary(BaseModel):
     # where fidelity was measured: "corpus:<name>" (packager.evaluate.fidelity_corpus) or "suite" (its answers)
     fidelity_source: str | None = None
     fidelity_corpus_sha256: str | None = None
+    # chat (the chat template, /v1/chat/completions) or completion (raw text, /v1/completions: a base model)
+    prompt_format: str | None = None
     fidelity_prompts: int = 0  # corpus prompts compared (answers)
     fidelity_prompts_skipped: int = 0  # longer than the engine's context with the answer: skipped, counted
     fidelity_prompts_failed: int = 0
@@ -94,20 +97,16 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def _score_item(client: OpenAIClient, model: str, item: SuiteItem, want_topk: int | None) -> ItemResult:
+def _score_item(client: OpenAIClient, model: str, item: SuiteItem, want_topk: int | None,
+                fmt: PromptFormat = "chat") -> ItemResult:
     t0 = time.perf_counter()
-    body = {
-        "model": model,
-        "messages": item.chat_messages(),
-        "max_tokens": item.max_tokens,
-        "temperature": 0.0,
-        "seed": 0,
-        "return_token_ids": True,
-    }
+    path, prompt = request_body(fmt, item.chat_messages())
+    body = {"model": model, **prompt, "max_tokens": item.max_tokens, "temperature": 0.0, "seed": 0,
+            "return_token_ids": True}
     try:
-        resp = client.post("/v1/chat/completions", body)
+        resp = client.post(path, body)
         choice = resp["choices"][0]
-        output = choice["message"].get("content") or ""
+        output = answer_text(fmt, choice)
         res = ItemResult(
             id=item.id, tags=item.tags, scorer=item.scorer, output=output,
             score=SCORERS.get(item.scorer)(output, item), finish_reason=choice.get("finish_reason"),
@@ -236,7 +235,7 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
     t0 = time.perf_counter()
     if url is not None:
         summary, results, reference = _evaluate_endpoint(url, cfg, suite, label, baseline, baseline_items,
-                                                         show_progress)
+                                                         show_progress, None)
     else:
         # The model's own engine (packager.engines.select: llama.cpp for a GGUF artifact, vLLM otherwise).
         from packager.engines.select import evaluation_config, server_for_model
@@ -250,7 +249,7 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
         with server_for_model(model_dir, cfg.engine, served_name=label, log_path=log_path) as srv:
             run_cfg, notes = evaluation_config(srv.engine.backend, cfg.model_copy(update={"engine": srv.engine}))
             summary, results, reference = _evaluate_endpoint(srv.base_url, run_cfg, suite, label, baseline,
-                                                             baseline_items, show_progress)
+                                                             baseline_items, show_progress, model_dir)
         summary.model_dir, summary.url = str(model_dir), None
         summary.notes.extend(notes)
     summary.wall_time_s = time.perf_counter() - t0
@@ -268,26 +267,35 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
     return summary
 
 
+def _score_items(client: OpenAIClient, model: str, items: list[SuiteItem], want_topk: int | None, fmt: PromptFormat,
+                 title: str, concurrency: int, show_progress: bool) -> list[ItemResult]:
+    """Every item scored (concurrently, under one progress bar), in the suite's order."""
+    results: list[ItemResult] = []
+    with progress_bar(title, total=len(items), enabled=show_progress) as bar, ThreadPoolExecutor(concurrency) as ex:
+        for fut in as_completed([ex.submit(_score_item, client, model, it, want_topk, fmt) for it in items]):
+            results.append(fut.result())
+            bar.advance()
+    order = {it.id: i for i, it in enumerate(items)}
+    return sorted(results, key=lambda r: order[r.id])
+
+
 def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, baseline: EvalSummary | None,
-                       baseline_items: dict[str, ItemResult] | None,
-                       show_progress: bool) -> tuple[EvalSummary, list[ItemResult], list[ItemResult] | None]:
+                       baseline_items: dict[str, ItemResult] | None, show_progress: bool,
+                       model_dir: str | Path | None) -> tuple[EvalSummary, list[ItemResult], list[ItemResult] | None]:
     items = suite.items[: cfg.eval.max_items] if cfg.eval.max_items else suite.items
     t0 = time.perf_counter()
     client = OpenAIClient(url, timeout_s=cfg.eval.request_timeout_s)
     try:
         model = client.model_id()
+        # The baseline's format when there is one: a variant is compared on the prompts its baseline answered.
+        setting = baseline.prompt_format if baseline is not None and baseline.prompt_format else cfg.eval.prompt_format
+        fmt = resolve_format(setting, model_dir=model_dir, chat_template=cfg.engine.chat_template, client=client,
+                             model=model)
         # A baseline keeps the top-k along its suite answers only when fidelity is measured along them (no corpus).
         want_topk = cfg.eval.fidelity_top_k if baseline is None and not cfg.eval.fidelity_corpus else None
         reference: list[ItemResult] | None = None
-        results: list[ItemResult] = []
-        with progress_bar(f"evaluate {label}", total=len(items), enabled=show_progress) as bar, \
-                ThreadPoolExecutor(cfg.eval.concurrency) as ex:
-            futs = [ex.submit(_score_item, client, model, it, want_topk) for it in items]
-            for fut in as_completed(futs):
-                results.append(fut.result())
-                bar.advance()
-        order = {it.id: i for i, it in enumerate(items)}
-        results.sort(key=lambda r: order[r.id])
+        results = _score_items(client, model, items, want_topk, fmt, f"evaluate {label}", cfg.eval.concurrency,
+                               show_progress)
         errors = [r for r in results if r.error]
         if errors and len(errors) == len(results):
             raise ServerError(f"Every request to {url} failed; first error: {errors[0].error}")
@@ -310,8 +318,10 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
             suite=suite.name, suite_sha256=suite.sha256, n_items=len(results), n_errors=len(errors), score=score,
             score_by_tag=by_tag, score_by_category=by_cat, perplexity=ppl, perplexity_tokens=ppl_tokens,
             corpus_sha256=corpus_digest, behaviour=behaviour_metrics(results),
-            wall_time_s=time.perf_counter() - t0, config=cfg.model_dump(mode="json"),
+            wall_time_s=time.perf_counter() - t0, config=cfg.model_dump(mode="json"), prompt_format=fmt,
         )
+        if fmt == "completion":
+            summary.notes.append(f"prompts sent as {describe(fmt)}")
         if baseline is not None:
             summary.baseline_name = baseline.name
             summary.baseline_score = baseline.score
@@ -340,7 +350,7 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
             summary.fidelity_prefix_match_mean = f.prefix_match_mean
             summary.fidelity_prefix_match_share = f.prefix_match_share
         elif cfg.eval.fidelity_corpus:
-            reference = _corpus_reference(client, model, cfg, summary, show_progress)
+            reference = _corpus_reference(client, model, cfg, summary, show_progress, fmt)
         summary.stats = quality_stats(results, baseline_items if baseline is not None else None)
     finally:
         client.close()
@@ -348,7 +358,7 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
 
 
 def _corpus_reference(client: OpenAIClient, model: str, cfg: RunConfig, summary: EvalSummary,
-                      show_progress: bool) -> list[ItemResult]:
+                      show_progress: bool, fmt: PromptFormat = "chat") -> list[ItemResult]:
     """The baseline's answers to the fidelity corpus (what variants are compared along), noted on `summary`."""
     from packager.evaluate.fidelity_corpus import load_fidelity_corpus, reference_outputs
 
@@ -356,7 +366,7 @@ def _corpus_reference(client: OpenAIClient, model: str, cfg: RunConfig, summary:
     corpus = load_fidelity_corpus(cfg.eval.fidelity_corpus)
     ref = reference_outputs(client, model, corpus, max_tokens=cfg.eval.fidelity_max_tokens,
                             top_k=cfg.eval.fidelity_top_k, concurrency=cfg.eval.concurrency,
-                            max_prompts=cfg.eval.fidelity_max_prompts, show_progress=show_progress)
+                            max_prompts=cfg.eval.fidelity_max_prompts, show_progress=show_progress, fmt=fmt)
     if ref.items:
         summary.fidelity_source = f"corpus:{corpus.name}"
         summary.fidelity_corpus_sha256 = corpus.sha256

@@ -420,8 +420,10 @@ def _export_fresh(job: _ExportJob, out_root: Path, todo: list[QuantType]) -> lis
 
 def export_gguf(variant_dir: str | Path, out_dir: str | Path, quants: Iterable[str] = ("q8_0", "q4_k_m"), *,
                 outtype: Outtype = "auto", threads: int | None = None, force: bool = False, progress: bool = True,
-                log: Callable[[str], None] | None = None) -> list[GgufArtifact]:
-    """Export a float variant to one GGUF artifact per quant type under out_dir/<quant>/ (see the module doc)."""
+                log: Callable[[str], None] | None = None, chat_template: str | None = None) -> list[GgufArtifact]:
+    """Export a float variant to one GGUF artifact per quant type under out_dir/<quant>/ (see the module doc).
+    `chat_template` (a file or the Jinja text) stands in for the model's own in the Modelfile."""
+    from packager.core.prompt_format import read_chat_template
     from packager.engines.llamacpp import cpu_threads
     from packager.gguf.modelfile import detect_chat_template, generation_parameters
 
@@ -445,7 +447,8 @@ def export_gguf(variant_dir: str | Path, out_dir: str | Path, quants: Iterable[s
     job = _ExportJob(src=src, source_digest=source_digest, manifest=manifest, lineage=lineage, recipe=recipe,
                      base_name=_source_name(src, manifest, lineage),
                      inter_type=_auto_outtype(src) if outtype == "auto" else outtype,
-                     converter=_converter_identity(tools), chat=detect_chat_template(src),
+                     converter=_converter_identity(tools),
+                     chat=detect_chat_template(src, read_chat_template(chat_template) if chat_template else None),
                      gen_params=generation_parameters(src), tools=tools, llama_cpp_version=llama_cpp_version,
                      threads=threads, progress=progress, log=log)
     if job.chat.style != "chatml":

@@ -100,9 +100,12 @@ def _chatml(messages: list[dict[str, str]]) -> str:
     return "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages) + f"{IM_START}assistant\n"
 
 
-def detect_chat_template(model_dir: Path) -> ChatTemplateInfo:
-    """Classify the model's chat template by rendering it (see the module docstring)."""
+def detect_chat_template(model_dir: Path, template_text: str | None = None) -> ChatTemplateInfo:
+    """Classify the model's chat template, or `template_text` given by the user in its place (`--chat-template`),
+    by rendering it (see the module docstring)."""
     template, source, tok_cfg = read_chat_template(model_dir)
+    if template_text:
+        template, source = template_text, "user-supplied chat template"
     eos = _token_text(tok_cfg.get("eos_token"))
     bos = _token_text(tok_cfg.get("bos_token")) or ""
     if template is None:

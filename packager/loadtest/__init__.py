@@ -17,7 +17,7 @@ from typing import Any
 
 _EXPORTS = {
     "run_loadtest": "runner", "write_plan": "runner", "analyse_run_dir": "runner", "load_result": "runner",
-    "check_loopback_target": "runner",
+    "normalize_target": "runner",
     "LoadTestConfig": "config", "parse_loadtest_config": "config",
     "LoadTestResult": "result", "PhaseResult": "result", "LatencySummary": "result", "CostResult": "result",
     "percentile": "metrics", "summarize_latencies": "metrics", "tpot_ms": "metrics", "meets_slo": "metrics",

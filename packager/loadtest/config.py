@@ -20,8 +20,9 @@ phases for the locustfile, see packager.loadtest.plan):
   * replay: a trace of (timestamp, input and output length) replayed at a speed-up factor.
 
 Every run is bounded in time (max_duration_s: the dispatch time of all phases; draining in-flight requests
-after each phase adds at most drain_timeout_s) and in request count (max_requests), and may only target a
-loopback address (checked by packager.loadtest.runner.check_loopback_target).
+after each phase adds at most drain_timeout_s) and in request count (max_requests). Any http(s) target is
+accepted (packager.core.access.normalize_target); `packager loadtest` says where the load goes and how much at
+most before it sends any.
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class RateProfile(_Strict):
 
 
 class SweepProfile(_Strict):
-    """Steps over `values` (requests/s for mode=rate, users for mode=concurrency), `step_duration_s` each."""
+    """Steps over `values`, `step_duration_s` each: requests/s offered (open loop) for mode=rate, the default;
+    closed-loop users for mode=concurrency."""
 
     kind: Literal["sweep"] = "sweep"
     mode: Literal["rate", "concurrency"] = "rate"
@@ -178,7 +180,45 @@ class JsonlPrompts(_Strict):
     path: str
 
 
-PromptSource = Annotated[Union[SyntheticPrompts, SuitePrompts, JsonlPrompts], Field(discriminator="kind")]
+class _TurnOptions(_Strict):
+    """How conversations become requests (ConversationPrompts, and HfDatasetPrompts' conversation columns)."""
+
+    multi_turn: bool = False  # one request per user turn, the recorded history before it (else: the first turn)
+    max_turns: int | None = Field(None, ge=1, le=10_000)  # multi-turn: the first max_turns user turns of each
+    max_tokens_from_data: bool = True  # max_tokens = the recorded answer's length in words (1..output_cap)
+    output_cap: int = Field(1024, ge=1, le=1_000_000)  # max_tokens when not from data or there is no answer
+
+
+class ConversationPrompts(_TurnOptions):
+    """Recorded conversations, one JSON object per line (or one JSON array of them): ShareGPT
+    `{"conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}]}` (from: human,
+    user, gpt, assistant or system) or OpenAI `{"messages": [{"role": "user", "content": "..."}]}`.
+    Single-turn: one request per conversation, its first user turn (after its leading system turns).
+    Multi-turn: one request per user turn, whose messages are the conversation up to that turn with the
+    *recorded* assistant answers as history; a conversation's requests are consecutive in the pool.
+    Conversations without a user turn are skipped and counted."""
+
+    kind: Literal["conversations"] = "conversations"
+    path: str
+    max_conversations: int | None = Field(None, ge=1, le=10_000_000)
+
+
+class HfDatasetPrompts(_TurnOptions):
+    """A Hugging Face dataset read from the LOCAL cache only (HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1; nothing is
+    downloaded at run time), or a local dataset directory. `column`: a text column (the user message) or a
+    messages/conversations column (handled as ConversationPrompts); None: the first of messages, conversations,
+    prompt, instruction, question, text. Text rows get max_tokens = output_cap."""
+
+    kind: Literal["hf"] = "hf"
+    dataset: str = Field(min_length=1)
+    split: str = Field("train", min_length=1)
+    config_name: str | None = None
+    column: str | None = None
+    max_rows: int | None = Field(None, ge=1, le=10_000_000)
+
+
+PromptSource = Annotated[Union[SyntheticPrompts, SuitePrompts, JsonlPrompts, ConversationPrompts, HfDatasetPrompts],
+                         Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -197,6 +237,12 @@ class LoadTestConfig(_Strict):
     # fraction of its requests (failed and dropped ones count as missing) meets every SLO
     utilisation_fraction: float = Field(1.0, gt=0, le=1.0)  # share of paid hours the server runs at the load
     generator_cpu_limit_fraction: float = Field(0.8, gt=0, le=1.0)  # above: the generator may be the bottleneck
+    # Requests started within the first warmup_s seconds of each phase are sent and recorded but left out of
+    # its figures (connection pools, caches and the server's own warm-up); must be shorter than every phase.
+    warmup_s: float = Field(0.0, ge=0, le=600)
+    # chat: /v1/chat/completions; completion: the messages as one raw prompt to /v1/completions (a base model
+    # without a chat template); auto: asks the target once (a one-token chat request) which it takes.
+    prompt_format: Literal["auto", "chat", "completion"] = "auto"
 
     @model_validator(mode="after")
     def _bounds(self) -> "LoadTestConfig":
@@ -205,6 +251,10 @@ class LoadTestConfig(_Strict):
             raise ValueError(
                 f"the {self.profile.kind} profile dispatches for {planned:g} s, more than max_duration_s="
                 f"{self.max_duration_s:g} s; shorten the profile or raise max_duration_s")
+        phase_s = getattr(self.profile, "step_duration_s", None) or getattr(self.profile, "duration_s", None)
+        if self.warmup_s and phase_s is not None and self.warmup_s >= phase_s:
+            raise ValueError(f"warmup_s={self.warmup_s:g} s leaves nothing of each {phase_s:g} s phase to measure; "
+                             "make it shorter than the phase")
         return self
 
 

@@ -33,13 +33,18 @@ them by their path when locust loads it as a top-level module (see `_load_siblin
 
 Environment: PACKAGER_LOADTEST_PLAN (the plan file, read by the master or the local process; workers get
 the plan from the master), PACKAGER_LOADTEST_RECORDS (the records file, written by the master or the local
-process). Targets other than loopback addresses are refused here too.
+process), and those of packager.core.access: PACKAGER_API_KEY (sent as `Authorization: Bearer`),
+PACKAGER_CLIENT_HEADERS (extra headers, a JSON object), PACKAGER_CA_BUNDLE and PACKAGER_TLS_VERIFY ("0": an https
+target is not verified). Keys and headers travel only in the environment, never in the plan.
+
+A request whose pooled keep-alive connection turns out closed before any answer byte arrives (the server
+closed it while idle; the request never reached it) is sent once more on a fresh connection and recorded with
+`retried: true`, not as a failure.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import ipaddress
 import json
 import logging
 import os
@@ -52,6 +57,7 @@ from urllib.parse import urlsplit
 import gevent
 from gevent.event import AsyncResult
 from geventhttpclient import HTTPClient
+from geventhttpclient.response import HTTPConnectionClosed
 from locust import User, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
@@ -96,16 +102,6 @@ split_count = _phase.split_count
 
 
 # --------------------------------------------------------------------------------------- helpers
-def is_loopback_url(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _fail_fast(environment, message: str) -> None:
     log.error(message)
     environment.process_exit_code = 2
@@ -143,8 +139,8 @@ class _Coordinator:
         if plan.get("plan_version") != PLAN_VERSION:
             _fail_fast(environment, f"plan {path} has version {plan.get('plan_version')}, expected {PLAN_VERSION}")
             return False
-        if not is_loopback_url(plan.get("target_url", "")):
-            _fail_fast(environment, f"target {plan.get('target_url')!r} is not a loopback address; refused")
+        if urlsplit(plan.get("target_url", "")).scheme not in ("http", "https"):
+            _fail_fast(environment, f"target {plan.get('target_url')!r} is not an http(s) URL; refused")
             return False
         self.plan = plan
         self.expected_shares = int(plan.get("shares", 1))
@@ -332,7 +328,8 @@ class _Driver:
                                           connection_timeout=min(30.0, self.timeout_s),
                                           network_timeout=self.timeout_s,
                                           headers={"Content-Type": "application/json", "Accept": "text/event-stream",
-                                                   "User-Agent": "packager-loadtest", **_auth_header()})
+                                                   "User-Agent": "packager-loadtest", **_access_headers()},
+                                          **_tls_options())
         self.model = plan["model"]
         self.in_flight = 0
 
@@ -374,7 +371,13 @@ class _Driver:
         exc: BaseException | None = None
         try:
             with gevent.Timeout(self.timeout_s):
-                resp = self.client.post(self.path, body=payload)
+                try:
+                    resp = self.client.post(self.path, body=payload)
+                except (HTTPConnectionClosed, ConnectionResetError, BrokenPipeError) as e:
+                    # a pooled connection the server had closed while idle: no answer byte came back
+                    rec["retried"] = True
+                    rec["retry_error"] = f"{type(e).__name__}: {e}"[:200]
+                    resp = self.client.post(self.path, body=payload)
                 _req.read_response(resp, rec, timing)
         except (gevent.Timeout, gevent.GreenletExit, Exception) as e:  # noqa: BLE001 - recorded, never lost
             exc = e
@@ -394,8 +397,33 @@ class _Driver:
             raise exc
 
 
-def _auth_header() -> dict[str, str]:
-    """`Authorization: Bearer KEY` from PACKAGER_API_KEY (packager.serve.auth), read from the environment so
-    the key never enters the plan file or the command line."""
+def _access_headers() -> dict[str, str]:
+    """The extra headers (PACKAGER_CLIENT_HEADERS) and `Authorization: Bearer KEY` (PACKAGER_API_KEY), as
+    packager.core.access sets them: read from the environment so they never enter the plan or a command line."""
+    try:
+        extra = json.loads(os.environ.get("PACKAGER_CLIENT_HEADERS") or "{}")
+    except ValueError:
+        extra = {}
+    out = {str(k): str(v) for k, v in extra.items()} if isinstance(extra, dict) else {}
     key = os.environ.get("PACKAGER_API_KEY", "").strip()
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    if key:
+        out["Authorization"] = f"Bearer {key}"
+    return out
+
+
+def _unverified_context(cafile=None, **_kw):
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _tls_options() -> dict:
+    """geventhttpclient's TLS arguments: the CA bundle (PACKAGER_CA_BUNDLE), or no verification at all
+    (PACKAGER_TLS_VERIFY=0); neither: the default CAs. Ignored for an http target."""
+    if os.environ.get("PACKAGER_TLS_VERIFY", "1") == "0":
+        return {"insecure": True, "ssl_context_factory": _unverified_context}
+    bundle = os.environ.get("PACKAGER_CA_BUNDLE")
+    return {"ssl_options": {"ca_certs": bundle}} if bundle else {}

@@ -71,16 +71,22 @@ def goodput_requests_per_s(records: Iterable[dict[str, Any]], slo: SLOConfig, du
 
 def summarize_phase(index: int, label: str, load: dict[str, float], records: list[dict[str, Any]],
                     share_summaries: list[dict[str, Any]], slo: SLOConfig, slo_attainment_target: float,
-                    planned_dispatch_s: float) -> PhaseResult:
-    """Every figure of one phase from its request records and its per-share summaries."""
+                    planned_dispatch_s: float, warmup_s: float = 0.0) -> PhaseResult:
+    """Every figure of one phase from its request records and its per-share summaries. Requests started in
+    the phase's first `warmup_s` seconds are left out, and the phase's time starts after them."""
     reqs = [r for r in records if r.get("type", "request") == "request"]
-    ok = [r for r in reqs if r.get("ok")]
     starts = [s["start_unix"] for s in share_summaries if s.get("start_unix") is not None]
     ends = [s["dispatch_end_unix"] for s in share_summaries if s.get("dispatch_end_unix") is not None]
     t_start = min(starts) if starts else min((r["t_start_unix"] for r in reqs), default=0.0)
+    n_all = len(reqs)
+    if warmup_s > 0:
+        t_start += warmup_s
+        reqs = [r for r in reqs if r["t_start_unix"] >= t_start]
+        planned_dispatch_s = max(planned_dispatch_s - warmup_s, 0.0)
+    ok = [r for r in reqs if r.get("ok")]
     t_end = max([r["t_end_unix"] for r in reqs if r.get("t_end_unix") is not None] + ends + [t_start])
     duration = max(t_end - t_start, 1e-9)
-    dispatch_s = (max(ends) - t_start) if ends else planned_dispatch_s
+    dispatch_s = max(max(ends) - t_start, 0.0) if ends else planned_dispatch_s
     with_usage = [r for r in ok if r.get("usage_present")]
     in_tok = sum(int(r.get("input_tokens") or 0) for r in with_usage)
     out_tok = sum(int(r.get("output_tokens") or 0) for r in with_usage)
@@ -115,6 +121,7 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
         goodput_input_tokens_per_s=good_in / duration,
         slo_attainment_fraction=attainment,
         meets_slo=bool(offered) and attainment >= slo_attainment_target,
+        requests_retried=sum(1 for r in reqs if r.get("retried")), requests_warmup_excluded=n_all - len(reqs),
     )
 
 

@@ -9,6 +9,10 @@ Phase kinds understood by the locustfile (packager/loadtest/locustfile_openai.py
   open     {rate_per_s, arrival: poisson|constant, max_in_flight, duration_s}
   schedule {arrivals: [[offset_s, request_index | null], ...], background_rate_per_s, max_in_flight, duration_s}
 Each phase also carries `index`, `label` and `load` ({"requests_per_s": x} or {"users": n} or {"burst_size": n}).
+
+Prompt sources: synthetic, suite, jsonl (OpenAI chat requests), conversations (recorded ShareGPT or OpenAI
+conversations, single- or multi-turn) and hf (a Hugging Face dataset from the local cache only). The plan's
+`prompt_stats` describes the pool: its size and its input-length (words) and max_tokens distributions.
 """
 from __future__ import annotations
 
@@ -18,11 +22,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from packager.core.plugins import Registry
+from packager.core.prompt_format import PATHS, plain_prompt
 from packager.errors import ConfigError
 from packager.fsutil import iter_jsonl
 from packager.loadtest.config import (
     BurstProfile,
     ConcurrencyProfile,
+    ConversationPrompts,
+    HfDatasetPrompts,
     JsonlPrompts,
     LengthDistribution,
     LoadTestConfig,
@@ -32,6 +39,7 @@ from packager.loadtest.config import (
     SweepProfile,
     SyntheticPrompts,
 )
+from packager.loadtest.traffic_data import conversations_requests, count_words, hf_requests
 
 PLAN_VERSION = 1
 
@@ -142,6 +150,10 @@ def jsonl_requests(src: JsonlPrompts, cfg: LoadTestConfig) -> list[RequestBody]:
     return out
 
 
+PROMPT_SOURCES.register("conversations")(conversations_requests)
+PROMPT_SOURCES.register("hf")(hf_requests)
+
+
 # --------------------------------------------------------------------------------------- profiles
 @PROFILES.register("concurrency")
 def concurrency_phases(p: ConcurrencyProfile, cfg: LoadTestConfig, pool: list[RequestBody]) -> list[dict]:
@@ -250,12 +262,55 @@ def replay_phases(p: ReplayProfile, cfg: LoadTestConfig, pool: list[RequestBody]
              "trace_requests_beyond_max_duration": skipped}]
 
 
-def build_plan(cfg: LoadTestConfig, target_url: str, model: str, endpoint: str = "/v1/chat/completions") -> dict:
-    """The JSON plan for the locustfile."""
+def source_label(cfg: LoadTestConfig) -> str:
+    """Where the plan's requests come from, in words."""
+    if isinstance(cfg.profile, ReplayProfile):
+        return f"replay trace {cfg.profile.trace}"
+    src = cfg.prompts
+    if isinstance(src, ConversationPrompts):
+        return f"conversations {src.path} ({'multi-turn' if src.multi_turn else 'single-turn'})"
+    if isinstance(src, HfDatasetPrompts):
+        extra = f", config {src.config_name}" if src.config_name else ""
+        return f"Hugging Face dataset {src.dataset} (split {src.split}{extra})"
+    if isinstance(src, JsonlPrompts):
+        return f"requests file {src.path}"
+    if isinstance(src, SuitePrompts):
+        return f"suite {src.suite}"
+    return "synthetic prompts"
+
+
+def _dist(values: list[float]) -> dict[str, float | None]:
+    from packager.loadtest.metrics import percentile
+
+    return {"mean": sum(values) / len(values) if values else None, "p50": percentile(values, 50),
+            "p90": percentile(values, 90), "p99": percentile(values, 99), "max": max(values) if values else None}
+
+
+def body_input_words(body: RequestBody) -> int:
+    """Words of every message content of a request (or of its prompt): an estimate of its input tokens."""
+    if "messages" in body:
+        return sum(count_words(m.get("content")) for m in body["messages"] if isinstance(m, dict))
+    return count_words(body.get("prompt"))
+
+
+def prompt_stats(pool: list[RequestBody], source: str, notes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The request pool's size and length distributions: input words (a token estimate) and max_tokens
+    (over the requests that set it: `max_tokens.count`), each with mean, p50, p90, p99 and max."""
+    mts = [float(b["max_tokens"]) for b in pool if isinstance(b.get("max_tokens"), (int, float))]
+    return {"source": source, "count": len(pool),
+            "input_words": _dist([float(body_input_words(b)) for b in pool]),
+            "max_tokens": {"count": len(mts), **_dist(mts)}, **(notes or {})}
+
+
+def build_plan(cfg: LoadTestConfig, target_url: str, model: str, prompt_format: str = "chat") -> dict:
+    """The JSON plan for the locustfile. `prompt_format` completion sends each request's messages as one raw
+    prompt to /v1/completions (a base model without a chat template; packager.core.prompt_format)."""
     if cfg.profile.kind == "replay":
         pool: list[RequestBody] = []  # the trace defines every request
     else:
         pool = PROMPT_SOURCES.get(cfg.prompts.kind)(cfg.prompts, cfg)
+    notes = dict(getattr(pool, "notes", {}))  # a RequestPool's notes, shown in prompt_stats
+    pool = list(pool)
     phases = PROFILES.get(cfg.profile.kind)(cfg.profile, cfg, pool)
     if cfg.temperature is not None:
         for b in pool:
@@ -264,11 +319,16 @@ def build_plan(cfg: LoadTestConfig, target_url: str, model: str, endpoint: str =
         raise ConfigError("The load plan has no requests (empty prompt source or trace).")
     for i, ph in enumerate(phases):
         ph["index"] = i
+    stats = prompt_stats(pool, source_label(cfg), notes)  # of the chat messages, before any completion prompt
+    endpoint = PATHS["completion" if prompt_format == "completion" else "chat"]
+    if prompt_format == "completion":
+        pool[:] = [_as_completion(b) for b in pool]
     shares = max(1, cfg.workers)
     return {
         "plan_version": PLAN_VERSION,
         "target_url": target_url,
         "endpoint": endpoint,
+        "prompt_format": prompt_format,
         "model": model,
         "requests": pool,
         "phases": phases,
@@ -277,7 +337,17 @@ def build_plan(cfg: LoadTestConfig, target_url: str, model: str, endpoint: str =
         "request_timeout_s": cfg.request_timeout_s,
         "seed": cfg.seed,
         "shares": shares,
+        "prompt_stats": stats,
     }
+
+
+def _as_completion(body: RequestBody) -> RequestBody:
+    """A chat request as a /v1/completions request: its messages as one raw prompt, other fields kept."""
+    if "messages" not in body:
+        return body
+    out = {k: v for k, v in body.items() if k != "messages"}
+    out["prompt"] = plain_prompt(body["messages"])
+    return out
 
 
 def planned_wall_s(plan: dict) -> float:

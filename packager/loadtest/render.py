@@ -27,6 +27,21 @@ def _table(title: str):
                  collapse_padding=True)
 
 
+def _prompt_stats_line(s: dict) -> str:
+    """'Requests from <source>: N unique, input ~p50/p90/max words, max_tokens p50/p90/max' (markup-escaped)."""
+    from rich.markup import escape
+
+    def trio(d: dict | None) -> str:
+        d = d or {}
+        return "/".join(DASH if d.get(k) is None else f"{d[k]:.0f}" for k in ("p50", "p90", "max"))
+
+    line = (f"Requests from {s.get('source', 'the plan')}: {s.get('count', 0)} unique, input "
+            f"~{trio(s.get('input_words'))} words, max_tokens {trio(s.get('max_tokens'))}")
+    if s.get("skipped_without_user_turn"):
+        line += f" ({s['skipped_without_user_turn']} conversation(s) without a user turn skipped)"
+    return escape(line + ".")
+
+
 def summary_renderables(r: LoadTestResult) -> list:
     """Rich renderables: the per-phase table, then cost, generator and warnings."""
     from rich.text import Text
@@ -44,13 +59,28 @@ def summary_renderables(r: LoadTestResult) -> list:
                   f"{p.goodput_requests_per_s:.2f}", f"{mark} {p.slo_attainment_fraction:.0%}")
         lat.add_row(p.label, _triple(p.ttft), _triple(p.tpot), _triple(p.itl), _triple(p.e2e))
     out: list = [t, lat]
-    lines = [f"SLOs: TTFT <= {r.slo.ttft_ms:g} ms, TPOT <= {r.slo.tpot_ms:g} ms; a load meets them when "
+    fmt = {"completion": "raw prompts through /v1/completions (no chat template)",
+           "chat": "chat messages through /v1/chat/completions"}.get(r.prompt_format or "chat")
+    lines = [f"Requests sent as {fmt}.",
+             f"SLOs: TTFT <= {r.slo.ttft_ms:g} ms, TPOT <= {r.slo.tpot_ms:g} ms; a load meets them when "
              f">= {r.slo_attainment_target:.0%} of its requests do. Summary: {r.summary_basis}."]
+    if r.prompt_stats:
+        lines.append(_prompt_stats_line(r.prompt_stats))
     errs = {k: v for p in r.phases for k, v in p.errors_by_kind.items()}
     if errs:
         lines.append("Errors by kind: " + ", ".join(f"{k}={sum(p.errors_by_kind.get(k, 0) for p in r.phases)}"
                                                     for k in sorted(errs)))
+    retried = sum(p.requests_retried for p in r.phases)
+    if retried:
+        lines.append(f"Retried once on a fresh connection: {retried} request(s) whose pooled keep-alive connection "
+                     "the server had closed while idle (no answer byte arrived); not counted as failures.")
+    warm = sum(p.requests_warmup_excluded for p in r.phases)
+    if warm:
+        lines.append(f"Warm-up: {warm} request(s) started in the first {r.config.get('warmup_s', 0):g} s of a phase "
+                     "were sent and left out of every figure.")
     if r.sweep is not None:
+        unit = ("requests/s offered, open loop" if r.sweep.mode == "rate" else "concurrent users, closed loop")
+        lines.append(f"Sweep mode {r.sweep.mode}: each step's load is {unit}.")
         hl = r.sweep.highest_load_meeting_slo
         lines.append(f"Highest load meeting the SLOs: {hl if hl else 'none'}; peak output throughput "
                      f"{r.sweep.peak_output_token_throughput_per_s:.1f} tok/s.")

@@ -57,6 +57,11 @@ class PhaseResult(_Strict):
     goodput_input_tokens_per_s: float
     slo_attainment_fraction: float  # requests meeting every SLO / (sent + dropped arrivals)
     meets_slo: bool  # slo_attainment_fraction >= slo_attainment_target
+    # Sent again once on a fresh connection after a pooled keep-alive connection turned out closed before any
+    # answer byte (the server had closed it while idle): counted here, not as failures.
+    requests_retried: int = 0
+    # Started within the phase's first warmup_s seconds: sent, recorded, left out of every figure above.
+    requests_warmup_excluded: int = 0
 
 
 class CostPoint(_Strict):
@@ -97,7 +102,7 @@ class GeneratorResult(_Strict):
 
 
 class SweepResult(_Strict):
-    mode: str  # rate | concurrency
+    mode: str  # rate (values are requests/s offered, open loop) | concurrency (values are closed-loop users)
     slo_attainment_target: float
     highest_load_meeting_slo: dict[str, float] | None
     highest_load_phase_index: int | None
@@ -119,9 +124,14 @@ class LoadTestResult(_Strict):
     summary_basis: str
     sweep: SweepResult | None = None
     cost: CostResult | None = None
+    # chat (/v1/chat/completions) or completion (raw prompts, /v1/completions: a base model); None: older runs
+    prompt_format: str | None = None
     generator: GeneratorResult
     complete: bool  # every share of the generator reported its phases
     warnings: list[str] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)  # relative to the output directory
     versions: dict[str, str] = Field(default_factory=dict)
     wall_time_s: float
+    # The request pool (the plan's prompt_stats): source, count, input_words and max_tokens distributions
+    # (mean, p50, p90, p99, max); None: runs planned before it existed
+    prompt_stats: dict[str, Any] | None = None

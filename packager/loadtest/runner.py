@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import ipaddress
 import json
 import os
 import platform
@@ -23,9 +22,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit, urlunsplit
 
 from packager.config import PricingConfig, SLOConfig
+from packager.core.access import normalize_target
 from packager.errors import ConfigError, ServerError
 from packager.fsutil import atomic_dir, atomic_write_json, atomic_write_text, iter_record_file
 from packager.loadtest.config import LoadTestConfig
@@ -46,42 +45,14 @@ def locustfile_path() -> Path:
     return Path(__file__).with_name("locustfile_openai.py")
 
 
-def check_loopback_target(url: str) -> str:
-    """Return the base URL (no trailing slash or /v1) of a loopback target; refuse anything else."""
-    try:
-        parts = urlsplit(url.strip())
-        host = (parts.hostname or "").lower()
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"Target {url!r} is not a valid URL ({e}); give e.g. http://127.0.0.1:8000.") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ConfigError(f"Target {url!r} is not an http(s) URL with a host; give e.g. http://127.0.0.1:8000.")
-    loopback = host == "localhost"
-    if not loopback:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-    if not loopback:
-        raise ConfigError(
-            f"Target {url!r} is not a loopback address (host {host!r}). packager load-tests only servers on this "
-            "machine: 127.0.0.0/8, localhost or ::1. Start the server locally (packager serve) or tunnel it to a "
-            "loopback port.")
-    path = parts.path.rstrip("/")
-    if path.endswith("/v1"):
-        path = path[:-3]
-    del port
-    return urlunsplit((parts.scheme, parts.netloc, path, "", "")).rstrip("/")
-
-
 def discover_model(base_url: str, timeout_s: float = 10.0) -> str:
     """The model name to send: the only entry of GET /v1/models (several entries: ask for --model)."""
     import httpx
 
-    from packager.serve.auth import client_headers, unauthorized_hint
+    from packager.core.access import http_options, unauthorized_hint
 
     try:
-        r = httpx.get(f"{base_url}/v1/models", timeout=timeout_s, headers=client_headers())
+        r = httpx.get(f"{base_url}/v1/models", timeout=timeout_s, **http_options())
     except httpx.HTTPError as e:
         raise ServerError(f"Cannot reach {base_url}/v1/models ({type(e).__name__}: {e}); "
                           "is the server running?") from None
@@ -266,7 +237,7 @@ def analyse(plan: dict, cfg: LoadTestConfig, slo: SLOConfig, quote: PriceQuote |
         phases.append(summarize_phase(k, ph["label"], {a: float(b) for a, b in ph["load"].items()},
                                       [r for r in reqs if r.get("phase") == k],
                                       [s for s in sums if s.get("phase") == k], slo, cfg.slo_attainment_target,
-                                      float(ph["duration_s"])))
+                                      float(ph["duration_s"]), cfg.warmup_s))
     is_sweep = cfg.profile.kind == "sweep"
     sweep = sweep_result(cfg.profile.mode, phases, cfg.slo_attainment_target) if is_sweep else None  # type: ignore[union-attr]
     if is_sweep:
@@ -318,10 +289,20 @@ def _versions() -> dict[str, str]:
 def _prepare(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: PricingConfig,
              model: str | None) -> tuple[str, PriceQuote | None, str, dict]:
     """Validate everything that can fail before a request is sent or a file is written; build the plan."""
-    base = check_loopback_target(target_url)
+    base = normalize_target(target_url)
     quote = resolve_price(pricing) if (pricing.instance or pricing.usd_per_hour is not None) else None
     model = model or discover_model(base)
-    plan = build_plan(cfg, base, model)
+    fmt = cfg.prompt_format
+    if fmt == "auto":
+        from packager.core.prompt_format import probe_format
+        from packager.evaluate.client import OpenAIClient
+
+        client = OpenAIClient(base, timeout_s=cfg.request_timeout_s, retries=0)
+        try:
+            fmt = probe_format(client, model)
+        finally:
+            client.close()
+    plan = build_plan(cfg, base, model, prompt_format=fmt)
     # Everything needed to analyse the records later (packager loadtest-analyse), e.g. after a manual run.
     plan["meta"] = {"loadtest_config": cfg.model_dump(mode="json"), "slo": slo.model_dump(mode="json"),
                     "pricing": pricing.model_dump(mode="json")}
@@ -377,6 +358,7 @@ def _finalize(run_dir: Path, plan: dict, cfg: LoadTestConfig, slo: SLOConfig, pr
         config=cfg.model_dump(mode="json"), slo=slo, pricing=pricing, slo_attainment_target=cfg.slo_attainment_target,
         phases=a["phases"], summary=a["summary"], summary_basis=a["summary_basis"], sweep=a["sweep"], cost=a["cost"],
         generator=a["generator"], complete=complete, warnings=warnings, files=files, versions=_versions(),
+        prompt_format=plan.get("prompt_format", "chat"), prompt_stats=plan.get("prompt_stats"),
         wall_time_s=time.monotonic() - t_wall)
     if a["sweep"] is not None:
         try:
@@ -393,10 +375,11 @@ def _finalize(run_dir: Path, plan: dict, cfg: LoadTestConfig, slo: SLOConfig, pr
 
 def run_loadtest(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: PricingConfig, out_dir: Path,
                  model: str | None = None, progress: ProgressFn | None = None) -> LoadTestResult:
-    """Load-test an OpenAI-compatible server on a loopback address; write out_dir atomically; return the result.
+    """Load-test an OpenAI-compatible server at any http(s) URL; write out_dir atomically; return the result.
 
-    Refuses non-loopback targets and bad prices before any request is sent or any file is written. The model
-    name is discovered from GET /v1/models when not given.
+    Refuses malformed targets and bad prices before any request is sent or any file is written. The model
+    name is discovered from GET /v1/models when not given. The key, extra headers and TLS verification are
+    packager.core.access's (the locust processes inherit them through their environment).
     """
     t_wall = time.monotonic()
     base, quote, model, plan = _prepare(target_url, cfg, slo, pricing, model)
@@ -452,5 +435,5 @@ def load_result(path: Path) -> LoadTestResult:
         raise ConfigError(f"No load-test result at {p}.") from None
 
 
-__all__ = ["run_loadtest", "write_plan", "analyse_run_dir", "check_loopback_target", "discover_model",
+__all__ = ["run_loadtest", "write_plan", "analyse_run_dir", "normalize_target", "discover_model",
            "locustfile_path", "load_result"]

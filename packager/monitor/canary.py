@@ -99,29 +99,31 @@ def discover_model(base_url: str, client, timeout_s: float) -> str:
     return str(data[0]["id"])
 
 
-def _ask(client, base_url: str, model: str, item: "SuiteItem", timeout_s: float) -> str:
-    r = client.post(base_url.rstrip("/") + "/v1/chat/completions", timeout=timeout_s, json={
-        "model": model, "messages": item.chat_messages(), "max_tokens": item.max_tokens,
-        "temperature": 0.0, "stream": False,
+def _ask(client, base_url: str, model: str, item: "SuiteItem", timeout_s: float, fmt: str = "chat") -> str:
+    from packager.core.prompt_format import answer_text, request_body
+
+    path, prompt = request_body(fmt, item.chat_messages())
+    r = client.post(base_url.rstrip("/") + path, timeout=timeout_s, json={
+        "model": model, **prompt, "max_tokens": item.max_tokens, "temperature": 0.0, "stream": False,
     })
     if r.status_code != 200:
         raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
     body = r.json()
     try:
-        content = body["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise RuntimeError(f"malformed chat completion: {str(body)[:200]}") from None
-    return content or ""
+        return answer_text(fmt, body["choices"][0])
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise RuntimeError(f"malformed completion: {str(body)[:200]}") from None
 
 
 def run_canary_once(base_url: str, items: Sequence["SuiteItem"], model: str | None = None, timeout_s: float = 60.0,
-                    pass_score: float = 0.5, concurrency: int = 2, client=None) -> CanaryResult:
+                    pass_score: float = 0.5, concurrency: int = 2, client=None,
+                    prompt_format: str = "chat") -> CanaryResult:
     """Send every item once, score it, and return the run's result. Never raises for endpoint failures:
     they are items with result 'error'."""
     import httpx
 
+    from packager.core.access import http_options
     from packager.evaluate.scorers import SCORERS
-    from packager.serve.auth import client_headers
 
     if not items:
         raise ConfigError("The canary was given no items; pass a suite with at least one item.")
@@ -131,7 +133,7 @@ def run_canary_once(base_url: str, items: Sequence["SuiteItem"], model: str | No
         raise ConfigError(f"concurrency must be >= 1, got {concurrency}.")
     scorers = {it.scorer: SCORERS.get(it.scorer) for it in items}
     own = client is None
-    client = client or httpx.Client(headers=client_headers())
+    client = client or httpx.Client(**http_options())
     started = time.time()
     t0 = time.monotonic()
     try:
@@ -149,7 +151,7 @@ def run_canary_once(base_url: str, items: Sequence["SuiteItem"], model: str | No
                                         score=None, latency_s=0.0, error=model_err)
             assert model is not None  # given, or discovered above: model_err is set when discovery failed
             try:
-                out = _ask(client, base_url, model, item, timeout_s)
+                out = _ask(client, base_url, model, item, timeout_s, prompt_format)
             except Exception as e:
                 return CanaryItemResult(id=item.id, category=item.category, scorer=item.scorer, result="error",
                                         score=None, latency_s=time.monotonic() - s,
@@ -237,8 +239,9 @@ class CanaryExporter:
 def run_canary(base_url: str, items: Sequence["SuiteItem"], exporter: CanaryExporter, interval_s: float = 60.0,
                iterations: int | None = None, model: str | None = None, timeout_s: float = 60.0,
                pass_score: float = 0.5, on_result: Callable[[CanaryResult], None] | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> CanaryResult | None:
-    """Run the canary every `interval_s` (start to start) `iterations` times (None: until interrupted)."""
+               sleep: Callable[[float], None] = time.sleep, prompt_format: str = "chat") -> CanaryResult | None:
+    """Run the canary every `interval_s` (start to start) `iterations` times (None: until interrupted);
+    prompt_format: chat (/v1/chat/completions) or completion (raw prompts, /v1/completions, for base models)."""
     if interval_s <= 0:
         raise ConfigError(f"--interval-s must be > 0 seconds, got {interval_s}.")
     if iterations is not None and iterations < 1:
@@ -247,7 +250,8 @@ def run_canary(base_url: str, items: Sequence["SuiteItem"], exporter: CanaryExpo
     done = 0
     while iterations is None or done < iterations:
         t0 = time.monotonic()
-        last = run_canary_once(base_url, items, model=model, timeout_s=timeout_s, pass_score=pass_score)
+        last = run_canary_once(base_url, items, model=model, timeout_s=timeout_s, pass_score=pass_score,
+                               prompt_format=prompt_format)
         if model is None and last.model is not None:
             model = last.model  # keep asking the same model from now on
         exporter.record(last)

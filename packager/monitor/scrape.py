@@ -116,11 +116,15 @@ def scrape_client():
     scrape interval as it gets) races the server's close."""
     import httpx
 
+    from packager.core.access import http_options
     from packager.serve.auth import load_metrics_token
 
-    token = load_metrics_token()  # PACKAGER_METRICS_TOKEN: a bento's /metrics may ask for it
-    auth = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(headers={"Connection": "close", **auth}, limits=httpx.Limits(max_keepalive_connections=0))
+    opts = http_options()  # the client's key, extra headers and TLS verification (packager.core.access)
+    token = load_metrics_token()  # PACKAGER_METRICS_TOKEN: a bento's /metrics may ask for it instead of the key
+    if token:
+        opts["headers"]["Authorization"] = f"Bearer {token}"
+    opts["headers"]["Connection"] = "close"
+    return httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), **opts)
 
 
 def fetch_metrics(url: str, timeout_s: float = 10.0, client=None) -> Scrape:

@@ -165,7 +165,7 @@ def _serve_on_engine(ctx: VariantContext) -> Iterator[str]:
 
 @contextmanager
 def _serve_bento(ctx: VariantContext) -> Iterator[str]:
-    from packager.serve.auth import use_client_key
+    from packager.core.access import use_client_key
     from packager.serve.build import build_bento
     from packager.serve.server import BentoServer
 

@@ -68,6 +68,9 @@ class BentoArgs(BaseModel):
     cpu_omp_threads_bind: str = "auto"
     enforce_eager: bool = False
     extra_args: list[str] = Field(default_factory=list)
+    # A Jinja chat template's text (`packager build --chat-template FILE`), for a model without one or to replace
+    # its own; None: the model's.
+    chat_template: str | None = None
     backend_port: int = Field(8000, ge=1, le=65535)  # the service's proxy port; the backend listens there
     # BentoML worker processes relaying to the one backend. One relays a few thousand tokens per second
     # (about 0.1-0.2 ms of CPU per streamed token); a fast GPU replica may need more.
@@ -144,7 +147,7 @@ class BentoArgs(BaseModel):
             max_num_seqs=self.max_num_seqs, cpu_kvcache_space_gib=self.cpu_kvcache_space_gib,
             cpu_omp_threads_bind=self.cpu_omp_threads_bind, tensor_parallel_size=self.tensor_parallel_size,
             gpu_type=self.gpu_type, gpu_memory_utilization=self.gpu_memory_utilization,
-            enforce_eager=self.enforce_eager, extra_args=list(self.extra_args),
+            enforce_eager=self.enforce_eager, extra_args=list(self.extra_args), chat_template=self.chat_template,
         )
 
     @property

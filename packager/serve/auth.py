@@ -7,28 +7,25 @@ key is never written into a bento, a config dump, a registry record, a report or
     PACKAGER_API_KEYS_FILE   a file of keys, one per line ('#' starts a comment), e.g. a mounted Secret
     PACKAGER_METRICS_TOKEN   optional: /metrics then asks for this bearer token too
 
-Client side (every client packager ships: evaluate, loadtest, monitor, canary, release):
-
-    PACKAGER_API_KEY         the key sent as `Authorization: Bearer KEY`
+Client side (every client packager ships: evaluate, loadtest, monitor, canary, release): packager.core.access
+(PACKAGER_API_KEY, sent as `Authorization: Bearer KEY`, extra headers and TLS verification).
 
 Keys are compared in constant time (`hmac.compare_digest`), against every configured key whatever matched.
 """
 from __future__ import annotations
 
-import contextlib
 import hmac
 import os
 import re
 import secrets
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from packager.errors import ConfigError
 
 ENV_API_KEYS = "PACKAGER_API_KEYS"
 ENV_API_KEYS_FILE = "PACKAGER_API_KEYS_FILE"
 ENV_METRICS_TOKEN = "PACKAGER_METRICS_TOKEN"
-ENV_CLIENT_KEY = "PACKAGER_API_KEY"
 MIN_KEY_CHARS = 16
 
 
@@ -102,41 +99,3 @@ class KeyCheck:
         for key in self._keys:
             ok |= hmac.compare_digest(token, key)
         return ok
-
-
-def client_api_key(environ: Mapping[str, str] | None = None) -> str | None:
-    """The key clients send (PACKAGER_API_KEY), or None."""
-    env = os.environ if environ is None else environ
-    return env.get(ENV_CLIENT_KEY, "").strip() or None
-
-
-def client_headers(api_key: str | None = None, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`Authorization` for a client request: the given key, else PACKAGER_API_KEY, else nothing."""
-    key = api_key or client_api_key(environ)
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def unauthorized_hint(status: int) -> str:
-    """A sentence for a client error message when an endpoint answered 401 or 403, else ''."""
-    if status in (401, 403):
-        return (f" The endpoint wants an API key: set {ENV_CLIENT_KEY} to one of its keys "
-                "(sent as `Authorization: Bearer KEY`).")
-    return ""
-
-
-@contextlib.contextmanager
-def use_client_key(key: str | None) -> Iterator[None]:
-    """Within the block, clients of this process and the processes it starts (locust) send `key`; the
-    previous PACKAGER_API_KEY comes back after it. For a bento this process started itself."""
-    if key is None:
-        yield
-        return
-    before = os.environ.get(ENV_CLIENT_KEY)
-    os.environ[ENV_CLIENT_KEY] = key
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV_CLIENT_KEY, None)
-        else:
-            os.environ[ENV_CLIENT_KEY] = before

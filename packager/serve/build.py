@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from packager.config import EngineConfig
+from packager.core.prompt_format import read_chat_template
 from packager.engines.base import tail
 from packager.engines.select import select_engine
 from packager.errors import ConfigError, PackagerError
@@ -52,6 +53,8 @@ def make_args(*, model_tag: str, model_digest: str, engine: EngineConfig, servic
         "gpu_memory_utilization": engine.gpu_memory_utilization,
         "cpu_kvcache_space_gib": engine.cpu_kvcache_space_gib, "cpu_omp_threads_bind": engine.cpu_omp_threads_bind,
         "enforce_eager": engine.enforce_eager, "extra_args": list(engine.extra_args), "backend_port": backend_port,
+        # the template's text, not its path: the bento carries it wherever it is deployed
+        "chat_template": read_chat_template(engine.chat_template) if engine.chat_template else None,
         "max_concurrency": max_concurrency,
         "timeout_s": timeout_s, "usd_per_hour": usd_per_hour, "model_name": model_name, "workers": workers,
         "registry_version": registry_version, "hardware": hardware,

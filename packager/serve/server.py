@@ -4,9 +4,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from packager.core.access import client_headers
 from packager.engines.base import LocalServer, free_port
 from packager.serve.args import ENV_BACKEND_PORT
-from packager.serve.auth import ENV_API_KEYS, ENV_API_KEYS_FILE, client_headers, generate_key
+from packager.serve.auth import ENV_API_KEYS, ENV_API_KEYS_FILE, generate_key
 from packager.serve.store import bentoml_env
 
 

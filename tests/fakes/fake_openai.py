@@ -3,7 +3,7 @@
 Self-contained: it needs only aiohttp and the standard library (it never imports packager), so it can run
 in a thread of the test process or as its own process (`python tests/fakes/fake_openai.py --port 0`).
 
-What it serves (loopback only):
+What it serves (loopback only; over HTTPS when given a certificate, see below):
 
     GET  /health, /ready            200 "ok"
     GET  /v1/models                 {"data": [{"id": <model>, ...}]}
@@ -14,8 +14,30 @@ What it serves (loopback only):
                                     vllm:prompt_tokens_total, vllm:generation_tokens_total,
                                     vllm:time_to_first_token_seconds, vllm:e2e_request_latency_seconds, ...)
     POST /_fake/config              change any setting below at run time (JSON object)
-    GET  /_fake/stats               {"requests_total", "in_flight", "max_in_flight_seen", ...}
+    GET  /_fake/stats               {"requests_total", "in_flight", "max_in_flight_seen", "requests_unauthorized",
+                                     "headers_seen", ...}
     POST /_fake/reset               zero the counters
+
+Access checks (off by default; /health, /ready, /readyz and /_fake/* are always exempt):
+  * require_api_key: when non-empty, every other route answers 401 {"error": {"message", "type":
+    "AuthenticationError"}} unless the request carries `Authorization: Bearer <require_api_key>`;
+  * require_header ("Name: value"): when set, those routes answer 400 unless that header has that value.
+  Requests refused by these checks are counted in stats' requests_unauthorized (not in requests_total).
+  stats' headers_seen: the lower-cased header names (sorted) of the last request to /v1/chat/completions or
+  /v1/completions (refused or not), to check what a client sends.
+
+Connections:
+  * keepalive_timeout_s (default 75, aiohttp's): the server closes an idle keep-alive connection after this
+    long, without telling the client beforehand (no `Connection: close`). It applies only when the server
+    starts (changing it through /_fake/config has no effect on a running server).
+  * drop_reused_connections: a request that arrives on a connection that already carried one is not answered:
+    the server closes that connection (counted in stats' connections_dropped, not in requests_total). To the
+    client this is the race of a pooled keep-alive connection that the server closed as the request went out:
+    no answer byte ever arrives.
+  * HTTPS: FakeOpenAIServer(ssl_context=...) in thread mode, FakeOpenAIServer(certfile=..., keyfile=...) in
+    either mode, or `--certfile/--keyfile` on the command line; base_url then starts with https://. The
+    helpers configure()/stats()/reset() do not verify the certificate (control calls only). See tls.py for a
+    throwaway CA and certificate.
 
 Timing model (all settable):
   * ttft_ms: from the request's arrival to the first content token (plus prefill_ms_per_input_token
@@ -41,6 +63,9 @@ Usage from Python:
     with FakeOpenAIServer(ttft_ms=0, itl_ms=0, mode="process") as srv:      # its own process (own core)
         srv.configure(itl_ms=5)
         srv.stats()["requests_total"]
+    tls = make_tls_files(tmp_path)                                          # from fakes.tls
+    with FakeOpenAIServer(ssl_context=tls.server_context(), require_api_key="sk-test") as srv:
+        httpx.get(srv.base_url + "/v1/models", headers={"Authorization": "Bearer sk-test"}, verify=...)
 """
 from __future__ import annotations
 
@@ -49,6 +74,7 @@ import asyncio
 import json
 import os
 import random
+import ssl
 import subprocess
 import sys
 import threading
@@ -75,14 +101,28 @@ class FakeSettings:
     fail_every_n: int = 0
     fail_status: int = 500
     seed: int = 0
+    require_api_key: str = ""
+    require_header: str = ""  # "Name: value"
+    keepalive_timeout_s: float = 75.0  # applies only at start
+    drop_reused_connections: bool = False  # close a keep-alive connection when its next request arrives
 
     def update(self, data: dict[str, Any]) -> None:
         known = {f.name: f.type for f in fields(self)}
-        for k, v in data.items():
+        for k in data:
             if k not in known:
                 raise ValueError(f"unknown setting {k!r}; known: {', '.join(sorted(known))}")
-            cur = getattr(self, k)
-            setattr(self, k, type(cur)(v))
+        new = {k: type(getattr(self, k))(v) for k, v in data.items()}
+        header = new.get("require_header", "")
+        if header and (":" not in header or not header.split(":", 1)[0].strip()):
+            raise ValueError(f"require_header must look like 'Name: value', got {header!r}")
+        for k, v in new.items():
+            setattr(self, k, v)
+
+    def required_header(self) -> tuple[str, str] | None:
+        if not self.require_header:
+            return None
+        name, value = self.require_header.split(":", 1)
+        return name.strip(), value.strip()
 
 
 class _Histogram:
@@ -120,6 +160,10 @@ class _State:
     def reset(self) -> None:
         self.requests_total = 0
         self.requests_by_path: dict[str, int] = {}
+        self.requests_unauthorized = 0
+        self.connections_dropped = 0
+        self.connections_seen: set[int] = set()
+        self.headers_seen: list[str] = []
         self.failed_total = 0
         self.in_flight = 0
         self.waiting = 0
@@ -172,7 +216,28 @@ def build_app(settings: FakeSettings | None = None):
     from aiohttp import web
 
     st = _State(settings or FakeSettings())
-    app = web.Application()
+
+    @web.middleware
+    async def access_checks(request, handler):
+        path = request.path
+        if path in ("/health", "/ready", "/readyz") or path.startswith("/_fake/"):
+            return await handler(request)
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            st.headers_seen = sorted({k.lower() for k in request.headers.keys()})
+        key = st.s.require_api_key
+        if key:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or token.strip() != key:
+                st.requests_unauthorized += 1
+                return _error(401, "Incorrect or missing API key (expected 'Authorization: Bearer <key>').",
+                              "AuthenticationError")
+        required = st.s.required_header()
+        if required is not None and request.headers.get(required[0]) != required[1]:
+            st.requests_unauthorized += 1
+            return _error(400, f"the header {required[0]!r} is missing or has the wrong value")
+        return await handler(request)
+
+    app = web.Application(middlewares=[access_checks])
 
     def _count(request) -> None:
         st.requests_total += 1
@@ -190,6 +255,13 @@ def build_app(settings: FakeSettings | None = None):
         return web.json_response({"error": {"message": message, "type": etype, "code": status}}, status=status)
 
     async def generate(request, chat: bool):
+        tr = request.transport
+        if st.s.drop_reused_connections and tr is not None:
+            if id(tr) in st.connections_seen:  # a second request on this connection: close it, answer nothing
+                st.connections_dropped += 1
+                tr.close()
+                raise asyncio.CancelledError
+            st.connections_seen.add(id(tr))
         _count(request)
         t_arrive = time.perf_counter()
         try:
@@ -337,7 +409,9 @@ def build_app(settings: FakeSettings | None = None):
             "requests_total": st.requests_total, "requests_by_path": st.requests_by_path,
             "failed_total": st.failed_total, "in_flight": st.in_flight, "waiting": st.waiting,
             "max_in_flight_seen": st.max_in_flight_seen, "prompt_tokens_total": st.prompt_tokens_total,
-            "generation_tokens_total": st.generation_tokens_total, "settings": asdict(st.s)})
+            "generation_tokens_total": st.generation_tokens_total,
+            "requests_unauthorized": st.requests_unauthorized, "headers_seen": st.headers_seen,
+            "connections_dropped": st.connections_dropped, "settings": asdict(st.s)})
 
     async def fake_reset(request):
         st.reset()
@@ -357,12 +431,14 @@ def build_app(settings: FakeSettings | None = None):
 
 
 async def _serve(settings: FakeSettings, host: str, port: int, started: "threading.Event | None" = None,
-                 box: dict | None = None, stop: "asyncio.Event | None" = None) -> None:
+                 box: dict | None = None, stop: "asyncio.Event | None" = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
     from aiohttp import web
 
-    runner = web.AppRunner(build_app(settings), access_log=None, handle_signals=False)
+    runner = web.AppRunner(build_app(settings), access_log=None, handle_signals=False,
+                           keepalive_timeout=settings.keepalive_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl_context)
     await site.start()
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     if box is not None:
@@ -385,13 +461,25 @@ class FakeOpenAIServer:
 
     `mode="process"` gives the server its own interpreter (and core), which is what a benchmark of the
     load generator needs; `mode="thread"` starts in a few milliseconds and suits unit tests.
+    HTTPS: `ssl_context` (thread mode only) or `certfile`/`keyfile` (PEM paths, either mode).
     """
 
-    def __init__(self, mode: str = "thread", host: str = "127.0.0.1", **settings: Any):
+    def __init__(self, mode: str = "thread", host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None,
+                 certfile: str | os.PathLike | None = None, keyfile: str | os.PathLike | None = None,
+                 **settings: Any):
         if mode not in ("thread", "process"):
             raise ValueError(f"mode must be 'thread' or 'process', got {mode!r}")
+        if ssl_context is not None and certfile is not None:
+            raise ValueError("give either ssl_context or certfile/keyfile, not both")
+        if ssl_context is not None and mode == "process":
+            raise ValueError("an SSLContext cannot cross into a process: use certfile/keyfile in process mode")
+        if keyfile is not None and certfile is None:
+            raise ValueError("keyfile needs certfile")
         self.mode = mode
         self.host = host
+        self.ssl_context = ssl_context
+        self.certfile = os.fspath(certfile) if certfile is not None else None
+        self.keyfile = os.fspath(keyfile) if keyfile is not None else None
         self.settings = FakeSettings()
         self.settings.update(settings)
         self.port: int | None = None
@@ -402,10 +490,14 @@ class FakeOpenAIServer:
         self.log_path: str | None = None  # process mode: the server's stderr
 
     @property
+    def tls(self) -> bool:
+        return self.ssl_context is not None or self.certfile is not None
+
+    @property
     def base_url(self) -> str:
         if self.port is None:
             raise RuntimeError("the fake server is not started")
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -415,6 +507,9 @@ class FakeOpenAIServer:
         if self.mode == "thread":
             started = threading.Event()
             box: dict[str, Any] = {}
+            ctx = self.ssl_context
+            if ctx is None and self.certfile is not None:
+                ctx = _server_ssl_context(self.certfile, self.keyfile)
 
             def run() -> None:
                 loop = asyncio.new_event_loop()
@@ -422,7 +517,7 @@ class FakeOpenAIServer:
                 asyncio.set_event_loop(loop)
                 self._stop = asyncio.Event()
                 try:
-                    loop.run_until_complete(_serve(self.settings, self.host, 0, started, box, self._stop))
+                    loop.run_until_complete(_serve(self.settings, self.host, 0, started, box, self._stop, ctx))
                 except BaseException as e:  # surfaced by start() below
                     box["error"] = e
                     started.set()
@@ -439,7 +534,11 @@ class FakeOpenAIServer:
             return self
         args = [sys.executable, os.path.abspath(__file__), "--host", self.host, "--port", "0"]
         for k, v in asdict(self.settings).items():
-            args += [f"--{k.replace('_', '-')}", str(v)]
+            args.append(f"--{k.replace('_', '-')}={v}")  # one argument: a value may be empty or start with '-'
+        if self.certfile is not None:
+            args.append(f"--certfile={self.certfile}")
+        if self.keyfile is not None:
+            args.append(f"--keyfile={self.keyfile}")
         import tempfile
 
         fd, self.log_path = tempfile.mkstemp(prefix="fake-openai-", suffix=".log")
@@ -493,7 +592,9 @@ class FakeOpenAIServer:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base_url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
+        # Control calls only: the test's own client is the one that verifies the certificate.
+        ctx = ssl._create_unverified_context() if self.tls else None
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
             return json.loads(r.read())
 
     def __enter__(self) -> "FakeOpenAIServer":
@@ -501,6 +602,12 @@ class FakeOpenAIServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _server_ssl_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -511,13 +618,18 @@ def main(argv: list[str] | None = None) -> None:
     for f in fields(FakeSettings):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
                        default=getattr(defaults, f.name))
+    p.add_argument("--certfile", help="serve HTTPS with this certificate (PEM; may hold the key too)")
+    p.add_argument("--keyfile", help="the certificate's private key (PEM)")
     a = p.parse_args(argv)
     if a.host not in ("127.0.0.1", "localhost", "::1"):
         p.error(f"--host must be a loopback address, got {a.host!r}")
+    if a.keyfile and not a.certfile:
+        p.error("--keyfile needs --certfile")
     s = FakeSettings()
     s.update({f.name: getattr(a, f.name) for f in fields(FakeSettings)})
+    ctx = _server_ssl_context(a.certfile, a.keyfile) if a.certfile else None
     try:
-        asyncio.run(_serve(s, a.host, a.port))
+        asyncio.run(_serve(s, a.host, a.port, ssl_context=ctx))
     except KeyboardInterrupt:
         pass
 

@@ -18,7 +18,7 @@ import httpx
 from conftest import corrupt_tail, metric_value
 import pytest
 
-from packager.serve.auth import use_client_key
+from packager.core.access import use_client_key
 import yaml
 
 pytestmark = [pytest.mark.slow,

@@ -108,6 +108,12 @@ def test_model_without_chat_template(tmp_path):
     assert info.style == "none" and info.stop == ("<|im_end|>",)
 
 
+def test_a_user_template_stands_in_for_a_base_model_without_one(tmp_path):
+    info = detect_chat_template(_model_dir(tmp_path, None), PLAIN_CHATML)
+    assert (info.style, info.source) == ("chatml", "user-supplied chat template")
+    assert "TEMPLATE" in render_modelfile(info)
+
+
 def test_triple_quotes_cannot_go_into_a_modelfile():
     info = ChatTemplateInfo("chatml", default_system='say """hi"""', stop=("<|im_end|>",))
     with pytest.raises(ConfigError, match="cannot quote"):

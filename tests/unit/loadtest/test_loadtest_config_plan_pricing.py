@@ -24,7 +24,7 @@ PROFILE_EXAMPLES = {
 
 def test_every_profile_kind_is_registered_and_round_trips():
     assert PROFILES.names() == sorted(PROFILE_EXAMPLES)
-    assert PROMPT_SOURCES.names() == ["jsonl", "suite", "synthetic"]
+    assert PROMPT_SOURCES.names() == ["conversations", "hf", "jsonl", "suite", "synthetic"]
     for kind, prof in PROFILE_EXAMPLES.items():
         cfg = LoadTestConfig.model_validate({"profile": prof})
         assert cfg.profile.kind == kind
@@ -91,6 +91,12 @@ def test_suite_and_jsonl_prompt_sources(tmp_path):
         {"messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 4},
         {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
          "max_tokens": 32}]
+    assert plan["endpoint"] == "/v1/chat/completions" and plan["prompt_format"] == "chat"
+    raw = build_plan(LoadTestConfig.model_validate({"prompts": {"kind": "suite", "suite": str(suite)}}),
+                     "http://127.0.0.1:1", "m", prompt_format="completion")
+    assert raw["endpoint"] == "/v1/completions" and raw["prompt_format"] == "completion"
+    assert raw["requests"] == [{"max_tokens": 4, "prompt": "2+2?"},
+                               {"max_tokens": 32, "prompt": "Be brief.\n\nCapital of France?"}]
     reqs = tmp_path / "r.jsonl"
     reqs.write_text(json.dumps({"model": "x", "stream": False, "messages": [{"role": "user", "content": "hi"}],
                                 "max_completion_tokens": 7, "temperature": 0.5}) + "\n# comment\n")

@@ -86,6 +86,35 @@ def test_summarize_phase_counts_rates_and_attainment():
     assert ph.ttft.p50_ms == 100 and ph.tpot.p50_ms == pytest.approx(10)
 
 
+def test_warmup_requests_are_left_out_and_retries_counted():
+    slo = SLOConfig(ttft_ms=200, tpot_ms=50)
+    warm = [_req(900, 1000, 10, t0=t) for t in (0.0, 0.4, 0.9)]  # slow and inside the first second
+    steady = [_req(100, 190, 10, t0=1.0 + i * 0.5) for i in range(6)]
+    steady[0]["retried"] = True
+    warm[0]["retried"] = True  # a retry during the warm-up is left out with its request
+    share = [{"start_unix": 0.0, "dispatch_end_unix": 4.0, "dropped_arrivals": 0, "request_cap_reached": False,
+              "cancelled_at_drain_timeout": 0}]
+    ph = summarize_phase(0, "x", {"users": 1}, warm + steady, share, slo, 0.9, 4.0, warmup_s=1.0)
+    assert ph.requests_warmup_excluded == 3 and ph.requests_sent == 6 and ph.requests_retried == 1
+    assert ph.duration_s == pytest.approx(3.0) and ph.dispatch_s == pytest.approx(3.0)
+    assert ph.ttft.max_ms == 100 and ph.meets_slo is True
+    assert ph.output_token_throughput_per_s == pytest.approx(60 / 3.0)
+    whole = summarize_phase(0, "x", {"users": 1}, warm + steady, share, slo, 0.9, 4.0)
+    assert whole.requests_warmup_excluded == 0 and whole.requests_sent == 9 and whole.requests_retried == 2
+    assert whole.meets_slo is False
+
+
+def test_warmup_must_be_shorter_than_a_phase():
+    from packager.errors import ConfigError
+    from packager.loadtest.config import parse_loadtest_config
+
+    with pytest.raises(ConfigError, match="leaves nothing"):
+        parse_loadtest_config({"warmup_s": 5, "profile": {"kind": "concurrency", "duration_s": 5}})
+    with pytest.raises(ConfigError, match="leaves nothing"):
+        parse_loadtest_config({"warmup_s": 10, "profile": {"kind": "sweep", "step_duration_s": 8}})
+    assert parse_loadtest_config({"warmup_s": 2, "profile": {"kind": "rate", "duration_s": 5}}).warmup_s == 2
+
+
 def _phase(load, meets, out_tps):
     slo = SLOConfig(ttft_ms=200, tpot_ms=50)
     ttft = 100 if meets else 1000

@@ -5,20 +5,17 @@ import os
 
 import pytest
 
+from packager.core.access import ENV_CLIENT_KEY, client_headers, unauthorized_hint, use_client_key
 from packager.errors import ConfigError
 from packager.serve.auth import (
     ENV_API_KEYS,
     ENV_API_KEYS_FILE,
-    ENV_CLIENT_KEY,
     MIN_KEY_CHARS,
     KeyCheck,
     bearer_token,
-    client_headers,
     generate_key,
     load_api_keys,
     load_metrics_token,
-    unauthorized_hint,
-    use_client_key,
 )
 
 K1 = "key-one-aaaaaaaaaaaa"
