@@ -9,7 +9,20 @@ from __future__ import annotations
 
 import typer
 
-from packager.cli import compress, config, evaluate, gguf, loadtest, models, monitor, registry, release, report, serve
+from packager.cli import (
+    compare,
+    compress,
+    config,
+    evaluate,
+    gguf,
+    loadtest,
+    models,
+    monitor,
+    registry,
+    release,
+    report,
+    serve,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Compress a model, score it through its serving engine, build a bento, load-test, register, "
@@ -49,6 +62,7 @@ app.add_typer(registry.registry_app, name="registry")
 
 app.command("monitor")(monitor.monitor)
 app.command("canary")(monitor.canary)
+app.command("compare")(compare.compare)
 
 app.add_typer(report.report_app, name="report")
 
