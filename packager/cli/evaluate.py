@@ -94,6 +94,7 @@ def evaluate(
     def go():
         from packager.core.sources import resolve_model
         from packager.evaluate.runner import evaluate_model, load_summary
+        from packager.evaluate.suite import load_suite
 
         cfg = load_config(config, overrides({
             "eval.suite": suite, "eval.max_items": max_items, "eval.concurrency": concurrency,
@@ -106,8 +107,15 @@ def evaluate(
         base = load_summary(baseline) if baseline else None
         is_url = model.startswith(("http://", "https://"))
         if is_url:
+            from packager.cli.guard import console
+            from packager.core.access import normalize_target, where_line
+
             label = name or "endpoint"
             model_dir, url = None, model
+            n = min(cfg.eval.max_items or 10**9, len(load_suite(cfg.eval.suite).items))
+            console.print(f"Requests go to {where_line(normalize_target(url))}; {n} suite items at "
+                          f"{cfg.eval.concurrency} at a time, plus perplexity and fidelity prompts when set.",
+                          highlight=False)
         else:
             resolved = resolve_model(model)
             label = name or resolved.name

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from packager.errors import ConfigError, ServerError
 
-if TYPE_CHECKING:
-    from packager.evaluate.client import OpenAIClient
-
 PromptFormat = Literal["chat", "completion"]
+
+
+class Poster(Protocol):
+    """What the probe needs of a client (packager.evaluate.client.OpenAIClient has it): POST a JSON body."""
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
 FORMAT_SETTINGS = ("auto", "chat", "completion")
 PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 # Words of the errors an engine answers a chat request with when the model has no chat template (vLLM: "default
@@ -66,7 +70,7 @@ def read_chat_template(spec: str) -> str:
 
 
 def resolve_format(setting: str, *, model_dir: str | Path | None = None, chat_template: str | None = None,
-                   client: "OpenAIClient | None" = None, model: str | None = None) -> PromptFormat:
+                   client: Poster | None = None, model: str | None = None) -> PromptFormat:
     """The format a run uses: the setting when it is chat or completion; for auto, chat when a template is
     known (given, or in the model directory), completion when the directory has none, else the endpoint's
     answer to one probe."""
@@ -83,7 +87,7 @@ def resolve_format(setting: str, *, model_dir: str | Path | None = None, chat_te
     return "chat"
 
 
-def probe_format(client: "OpenAIClient", model: str) -> PromptFormat:
+def probe_format(client: Poster, model: str) -> PromptFormat:
     """Ask the endpoint once (a one-token chat request): completion when it refuses chat for want of a chat
     template, else chat (also when the probe fails for another reason: the run's own requests then say why)."""
     try:

@@ -243,6 +243,9 @@ class LoadTestConfig(_Strict):
     # chat: /v1/chat/completions; completion: the messages as one raw prompt to /v1/completions (a base model
     # without a chat template); auto: asks the target once (a one-token chat request) which it takes.
     prompt_format: Literal["auto", "chat", "completion"] = "auto"
+    # Seconds between scrapes of the target's /metrics during the run (KV cache, queue, preemptions, busy slots
+    # per phase in the result); 0: none.
+    telemetry_interval_s: float = Field(1.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _bounds(self) -> "LoadTestConfig":

@@ -96,6 +96,10 @@ def summary_renderables(r: LoadTestResult) -> list:
             lines.append(f"  {name} ({pt.output_tokens_per_s:.1f} out tok/s, {pt.input_tokens_per_s:.1f} in tok/s): "
                          f"{_usd(pt.usd_per_million_output_tokens)} per 1M output tokens, "
                          f"{_usd(pt.usd_per_million_input_tokens)} per 1M input tokens")
+    if r.telemetry is not None:
+        from packager.loadtest.telemetry import telemetry_line
+
+        lines.append(telemetry_line(r.telemetry))
     g = r.generator
     cpu = "-" if g.cpu_fraction_of_core_max is None else f"{g.cpu_fraction_of_core_max:.0%}"
     lag = "-" if g.dispatch_lag_ms_p99 is None else f"{g.dispatch_lag_ms_p99:.1f} ms"

@@ -126,6 +126,8 @@ class LoadTestResult(_Strict):
     cost: CostResult | None = None
     # chat (/v1/chat/completions) or completion (raw prompts, /v1/completions: a base model); None: older runs
     prompt_format: str | None = None
+    # The server's own /metrics during the run, per phase (packager.loadtest.telemetry); None: not scraped
+    telemetry: dict[str, Any] | None = None
     generator: GeneratorResult
     complete: bool  # every share of the generator reported its phases
     warnings: list[str] = Field(default_factory=list)

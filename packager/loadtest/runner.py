@@ -358,7 +358,8 @@ def _finalize(run_dir: Path, plan: dict, cfg: LoadTestConfig, slo: SLOConfig, pr
         config=cfg.model_dump(mode="json"), slo=slo, pricing=pricing, slo_attainment_target=cfg.slo_attainment_target,
         phases=a["phases"], summary=a["summary"], summary_basis=a["summary_basis"], sweep=a["sweep"], cost=a["cost"],
         generator=a["generator"], complete=complete, warnings=warnings, files=files, versions=_versions(),
-        prompt_format=plan.get("prompt_format", "chat"), prompt_stats=plan.get("prompt_stats"),
+        prompt_format=plan.get("prompt_format", "chat"), telemetry=_telemetry(run, plan, reqs, sums),
+        prompt_stats=plan.get("prompt_stats"),
         wall_time_s=time.monotonic() - t_wall)
     if a["sweep"] is not None:
         try:
@@ -371,6 +372,17 @@ def _finalize(run_dir: Path, plan: dict, cfg: LoadTestConfig, slo: SLOConfig, pr
     result.wall_time_s = time.monotonic() - t_wall
     atomic_write_json(run_dir / "loadtest.json", result.model_dump(mode="json"))
     return result
+
+
+def _telemetry(run: dict[str, Any] | None, plan: dict, reqs: list[dict], sums: list[dict]) -> dict[str, Any] | None:
+    """The server's own figures per phase (packager.loadtest.telemetry), when a scraper ran."""
+    scraper = (run or {}).get("telemetry")
+    if scraper is None:
+        return None
+    from packager.loadtest.telemetry import phase_windows, summarize_telemetry
+
+    return summarize_telemetry(scraper.samples, phase_windows(plan, reqs, sums), scraper.error, scraper.interval_s,
+                               scraper.failures)
 
 
 def run_loadtest(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: PricingConfig, out_dir: Path,
@@ -389,8 +401,19 @@ def run_loadtest(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: 
         plan_path, records_path = tmp / "plan.json", tmp / "records.jsonl"
         atomic_write_text(plan_path, json.dumps(plan))
         records_path.touch()
-        run = run_locust(plan_path, records_path, tmp, base, cfg.workers, timeout_s=planned + 30.0,
-                         planned_s=dispatch, progress=progress)
+        scraper = None
+        if cfg.telemetry_interval_s > 0:
+            from packager.loadtest.telemetry import TelemetryScraper
+
+            scraper = TelemetryScraper(base, interval_s=cfg.telemetry_interval_s)
+            scraper.start()
+        try:
+            run = run_locust(plan_path, records_path, tmp, base, cfg.workers, timeout_s=planned + 30.0,
+                             planned_s=dispatch, progress=progress)
+        finally:
+            if scraper is not None:
+                scraper.stop()
+        run["telemetry"] = scraper
         result = _finalize(tmp, plan, cfg, slo, pricing, quote, run, t_wall)
     return result
 

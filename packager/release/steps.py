@@ -242,6 +242,9 @@ def collect(ctx: VariantContext) -> None:
         if summary.items_path and Path(summary.items_path).exists():
             run.baseline_items = load_items(Path(summary.items_path))
         run.baseline_fidelity_items = baseline_corpus_items(summary)
+        if summary.prompt_format == "completion":
+            run.notes.append("the model has no chat template: every variant was scored and load-tested with raw "
+                             "prompts through /v1/completions")
     _fill_quality(ctx.vr, summary)
     ctx.vr.load = load_summary_from(ctx.lt_d or {}, v.root / "loadtest")
 

@@ -200,6 +200,11 @@ LOAD_ROWS: list[tuple[str, Callable[[LoadSummary], str]]] = [
     ("USD / 1M input tokens", lambda s: fmt_usd(s.usd_per_million_input_tokens)),
     ("USD / 1M output tokens", lambda s: fmt_usd(s.usd_per_million_output_tokens)),
     ("USD / 1M output tokens at SLO", lambda s: fmt_usd(s.usd_per_million_output_tokens_at_slo)),
+    ("server: KV cache max / waiting max / preemptions",
+     lambda s: " / ".join((pct(s.server_kv_cache_max, 0), num(s.server_requests_waiting_max, "g"),
+                           num(s.server_preemptions, "g")))),
+    ("requests sent as", lambda s: {"completion": "raw prompts (no chat template)", "chat": "chat messages"}.get(
+        s.prompt_format or "", DASH)),
     ("latency samples (TTFT / TPOT)", lambda s: f"{len(s.ttft_ms_samples)} / {len(s.tpot_ms_samples)}"),
     ("load generator was the bottleneck", lambda s: "YES: figures understate the server" if s.generator_bottleneck
      else "no"),

@@ -62,6 +62,14 @@ def latency_samples(records_path: Path, phase_index: int, max_samples: int = MAX
     return thin_samples(ttft, max_samples), thin_samples(tpot, max_samples)
 
 
+def _server_figures(telemetry: dict[str, Any] | None, phase_index: int) -> dict[str, float | None]:
+    """The summary phase's server figures from a load test's telemetry (None where not reported)."""
+    ph: dict[str, Any] = next((p for p in (telemetry or {}).get("phases", []) if p.get("index") == phase_index), {})
+    return {"server_kv_cache_max": (ph.get("kv_cache_usage") or {}).get("max"),
+            "server_requests_waiting_max": (ph.get("requests_waiting") or {}).get("max"),
+            "server_preemptions": ph.get("preemptions")}
+
+
 def from_loadtest_result(lt: Any, run_dir: Path | str | None = None, max_samples: int = MAX_SAMPLES) -> LoadSummary:
     """The report's LoadSummary of a LoadTestResult (object or its JSON dict). `run_dir` (the load test's
     output directory) adds per-request latency samples from its records.jsonl."""
@@ -115,7 +123,7 @@ def from_loadtest_result(lt: Any, run_dir: Path | str | None = None, max_samples
         usd_per_million_output_tokens_at_slo=at_slo,
         utilization_assumed=util if cost is not None else None,
         sweep_unit=unit, sweep=sweep, max_load_meeting_slo=max_load,
-        generator_bottleneck=res.generator.bottleneck_suspected,
-        ttft_ms_samples=ttft_samples, tpot_ms_samples=tpot_samples,
+        generator_bottleneck=res.generator.bottleneck_suspected, **_server_figures(res.telemetry, s.index),
+        prompt_format=res.prompt_format, ttft_ms_samples=ttft_samples, tpot_ms_samples=tpot_samples,
         raw=res.model_dump(mode="json"),
     )

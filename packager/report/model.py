@@ -55,6 +55,11 @@ class LoadSummary(BaseModel):
     sweep: list[SweepPoint] = Field(default_factory=list)
     max_load_meeting_slo: float | None = None
     generator_bottleneck: bool = False
+    # the server's own figures during the summary phase (packager.loadtest.telemetry); None: not reported
+    server_kv_cache_max: float | None = None  # share of the KV cache in use, highest scrape
+    server_requests_waiting_max: float | None = None
+    server_preemptions: float | None = None
+    prompt_format: str | None = None  # chat or completion (raw prompts: a base model)
     # per-request samples for latency distribution plots (ms)
     ttft_ms_samples: list[float] = Field(default_factory=list)
     tpot_ms_samples: list[float] = Field(default_factory=list)

@@ -1,10 +1,11 @@
-"""A base model without a chat template, end to end through real vLLM engines and a real bento.
+"""A base model without a chat template, end to end: `packager release` (compress, evaluate with fidelity,
+build, serve, load-test, report) and a bento built with a user-supplied chat template.
 
 vLLM refuses chat requests for a tokenizer without a chat template. packager then sends raw prompts through
 /v1/completions, decided from the model directory or by asking the endpoint once. The decision holds for a
 suite evaluation, for fidelity against a baseline (which passes its format on to the variant) and for a load
-test. A user-supplied chat template (`packager build --chat-template`) travels inside the bento, so that bento
-takes chat requests.
+test, and the report says so. A chat template given to `packager build --chat-template` travels inside the
+bento, so that bento takes chat requests.
 
 The model is a tiny random Llama (2 layers, hidden 128) with the bundled tokenizer, its chat template removed.
 Its answers are noise, so the tests assert what holds whatever the answers are: formats, counts, that no request
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import build_tiny_llama, run_cli, test_engine
+from conftest import build_tiny_llama, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -42,59 +43,48 @@ def base_model_dir(tmp_path_factory, default_model) -> Path:
 
 
 @pytest.fixture(scope="module")
-def base_engine(base_model_dir):
-    from packager.engines.vllm import EngineServer
-
-    srv = EngineServer(base_model_dir, test_engine(max_model_len=1024), served_name="tiny-base")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-def test_evaluate_sends_raw_prompts_and_a_variant_inherits_the_format(base_engine, tmp_path):
-    url = base_engine.base_url
-    r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
-                   json={"model": "tiny-base", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
-    assert r.status_code == 400 and "chat template" in r.text.lower()  # why the completion path exists
-
-    base_out = tmp_path / "baseline"
-    p = run_cli("evaluate", url, "--name", "tiny-base", "--max-items", "6", "--no-perplexity",
-                "--fidelity-prompts", "4", "--concurrency", "2", "--out", str(base_out), timeout_s=300)
-    assert p.returncode == 0, p.stdout + p.stderr
-    s = json.loads((base_out / "summary.json").read_text())
-    assert s["prompt_format"] == "completion" and s["n_items"] == 6 and s["n_errors"] == 0
-    assert s["fidelity_prompts"] == 4 and s["fidelity_source"].startswith("corpus:")
-    assert any("/v1/completions" in n for n in s["notes"])
-    assert "raw text (no template)" in p.stdout
-    refs = [json.loads(line) for line in (base_out / "fidelity_items.jsonl").read_text().splitlines()]
-    assert len(refs) == 4 and all(r["prompt_token_ids"] and r["output_token_ids"] for r in refs)
-
-    # A "variant" (the same engine) evaluated against that baseline: completion again, fidelity about perfect.
-    var_out = tmp_path / "variant"
-    p = run_cli("evaluate", url, "--name", "tiny-variant", "--max-items", "6", "--no-perplexity",
-                "--concurrency", "2", "--prompt-format", "chat", "--baseline", str(base_out), "--out", str(var_out),
-                timeout_s=300)
-    assert p.returncode == 0, p.stdout + p.stderr
-    v = json.loads((var_out / "summary.json").read_text())
-    assert v["prompt_format"] == "completion"  # the baseline's format wins over the flag
-    assert v["n_errors"] == 0 and v["baseline_score"] == s["score"]
-    assert v["recovery"] == (None if s["score"] == 0 else pytest.approx(v["score"] / s["score"]))  # noise scores 0
-    assert v["fidelity_prompts"] == 4 and v["fidelity_mean_kl"] is not None and v["fidelity_mean_kl"] < 1e-3
+def base_release(base_model_dir, tmp_path_factory):
+    """`packager release` of the base model with one compressed variant: compress, evaluate (with fidelity
+    against the baseline), build and serve each bento, load-test it, register, report."""
+    out = tmp_path_factory.mktemp("base-release")
+    cfg = {
+        "model": str(base_model_dir), "recipes": ["w8a8-int8"], "output_dir": str(out / "run"),
+        "eval": {"max_items": 6, "perplexity": False, "behaviour_suite": None, "fidelity_max_prompts": 4,
+                 "concurrency": 2},
+        "engine": {"max_model_len": 512},
+        "loadtest": {"profile": {"kind": "concurrency", "users": 2, "duration_s": 3},
+                     "prompts": {"kind": "synthetic", "input_tokens": {"mean": 16}, "output_tokens": {"mean": 8}},
+                     "max_duration_s": 10},
+        "registry": {"uri": f"sqlite:///{out / 'registry.db'}", "name": "tiny-base-e2e"},
+        "pricing": {"instance": "c7i.xlarge"}, "quality_floor": 0.01, "gate": {"noise_floor": False},
+        "time_budget_s": 1200,
+    }
+    (out / "release.yaml").write_text(json.dumps(cfg))
+    cp = run_cli("release", "--config", str(out / "release.yaml"), timeout_s=1200)
+    assert cp.returncode == 0, (cp.stdout[-3000:], cp.stderr[-5000:])
+    return out / "run"
 
 
-def test_loadtest_asks_the_target_and_sends_completions(base_engine, tmp_path):
-    out = tmp_path / "lt"
-    p = run_cli("loadtest", "--target", base_engine.base_url, "--profile", "concurrency", "--users", "2",
-                "--duration", "3", "--input-tokens", "16", "--output-tokens", "8", "--usd-per-hour", "1",
-                "--out", str(out), timeout_s=300)
-    assert p.returncode == 0, p.stdout + p.stderr
-    res = json.loads((out / "loadtest.json").read_text())
-    plan = json.loads((out / "plan.json").read_text())
-    assert res["prompt_format"] == "completion" and plan["endpoint"] == "/v1/completions"
-    assert all("prompt" in b and "messages" not in b for b in plan["requests"])
-    ph = res["phases"][0]
-    assert ph["requests_sent"] > 0 and ph["requests_failed"] == 0 and ph["output_tokens_total"] > 0
-    assert "Requests sent as raw prompts through /v1/completions" in p.stderr + p.stdout
+def test_a_release_of_a_base_model_goes_through_completions_end_to_end(base_release):
+    from packager.report.model import Report
+
+    report = Report.model_validate_json((base_release / "report.json").read_text())
+    assert [v.name for v in report.variants] == ["baseline", "w8a8-int8"]
+    assert any("no chat template" in n for n in report.notes)
+    for v in report.variants:
+        assert not v.errors, v.errors
+        assert v.load is not None and v.load.prompt_format == "completion"
+        assert v.load.requests > 0 and v.load.errors == 0
+        # what the engine behind the bento reported while it was loaded: vLLM's KV-cache gauge, a share
+        assert v.load.server_kv_cache_max is not None and 0 <= v.load.server_kv_cache_max <= 1
+        plan = json.loads((base_release / "variants" / v.name / "loadtest" / "plan.json").read_text())
+        assert plan["endpoint"] == "/v1/completions"
+        ev = json.loads((base_release / "variants" / v.name / "eval" / "summary.json").read_text())
+        assert ev["prompt_format"] == "completion" and ev["n_items"] == 6 and ev["n_errors"] == 0
+    variant = json.loads((base_release / "variants" / "w8a8-int8" / "eval" / "summary.json").read_text())
+    assert variant["fidelity_prompts"] == 4 and variant["fidelity_mean_kl"] is not None
+    md = (base_release / "report.md").read_text()
+    assert "raw prompts (no chat template)" in md and "no chat template" in md
 
 
 def test_a_bento_built_with_a_chat_template_takes_chat_requests(base_model_dir, tmp_path, build_bento_cli):

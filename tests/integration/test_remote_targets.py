@@ -66,6 +66,7 @@ def test_loadtest_evaluate_monitor_and_canary_through_a_remote_address(remote_be
     p = run_cli("evaluate", url, "--api-key-env", "STAGING_KEY", "--max-items", "4", "--no-perplexity",
                 "--fidelity-corpus", "suite", "--out", str(ev), env=env, timeout_s=300)
     assert p.returncode == 0, p.stdout + p.stderr
+    assert f"Requests go to {url} on REMOTE host {fwd.address}" in p.stderr
     s = json.loads((ev / "summary.json").read_text())
     assert s["url"] == url and s["n_items"] == 4 and s["n_errors"] == 0 and s["prompt_format"] == "chat"
 

@@ -59,6 +59,7 @@ def test_https_target_with_a_key_file_a_header_and_a_ca_bundle(tls_fake, tmp_pat
                 "--api-key-env", "TEAM_KEY", "--header", "X-Team: ml-platform", "--ca-bundle", str(tls.ca),
                 "--out", str(ev))
     assert r.exit_code == 0, r.output
+    assert "Requests go to https://127.0.0.1:" in r.output and "TLS, with an API key, headers X-Team" in r.output
     s = json.loads((ev / "summary.json").read_text())
     assert s["n_items"] == 3 and s["n_errors"] == 0 and s["prompt_format"] == "chat"
 

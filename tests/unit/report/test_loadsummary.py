@@ -150,3 +150,24 @@ def test_thin_samples_keeps_the_extremes_and_the_shape():
     t = thin_samples(xs, 101)
     assert len(t) == 101 and t[0] == 0.0 and t[-1] == 10_000.0 and t[50] == 5000.0
     assert thin_samples([3.0, 1.0], 10) == [1.0, 3.0]
+
+
+def test_server_figures_of_the_summary_phase_reach_the_report(sweep_run):
+    from packager.report.content import LOAD_ROWS
+
+    run = sweep_run
+    res = analyse(run)
+    k = res.summary.index
+    res.telemetry = {"interval_s": 1.0, "scrapes": 9, "failures": 0, "series": [], "note": None, "phases": [
+        {"index": i, "label": p.label, "scrapes": 3, "kv_cache_usage": {"mean": 0.1 * i, "max": 0.2 * (i + 1)},
+         "requests_waiting": {"mean": 0.0, "max": float(i)}, "preemptions": float(10 * i)}
+        for i, p in enumerate(res.phases)]}
+    s = from_loadtest_result(res, run)
+    assert s.server_kv_cache_max == pytest.approx(0.2 * (k + 1))
+    assert s.server_requests_waiting_max == float(k) and s.server_preemptions == float(10 * k)
+    assert s.prompt_format == "chat"
+    rows = dict((name, get(s)) for name, get in LOAD_ROWS)
+    assert rows["server: KV cache max / waiting max / preemptions"] == f"{0.2 * (k + 1):.0%} / {k} / {10 * k}"
+    res.telemetry = None
+    bare = dict((name, get(from_loadtest_result(res))) for name, get in LOAD_ROWS)
+    assert bare["server: KV cache max / waiting max / preemptions"] == "— / — / —"

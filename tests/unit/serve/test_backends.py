@@ -85,3 +85,21 @@ def test_the_bento_backends_are_the_engines():
     assert BACKENDS.names() == sorted(ENGINES)
     with pytest.raises(ConfigError, match=r"backend 'tgi' is not available; known backends: llamacpp, vllm"):
         parse_args({"model_tag": "m:v1", "model_digest": "d" * 64, "model_name": "m", "backend": "tgi"})
+
+
+def test_a_chat_template_travels_as_text_into_the_bento_and_the_vllm_command(tmp_path):
+    from packager.config import EngineConfig
+    from packager.serve.build import make_args
+
+    tmpl = tmp_path / "chat_template.jinja"
+    tmpl.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    args = make_args(model_tag="m:v1", model_digest="d" * 64, engine=EngineConfig(chat_template=str(tmpl)),
+                     service_name="packager-m", model_name="m")
+    assert args.chat_template == tmpl.read_text()  # the text, not a path of the build machine
+    cmd = BACKENDS.get("vllm").command(Path("/m"), args)
+    assert opt(cmd, "--chat-template") == tmpl.read_text()
+    plain = BACKENDS.get("vllm").command(Path("/m"), parse_args(BASE))
+    assert "--chat-template" not in plain
+    with pytest.raises(ConfigError, match="is not a file"):
+        make_args(model_tag="m:v1", model_digest="d" * 64, engine=EngineConfig(chat_template=str(tmp_path / "x")),
+                  service_name="packager-m", model_name="m")
