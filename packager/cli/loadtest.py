@@ -254,8 +254,10 @@ def bounds_line(cfg: Any) -> str:
         flight = f"{p.requests_per_s:g} requests/s offered, at most {p.max_in_flight} in flight"
     else:
         flight = f"{p.kind} arrivals"
+    probe = ("; first one 1-token chat request to learn the prompt format (--prompt-format chat|completion skips "
+             "it)" if cfg.prompt_format == "auto" else "")
     return (f"at most {cfg.max_requests} requests over at most {time_s:g} s of dispatch ({flight}), each at most "
-            f"{cfg.request_timeout_s:g} s")
+            f"{cfg.request_timeout_s:g} s{probe}")
 
 
 def _run_loadtest(target: str, config: Path | None, profile: str | None, set_: list[str], users: int | None,
