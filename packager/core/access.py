@@ -121,26 +121,34 @@ def resolve_access(api_key_env: str | None = None, api_key_file: Path | None = N
 _ENV_NAMES = (ENV_CLIENT_KEY, ENV_CLIENT_HEADERS, ENV_CA_BUNDLE, ENV_TLS_VERIFY)
 
 
+def _set_environ(values: Mapping[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@contextlib.contextmanager
+def environ_scope(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Within the block these environment variables hold these values (None: unset); their previous values
+    come back after it, also after an error."""
+    before = {name: os.environ.get(name) for name in values}
+    try:
+        _set_environ(values)
+        yield
+    finally:
+        _set_environ(before)
+
+
 @contextlib.contextmanager
 def access_scope(access: ClientAccess) -> Iterator[ClientAccess]:
     """Within the block, `access` is what every client of this process, and of the processes it starts
     (locust), uses; the previous settings come back after it, also after an error."""
-    before = {name: os.environ.get(name) for name in _ENV_NAMES}
     values = dict(zip(_ENV_NAMES, (access.api_key, json.dumps(access.headers) if access.headers else None,
                                    access.ca_bundle, None if access.verify else "0")))
-    try:
-        for name, value in values.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with environ_scope(values):
         yield access
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def current_access(environ: Mapping[str, str] | None = None) -> ClientAccess:
@@ -203,15 +211,8 @@ def use_client_key(key: str | None) -> Iterator[None]:
     if key is None:
         yield
         return
-    before = os.environ.get(ENV_CLIENT_KEY)
-    os.environ[ENV_CLIENT_KEY] = key
-    try:
+    with environ_scope({ENV_CLIENT_KEY: key}):
         yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV_CLIENT_KEY, None)
-        else:
-            os.environ[ENV_CLIENT_KEY] = before
 
 
 # ------------------------------------------------------------------------------------------------ targets

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from packager.core.access import environ_scope
 from packager.errors import ConfigError
 from packager.fsutil import iter_jsonl
 from packager.loadtest.config import ConversationPrompts, HfDatasetPrompts, LoadTestConfig
@@ -178,56 +179,57 @@ def _hf_cache_hint(src: HfDatasetPrompts) -> str:
             "(data files, or one written by Dataset.save_to_disk).")
 
 
+def _read_split(datasets: Any, src: HfDatasetPrompts, limit: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """(column names, the first `limit` rows) of the split, from a save_to_disk folder or the cache."""
+    local = Path(src.dataset)
+    saved_to_disk = local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists())
+    try:
+        if saved_to_disk:
+            ds: Any = datasets.load_from_disk(str(local))
+            if not hasattr(ds, "column_names") or isinstance(ds.column_names, dict):  # a DatasetDict
+                if src.split not in ds:
+                    raise ConfigError(f"Local dataset {local} has no split {src.split!r}; splits: "
+                                      f"{', '.join(sorted(ds))}.")
+                ds = ds[src.split]
+        else:
+            ds = datasets.load_dataset(src.dataset, src.config_name, split=src.split)
+        columns = list(ds.column_names)
+        rows: list[dict[str, Any]] = []
+        for row in ds:
+            if len(rows) >= limit:
+                break
+            rows.append(dict(row))
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds (ConnectionError, FileNotFoundError, ...)
+        cfg_part = f", config {src.config_name!r}" if src.config_name else ""
+        raise ConfigError(f"Hugging Face dataset {src.dataset!r} (split {src.split!r}{cfg_part}) cannot be "
+                          f"loaded from the local cache: {type(e).__name__}: {str(e)[:300]}. "
+                          + _hf_cache_hint(src)) from None
+    return columns, rows
+
+
 def _load_hf_rows(src: HfDatasetPrompts, limit: int) -> tuple[list[str], list[dict[str, Any]]]:
     """(column names, the first `limit` rows) of the dataset split, read with the Hub and datasets offline:
     the two environment variables are set for the call, and so are the offline flags that huggingface_hub and
-    datasets read from them when imported; all are restored afterwards."""
-    saved_env = {k: os.environ.get(k) for k in _HF_OFFLINE_ENV}
+    datasets read from them when imported; all are restored afterwards (the flags after the variables, as
+    they follow them)."""
     saved_flags: list[tuple[Any, str, Any]] = []
     preloaded = {name for name, _ in _HF_OFFLINE_FLAGS if name in sys.modules}
-    os.environ.update({k: "1" for k in _HF_OFFLINE_ENV})
     try:
-        try:
-            import datasets  # lazily: an optional dependency, heavy to import
-        except ImportError:
-            raise ConfigError(f"Hugging Face dataset {src.dataset!r} needs the `datasets` package, which is not "
-                              "installed (pip install datasets). " + _hf_cache_hint(src)) from None
-        for mod_name, attr in _HF_OFFLINE_FLAGS:
-            mod = sys.modules.get(mod_name)
-            if mod is not None and hasattr(mod, attr):
-                saved_flags.append((mod, attr, getattr(mod, attr) if mod_name in preloaded else None))
-                setattr(mod, attr, True)
-        local = Path(src.dataset)
-        saved_to_disk = local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists())
-        try:
-            if saved_to_disk:
-                ds: Any = datasets.load_from_disk(str(local))
-                if not hasattr(ds, "column_names") or isinstance(ds.column_names, dict):  # a DatasetDict
-                    if src.split not in ds:
-                        raise ConfigError(f"Local dataset {local} has no split {src.split!r}; splits: "
-                                          f"{', '.join(sorted(ds))}.")
-                    ds = ds[src.split]
-            else:
-                ds = datasets.load_dataset(src.dataset, src.config_name, split=src.split)
-            columns = list(ds.column_names)
-            rows: list[dict[str, Any]] = []
-            for row in ds:
-                if len(rows) >= limit:
-                    break
-                rows.append(dict(row))
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001 - datasets raises many kinds (ConnectionError, FileNotFoundError, ...)
-            cfg_part = f", config {src.config_name!r}" if src.config_name else ""
-            raise ConfigError(f"Hugging Face dataset {src.dataset!r} (split {src.split!r}{cfg_part}) cannot be "
-                              f"loaded from the local cache: {type(e).__name__}: {str(e)[:300]}. "
-                              + _hf_cache_hint(src)) from None
+        with environ_scope(dict.fromkeys(_HF_OFFLINE_ENV, "1")):
+            try:
+                import datasets  # lazily: an optional dependency, heavy to import
+            except ImportError:
+                raise ConfigError(f"Hugging Face dataset {src.dataset!r} needs the `datasets` package, which is not "
+                                  "installed (pip install datasets). " + _hf_cache_hint(src)) from None
+            for mod_name, attr in _HF_OFFLINE_FLAGS:
+                mod = sys.modules.get(mod_name)
+                if mod is not None and hasattr(mod, attr):
+                    saved_flags.append((mod, attr, getattr(mod, attr) if mod_name in preloaded else None))
+                    setattr(mod, attr, True)
+            columns, rows = _read_split(datasets, src, limit)
     finally:
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         for mod, attr, value in reversed(saved_flags):  # imported in the window: as the restored variables say
             setattr(mod, attr, value if value is not None else _env_offline(mod.__name__ == "datasets.config"))
     return columns, rows
