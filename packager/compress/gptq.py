@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from packager.compress.base import METHODS, StageArgs, StageContext
-from packager.compress.int8_search import MixedPrecisionArgs
+from packager.compress.mixed_precision import MixedPrecisionArgs
 from packager.errors import ConfigError
 
 _PREFERRED_GROUPS = (32, 64, 128, 256)

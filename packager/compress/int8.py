@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from packager.compress.base import METHODS, StageArgs, StageContext
-from packager.compress.int8_search import MixedPrecisionArgs, apply_factors, smoothquant_factors
+from packager.compress.int8_search import apply_factors, smoothquant_factors
+from packager.compress.mixed_precision import MixedPrecisionArgs
 
 __all__ = ["W8A8Int8Args", "apply_factors", "apply_w8a8_int8", "smoothquant_factors"]
 from packager.errors import ConfigError

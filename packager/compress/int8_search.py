@@ -16,43 +16,25 @@ How it works, all on calibration text and the float32 model in memory:
   2b. With `weight_rounding: gptq`, the smoothed float weights are GPTQ-rounded on the calibration samples
      (packager.compress.gptq_int8), and the simulation uses those weights from here on: what the mixed-precision
      search measures is what the checkpoint holds.
-  3. Mixed precision: the sensitivity of each unit (the Linears that read one input, which the engine
-     fuses and must treat alike: q/k/v, o, gate/up, down; one per layer each) is the KL of the model
-     with ONLY that unit quantized. Units are kept in float, most sensitive per weight first, until the
-     whole simulated model's KL is at most `target_kl`, or until the kept weights reach
-     `max_float_share` of the quantizable ones. The smallest such prefix is found by doubling and then
-     bisection on the prefix length (about 2 log2(units) simulated passes).
+  3. Mixed precision (packager.compress.mixed_precision): the most sensitive units (the Linears the engine
+     fuses: q/k/v, o, gate/up, down) are kept in float until the simulated KL is at most `target_kl`, within
+     `max_float_share` of the quantizable weights.
 The stage record lists the alphas tried with their KL, each unit's sensitivity, the units kept with their
 share of the weights, and whether the target was met.
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from packager.compress.mixed_precision import MixedPrecisionArgs, keep_in_float, units_of
 from packager.errors import ConfigError
 
-# (module that produces the shared input, Linears that read it; op applied to the producer)
-_UNITS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o_proj",)),
-          ("mlp", ("gate_proj", "up_proj")), ("mlp", ("down_proj",)))
 _SMOOTH = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
            ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
            ("mlp.up_proj", ("mlp.down_proj",)))
-
-
-class MixedPrecisionArgs(BaseModel):
-    """Keep the most sensitive Linear units in float until the simulated KL meets a target."""
-
-    model_config = ConfigDict(extra="forbid")
-    target_kl: float = Field(0.002, gt=0.0, le=10.0,
-                             description="mean KL (nats/token) on calibration text the int8 model may reach")
-    max_float_share: float = Field(0.25, gt=0.0, le=1.0,
-                                   description="at most this share of the quantizable weights stays in float")
 
 
 @dataclass
@@ -155,38 +137,6 @@ def apply_factors(factors: dict[str, dict[str, Any]]) -> Callable[[str, Any], An
         return t32
 
     return pre
-
-
-def units_of(modules: dict[str, Any], quantizable: list[str]) -> list[tuple[str, list[str]]]:
-    """[(unit name, its Linears)], in model order; a unit is quantized or kept whole."""
-    qset = set(quantizable)
-    units: list[tuple[str, list[str]]] = []
-    seen: set[str] = set()
-    for n in quantizable:
-        if n in seen:
-            continue
-        for parent, shards in _UNITS:
-            for sh in shards:
-                suffix = f".{parent}.{sh}"
-                if n.endswith(suffix):
-                    prefix = n[: -len(suffix)]
-                    members = [f"{prefix}.{parent}.{s}" for s in shards if f"{prefix}.{parent}.{s}" in qset]
-                    label = f"{prefix}.{parent}." + "/".join(s.replace("_proj", "") for s in shards)
-                    units.append((label, members))
-                    seen.update(members)
-                    break
-            else:
-                continue
-            break
-        else:
-            units.append((n, [n]))
-            seen.add(n)
-    return units
-
-
-def _layer_index(name: str) -> int | None:
-    m = re.search(r"\.layers\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
 
 
 def int8_per_channel_round_trip(w):
@@ -406,7 +356,7 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
         record["kl_all_quantized"] = kl_all
         keep: list[str] = []
         if mixed is not None:
-            keep = _mixed_precision(sim, modules, quantizable, mixed, kl_all, record, show_progress, log)
+            keep = keep_in_float(sim, modules, quantizable, mixed, kl_all, record, show_progress, log)
         record["search_s"] = round(time.monotonic() - t0, 1)
         record["simulated_passes"] = sim.passes
         return SearchResult(chosen, factors, keep, record, weights)
@@ -441,7 +391,7 @@ def weight_only_search(model_dir: Path, texts: list[str], *, bits: int, group_si
         sim.smooth({})
         kl_all = sim.kl(set(quantizable))
         record["kl_all_quantized"] = kl_all
-        keep = _mixed_precision(sim, modules, quantizable, mixed, kl_all, record, show_progress, log,
+        keep = keep_in_float(sim, modules, quantizable, mixed, kl_all, record, show_progress, log,
                                 scheme=f"W{bits}A16")
         record["search_s"] = round(time.monotonic() - t0, 1)
         record["simulated_passes"] = sim.passes
@@ -449,68 +399,3 @@ def weight_only_search(model_dir: Path, texts: list[str], *, bits: int, group_si
     finally:
         sim.close()
         del model
-
-
-def _mixed_precision(sim: Simulator, modules, quantizable: list[str], mixed: MixedPrecisionArgs, kl_all: float,
-                     record: dict[str, Any], show_progress: bool, log: Callable[[str], None],
-                     scheme: str = "int8") -> list[str]:
-    from packager.core.progress import progress_bar
-
-    units = units_of(modules, quantizable)
-    size = {label: sum(sim.params[f"{n}.weight"].numel() for n in members) for label, members in units}
-    total = sum(size.values())
-    mp: dict[str, Any] = {"target_kl": mixed.target_kl, "max_float_share": mixed.max_float_share,
-                          "units": len(units)}
-    record["mixed_precision"] = mp
-    if kl_all <= mixed.target_kl:
-        mp.update(met=True, kept_float=[], weight_share_float=0.0, kl=kl_all)
-        log(f"{scheme}: all {len(units)} units quantized meet the KL target ({kl_all:.4f} <= {mixed.target_kl})")
-        return []
-    sens: dict[str, float] = {}
-    with progress_bar(f"{scheme}: layer sensitivity", total=len(units), enabled=show_progress, transient=True) as bar:
-        for label, members in units:
-            sens[label] = sim.kl(set(members), start=_layer_index(members[0]))
-            bar.advance()
-    # Most KL per weight kept first: the least float weight for the most fidelity.
-    order = sorted(units, key=lambda u: sens[u[0]] / size[u[0]], reverse=True)
-    cum, budget = [0], mixed.max_float_share * total
-    for label, _ in order:
-        cum.append(cum[-1] + size[label])
-    max_k = max(k for k in range(len(order) + 1) if cum[k] <= budget)
-    every = set(quantizable)
-    cache: dict[int, float] = {0: kl_all}
-
-    def kl_keeping(k: int) -> float:
-        if k not in cache:
-            kept = {n for _, members in order[:k] for n in members}
-            cache[k] = sim.kl(every - kept)
-        return cache[k]
-
-    lo, hi = 0, None  # kl_keeping(lo) > target; kl_keeping(hi) <= target
-    k = 1
-    while k <= max_k:
-        if kl_keeping(k) <= mixed.target_kl:
-            hi = k
-            break
-        lo, k = k, k * 2
-    if hi is None and max_k > lo:
-        if kl_keeping(max_k) <= mixed.target_kl:
-            hi = max_k
-    if hi is not None:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if kl_keeping(mid) <= mixed.target_kl:
-                hi = mid
-            else:
-                lo = mid
-        n_keep, met = hi, True
-    else:
-        n_keep, met = max_k, False
-    kept_units = [label for label, _ in order[:n_keep]]
-    share = cum[n_keep] / total if total else 0.0
-    mp.update(met=met, kl=kl_keeping(n_keep), kept_float=kept_units, weight_share_float=share,
-              sensitivity={label: sens[label] for label, _ in units})
-    log(f"{scheme} mixed precision: {n_keep} of {len(units)} units kept in float ({share:.1%} of the weights), "
-        f"calibration KL {kl_all:.4f} -> {mp['kl']:.4f} (target {mixed.target_kl}"
-        + ("" if met else f", NOT met within max_float_share {mixed.max_float_share}") + ")")
-    return [n for _, members in order[:n_keep] for n in members]
