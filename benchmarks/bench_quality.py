@@ -12,7 +12,10 @@ on the default task suite, one after the other in one run:
 
 For every variant: recovery with its 95% paired bootstrap interval and the paired test's p-value, mean and p95 KL
 (and their multiple of the noise floor), top-1 and greedy agreement, and the verdict of a release's default
-quality gate (lower bound >= 0.97, mean KL <= 15x the noise floor). Results: benchmarks/results/quality.json.
+quality gate (recovery >= 0.97, its lower bound >= 0.93, mean KL <= 15x the noise floor); the verdicts of rows kept
+from earlier runs are judged again with the gate of this run. With --noise-floor-recovery, the baseline served in
+the reference dtype (float32) is scored on the suite as a variant: the recovery interval of the same model, which
+shows what the suite can resolve. Results: benchmarks/results/quality.json.
 
     flock /tmp/packager-heavy.lock .venv/bin/python benchmarks/bench_quality.py
 """
@@ -20,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,10 +40,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/quality.json"))
     ap.add_argument("--max-items", type=int, default=None)
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
-    ap.add_argument("--recipes", nargs="+", default=None, help="recipes to run (default: all of RECIPES)")
+    ap.add_argument("--recipes", nargs="*", default=None, help="recipes to run (default: all of RECIPES; none "
+                                                                 "given: none, e.g. with --merge to judge kept rows)")
     ap.add_argument("--merge", action="store_true",
                     help="keep --out's noise floor (not measured again) and its other variants; rows of the "
                          "recipes run now replace rows of the same name, whose old values are kept as 'before'")
+    ap.add_argument("--noise-floor-recovery", action="store_true",
+                    help="also score the suite with the baseline served in the reference dtype, as a variant: the "
+                         "recovery interval of a model that is the same as the baseline (what the suite resolves)")
     ap.add_argument("--reuse-baseline", action="store_true",
                     help="with --work and --merge: read the baseline's evaluation from <work>/baseline (written by an "
                          "earlier run of the same suite and corpus) instead of evaluating it again")
@@ -97,16 +104,23 @@ def main() -> None:
                         "fidelity_prompts_skipped": base.fidelity_prompts_skipped},
            "noise_floor": {**(old["noise_floor"] if old else nf.model_dump(mode="json")),
                            "wall_s": round(nf_s, 1) if nf_s else None},
-           "gate": {"floor": gate.floor, "use_lower_bound": gate.use_lower_bound, "max_kl": gate.max_kl,
+           "gate": {"floor": gate.floor, "use_lower_bound": gate.use_lower_bound,
+                    "lower_bound_floor": gate.lower_bound_floor, "max_kl": gate.max_kl,
                     "max_kl_vs_noise": cfg.gate.max_kl_vs_noise},
            "variants": []}
     previous = {v["recipe"]: v for v in (old or {}).get("variants", [])}
     if old is not None:
         out["earlier_run"] = old.get("earlier_run") or {
-            "baseline": old["baseline"], "variants": [v for v in previous if v not in (a.recipes or RECIPES)],
+            "baseline": old["baseline"], "variants": [v for v in previous if v not in (RECIPES if a.recipes is None else a.recipes)],
             "note": "variants kept from an earlier run, and every 'before' entry, are relative to this baseline"}
     out["variants"] = [v for v in previous.values()]
-    for r in a.recipes or RECIPES:
+    if old is not None and "noise_floor_recovery" in old:
+        out["noise_floor_recovery"] = old["noise_floor_recovery"]
+    if a.noise_floor_recovery:
+        out["noise_floor_recovery"] = _same_model_recovery(source.path, cfg, nf.reference_dtype, base, items, work)
+        print(json.dumps({"noise_floor_recovery": out["noise_floor_recovery"]}), flush=True)
+    _judge_again(out["variants"], gate)
+    for r in RECIPES if a.recipes is None else a.recipes:
         recipe = load_recipe(r)
         t0 = time.monotonic()
         try:
@@ -144,6 +158,37 @@ def main() -> None:
                                               "passes_gate")}), flush=True)
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {a.out}")
+
+
+def _same_model_recovery(model_dir, cfg, dtype: str, base, items, work: Path) -> dict:
+    """The baseline served in `dtype`, scored on the suite against the baseline: a variant that is the same model."""
+    from packager.evaluate.runner import evaluate_model
+
+    t0 = time.monotonic()
+    other = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"dtype": dtype})})
+    s = evaluate_model(model_dir, other, out_dir=work / f"baseline-{dtype}", name=f"baseline-{dtype}",
+                       baseline=base, baseline_items=items, show_progress=False)
+    st = s.stats
+    ci = [st.recovery.low, st.recovery.high] if st and st.recovery else None
+    return {"dtype": dtype, "score": s.score, "recovery": s.recovery, "recovery_ci": ci,
+            "half_width": (ci[1] - ci[0]) / 2 if ci else None, "p_value": st.p_value if st else None,
+            "greedy_agreement": s.fidelity_agreement, "mean_kl": s.fidelity_mean_kl,
+            "evaluate_s": round(time.monotonic() - t0, 1)}
+
+
+def _judge_again(rows: list[dict], gate) -> None:
+    """The gate's verdict on every row (kept ones too), from the recovery, interval and KL each row stores."""
+    from packager.report.model import VariantResult
+    from packager.report.quality_gate import quality_failure
+
+    for row in rows:
+        if row.get("recovery") is None:
+            continue
+        ci = row.get("recovery_ci")
+        vr = VariantResult(name=row["recipe"], recipe=row["recipe"], score=row.get("score"), recovery=row["recovery"],
+                           recovery_ci=tuple(ci) if ci else None, fidelity_mean_kl=row.get("mean_kl"))
+        why = quality_failure(vr, gate)
+        row["passes_gate"], row["gate_verdict"] = why is None, why
 
 
 if __name__ == "__main__":

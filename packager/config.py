@@ -41,6 +41,9 @@ class EngineConfig(Strict):
     cpu_kvcache_space_gib: int = Field(1, ge=1, description="CPU target: KV cache space in GiB "
                                                              "(VLLM_CPU_KVCACHE_SPACE)")
     cpu_omp_threads_bind: str = Field("auto", description="CPU target: VLLM_CPU_OMP_THREADS_BIND (auto, 0-3, ...)")
+    cpu_preload: bool = Field(True, description="CPU target: preload tcmalloc and Intel OpenMP into vLLM "
+                                                "(LD_PRELOAD), as its CPU docs advise; one not found is left out "
+                                                "with a warning (packager.engines.cpu_preload)")
     tensor_parallel_size: int = Field(1, ge=1, description="GPU target: GPUs per replica (vLLM tensor parallel "
                                                            "size)")
     gpu_type: str | None = Field(None, description="GPU target: BentoML GPU type, e.g. nvidia-l4, nvidia-h100-80gb")
@@ -99,8 +102,14 @@ class PricingConfig(Strict):
 class QualityGateConfig(Strict):
     """The `gate:` section: the quality tests a release applies besides the floor (packager.report.quality_gate)."""
 
-    use_lower_bound: bool = Field(True, description="judge recovery by the lower bound of its 95% paired bootstrap "
-                                                    "interval (false: by its point estimate)")
+    use_lower_bound: bool = Field(True, description="also judge the lower bound of recovery's 95% paired bootstrap "
+                                                    "interval (false: the point estimate alone)")
+    # The default 0.04 (a 93% bound under the 97% floor): on the bundled model's 430-item suite even the baseline
+    # served in float32 instead of bfloat16 (the same model) has a recovery interval about ±4 points wide, so a
+    # lower bound held to the floor itself would refuse it (packager.report.quality_gate).
+    lower_bound_margin: float = Field(0.04, ge=0.0, lt=1.0, description="how far below quality_floor the lower "
+                                      "bound of the recovery interval may lie (0: the bound must reach the floor "
+                                      "itself, which needs a suite large enough to resolve it)")
     # The default 15x: on the bundled model through vLLM, serving it in the other dtype left a mean KL of about
     # 0.0004; SmoothQuant W8A8 with the down projections kept in float about 0.005 (13x; 98% of the score on a task
     # set outside the suite); round-to-nearest W8A8 about 0.025 (60x; it lost a quarter of that score).

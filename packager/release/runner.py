@@ -166,6 +166,7 @@ class ReleaseRunner:
         """The recommendation, the engine comparison and the report (JSON, Markdown, HTML) in the run directory."""
         from packager.report.analysis import compare_engines, pareto_frontier, recommend
         from packager.report.model import Recommendation, Report
+        from packager.report.quality_gate import bound_floor
         from packager.report.render import write_report
 
         run, cfg = self.run_ctx, self.run_ctx.cfg
@@ -181,8 +182,8 @@ class ReleaseRunner:
             run.log(f"engines: {engines.summary}")
         report = Report(
             model=run.source.name, baseline=BASELINE, quality_floor=rec_floor, noise_floor=run.noise_floor,
-            gate={"use_lower_bound": gate.use_lower_bound, "max_kl": gate.max_kl,
-                  "max_kl_vs_noise": cfg.gate.max_kl_vs_noise},
+            gate={"use_lower_bound": gate.use_lower_bound, "lower_bound_floor": bound_floor(gate),
+                  "max_kl": gate.max_kl, "max_kl_vs_noise": cfg.gate.max_kl_vs_noise},
             slo={"ttft_ms": cfg.slo.ttft_ms, "tpot_ms": cfg.slo.tpot_ms},
             pricing={"instance": cfg.pricing.instance, "usd_per_hour": run.usd_per_hour, "source": run.price.source},
             variants=results, pareto=pareto_frontier(results), engines=engines,
@@ -197,11 +198,11 @@ class ReleaseRunner:
 
 def quality_notes(results: list["VariantResult"], gate: "QualityGate") -> list[str]:
     """What the quality verdicts could not settle: suites too small for the floor, tests that could not run."""
-    from packager.report.quality_gate import quality_caveat, suite_too_small
+    from packager.report.quality_gate import bound_floor, quality_caveat, suite_too_small
 
     out = []
     for v in results:
-        if (small := suite_too_small(v, gate.floor)) is not None:
+        if gate.use_lower_bound and (small := suite_too_small(v, bound_floor(gate))) is not None:
             out.append(small)
         if (caveat := quality_caveat(v, gate)) is not None:
             out.append(f"{v.name}: {caveat}")
@@ -216,7 +217,8 @@ def quality_gate(cfg: RunConfig, noise_floor: dict | None) -> "QualityGate":
     nf_kl = (noise_floor or {}).get("mean_kl")
     mult = cfg.gate.max_kl_vs_noise
     max_kl = mult * nf_kl if mult is not None and nf_kl else None
-    return QualityGate(cfg.quality_floor, use_lower_bound=cfg.gate.use_lower_bound, max_kl=max_kl,
+    return QualityGate(cfg.quality_floor, use_lower_bound=cfg.gate.use_lower_bound,
+                       lower_bound_floor=max(cfg.quality_floor - cfg.gate.lower_bound_margin, 0.0), max_kl=max_kl,
                        noise_floor_kl=nf_kl if max_kl is not None else None)
 
 

@@ -25,7 +25,7 @@ from packager.core.formatting import fmt_pair, fmt_pct_pair, fmt_usd, load_words
 from packager.engines.select import engine_label
 from packager.report.loadsummary import usd_per_million
 from packager.report.model import EngineComparison, LoadSummary, Recommendation, Report, VariantResult
-from packager.report.quality_gate import QualityGate, effective_recovery, quality_failure
+from packager.report.quality_gate import QualityGate, bound_floor, effective_recovery, quality_failure
 
 # A variant meets the SLO at the tested load when at least this share of its requests met every SLO
 # (unless the caller asks for an absolute goodput in requests/s instead).
@@ -218,9 +218,11 @@ def _chosen_reason(best: VariantResult, variants: Sequence[VariantResult], at_lo
     baseline's."""
     best_cost = float(_cost_at(at_load, best))  # type: ignore[arg-type]  # passing variants all have a finite cost
     rec = float(effective_recovery(best))  # type: ignore[arg-type]  # passing variants all have one
-    shown = best.recovery_ci[0] if c.gate.use_lower_bound and best.recovery_ci and not best.is_baseline else rec
-    rec_s, floor_s = fmt_pct_pair(shown, c.gate.floor)
-    what = "recovery lower bound" if shown is not rec else "recovery"
+    rec_s, floor_s = fmt_pct_pair(rec, c.gate.floor)
+    what = f"recovery {rec_s} >= {floor_s}"
+    if c.gate.use_lower_bound and best.recovery_ci and not best.is_baseline:
+        low_s, bound_s = fmt_pct_pair(best.recovery_ci[0], bound_floor(c.gate))
+        what += f", its lower 95% bound {low_s} >= {bound_s}"
     load = at_load[best.name]
     slo_bits = [f"TTFT p95 {load.ttft_ms_p95:.0f} ms <= {c.slo_ttft_ms:.0f} ms",
                 f"TPOT p95 {load.tpot_ms_p95:.0f} ms <= {c.slo_tpot_ms:.0f} ms"]
@@ -228,7 +230,7 @@ def _chosen_reason(best: VariantResult, variants: Sequence[VariantResult], at_lo
         slo_bits.append(f"goodput {load.goodput_requests_per_s:.3g} req/s >= {c.required_goodput_rps:.3g} req/s")
     elif load.goodput_fraction is not None:
         slo_bits.append(f"{load.goodput_fraction * 100:.0f}% of requests within the SLO")
-    reason = (f"{best.name} is the cheapest variant that keeps the quality floor ({what} {rec_s} >= {floor_s}) "
+    reason = (f"{best.name} is the cheapest variant that keeps the quality floor ({what}) "
               f"and meets the SLO at {where} ({', '.join(slo_bits)}): "
               f"USD {fmt_usd(best_cost)} per 1M output tokens")
     baseline = next((v for v in variants if v.is_baseline), None)

@@ -122,8 +122,11 @@ def criteria_line(report: Report) -> str:
     """The quality floor, the SLO and the price the variants were judged against."""
     slo, price = report.slo, report.pricing
     gate, nf = report.gate or {}, report.noise_floor or {}
-    floor = f"Quality floor: recovery{' (lower 95% bound)' if gate.get('use_lower_bound') else ''} ≥ " \
-            f"{report.quality_floor * 100:g}%"
+    floor = f"Quality floor: recovery ≥ {report.quality_floor * 100:g}%"
+    if gate.get("use_lower_bound"):
+        bound = gate.get("lower_bound_floor")
+        bound = report.quality_floor if bound is None else bound  # reports written before it was a setting
+        floor += f", its lower 95% bound ≥ {bound * 100:g}%"
     if gate.get("max_kl") is not None:
         floor += (f", mean KL ≤ {num(gate['max_kl'], '.2g')} ({num(gate.get('max_kl_vs_noise'), 'g')}× the noise "
                   f"floor {num(nf.get('mean_kl'), '.2g')}: the baseline in {nf.get('reference_dtype', DASH)} "

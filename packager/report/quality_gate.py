@@ -2,10 +2,19 @@
 
 Two tests, each naming what it found and by how much when it rejects:
 
-1. **Recovery** (score / baseline score) against the floor. With `use_lower_bound` (a release's default) the
-   lower bound of the variant's 95% paired bootstrap interval must reach the floor, so a variant whose recovery
-   only looks high on a small suite is not taken on trust (packager.evaluate.stats). Without an interval (an
-   older report, a suite scored without the baseline's items) the point estimate is used, and the verdict says so.
+1. **Recovery** (score / baseline score): its point estimate must reach the floor. With `use_lower_bound` (a
+   release's default) the lower bound of the variant's 95% paired bootstrap interval must also reach
+   `lower_bound_floor` (the floor itself when that is unset), so a variant whose recovery only looks high on a
+   small suite is not taken on trust (packager.evaluate.stats). Without an interval (an older report, a suite
+   scored without the baseline's items) only the point estimate is judged, and the verdict says so.
+
+   Why two numbers: the interval's width is set by the suite's size and by how often a variant's greedy answers
+   flip against the baseline's, and answers flip even when nothing but the serving dtype changes. On the bundled
+   model's 430-item suite, the baseline served in float32 against bfloat16 (a variant that is the same model)
+   has a recovery interval about ±4 points wide (benchmarks/results/quality.json, `noise_floor_recovery`). A
+   lower bound held to 97% would refuse that model too. The release's defaults hold the point estimate to 97%
+   and the lower bound to 93%: a variant must look as good as the floor and be shown, within the suite's
+   resolution, not to be far below it.
 2. **Fidelity**: the variant's mean KL to the baseline (teacher-forced, along the baseline's own outputs) may be
    at most `max_kl` (a release sets it to a multiple of the baseline's noise floor: the KL the same model shows
    when served in another dtype, packager.evaluate.noise_floor). Task scores can hide a model that moved: a
@@ -25,8 +34,14 @@ from packager.report.model import VariantResult
 class QualityGate(NamedTuple):
     floor: float
     use_lower_bound: bool = False
+    lower_bound_floor: float | None = None  # what the interval's lower bound must reach; None: `floor`
     max_kl: float | None = None  # None: no fidelity test
     noise_floor_kl: float | None = None  # what max_kl is a multiple of (for the sentences)
+
+
+def bound_floor(gate: QualityGate) -> float:
+    """What the lower bound of the recovery interval is held to."""
+    return gate.floor if gate.lower_bound_floor is None else gate.lower_bound_floor
 
 
 def effective_recovery(v: VariantResult) -> float | None:
@@ -47,15 +62,15 @@ def quality_failure(v: VariantResult, gate: QualityGate) -> str | None:
             return why
         return "has no recovery (the baseline has no usable score to compare with)"
     fails = []
-    if gate.use_lower_bound and v.recovery_ci is not None and not v.is_baseline:
-        low, high = v.recovery_ci
-        if low + 1e-12 < gate.floor:
-            a, b = fmt_pct_pair(low, gate.floor)
-            fails.append(f"the lower bound of its 95% recovery interval is {a} < floor {b} (recovery "
-                         f"{rec * 100:.1f}%, interval {low * 100:.1f}-{high * 100:.1f}%)")
-    elif rec + 1e-12 < gate.floor:
+    if rec + 1e-12 < gate.floor:
         a, b = fmt_pct_pair(rec, gate.floor)
         fails.append(f"recovers {a} < floor {b}")
+    if gate.use_lower_bound and v.recovery_ci is not None and not v.is_baseline:
+        low, high = v.recovery_ci
+        if low + 1e-12 < bound_floor(gate):
+            a, b = fmt_pct_pair(low, bound_floor(gate))
+            fails.append(f"the lower bound of its 95% recovery interval is {a} < {b} (recovery "
+                         f"{rec * 100:.1f}%, interval {low * 100:.1f}-{high * 100:.1f}%)")
     kl = v.fidelity_mean_kl
     if gate.max_kl is not None and kl is not None and kl > gate.max_kl + 1e-15 and not v.is_baseline:
         a, b = fmt_pair(kl, gate.max_kl)
@@ -78,8 +93,9 @@ def quality_caveat(v: VariantResult, gate: QualityGate) -> str | None:
 
 
 def suite_too_small(v: VariantResult, floor: float) -> str | None:
-    """A sentence when the suite cannot resolve the floor for `v`: its recovery interval is wider than the room
-    between the floor and 100%, so even a variant that scores like the baseline could fall below it."""
+    """A sentence when the suite cannot resolve `floor` (what the lower bound is held to) for `v`: its recovery
+    interval is wider than the room between that floor and 100%, so even a variant that scores like the baseline
+    could fall below it."""
     if v.is_baseline or v.recovery_ci is None:
         return None
     half = (v.recovery_ci[1] - v.recovery_ci[0]) / 2
@@ -88,6 +104,6 @@ def suite_too_small(v: VariantResult, floor: float) -> str | None:
         return None
     n = v.eval.get("n_items") if isinstance(v.eval, dict) else None
     on = f" on {n} items" if n else ""
-    return (f"{v.name}: the suite is too small to tell it from the baseline at a {floor * 100:g}% floor (its 95% "
+    return (f"{v.name}: the suite is too small to tell it from the baseline at a {floor * 100:g}% bound (its 95% "
             f"recovery interval is ±{half * 100:.1f} points{on}, more than the {room * 100:.1f} between the floor "
             f"and 100%); score more items or a larger suite")

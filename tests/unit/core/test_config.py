@@ -59,5 +59,23 @@ def test_quality_gate_section():
     cfg = load_config(None, {"gate": {"max_kl_vs_noise": None, "use_lower_bound": False}})
     assert cfg.gate.max_kl_vs_noise is None and cfg.gate.noise_floor and not cfg.gate.use_lower_bound
     assert RunConfig().quality_floor == 0.97 and RunConfig().gate.max_kl_vs_noise == 15.0
+    assert RunConfig().gate.lower_bound_margin == 0.04
+
+
+@pytest.mark.parametrize("margin", [-0.01, 1.0])
+def test_a_lower_bound_margin_outside_0_1_is_refused(margin):
+    with pytest.raises(ConfigError, match="lower_bound_margin"):
+        load_config(None, {"gate": {"lower_bound_margin": margin}})
+
+
+def test_the_release_gate_holds_the_lower_bound_to_the_floor_less_the_margin():
+    from packager.release.runner import quality_gate
+
+    gate = quality_gate(load_config(None, {"quality_floor": 0.9, "gate": {"lower_bound_margin": 0.05}}),
+                        {"mean_kl": 0.001})
+    assert gate.floor == 0.9 and gate.lower_bound_floor == pytest.approx(0.85) and gate.use_lower_bound
+    assert gate.max_kl == pytest.approx(0.015) and gate.noise_floor_kl == 0.001
+    strict = quality_gate(load_config(None, {"gate": {"lower_bound_margin": 0}}), None)
+    assert strict.lower_bound_floor == pytest.approx(0.97) and strict.max_kl is None
     with pytest.raises(ConfigError, match="max_kl_vs_noise"):
         load_config(None, {"gate": {"max_kl_vs_noise": 0}})

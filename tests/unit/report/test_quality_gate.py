@@ -18,9 +18,25 @@ def test_lower_bound_and_point_estimate():
     v = variant("w8", 0.99, ci=(0.95, 1.02))
     assert quality_failure(v, QualityGate(0.97)) is None  # point estimate 99% >= 97%
     why = quality_failure(v, QualityGate(0.97, use_lower_bound=True))
-    assert why is not None and why.startswith("the lower bound of its 95% recovery interval is 95% < floor 97%")
+    assert why is not None and why.startswith("the lower bound of its 95% recovery interval is 95% < 97%")
     assert "interval 95.0-102.0%" in why
     assert quality_failure(variant("w8", 0.99, ci=(0.975, 1.0)), QualityGate(0.97, use_lower_bound=True)) is None
+
+
+def test_the_lower_bound_has_its_own_floor_and_the_point_estimate_is_still_judged():
+    gate = QualityGate(0.97, use_lower_bound=True, lower_bound_floor=0.93)
+    assert quality_failure(variant("w8", 0.99, ci=(0.95, 1.02)), gate) is None
+    assert quality_failure(variant("w8", 0.97, ci=(0.93, 1.01)), gate) is None  # both exactly at their floors
+    low = quality_failure(variant("w8", 0.99, ci=(0.92, 1.05)), gate)
+    assert low == ("the lower bound of its 95% recovery interval is 92% < 93% (recovery 99.0%, interval "
+                   "92.0-105.0%)")
+    point = quality_failure(variant("w8", 0.96, ci=(0.94, 0.99)), gate)
+    assert point == "recovers 96% < floor 97%"
+    both = quality_failure(variant("w8", 0.95, ci=(0.90, 1.0)), gate)
+    assert both is not None and both.startswith("recovers 95% < floor 97%, and the lower bound of its 95% recovery "
+                                                "interval is 90% < 93%")
+    # without use_lower_bound the bound's floor is not applied
+    assert quality_failure(variant("w8", 0.99, ci=(0.5, 1.5)), QualityGate(0.97, lower_bound_floor=0.93)) is None
     # no interval: the point estimate, and the caveat says so
     nci = variant("g", 0.99)
     assert quality_failure(nci, QualityGate(0.97, use_lower_bound=True)) is None
@@ -53,7 +69,7 @@ def test_recommend_takes_the_cheapest_variant_that_passes_both_tests():
     gate = QualityGate(0.97, use_lower_bound=True, max_kl=0.006, noise_floor_kl=0.0004)
     rec = recommend([base, cheap_moved, wide, good], 0.97, 2000, 250, gate=gate)
     assert rec.variant == "sq"
-    assert "recovery lower bound 98% >= 97%" in rec.reason
+    assert "(recovery 99% >= 97%, its lower 95% bound 98% >= 97%)" in rec.reason
     assert "mean KL" in rec.rejected["rtn"] and "lower bound" in rec.rejected["q4"]
     assert cheap_moved.meets_quality_floor is False and good.meets_quality_floor is True
     # without the gate the cheapest by point estimate wins (the old behaviour)
@@ -62,7 +78,7 @@ def test_recommend_takes_the_cheapest_variant_that_passes_both_tests():
 
 def test_suite_too_small():
     assert suite_too_small(variant("w", 0.99, ci=(0.9, 1.08), n=30), 0.97) == (
-        "w: the suite is too small to tell it from the baseline at a 97% floor (its 95% recovery interval is "
+        "w: the suite is too small to tell it from the baseline at a 97% bound (its 95% recovery interval is "
         "±9.0 points on 30 items, more than the 3.0 between the floor and 100%); score more items or a larger suite")
     assert suite_too_small(variant("w", 0.99, ci=(0.98, 1.0)), 0.97) is None
     assert suite_too_small(variant("b", 1.0, baseline=True), 0.97) is None
@@ -77,8 +93,10 @@ def test_the_report_shows_intervals_the_noise_floor_and_the_kl_limit():
     w = next(v for v in r.variants if not v.is_baseline)
     w.recovery_ci, w.fidelity_mean_kl = (0.912, 1.013), 0.006
     r.noise_floor = {"served_dtype": "float32", "reference_dtype": "bfloat16", "mean_kl": 0.0004}
-    r.gate = {"use_lower_bound": True, "max_kl": 0.006, "max_kl_vs_noise": 15.0}
+    r.gate = {"use_lower_bound": True, "lower_bound_floor": 0.85, "max_kl": 0.006, "max_kl_vs_noise": 15.0}
     md = render_markdown(r)
     assert "(91.2–101.3)" in md and "0.0060 (15×)" in md
-    assert ("Quality floor: recovery (lower 95% bound) ≥ 90%, mean KL ≤ 0.006 (15× the noise floor 0.0004: the "
-            "baseline in bfloat16 against float32)") in md
+    assert ("Quality floor: recovery ≥ 90%, its lower 95% bound ≥ 85%, mean KL ≤ 0.006 (15× the noise floor 0.0004: "
+            "the baseline in bfloat16 against float32)") in md
+    r.gate = {"use_lower_bound": True, "max_kl": None}  # a report written before the bound had its own floor
+    assert "Quality floor: recovery ≥ 90%, its lower 95% bound ≥ 90%" in render_markdown(r)
