@@ -39,6 +39,12 @@ def export(
     chat_template: Optional[str] = typer.Option(None, "--chat-template", help="a Jinja chat template file for a "
                                                 "model without one (or to replace its own) in the Modelfile; a "
                                                 "ChatML template becomes its TEMPLATE"),
+    imatrix: bool = typer.Option(True, "--imatrix/--no-imatrix", help="quantize Q4_K_M and lower with an importance "
+                                 "matrix computed on the calibration data, as llama.cpp advises"),
+    calibration: str = typer.Option("default", "--calibration", help="calibration data for the importance matrix: "
+                                    "default, mix, corpus, a .txt/.jsonl file or suite:NAME"),
+    calibration_samples: int = typer.Option(128, "--calibration-samples", min=1, help="calibration samples (512 "
+                                            "tokens each) for the importance matrix"),
 ) -> None:
     """Export VARIANT_DIR to GGUF (llama.cpp's converter, then llama.cpp quantization), one artifact per type:
     model.gguf, an Ollama Modelfile, the export record and a sha256 manifest."""
@@ -49,11 +55,23 @@ def export(
     def go():
         from packager.core.sources import resolve_model
         from packager.gguf.export import Outtype, export_gguf  # export_gguf checks outtype
+        from packager.gguf.imatrix import IMATRIX_QUANTS
+        from packager.gguf.quant import parse_quants
 
         resolved = resolve_model(variant_dir)
         out_dir = out or Path("runs") / "gguf" / resolved.name
+        texts = None
+        if imatrix and any(q.name in IMATRIX_QUANTS for q in parse_quants(list(quant))):
+            from packager.compress.calibration import load_calibration
+            from packager.compress.recipe import chat_renderer
+
+            texts, label, _sha = load_calibration(calibration, calibration_samples, 512,
+                                                  render=chat_renderer(Path(resolved.path)))
+            err.print(f"importance matrix for the types of 4 bits and fewer from {len(texts)} calibration samples "
+                      f"({label})", highlight=False)
         return export_gguf(resolved.path, out_dir, quants=quant, outtype=cast(Outtype, outtype), threads=threads,
-                           force=force, log=lambda m: err.print(m, highlight=False), chat_template=chat_template)
+                           force=force, log=lambda m: err.print(m, highlight=False), chat_template=chat_template,
+                           calibration_texts=texts)
 
     arts = run_guarded(go)
     err.print(artifacts_table(arts))

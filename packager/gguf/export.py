@@ -8,7 +8,8 @@
 2. llama.cpp's own converter (`convert_hf_to_gguf.py` from the llama-cpp-python sdist, installed by
    `make install` under <venv>/share/packager/llama.cpp) writes a float GGUF (the intermediate) into a work
    folder beside the output.
-3. `llama_cpp.llama_model_quantize` quantizes the intermediate to each type, in a subprocess of its own
+3. `llama_cpp.llama_model_quantize` quantizes the intermediate to each type (types of 4 bits and fewer weighted
+   by an importance matrix when calibration texts are given: packager.gguf.imatrix), in a subprocess of its own
    (llama.cpp's per-tensor log goes to a log file and drives the progress bar; a crash in C cannot take the
    caller down).
 4. Each artifact is assembled in a temporary directory and renamed into place when complete: model.gguf,
@@ -20,9 +21,7 @@ The source checks and lineage (step 1) live in export_source.py; their names sta
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from packager.errors import ConfigError, IntegrityError, PackagerError
+from packager.errors import ConfigError, IntegrityError
 from packager.fsutil import (
     atomic_dir,
     atomic_write_json,
@@ -57,11 +56,11 @@ from packager.gguf.export_source import (  # noqa: F401  (re-exported: other mod
     float_ancestor,
     lineage_of,
 )
+from packager.gguf.llamacpp_steps import CONVERT_SCRIPT, convert_to_gguf, quantize_gguf
 from packager.gguf.quant import QUANT_TYPES, QuantType, parse_quants
 
 EXPORT_SCHEMA_VERSION = 1
 ENV_LLAMA_CPP_DIR = "PACKAGER_LLAMA_CPP_DIR"
-CONVERT_SCRIPT = "convert_hf_to_gguf.py"
 MAKE_TARGET = "make install"
 Outtype = Literal["auto", "f32", "f16", "bf16"]
 
@@ -97,6 +96,7 @@ class ExportRecord(BaseModel):
     threads: int
     versions: dict[str, str]
     created_at: str
+    imatrix: dict[str, Any] | None = None  # the importance matrix it was quantized with (packager.gguf.imatrix)
 
 
 class GgufArtifact(BaseModel):
@@ -143,118 +143,6 @@ def _llama_cpp_version() -> str:
         ) from None
 
 
-# ------------------------------------------------------------------------------------------------ steps
-class _Progress:
-    """The progress bar of one step (packager.core.progress), or nothing (progress=False); full at the end of a
-    step that succeeded."""
-
-    def __init__(self, enabled: bool, description: str, total: int | None):
-        from packager.core.progress import progress_bar
-
-        self._cm = progress_bar(description, total=total, enabled=enabled, eta=False)
-        self.total = total
-
-    def __enter__(self) -> "_Progress":
-        self.bar = self._cm.__enter__()
-        return self
-
-    def set_total(self, total: int) -> None:
-        if self.total is None:
-            self.total = total
-            self.bar.update(total=total)
-
-    def update(self, completed: int, description: str | None = None) -> None:
-        self.bar.update(completed=completed, description=description or None)
-
-    def __exit__(self, *exc: Any) -> None:
-        if exc[0] is None and self.total:
-            self.bar.update(completed=self.total)
-        self._cm.__exit__(*exc)
-
-
-def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], on_line: Callable[[str], None],
-                what: str) -> None:
-    """Run cmd with its output in log_path, calling on_line for each line; raise with the log's tail on failure."""
-    from packager.engines.base import tail
-
-    with open(log_path, "w") as logf:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-                                errors="replace", bufsize=1)
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                logf.write(line)
-                on_line(line)
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-    if rc != 0:
-        raise PackagerError(f"{what} failed (exit code {rc}). "
-                            f"Last lines of its log ({log_path}):\n{tail(log_path, 25)}")
-
-
-def convert_to_gguf(model_dir: Path, out_file: Path, outtype: str, tools: Path, log_path: Path,
-                    progress: bool = True) -> float:
-    """llama.cpp's convert_hf_to_gguf.py: model_dir -> out_file (outtype f32/f16/bf16). Returns wall seconds."""
-    from packager.compress.checkpoint import tensor_shapes
-
-    n_tensors = len(tensor_shapes(model_dir))
-    cmd = [sys.executable, str(tools / CONVERT_SCRIPT), str(model_dir), "--outfile", str(out_file),
-           "--outtype", outtype]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py (of its version), not the installed one
-    seen = 0
-    t0 = time.perf_counter()
-    with _Progress(progress, f"convert to {outtype} GGUF", n_tensors or None) as bar:
-        def on_line(line: str) -> None:
-            nonlocal seen
-            if " --> " in line:  # "INFO:hf-to-gguf:blk.0.attn_q.weight, torch.float32 --> F32, shape = {...}"
-                seen += 1
-                bar.update(min(seen, n_tensors or seen))
-            elif line.startswith("Writing"):
-                bar.update(n_tensors or seen, "write GGUF")
-
-        _run_logged(cmd, log_path, env, on_line, f"llama.cpp's converter ({CONVERT_SCRIPT}) on {model_dir}")
-    if not out_file.is_file():
-        raise PackagerError(f"llama.cpp's converter exited without writing {out_file}; see {log_path}.")
-    return time.perf_counter() - t0
-
-
-_QUANTIZE_SNIPPET = """
-import ctypes, sys
-import llama_cpp
-llama_cpp.llama_backend_init()
-params = llama_cpp.llama_model_quantize_default_params()
-params.ftype = int(sys.argv[3])
-params.nthread = int(sys.argv[4])
-rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params))
-sys.stdout.flush()
-sys.exit(0 if rc == 0 else 10 + (rc if 0 < rc < 100 else 0))
-"""
-_TENSOR_LINE = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")
-
-
-def quantize_gguf(in_file: Path, out_file: Path, quant: QuantType, threads: int, log_path: Path,
-                  progress: bool = True) -> float:
-    """llama_cpp.llama_model_quantize(in_file -> out_file, quant), in a subprocess. Returns wall seconds."""
-    cmd = [sys.executable, "-c", _QUANTIZE_SNIPPET, str(in_file), str(out_file), str(quant.ftype()), str(threads)]
-    t0 = time.perf_counter()
-    with _Progress(progress, f"quantize to {quant.name}", None) as bar:
-        def on_line(line: str) -> None:
-            m = _TENSOR_LINE.search(line)
-            if m:
-                done, total = int(m.group(1)), int(m.group(2))
-                bar.set_total(total)
-                bar.update(done)
-
-        _run_logged(cmd, log_path, dict(os.environ), on_line, f"llama.cpp quantization to {quant.name}")
-    if not out_file.is_file():
-        raise PackagerError(f"llama.cpp's quantization wrote no {out_file}; see {log_path}.")
-    return time.perf_counter() - t0
-
-
 def _converter_identity(tools: Path) -> dict[str, Any]:
     return {"script": CONVERT_SCRIPT, "script_sha256": sha256_file(tools / CONVERT_SCRIPT)}
 
@@ -268,7 +156,7 @@ def _versions(llama_cpp_version: str) -> dict[str, str]:
 
 
 def _reusable(art_dir: Path, source_digest: str, quant: str, converter: dict[str, Any], outtype: str,
-              llama_cpp_version: str) -> ExportRecord | None:
+              llama_cpp_version: str, imatrix_sha256: str | None = None) -> ExportRecord | None:
     raw = _read_json(art_dir / EXPORT_RECORD_NAME)
     if raw is None:
         return None
@@ -280,6 +168,8 @@ def _reusable(art_dir: Path, source_digest: str, quant: str, converter: dict[str
                                                                                    outtype):
         return None
     if rec.versions.get("llama_cpp_python") != llama_cpp_version:
+        return None
+    if (rec.imatrix or {}).get("calibration_sha256") != imatrix_sha256:  # with or without, on the same texts
         return None
     try:
         verify_manifest(art_dir)
@@ -321,6 +211,14 @@ class _ExportJob:
     threads: int
     progress: bool
     log: Callable[[str], None]
+    imatrix_texts: list[str] | None = None  # calibration texts for the types of imatrix_types (None: no imatrix)
+    imatrix_seq_len: int = 512
+    imatrix_types: frozenset[str] = frozenset()
+
+    def imatrix_sha256(self, q: QuantType) -> str | None:
+        from packager.gguf.imatrix import texts_sha256
+
+        return texts_sha256(self.imatrix_texts) if self.imatrix_texts and q.name in self.imatrix_types else None
 
 
 @dataclass
@@ -331,6 +229,7 @@ class _Intermediate:
     sha256: str
     size_bytes: int
     convert_s: float
+    imatrix: tuple[Path, dict[str, Any]] | None = None  # the file and its record, when a type needs one
 
 
 def _reused_artifacts(job: _ExportJob, out_root: Path, qtypes: list[QuantType], force: bool
@@ -341,7 +240,7 @@ def _reused_artifacts(job: _ExportJob, out_root: Path, qtypes: list[QuantType], 
     for q in qtypes:
         art_dir = out_root / q.name
         rec = None if force else _reusable(art_dir, job.source_digest, q.name, job.converter, job.inter_type,
-                                           job.llama_cpp_version)
+                                           job.llama_cpp_version, job.imatrix_sha256(q))
         if rec is not None:
             job.log(f"{q.name}: reusing {art_dir} (same source digest {job.source_digest[:12]}, type and tools; "
                     "verified)")
@@ -365,8 +264,9 @@ def _assemble_artifact(job: _ExportJob, q: QuantType, tmp: Path, inter: _Interme
         _link_or_copy(inter.path, tmp / GGUF_FILE)
         quant_s = 0.0
     else:
+        im = inter.imatrix if job.imatrix_sha256(q) else None
         quant_s = quantize_gguf(inter.path, tmp / GGUF_FILE, q, job.threads, work / f"quantize-{q.name}.log",
-                                progress=job.progress)
+                                progress=job.progress, imatrix=im[0] if im else None)
     size, sha = (tmp / GGUF_FILE).stat().st_size, sha256_file(tmp / GGUF_FILE)
     atomic_write_text(tmp / MODELFILE, render_modelfile(
         job.chat, title=f"{name}: {q.description}; exported by packager from {job.base_name}",
@@ -382,6 +282,7 @@ def _assemble_artifact(job: _ExportJob, q: QuantType, tmp: Path, inter: _Interme
         quantize_wall_time_s=round(quant_s, 3),
         wall_time_s=round(inter.convert_s + (time.perf_counter() - t_q), 3), threads=job.threads,
         versions=_versions(job.llama_cpp_version), created_at=_now(),
+        imatrix=inter.imatrix[1] if inter.imatrix and job.imatrix_sha256(q) else None,
     )
     atomic_write_json(tmp / EXPORT_RECORD_NAME, rec.model_dump(mode="json"))
     kinds = [{"kind": s.get("method"), "label": s.get("label")} for s in job.lineage]
@@ -406,6 +307,14 @@ def _export_fresh(job: _ExportJob, out_root: Path, todo: list[QuantType]) -> lis
                                     progress=job.progress)
         inter = _Intermediate(inter_path, sha256_file(inter_path), inter_path.stat().st_size, convert_s)
         job.log(f"converted in {convert_s:.1f}s: {inter.size_bytes / 1e6:.1f} MB")
+        if job.imatrix_texts and any(job.imatrix_sha256(q) for q in todo):
+            from packager.gguf.imatrix import compute_imatrix, write_imatrix
+
+            im = compute_imatrix(job.src, job.imatrix_texts, inter_path, seq_len=job.imatrix_seq_len,
+                                 show_progress=job.progress)
+            inter.imatrix = (write_imatrix(im, work / "imatrix.safetensors"), im.record)
+            job.log(f"importance matrix: {im.record['tensors']} tensors from {im.record['tokens']} calibration "
+                    f"tokens in {im.record['compute_s']}s ({len(im.record['skipped'])} Linear layers not mapped)")
         for q in todo:
             art_dir = out_root / q.name
             with atomic_dir(art_dir) as tmp:
@@ -420,11 +329,16 @@ def _export_fresh(job: _ExportJob, out_root: Path, todo: list[QuantType]) -> lis
 
 def export_gguf(variant_dir: str | Path, out_dir: str | Path, quants: Iterable[str] = ("q8_0", "q4_k_m"), *,
                 outtype: Outtype = "auto", threads: int | None = None, force: bool = False, progress: bool = True,
-                log: Callable[[str], None] | None = None, chat_template: str | None = None) -> list[GgufArtifact]:
+                log: Callable[[str], None] | None = None, chat_template: str | None = None,
+                calibration_texts: list[str] | None = None, imatrix_seq_len: int = 512,
+                imatrix_types: Iterable[str] | None = None) -> list[GgufArtifact]:
     """Export a float variant to one GGUF artifact per quant type under out_dir/<quant>/ (see the module doc).
-    `chat_template` (a file or the Jinja text) stands in for the model's own in the Modelfile."""
+    `chat_template` (a file or the Jinja text) stands in for the model's own in the Modelfile. With
+    `calibration_texts`, the types of `imatrix_types` (default: those of 4 bits and fewer) are quantized with an
+    importance matrix computed on them (packager.gguf.imatrix)."""
     from packager.core.prompt_format import read_chat_template
     from packager.engines.llamacpp import cpu_threads
+    from packager.gguf.imatrix import IMATRIX_QUANTS
     from packager.gguf.modelfile import detect_chat_template, generation_parameters
 
     log = log or (print if progress else (lambda _m: None))
@@ -450,7 +364,9 @@ def export_gguf(variant_dir: str | Path, out_dir: str | Path, quants: Iterable[s
                      converter=_converter_identity(tools),
                      chat=detect_chat_template(src, read_chat_template(chat_template) if chat_template else None),
                      gen_params=generation_parameters(src), tools=tools, llama_cpp_version=llama_cpp_version,
-                     threads=threads, progress=progress, log=log)
+                     threads=threads, progress=progress, log=log, imatrix_texts=calibration_texts or None,
+                     imatrix_seq_len=imatrix_seq_len,
+                     imatrix_types=IMATRIX_QUANTS if imatrix_types is None else frozenset(imatrix_types))
     if job.chat.style != "chatml":
         log(f"note: chat template of {src.name}: {job.chat.style} ({'; '.join(job.chat.notes)})")
 

@@ -9,11 +9,59 @@ generated token except the end-of-generation one, as its non-streamed `usage` do
 last chunk of every stream, one chunk with `choices: []` and `usage`, as OpenAI does with include_usage.
 The bento's gateway removes that chunk for clients that did not ask for usage. The server answers one
 request at a time (its own lock), so per-model counters are not shared between concurrent requests.
+
+On a CPU with AMX (Sapphire Rapids and later), llama.cpp's AMX weight buffers crash this build on the first prompt
+of four tokens or more with a quantized model (a segfault in ggml_backend_amx_mul_mat; seen here with Q4_0 and
+Q4_K_M, llama.cpp issue 20824). `avoid_amx_crash` turns llama.cpp's extra buffer types off there (the
+`use_extra_bufts` model parameter; weights stay in plain CPU buffers, without AMX or repacking), for every `Llama`
+this process creates. PACKAGER_LLAMACPP_EXTRA_BUFTS=1 keeps them on, =0 turns them off on any CPU.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, Iterator
+
+ENV_EXTRA_BUFTS = "PACKAGER_LLAMACPP_EXTRA_BUFTS"
+
+
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    return any(line.startswith("flags") and " amx_int8" in f" {line}" for line in cpuinfo.splitlines())
+
+
+def extra_bufts_wanted(environ: dict[str, str] | None = None, cpuinfo: str | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    if env.get(ENV_EXTRA_BUFTS) in ("0", "1"):
+        return env[ENV_EXTRA_BUFTS] == "1"
+    return not cpu_has_amx(cpuinfo)
+
+
+def avoid_amx_crash() -> bool:
+    """Make every llama.cpp model of this process load without extra buffer types where they crash (see the
+    module docstring). Returns whether they stay on."""
+    import llama_cpp.llama_cpp as lib
+
+    if extra_bufts_wanted():
+        return True
+    if getattr(lib.llama_model_default_params, "_packager_no_extra_bufts", False):
+        return False
+    default = lib.llama_model_default_params
+
+    def without_extra_bufts():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    without_extra_bufts._packager_no_extra_bufts = True  # type: ignore[attr-defined]
+    without_extra_bufts.__wrapped__ = default  # type: ignore[attr-defined]
+    setattr(lib, "llama_model_default_params", without_extra_bufts)
+    return False
 
 
 def usage_chunk(last: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -64,6 +112,7 @@ def counting_generate(generate: Callable[..., Any], is_eog: Callable[[Any, int],
 def install() -> None:
     import llama_cpp
 
+    avoid_amx_crash()
     Llama = llama_cpp.Llama
     if getattr(Llama.generate, "__wrapped__", None) is not None:
         return

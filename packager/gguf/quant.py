@@ -2,7 +2,8 @@
 
 Each name maps to the `llama_ftype` constant of llama-cpp-python (`LLAMA_FTYPE_MOSTLY_*`), read from
 `llama_cpp` when the quantization runs, so the numbers always match the library that does the work.
-Types that need an importance matrix (IQ*) are not offered: packager has no imatrix step.
+Types that need an importance matrix (IQ*) are not offered; the 4-bit and lower types here take an optional one
+(packager.gguf.imatrix).
 """
 from __future__ import annotations
 

@@ -9,10 +9,11 @@ from packager.errors import ConfigError
 
 # Seconds each step takes for the bundled model on a 2-core CPU (measured), used for the up-front estimate
 # (w8a8_int8: the built-in recipe's SmoothQuant and mixed-precision search, 4 s without them; gptq: the built-in
-# recipe, 256 samples and its mixed-precision search).
+# recipe, 256 samples and its mixed-precision search; gguf: conversion and quantization, plus 86 s for the importance
+# matrix of a 4-bit type, benchmarks/results/gguf_imatrix.json).
 _ESTIMATE_S: dict[str, Any] = {"serve_start": 150.0, "register": 10.0, "noise_floor": 240.0,
                "compress": {"gptq": 660.0, "w8a8_int8": 390.0, "fp8": 30.0, "prune": 60.0, "distill": 300.0,
-                            "gguf": 30.0}}
+                            "gguf": 120.0}}
 # Evaluation, per unit of work (benchmarks/results/quality.json, 2 cores, concurrency 8): a suite item; a fidelity
 # prompt answered by the baseline (32 greedy tokens and their top-k); the same answer read teacher-forced by a
 # variant (one prefill); perplexity and the behaviour suite together.
