@@ -43,12 +43,13 @@ def test_estimate_and_default_loadtest():
 
     recipes = ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m", "recipes/mine.yaml", "fp8-dynamic"]
     # baseline: register 10 + engine start 150 + evaluation (40 + 430 items x 0.52 + 557 corpus answers x 0.49)
-    # + load test 70; a variant reads the answers (557 x 0.085) and adds its compression
+    # + load test 70; a variant reads the answers (557 x 0.085) and adds its compression (gguf: 120 s with its
+    # importance matrix)
     assert evaluate_seconds(RunConfig(), baseline=True) == 537 and evaluate_seconds(RunConfig(), baseline=False) == 311
-    assert estimate_seconds(RunConfig(), recipes, 70.0) == 4702.0 + 240.0  # + the baseline's noise floor
+    assert estimate_seconds(RunConfig(), recipes, 70.0) == 4792.0 + 240.0  # + the baseline's noise floor
     assert estimate_seconds(RunConfig(), [], 70.0) == 767.0 + 240.0
     no_floor = RunConfig.model_validate({"gate": {"noise_floor": False}})
-    assert estimate_seconds(no_floor, recipes, 70.0) == 4702.0 and estimate_seconds(no_floor, [], 70.0) == 767.0
+    assert estimate_seconds(no_floor, recipes, 70.0) == 4792.0 and estimate_seconds(no_floor, [], 70.0) == 767.0
     small = RunConfig.model_validate({"eval": {"max_items": 30, "fidelity_max_prompts": 48}})
     assert evaluate_seconds(small, baseline=True) == round(40 + 30 * 0.52 + 48 * 0.49)
     no_corpus = RunConfig.model_validate({"eval": {"fidelity_corpus": None}})
