@@ -65,10 +65,14 @@ def test_fidelity_of_the_same_engine_is_perfect(baseline_run, vllm_default_serve
     assert s.recovery is not None
     assert s.fidelity_source == "corpus:default" and s.fidelity_prompts == base.fidelity_prompts
     assert s.fidelity_kl_positions > 300
-    # Same weights, same engine: teacher-forced distributions agree up to batch noise.
+    # Same weights, same engine: teacher-forced distributions agree up to batch noise (the baseline answered at
+    # concurrency 8, this run reads at 1, so the batches differ). Per position, the most likely token is the same
+    # almost everywhere (serving in float32 instead of bfloat16, a larger change, keeps 98.7%). Whole greedy answers
+    # are not asserted: one flip early in an answer changes the rest, and how often that happens depends on the
+    # CPU's bf16 kernels (0.75 of the answers matched on an AMX machine, more elsewhere).
     assert s.fidelity_mean_kl < 0.05, s.fidelity_mean_kl
-    assert s.fidelity_agreement >= 0.85
-    assert s.fidelity_prefix_match_share >= 0.85 and s.fidelity_prefix_match_mean > 5
+    assert s.fidelity_top1_agreement is not None and s.fidelity_top1_agreement >= 0.95, s.fidelity_top1_agreement
+    assert s.fidelity_prefix_match_mean > 5, s.fidelity_prefix_match_mean
 
 
 def test_fidelity_along_suite_answers_and_a_user_corpus_with_a_prompt_too_long(vllm_default_server, tmp_path):
