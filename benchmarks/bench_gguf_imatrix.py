@@ -53,9 +53,9 @@ def _fidelity(gguf_path: Path, seqs, n_ctx: int) -> dict:
     import numpy as np
     from llama_cpp import Llama
 
-    from packager.gguf.llamacpp_main import avoid_amx_crash
+    from packager.gguf.amx import avoid_amx_crash
 
-    avoid_amx_crash()  # as the bento's llama.cpp server does
+    avoid_amx_crash()  # as the bento's llama-server does (--no-repack)
     llm = Llama(model_path=str(gguf_path), logits_all=True, n_ctx=n_ctx, n_threads=2, n_batch=n_ctx,
                 verbose=False)
     kls, agree = [], []

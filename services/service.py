@@ -106,8 +106,15 @@ def _image() -> bentoml.images.Image:
     packages = list(backend.python_packages(args.target))
     if args.require_approved:  # the approval is read from the registry when the bento starts
         packages.append(f"mlflow=={MLFLOW_VERSION}")
-    return bentoml.images.Image(python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
-                                lock_python_packages=False).python_packages(*packages)
+    image = bentoml.images.Image(python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+                                 lock_python_packages=False)
+    if system := backend.system_packages(args.target):
+        image = image.system_packages(*system)
+    if packages:
+        image = image.python_packages(*packages)
+    for command in backend.image_commands(args.target):  # e.g. compile llama-server for the image's CPU
+        image = image.run(command)
+    return image
 
 
 MLFLOW_VERSION = "3.17.2"  # the registry's client, as pinned in pyproject.toml

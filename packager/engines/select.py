@@ -42,7 +42,7 @@ ENGINES: dict[str, EngineCapabilities] = {
     VLLM: EngineCapabilities(VLLM, "vLLM", "safetensors", prompt_logprobs=True, targets=("cpu", "gpu")),
     LLAMACPP: EngineCapabilities(
         LLAMACPP, "llama.cpp", "gguf", prompt_logprobs=False, targets=("cpu",),
-        eval_notes=("perplexity: not measured: llama-cpp-python's server returns no prompt logprobs",
+        eval_notes=("perplexity: not measured: llama.cpp's server (llama-server) returns no prompt logprobs",
                     "top-k KL to the baseline: not measured for the same reason (greedy agreement is)")),
 }
 

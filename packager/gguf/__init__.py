@@ -7,8 +7,8 @@
                         (model.gguf, Modelfile, config.json, gguf-export.json, packager-manifest.json);
 * `quant`               the quantization types, registered by name;
 * `modelfile`           the Ollama Modelfile (chat template in Go-template form, stop tokens);
-* `server`              `python -m llama_cpp.server` for an artifact: its command line, and a launcher
-                        (LlamaCppServer) used by the evaluator, like packager.engines.vllm.EngineServer for vLLM;
+* `imatrix`             the importance matrix of the 4-bit and lower types, from calibration data;
+* `amx`                 llama.cpp's extra buffer types turned off on AMX CPUs, where they crash;
 * `artifact`            recognising and reading a GGUF artifact directory.
 
 Importing this package is cheap: llama_cpp, torch and transformers are imported inside the functions that

@@ -139,7 +139,7 @@ def _llama_cpp_version() -> str:
     except Exception:
         raise ConfigError(
             f"llama-cpp-python is not installed, so GGUF files cannot be quantized. Run `{MAKE_TARGET}` (it builds "
-            "llama-cpp-python[server]==0.3.36 from source for this CPU)."
+            "llama-cpp-python==0.3.36 from source for this CPU)."
         ) from None
 
 

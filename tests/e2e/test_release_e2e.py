@@ -97,7 +97,7 @@ def test_report_numbers_are_consistent(release_run):
     assert w8.fidelity_mean_kl is not None and w8.fidelity_mean_kl >= 0
     # the GGUF variant was scored through llama.cpp (no prompt logprobs there: no KL, said so)
     assert q4.dtype == "q4_k_m" and q4.fidelity_mean_kl is None and q4.recovery == pytest.approx(q4.score / base.score)
-    assert any("llama-cpp-python's server returns no prompt logprobs" in n for n in q4.eval.get("notes", [])), q4.eval
+    assert any("(llama-server) returns no prompt logprobs" in n for n in q4.eval.get("notes", [])), q4.eval
     assert q4.size_bytes < w8.size_bytes  # 4-bit k-quants are smaller than int8
     # the baseline's noise floor: served once more in the other dtype, measured along its own outputs
     nf = report.noise_floor

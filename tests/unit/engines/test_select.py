@@ -66,4 +66,4 @@ def test_evaluation_without_prompt_logprobs_skips_perplexity_and_says_why():
     skip = {"perplexity", "fidelity_corpus"}
     assert run_cfg.eval.model_dump(exclude=skip) == cfg.eval.model_dump(exclude=skip)
     assert notes == list(ENGINES[LLAMACPP].eval_notes)
-    assert notes[0] == "perplexity: not measured: llama-cpp-python's server returns no prompt logprobs"
+    assert notes[0] == "perplexity: not measured: llama.cpp's server (llama-server) returns no prompt logprobs"

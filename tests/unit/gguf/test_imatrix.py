@@ -106,10 +106,11 @@ def test_real_export_with_an_importance_matrix(tiny_llama_dir, tmp_path):
 
 
 def test_extra_buffer_types_are_off_on_a_cpu_with_amx(monkeypatch):
-    """llama.cpp's AMX buffers crash quantized models on AMX CPUs: the launcher turns them off there."""
+    """llama.cpp's AMX buffers crash quantized models on AMX CPUs: packager turns them off there, in llama-server
+    (--no-repack) and in this process's llama_cpp models."""
     import llama_cpp.llama_cpp as lib
 
-    from packager.gguf import llamacpp_main as m
+    from packager.gguf import amx as m
 
     amx = "processor : 0\nflags : fpu sse avx512f amx_bf16 amx_tile amx_int8 avx512_vnni\n"
     plain = "processor : 0\nflags : fpu sse avx2 avx512f avx512_vnni\n"
@@ -117,6 +118,8 @@ def test_extra_buffer_types_are_off_on_a_cpu_with_amx(monkeypatch):
     assert m.extra_bufts_wanted({}, plain) and not m.extra_bufts_wanted({}, amx)
     assert m.extra_bufts_wanted({m.ENV_EXTRA_BUFTS: "1"}, amx)
     assert not m.extra_bufts_wanted({m.ENV_EXTRA_BUFTS: "0"}, plain)
+    assert m.llama_server_flags({}, amx) == ["--no-repack"] and m.llama_server_flags({}, plain) == []
+    assert m.llama_server_flags({m.ENV_EXTRA_BUFTS: "1"}, amx) == []
     monkeypatch.setattr(lib, "llama_model_default_params", lib.llama_model_default_params)
     monkeypatch.setenv(m.ENV_EXTRA_BUFTS, "0")
     assert m.avoid_amx_crash() is False and m.avoid_amx_crash() is False  # twice: wrapped once

@@ -180,6 +180,42 @@ async def test_backend_down_is_503_and_a_server_error():
     assert gw.in_flight == 0
 
 
+@pytest.mark.anyio
+async def test_a_connection_the_backend_closed_while_idle_is_retried_once_and_only_once():
+    """A kept-alive connection the backend closed (its own keep-alive timeout) fails the send with
+    RemoteProtocolError before any answer: the gateway sends the request once more; twice is a 503."""
+    from packager.serve.gateway import BACKEND_KEEPALIVE_S
+
+    registry = CollectorRegistry()
+    calls: list[bytes] = []
+    failures = {"left": 1}
+
+    def backend(request):
+        calls.append(request.read())
+        if failures["left"]:
+            failures["left"] -= 1
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return httpx.Response(200, json={"choices": [{"index": 0, "text": "ok"}],
+                                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    gw = Gateway("http://backend", concurrency=2, transport=httpx.MockTransport(backend),
+                 metrics_factory=lambda: ServiceMetrics(LABELS, usd_per_hour=None, registry=registry))
+    gw.open()
+    outer = Starlette()
+    outer.mount("/v1", gw.app)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://bento") as client:
+        r = await client.post("/v1/completions", json={"model": "m", "prompt": "x"})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == "ok"
+        assert len(calls) == 2 and calls[0] == calls[1] and b'"prompt"' in calls[0]  # the same body, sent again
+        failures["left"] = 2
+        r = await client.post("/v1/completions", json={"model": "m", "prompt": "x"})
+    assert r.status_code == 503 and "RemoteProtocolError" in r.json()["error"]["message"]
+    assert len(calls) == 4  # one retry, not more
+    assert sample(registry, "packager_requests_total", outcome="success") == 1
+    assert sample(registry, "packager_requests_total", outcome="server_error") == 1
+    assert gw.in_flight == 0 and 0 < BACKEND_KEEPALIVE_S < 5
+
+
 def test_observer_handles_events_split_across_chunks():
     t = iter([0.0, 0.25, 9.0])
     obs = StreamObserver(t0=0.0, strip_usage_event=True, clock=lambda: next(t))

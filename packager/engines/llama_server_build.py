@@ -1,0 +1,129 @@
+"""How llama.cpp's own server (`llama-server`) is built: from the llama.cpp source vendored in the pinned
+llama-cpp-python sdist, with cmake, for the CPU of the machine that builds it (`GGML_NATIVE=ON`).
+
+One recipe for the two places that build it:
+
+* `make install` runs `python -m packager.engines.llama_server_build SRC DEST` (SRC: the sdist's
+  vendor/llama.cpp; DEST: the venv's bin/), about 9 minutes on 2 cores;
+* the image of a bento with backend llamacpp runs the same steps (`image_commands`) when it is containerized,
+  so the binary is compiled on, and for, the machine that builds the image.
+
+The flags turn off everything that would download at build time or that the server does not need: the web UI
+(its prebuilt assets come from a remote bucket), OpenSSL, libcurl (model downloads), tests and examples. The
+binary is linked statically (BUILD_SHARED_LIBS=OFF): one file, no library path to set.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # keep equal to the Makefile's and pyproject's pin (a unit test checks)
+BINARY = "llama-server"
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=ON",  # -march=native: the binary runs on CPUs with this machine's instruction sets
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DGGML_CCACHE=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",  # ON fetches the web UI's assets from a remote bucket
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_CURL=OFF",
+)
+# A bound on the build (it takes ~9 min on 2 cores); a hung compiler is stopped and its log's tail shown.
+BUILD_TIMEOUT_S = 3600
+
+
+def build_commands(src: str | Path, build_dir: str | Path, dest: str | Path, jobs: int) -> list[list[str]]:
+    """The argv of each step: configure, compile the one target, install the binary into `dest`."""
+    return [
+        ["cmake", "-S", str(src), "-B", str(build_dir), *CMAKE_FLAGS],
+        ["cmake", "--build", str(build_dir), "--target", BINARY, "-j", str(jobs)],
+        ["install", "-D", "-m", "0755", str(Path(build_dir) / "bin" / BINARY), str(Path(dest) / BINARY)],
+    ]
+
+
+def image_commands(dest: str = "/usr/local/bin") -> list[str]:
+    """Shell commands for a bento image (BentoML `Image.run`): fetch the pinned sdist with pip, build, install,
+    clean up. They run where the image is built, which has an index to fetch from; a serving host never builds."""
+    work = "/tmp/packager-llama-server"
+    src = f"{work}/llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp"
+    steps = [" ".join(shlex.quote(a) for a in cmd)
+             for cmd in build_commands(src, f"{work}/build", dest, jobs=0)]
+    steps[1] = steps[1].replace("-j 0", '-j "$(nproc)"')
+    return [
+        f"python -m pip download --no-deps --no-binary :all: llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION} -d {work}",
+        f"tar -xzf {work}/llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz -C {work}",
+        *steps,
+        f"rm -rf {work}",
+    ]
+
+
+def build(src: Path, dest: Path, build_dir: Path, jobs: int, log=print) -> Path:
+    """Run the steps; each one's output goes to build_dir/NAME.log, and a failed or hung step shows its tail."""
+    if not (src / "tools" / "server").is_dir():
+        raise SystemExit(f"{src} is not llama.cpp's source tree (no tools/server): pass the sdist's vendor/llama.cpp")
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"building {BINARY} needs {tool}: install cmake and a C++ compiler (e.g. g++)")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    for name, cmd in zip(("configure", "compile", "install"), build_commands(src, build_dir, dest, jobs)):
+        log_path = build_dir / f"{name}.log"
+        log(f"{BINARY}: {name} ({' '.join(cmd[:4])} ...), log {log_path.name}")
+        with open(log_path, "w") as out:
+            # the compiler's own progress ("[ 44%] Building ...") goes to the log; a heartbeat shows it here
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + BUILD_TIMEOUT_S
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    raise SystemExit(f"{BINARY}: {name} ran past {BUILD_TIMEOUT_S} s and was stopped; its log ends:\n"
+                                     + _tail(log_path))
+                time.sleep(5)
+                if name == "compile" and int(time.monotonic() - t_start) % 60 < 5:
+                    log(f"{BINARY}: {_last_progress(log_path)} ({time.monotonic() - t_start:.0f} s)")
+        if proc.returncode != 0:
+            raise SystemExit(f"{BINARY}: {name} failed (exit code {proc.returncode}); its log ends:\n"
+                             + _tail(log_path))
+    log(f"{BINARY}: built in {time.monotonic() - t_start:.0f} s -> {dest / BINARY}")
+    return dest / BINARY
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+
+
+def _last_progress(path: Path) -> str:
+    for line in reversed(path.read_text(errors="replace").splitlines()[-50:]):
+        if line.startswith("[") and "%]" in line:
+            return line.split("]")[0] + "]"
+    return "compiling"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m packager.engines.llama_server_build", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", type=Path, help="llama.cpp's source tree (the sdist's vendor/llama.cpp)")
+    p.add_argument("dest", type=Path, help="folder the llama-server binary is installed into")
+    p.add_argument("--build-dir", type=Path, default=Path("build/llama-server"))
+    p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else (os.cpu_count() or 2))
+    a = p.parse_args(argv)
+    build(a.src.resolve(), a.dest.resolve(), a.build_dir.resolve(), a.jobs, log=lambda m: print(m, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
