@@ -15,10 +15,10 @@ Layout of a running replica:
                                      TPOT, E2E, tokens and outcomes -> packager_* series
                        /readyz       200 once the backend answers its readiness path (no key needed)
                        /livez        200 while the backend process lives (no key needed)
-                       /metrics      BentoML's series + packager_* + the backend's (vllm:*) merged (no key
+                       /metrics      BentoML's series + packager_* + the backend's (vllm:*, llamacpp:*) merged (no key
                                      needed unless PACKAGER_METRICS_TOKEN is set)
                      `__command__`: packager.serve.supervise -> the backend, an OpenAI server on
-                                     127.0.0.1:<backend_port>, e.g. vLLM. The supervisor lets in-flight
+                                     127.0.0.1:<backend_port>: vLLM or llama-server. The supervisor lets in-flight
                                      requests drain on SIGTERM; a backend that dies on its own is started
                                      again by the worker (watchdog below; /livez 200, /readyz 503 meanwhile).
 

@@ -98,8 +98,11 @@ def build_loadtest_dict(base: dict[str, Any], profile: str | None, sets: dict[st
             prof["requests_per_s"] = rate
     if duration is not None:
         prof["step_duration_s" if kind == "sweep" else "duration_s"] = duration
-    prof.update(sets)
+    knee = {k[len("knee."):]: v for k, v in sets.items() if k.startswith("knee.")}  # the capacity search
+    prof.update({k: v for k, v in sets.items() if not k.startswith("knee.")})
     lt["profile"] = prof
+    if knee:
+        lt["knee"] = {**(lt.get("knee") or {}), **knee}
     src = dict(lt.get("prompts") or {"kind": "synthetic"})
     if prompts is not None:
         new = parse_prompts(prompts)
@@ -144,7 +147,8 @@ def loadtest(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run configuration YAML (its loadtest:, "
                                           "slo: and pricing: sections)"),
     profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
-    set_: list[str] = typer.Option([], "--set", help="Profile field KEY=VALUE (repeatable)"),
+    set_: list[str] = typer.Option([], "--set", help="Profile field KEY=VALUE, or knee.KEY=VALUE for the capacity "
+                                   "search after a sweep, e.g. knee.enabled=true (repeatable)"),
     users: Optional[int] = typer.Option(None, "--users", help="Concurrent users (concurrency profile)"),
     rate: Optional[float] = typer.Option(None, "--rate", help="Requests per second (rate profile)"),
     duration: Optional[float] = typer.Option(None, "--duration", help="Seconds of load (per step for a sweep)"),
@@ -256,8 +260,13 @@ def bounds_line(cfg: Any) -> str:
         flight = f"{p.kind} arrivals"
     probe = ("; first one 1-token chat request to learn the prompt format (--prompt-format chat|completion skips "
              "it)" if cfg.prompt_format == "auto" else "")
+    knee = ""
+    if cfg.knee.enabled and p.kind == "sweep":
+        top = max(p.values) * cfg.knee.extend_factor
+        knee = (f"; then a capacity search: at most {cfg.knee.max_probes} probes within {cfg.knee.budget_s:g} s, "
+                f"up to {top:g} {'users' if p.mode == 'concurrency' else 'requests/s'}")
     return (f"at most {cfg.max_requests} requests over at most {time_s:g} s of dispatch ({flight}), each at most "
-            f"{cfg.request_timeout_s:g} s{probe}")
+            f"{cfg.request_timeout_s:g} s{probe}{knee}")
 
 
 def _run_loadtest(target: str, config: Path | None, profile: str | None, set_: list[str], users: int | None,
@@ -316,7 +325,8 @@ def _run_loadtest(target: str, config: Path | None, profile: str | None, set_: l
             bar.update(total=p["planned_s"], completed=min(p["elapsed_s"], p["planned_s"]),
                        info=f"{p['requests_done']} requests done")
 
-        result = run_loadtest(target, cfg, run_cfg.slo, run_cfg.pricing, out_dir, model=model, progress=progress)
+        result = run_loadtest(target, cfg, run_cfg.slo, run_cfg.pricing, out_dir, model=model, progress=progress,
+                              log=lambda m: console.print(m, highlight=False))
     for r in summary_renderables(result):
         console.print(r)
     console.print(f"Result: {out_dir / 'loadtest.json'}")

@@ -4,7 +4,7 @@ llama-cpp-python sdist, with cmake, for the CPU of the machine that builds it (`
 One recipe for the two places that build it:
 
 * `make install` runs `python -m packager.engines.llama_server_build SRC DEST` (SRC: the sdist's
-  vendor/llama.cpp; DEST: the venv's bin/), about 9 minutes on 2 cores;
+  vendor/llama.cpp; DEST: the venv's bin/), 292 s on 2 cores;
 * the image of a bento with backend llamacpp runs the same steps (`image_commands`) when it is containerized,
   so the binary is compiled on, and for, the machine that builds the image.
 
@@ -40,7 +40,7 @@ CMAKE_FLAGS = (
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_CURL=OFF",
 )
-# A bound on the build (it takes ~9 min on 2 cores); a hung compiler is stopped and its log's tail shown.
+# A bound on the build (292 s on 2 cores); a hung compiler is stopped and its log's tail shown.
 BUILD_TIMEOUT_S = 3600
 
 

@@ -69,7 +69,7 @@ def binary(environ: Mapping[str, str] | None = None) -> Path:
     if found is None:
         raise ServerError(
             f"llama.cpp's server ({BINARY}) was not found beside {sys.executable} or on PATH. `make install` builds "
-            f"it from the pinned llama.cpp source (about 9 minutes on 2 cores; `make llama-server` alone), or set "
+            f"it from the pinned llama.cpp source (about 5 minutes on 2 cores; `make llama-server` alone), or set "
             f"{ENV_BINARY} to a llama-server binary."
         )
     if not (found.is_file() and os.access(found, os.X_OK)):

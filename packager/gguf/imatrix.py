@@ -7,13 +7,13 @@ reach it: what llama.cpp's `llama-imatrix` tool collects, and what `llama_model_
 `llama_model_imatrix_data`, one float per input column, by GGUF tensor name).
 
 Why not `llama-imatrix` itself: it is a C++ tool that `make install` does not build (it builds llama-cpp-python's
-library and llama-server only; one more target would add minutes to every install). The same statistic is computed here in torch, on the float model the GGUF is converted from (the
-same weights, in float32), with a forward pre-hook on every Linear of the decoder layers. HF names are mapped to
-the GGUF's tensor names with gguf-py's name map (the one llama.cpp's converter uses), so any architecture the
-converter knows works. A Linear whose name does not map, or whose width differs from the GGUF tensor's, is left
-out and counted; llama.cpp quantizes such a tensor as it would without an imatrix. `lm_head` (output.weight) is
-left out, as `llama-imatrix` leaves it out by default (a matrix for the bundled model's tied embedding as
-output changed nothing: the same KL to four digits).
+library and llama-server only; one more target would add minutes to every install). The same statistic is computed
+here in torch, on the float model the GGUF is converted from (the same weights, in float32), with a forward pre-hook
+on every Linear of the decoder layers. HF names are mapped to the GGUF's tensor names with gguf-py's name map (the
+one llama.cpp's converter uses), so any architecture the converter knows works. A Linear whose name does not map, or
+whose width differs from the GGUF tensor's, is left out and counted; llama.cpp quantizes such a tensor as it would
+without an imatrix. `lm_head` (output.weight) is left out, as `llama-imatrix` leaves it out by default (a matrix for
+the bundled model's tied embedding as output changed nothing: the same KL to four digits).
 
 The matrix is written as a safetensors file of float32 vectors keyed by GGUF tensor name (`write_imatrix`), which
 the quantization subprocess (packager.gguf.export) hands to llama.cpp.

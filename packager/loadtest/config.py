@@ -221,6 +221,23 @@ PromptSource = Annotated[Union[SyntheticPrompts, SuitePrompts, JsonlPrompts, Con
                          Field(discriminator="kind")]
 
 
+# ---------------------------------------------------------------------------------- capacity search
+class KneeSearch(_Strict):
+    """After a sweep, the capacity at the SLO (the knee) by bisection: between the highest step that met the
+    SLOs and the lowest that did not, each probe a run of `probe_duration_s` at one load, until the two are
+    within `precision` of the knee (at least 1 user apart for concurrency), `max_probes` ran, or the probes'
+    dispatch time would pass `budget_s`. When every step met the SLOs the search first doubles the load, up to
+    `extend_factor` times the highest step (1: never above the sweep). The result is priced at the knee, and the
+    sweep plot marks it."""
+
+    enabled: bool = False
+    precision: float = Field(0.1, gt=0, le=1.0)
+    budget_s: float = Field(120.0, gt=0, le=MAX_DURATION_S)
+    probe_duration_s: float | None = Field(None, gt=0, le=MAX_DURATION_S)  # None: the sweep's step_duration_s
+    max_probes: int = Field(6, ge=1, le=64)
+    extend_factor: float = Field(4.0, ge=1.0, le=64.0)
+
+
 # ------------------------------------------------------------------------------------------ config
 class LoadTestConfig(_Strict):
     profile: Profile = Field(default_factory=ConcurrencyProfile)
@@ -246,6 +263,10 @@ class LoadTestConfig(_Strict):
     # Seconds between scrapes of the target's /metrics during the run (KV cache, queue, preemptions, busy slots
     # per phase in the result); 0: none.
     telemetry_interval_s: float = Field(1.0, ge=0, le=60)
+    knee: KneeSearch = Field(default_factory=KneeSearch)
+    # The first request is the pool's entry at this index (a capacity-search probe starts after the requests the sweep
+    # and the probes before it sent: a server with a prompt or prefix cache has not seen them)
+    pool_offset: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> "LoadTestConfig":
@@ -258,6 +279,16 @@ class LoadTestConfig(_Strict):
         if self.warmup_s and phase_s is not None and self.warmup_s >= phase_s:
             raise ValueError(f"warmup_s={self.warmup_s:g} s leaves nothing of each {phase_s:g} s phase to measure; "
                              "make it shorter than the phase")
+        if self.knee.enabled:
+            if not isinstance(self.profile, SweepProfile):
+                raise ValueError(f"knee.enabled searches between the steps of a sweep; the {self.profile.kind} "
+                                 "profile has none (use kind: sweep, or set knee.enabled: false)")
+            probe_s = self.knee.probe_duration_s or self.profile.step_duration_s
+            if self.warmup_s >= probe_s:
+                raise ValueError(f"warmup_s={self.warmup_s:g} s leaves nothing of a {probe_s:g} s knee probe to "
+                                 "measure; make knee.probe_duration_s longer")
+            if probe_s > self.knee.budget_s:
+                raise ValueError(f"knee.budget_s={self.knee.budget_s:g} s is shorter than one {probe_s:g} s probe")
         return self
 
 

@@ -314,7 +314,9 @@ class _Driver:
         self.shares = shares
         self.sink = sink
         self.requests = plan["requests"]
-        self.cursor = share  # round-robin over the request pool, interleaved across shares
+        # round-robin over the request pool, interleaved across shares, from pool_offset (a capacity-search probe
+        # starts where the sweep stopped, so the server has not seen its prompts: no prefix-cache hits)
+        self.cursor = int(plan.get("pool_offset", 0)) + share
         self.sent = 0
         self.cap = split_count(int(plan["max_requests"]), share, shares)
         self.timeout_s = float(plan["request_timeout_s"])

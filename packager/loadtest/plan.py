@@ -336,6 +336,7 @@ def build_plan(cfg: LoadTestConfig, target_url: str, model: str, prompt_format: 
         "drain_timeout_s": cfg.drain_timeout_s,
         "request_timeout_s": cfg.request_timeout_s,
         "seed": cfg.seed,
+        "pool_offset": cfg.pool_offset,
         "shares": shares,
         "prompt_stats": stats,
     }

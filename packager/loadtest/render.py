@@ -84,6 +84,8 @@ def summary_renderables(r: LoadTestResult) -> list:
         hl = r.sweep.highest_load_meeting_slo
         lines.append(f"Highest load meeting the SLOs: {hl if hl else 'none'}; peak output throughput "
                      f"{r.sweep.peak_output_token_throughput_per_s:.1f} tok/s.")
+    if r.knee is not None:
+        lines.append(knee_line(r))
     if r.cost is not None:
         c = r.cost
         where = f"{c.instance}; " if c.instance else ""
@@ -111,6 +113,21 @@ def summary_renderables(r: LoadTestResult) -> list:
     return out
 
 
+def knee_line(r: LoadTestResult) -> str:
+    """'Capacity at the SLO (search): 11 users (12 missed; 4 probes, 40 s), 120.3 output tok/s, $0.41 per 1M.'"""
+    k = r.knee
+    assert k is not None
+    unit = "users" if k.mode == "concurrency" else "requests/s"
+    n = sum(1 for p in k.probes if p.source == "probe")
+    if k.knee is None:
+        return f"Capacity at the SLO (search): none; the lowest load tried missed the SLOs ({k.stopped_because})."
+    missed = "none missed" if k.first_failing is None else f"{k.first_failing:g} missed"
+    cost = ("" if k.usd_per_million_output_tokens_at_knee is None
+            else f", {_usd(k.usd_per_million_output_tokens_at_knee)} per 1M output tokens")
+    return (f"Capacity at the SLO (search): {k.knee:g} {unit} ({missed}; {n} probes, {k.dispatch_s:g} s; "
+            f"{k.stopped_because}), {k.output_tokens_per_s_at_knee or 0:.1f} output tok/s{cost}.")
+
+
 def plot_sweep(r: LoadTestResult, path: Path) -> None:
     """Throughput and goodput (left) and TTFT/TPOT p90 with the SLO limits (right) against the load."""
     import matplotlib
@@ -134,11 +151,33 @@ def plot_sweep(r: LoadTestResult, path: Path) -> None:
     b.axhline(r.slo.ttft_ms, color="C0", ls=":", label=f"TTFT SLO {r.slo.ttft_ms:g} ms")
     b.axhline(r.slo.tpot_ms, color="C1", ls=":", label=f"TPOT SLO {r.slo.tpot_ms:g} ms")
     b.set_yscale("log")
+    _mark_knee(r, a, b)
     b.set_xlabel(unit)
     b.set_ylabel("ms")
     b.grid(alpha=0.3)
     b.legend(fontsize=8)
-    fig.suptitle(f"{r.model}: load sweep")
+    fig.suptitle(f"{r.model}: load sweep" + (f", capacity at the SLO {r.knee.knee:g}" if r.knee and r.knee.knee
+                                               else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _mark_knee(r: LoadTestResult, a, b) -> None:
+    """The capacity search's probes (met: filled, missed: open) and the knee, a vertical line on both panels."""
+    k = r.knee
+    if k is None:
+        return
+    probes = [p for p in k.probes if p.source == "probe"]
+    for p in probes:
+        style = {"color": "C2" if p.meets_slo else "C3", "mfc": None if p.meets_slo else "none"}
+        b.plot([p.load], [p.ttft_ms_p95 or float("nan")], "D", ms=6, **style)
+    if probes:
+        b.plot([], [], "D", color="C2", label="knee probe: met the SLOs")
+        b.plot([], [], "D", color="C3", mfc="none", label="knee probe: missed")
+    if k.knee:
+        for ax in (a, b):
+            ax.axvline(k.knee, color="C2", ls="--", lw=1.2)
+        a.plot([], [], color="C2", ls="--", label=f"knee: {k.knee:g}")
+        a.legend()
+        b.legend(fontsize=8)

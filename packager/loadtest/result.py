@@ -110,6 +110,37 @@ class SweepResult(_Strict):
     peak_phase_index: int | None
 
 
+class KneeProbe(_Strict):
+    """One load the capacity search looked at: a sweep step, or a probe run of its own."""
+
+    load: float  # users (closed loop) or requests/s offered (open loop)
+    source: str  # "sweep" (a step of the sweep) or "probe" (a run of the search)
+    meets_slo: bool
+    slo_attainment_fraction: float
+    output_tokens_per_s: float
+    goodput_output_tokens_per_s: float
+    ttft_ms_p95: float | None
+    tpot_ms_p50: float | None
+    run_dir: str | None = None  # a probe's own load-test directory, relative to the sweep's
+
+
+class KneeResult(_Strict):
+    """The capacity at the SLO: the highest load found to meet the SLOs (the knee), by bisection between the
+    sweep's last step that met them and its first that did not (packager.loadtest.knee)."""
+
+    mode: str  # concurrency | rate, as the sweep
+    knee: float | None  # highest load measured to meet the SLOs; None: not even the lowest load did
+    first_failing: float | None  # lowest load measured to miss them; None: none missed them
+    precision: float  # the search stops once first_failing - knee <= precision x knee (1 user at least)
+    resolved: bool  # the bracket is within the precision
+    stopped_because: str
+    probes: list[KneeProbe]  # every load looked at, sweep steps first, in the order measured
+    output_tokens_per_s_at_knee: float | None
+    usd_per_hour: float | None
+    usd_per_million_output_tokens_at_knee: float | None
+    dispatch_s: float  # time the probes spent sending load (their cost; the sweep's own is not counted)
+
+
 class LoadTestResult(_Strict):
     schema_version: int = RESULT_SCHEMA_VERSION
     created_unix: float
@@ -123,6 +154,7 @@ class LoadTestResult(_Strict):
     summary: PhaseResult  # one phase: that phase; a sweep: the highest load meeting the SLOs, else the peak
     summary_basis: str
     sweep: SweepResult | None = None
+    knee: KneeResult | None = None  # the capacity search after a sweep (LoadTestConfig.knee)
     cost: CostResult | None = None
     # chat (/v1/chat/completions) or completion (raw prompts, /v1/completions: a base model); None: older runs
     prompt_format: str | None = None

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from packager.config import PricingConfig, SLOConfig
 from packager.core.access import normalize_target
-from packager.errors import ConfigError, ServerError
+from packager.errors import ConfigError, PackagerError, ServerError
 from packager.fsutil import atomic_dir, atomic_write_json, atomic_write_text, iter_record_file
 from packager.loadtest.config import LoadTestConfig
 from packager.loadtest.metrics import cost_result, highest_load_meeting_slo, summarize_phase, sweep_result
@@ -386,8 +386,11 @@ def _telemetry(run: dict[str, Any] | None, plan: dict, reqs: list[dict], sums: l
 
 
 def run_loadtest(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: PricingConfig, out_dir: Path,
-                 model: str | None = None, progress: ProgressFn | None = None) -> LoadTestResult:
+                 model: str | None = None, progress: ProgressFn | None = None,
+                 log: Callable[[str], None] | None = None) -> LoadTestResult:
     """Load-test an OpenAI-compatible server at any http(s) URL; write out_dir atomically; return the result.
+    A sweep with `knee.enabled` is followed by the capacity search (packager.loadtest.knee), its probes under
+    out_dir/knee/, and the result and plot are written again with the knee.
 
     Refuses malformed targets and bad prices before any request is sent or any file is written. The model
     name is discovered from GET /v1/models when not given. The key, extra headers and TLS verification are
@@ -415,7 +418,28 @@ def run_loadtest(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: 
                 scraper.stop()
         run["telemetry"] = scraper
         result = _finalize(tmp, plan, cfg, slo, pricing, quote, run, t_wall)
+    if cfg.knee.enabled and result.sweep is not None:
+        _add_knee(result, Path(out_dir), lambda c, d: run_loadtest(base, c, slo, pricing, d, model=model),
+                  log or (lambda m: None))
     return result
+
+
+def _add_knee(result: LoadTestResult, run_dir: Path, run_one: Callable[[LoadTestConfig, Path], LoadTestResult],
+              log: Callable[[str], None]) -> None:
+    from packager.loadtest.knee import add_knee
+
+    t0 = time.monotonic()
+    try:
+        result.knee = add_knee(result, run_dir, run_one, log=log)
+    except (PackagerError, OSError) as e:  # the sweep stands without it
+        result.warnings.append(f"capacity search stopped: {e}")
+        log(f"capacity search stopped: {e}")
+    if result.files.get("plot") and result.knee is not None:
+        from packager.loadtest.render import plot_sweep
+
+        plot_sweep(result, run_dir / result.files["plot"])
+    result.wall_time_s += time.monotonic() - t0
+    atomic_write_json(run_dir / "loadtest.json", result.model_dump(mode="json"))
 
 
 def write_plan(target_url: str, cfg: LoadTestConfig, slo: SLOConfig, pricing: PricingConfig, out_dir: Path,

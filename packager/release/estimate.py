@@ -22,9 +22,11 @@ _DEFAULT_SIZES = {"suite": 430, "fidelity_corpus": 557}
 
 
 def default_loadtest() -> dict[str, Any]:
-    """A bounded default: a concurrency sweep of 1, 4 and 16 users, 20 s each, 128 tokens in, 64 out."""
+    """A bounded default: a concurrency sweep of 1, 4 and 16 users, 20 s each, 128 tokens in, 64 out, then the
+    capacity search between its steps: at most 4 probes of 10 s (40 s of load per variant)."""
     return {
         "profile": {"kind": "sweep", "mode": "concurrency", "values": [1, 4, 16], "step_duration_s": 20},
+        "knee": {"enabled": True, "probe_duration_s": 10, "budget_s": 40, "max_probes": 4, "precision": 0.1},
         "prompts": {"kind": "synthetic", "input_tokens": {"mean": 128}, "output_tokens": {"mean": 64}},
         "max_duration_s": 120,
         "max_requests": 5000,

@@ -88,7 +88,8 @@ class ReleaseRunner:
     def _loadtest_seconds(self) -> float:
         """What one load test is planned to take (its dispatch, else its cap) plus 10 s to drain."""
         lt = self.run_ctx.lt_cfg
-        return (lt.profile.planned_dispatch_s() or lt.max_duration_s) + 10
+        knee = lt.knee.budget_s + 5 * lt.knee.max_probes if lt.knee.enabled else 0.0  # probes, each drained
+        return (lt.profile.planned_dispatch_s() or lt.max_duration_s) + 10 + knee
 
     def _weights(self, v: Variant) -> dict[str, float]:
         return step_seconds(v.recipe, self._loadtest_seconds(), self.run_ctx.cfg)

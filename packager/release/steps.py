@@ -222,7 +222,8 @@ def load_test(ctx: VariantContext, url: str) -> None:
 
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     with run.timed(f"{v.name}/loadtest"):
-        lt = run_loadtest(url, run.lt_cfg, cfg.slo, cfg.pricing, v.root / "loadtest")
+        lt = run_loadtest(url, run.lt_cfg, cfg.slo, cfg.pricing, v.root / "loadtest",
+                          log=lambda m: run.log(f"{v.name}: {m}"))
     ctx.lt_d = lt.model_dump(mode="json")
     ctx.cache.put("loadtest", ctx.lt_key, ctx.lt_d)
 

@@ -5,6 +5,7 @@ share the labels. Nothing here knows Markdown or HTML: every value is plain text
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from packager.core.formatting import DASH, fmt_usd, load_words, mb, mparams, num, pct, secs, usd_hour
@@ -106,6 +107,33 @@ def headline(report: Report) -> str:
     return f"Deploy {rec.variant}." if rec.variant else "No variant is recommended."
 
 
+def knee_note(s: LoadSummary) -> str:
+    """' (capacity search: 12 missed, 4 probes)' after the capacity, when a search found it."""
+    if not s.knee_probes and s.knee_resolved is None:
+        return ""
+    missed = DASH if s.knee_first_failing is None else f"{s.knee_first_failing:g}"
+    return (f" (capacity search: {missed} missed, {s.knee_probes} probe{'s' if s.knee_probes != 1 else ''}"
+            f"{'' if s.knee_resolved else ', not narrowed to its precision'})")
+
+
+def replicas_line(report: Report) -> str | None:
+    """Replicas each variant needs for the expected load at its capacity at the SLO, and their hourly price."""
+    rec = report.recommendation
+    if rec.expected_load is None:
+        return None
+    parts = []
+    for v in report.variants:
+        s = v.load
+        if s is None or not s.max_load_meeting_slo:
+            parts.append(f"{v.name} {DASH}")
+            continue
+        n = max(1, math.ceil(rec.expected_load / s.max_load_meeting_slo - 1e-9))
+        price = "" if s.usd_per_hour is None else f", USD {usd_hour(n * s.usd_per_hour)}/h"
+        parts.append(f"{v.name} {n}{price}")
+    return (f"Replicas for {load_words(rec.expected_load, rec.expected_load_unit)}, each at the capacity of its "
+            f"variant at the SLO: {'; '.join(parts)}.")
+
+
 def expected_load_line(report: Report) -> str | None:
     """What the variants cost at the traffic the user expects, when the recommendation was ranked there."""
     rec = report.recommendation
@@ -197,7 +225,7 @@ LOAD_ROWS: list[tuple[str, Callable[[LoadSummary], str]]] = [
     ("goodput (req/s)", lambda s: num(s.goodput_requests_per_s, ".2f")),
     ("requests within SLO", lambda s: pct(s.goodput_fraction)),
     ("max load meeting SLO", lambda s: DASH if s.max_load_meeting_slo is None
-     else f"{s.max_load_meeting_slo:g} {sweep_unit_short(s.sweep_unit)}"),
+     else f"{s.max_load_meeting_slo:g} {sweep_unit_short(s.sweep_unit)}" + knee_note(s)),
     ("USD per hour", lambda s: usd_hour(s.usd_per_hour)),
     ("utilization assumed", lambda s: pct(s.utilization_assumed, 0)),
     ("USD / 1M input tokens", lambda s: fmt_usd(s.usd_per_million_input_tokens)),

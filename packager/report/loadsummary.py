@@ -1,5 +1,8 @@
 """Map a load test's result (packager.loadtest's LoadTestResult, or its JSON) onto the report's LoadSummary.
 
+When the load test ran the capacity search after its sweep (packager.loadtest.knee), the capacity at the SLO
+(`max_load_meeting_slo`) is the knee it found and the cost "at SLO" is priced there.
+
 The headline figures are those of ONE operating point, the load test's `summary` phase: the only phase of a
 single-load test, or the sweep step at the highest load that met the SLOs (the step with the highest output
 throughput when none did). Throughput, latency percentiles, goodput and cost all describe that same phase, so
@@ -102,6 +105,10 @@ def from_loadtest_result(lt: Any, run_dir: Path | str | None = None, max_samples
             max_load = _load_value(res.sweep.highest_load_meeting_slo)
     elif s.meets_slo:
         max_load = _load_value(s.load)  # the only load tried; it met the SLOs (higher loads were not tried)
+    knee = res.knee
+    if knee is not None and knee.knee is not None:  # the capacity search's knee, priced there
+        max_load = knee.knee
+        at_slo = usd_per_million(usd_per_hour, knee.output_tokens_per_s_at_knee or 0.0, util)
 
     ttft_samples: list[float] = []
     tpot_samples: list[float] = []
@@ -123,6 +130,8 @@ def from_loadtest_result(lt: Any, run_dir: Path | str | None = None, max_samples
         usd_per_million_output_tokens_at_slo=at_slo,
         utilization_assumed=util if cost is not None else None,
         sweep_unit=unit, sweep=sweep, max_load_meeting_slo=max_load,
+        knee_first_failing=knee.first_failing if knee else None, knee_resolved=knee.resolved if knee else None,
+        knee_probes=sum(1 for p in knee.probes if p.source == "probe") if knee else 0,
         generator_bottleneck=res.generator.bottleneck_suspected, **_server_figures(res.telemetry, s.index),
         prompt_format=res.prompt_format, ttft_ms_samples=ttft_samples, tpot_ms_samples=tpot_samples,
         raw=res.model_dump(mode="json"),

@@ -53,7 +53,12 @@ class LoadSummary(BaseModel):
     utilization_assumed: float | None = None
     sweep_unit: str | None = None  # "concurrency" or "requests_per_s"
     sweep: list[SweepPoint] = Field(default_factory=list)
-    max_load_meeting_slo: float | None = None
+    max_load_meeting_slo: float | None = None  # the capacity search's knee when one ran, else the highest sweep step
+    # The capacity search (packager.loadtest.knee): the lowest load found to miss the SLOs, whether the two are within
+    # its precision, and how many probes it ran; None / 0: no search ran
+    knee_first_failing: float | None = None
+    knee_resolved: bool | None = None
+    knee_probes: int = 0
     generator_bottleneck: bool = False
     # the server's own figures during the summary phase (packager.loadtest.telemetry); None: not reported
     server_kv_cache_max: float | None = None  # share of the KV cache in use, highest scrape

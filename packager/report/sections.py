@@ -47,6 +47,7 @@ from packager.report.content import (
     headline,
     load_error_text,
     load_notes,
+    replicas_line,
     stage_rows,
     summary_columns,
     sweep_label,
@@ -64,6 +65,8 @@ def recommendation(report: Report) -> Section:
     if rec.rejected:
         backing.append(BulletList([[Name(name), Text(f": {why}")] for name, why in rec.rejected.items()]))
     if (line := expected_load_line(report)) is not None:
+        backing.append(Paragraph(line, style="expected-load"))
+    if (line := replicas_line(report)) is not None:
         backing.append(Paragraph(line, style="expected-load"))
     return Section("recommendation", "Recommendation", [
         Callout(bool(rec.variant), headline(report), rec.reason, backing),

@@ -370,7 +370,8 @@ class _Endpoint:
             try:
                 resp = await self.gw.client.send(request, stream=True)
             except httpx.RemoteProtocolError:
-                # the backend closed a kept-alive connection as the request went out: nothing was answered, so the
+                # the backend closed a kept-alive connection as the request went out (its idle timeout; llama-server
+                # also drops every connection after its second streamed answer): nothing was answered, so the
                 # request is sent once more, on a new connection
                 resp = await self.gw.client.send(request, stream=True)
         except httpx.HTTPError as e:

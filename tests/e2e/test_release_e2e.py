@@ -42,6 +42,8 @@ def release_run(tmp_path_factory, default_model):
             "profile": {"kind": "sweep", "mode": "concurrency", "values": [1, 4], "step_duration_s": 8},
             "prompts": {"kind": "synthetic", "input_tokens": {"mean": 64}, "output_tokens": {"mean": 32}},
             "max_duration_s": 30, "max_requests": 400,
+            # the capacity search between the steps, at most 2 short probes per variant
+            "knee": {"enabled": True, "probe_duration_s": 4, "budget_s": 8, "max_probes": 2, "precision": 0.5},
         },
         "registry": {"uri": f"sqlite:///{out / 'registry.db'}", "name": "smollm2-e2e"},
         "pricing": {"instance": "c7i.xlarge"},
@@ -142,6 +144,39 @@ def test_engines_are_compared_over_the_sweep(release_run):
     assert ec.summary and ec.summary in (run / "report.md").read_text()
     # the summary names the engine(s) the figures above show leading, whichever that is on this machine
     assert ec.summary == _expected_engines_summary(ec)
+
+
+def test_each_variant_is_priced_at_its_capacity_search(release_run):
+    """Every variant's load test ran the capacity search after its sweep; the report's capacity and its price at
+    the SLO are the knee's, whatever the knee is on this machine."""
+    import json
+
+    from packager.loadtest.result import LoadTestResult
+    from packager.report.model import Report
+
+    run, _ = release_run
+    report = Report.model_validate_json((run / "report.json").read_text())
+    for v in report.variants:
+        assert v.load is not None, v.name
+        res = LoadTestResult.model_validate(v.load.raw)
+        k = res.knee
+        assert k is not None and k.mode == "concurrency", v.name
+        probes = [p for p in k.probes if p.source == "probe"]
+        assert len(probes) <= 2 and k.dispatch_s == 4 * len(probes)
+        assert all(1 <= p.load <= 16 and float(p.load).is_integer() for p in probes), probes
+        assert [p.load for p in k.probes[:2]] == [1.0, 4.0]  # the sweep's steps come first
+        # the knee is the highest load measured to meet the SLOs, the first failing the lowest above it missing them
+        met = [p.load for p in k.probes if p.meets_slo]
+        assert k.knee == (max(met) if met else None)
+        if k.knee is not None and k.first_failing is not None:
+            assert k.first_failing > k.knee and not any(p.meets_slo for p in k.probes if p.load == k.first_failing)
+        assert v.load.max_load_meeting_slo == k.knee and v.load.knee_probes == len(probes)
+        if k.knee is not None:
+            assert v.load.usd_per_million_output_tokens_at_slo == pytest.approx(
+                k.usd_per_million_output_tokens_at_knee)
+        for p in probes:  # each probe is a load test of its own, under the variant's
+            saved = json.loads((run / "variants" / v.name / "loadtest" / p.run_dir / "loadtest.json").read_text())
+            assert saved["phases"][0]["load"] == {"users": p.load}
 
 
 def _keeps_quality(v, report) -> bool:

@@ -48,7 +48,10 @@ Timing model (all settable):
     `min_tokens` raises it (vLLM's semantics);
   * max_concurrent_streams (0 = unlimited): at most this many requests generate at once, the rest queue
     (so latency rises with load, like a real server at capacity);
-  * fail_every_n (0 = never): every n-th request is answered with HTTP fail_status (default 500).
+  * fail_every_n (0 = never): every n-th request is answered with HTTP fail_status (default 500);
+  * refuse_above_in_flight (0 = never): a request arriving while this many are in flight (or queued) gets 429
+    at once, like a server with a hard concurrency limit: closed-loop load above it misses any SLO, below it
+    never sees a refusal, whatever the machine's speed.
 
 Tokenizer: one token per whitespace-separated word of every message's content (prompt_tokens in usage).
 Each streamed chunk carries exactly one token (" tok"), like vLLM with its default stream interval.
@@ -100,6 +103,7 @@ class FakeSettings:
     max_concurrent_streams: int = 0
     fail_every_n: int = 0
     fail_status: int = 500
+    refuse_above_in_flight: int = 0  # 0 = never; else a request arriving with this many in flight gets 429
     seed: int = 0
     require_api_key: str = ""
     require_header: str = ""  # "Name: value"
@@ -313,6 +317,9 @@ def build_app(settings: FakeSettings | None = None):
             v = st.s.itl_ms + (st.rng.uniform(-j, j) if j else 0.0)
             return max(0.0, v) / 1000.0
 
+        if st.s.refuse_above_in_flight and st.in_flight + st.waiting >= st.s.refuse_above_in_flight:
+            st.failed_total += 1
+            return _error(429, "too many requests in flight", "RateLimitError")
         sem = st.slots()
         st.waiting += 1
         resp = None

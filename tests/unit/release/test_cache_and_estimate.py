@@ -57,6 +57,8 @@ def test_estimate_and_default_loadtest():
     lt = parse_loadtest_config(default_loadtest(), "loadtest")
     assert lt.profile.kind == "sweep" and list(lt.profile.values) == [1, 4, 16]
     assert lt.profile.planned_dispatch_s() == 60 and lt.max_duration_s == 120 and lt.max_requests == 5000
+    # then the capacity search between the steps: at most 4 probes of 10 s
+    assert lt.knee.enabled and (lt.knee.probe_duration_s, lt.knee.budget_s, lt.knee.max_probes) == (10, 40, 4)
 
 
 def test_reexported_names():

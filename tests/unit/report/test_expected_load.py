@@ -146,6 +146,22 @@ def test_the_report_says_where_the_variants_were_ranked():
     assert "Ranked at the expected load" not in render_markdown(r)
 
 
+def test_the_replicas_for_the_expected_load_follow_each_variants_capacity():
+    r = sample_report()
+    r.variants = variants()
+    caps = {"baseline": 16.0, "w8a8-int8": 11.0, "gguf-q4_k_m": 1.0}
+    for v in r.variants:
+        assert v.load is not None
+        v.load.max_load_meeting_slo = caps[v.name]
+    r.recommendation = recommend(r.variants, 0.9, 2000, 250, expected_load=4)
+    for text in (render_markdown(r), render_html(r)):
+        # 4 users: one replica of a variant that carries 16 or 11, four of one that carries 1 (at $0.36/h each)
+        assert ("Replicas for 4 concurrent users, each at the capacity of its variant at the SLO: baseline 1, USD 0.36/h; "
+                "w8a8-int8 1, USD 0.36/h; gguf-q4_k_m 4, USD 1.44/h.") in text
+    r.recommendation = recommend(r.variants, 0.9, 2000, 250)
+    assert "Replicas for" not in render_markdown(r)
+
+
 def test_release_refuses_an_expected_load_its_load_test_cannot_measure():
     sweep = parse_loadtest_config({"profile": {"kind": "sweep", "mode": "concurrency", "values": [1, 4, 16]}}, "loadtest")
     check_expected_load(None, sweep)

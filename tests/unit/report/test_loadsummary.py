@@ -171,3 +171,30 @@ def test_server_figures_of_the_summary_phase_reach_the_report(sweep_run):
     res.telemetry = None
     bare = dict((name, get(from_loadtest_result(res))) for name, get in LOAD_ROWS)
     assert bare["server: KV cache max / waiting max / preemptions"] == "— / — / —"
+
+
+def test_a_capacity_search_sets_the_capacity_and_its_price_and_the_report_says_how(sweep_run):
+    """The sweep met the SLOs at 2 users and missed at 4; a knee found at 3 users (80 output tok/s) becomes the
+    capacity at the SLO and the price there, the table says it came from the search."""
+    from packager.loadtest.knee import as_probe
+    from packager.loadtest.result import KneeResult
+    from packager.report.content import knee_note
+
+    res = analyse(sweep_run)
+    probe = as_probe(res.phases[1].model_copy(update={"load": {"users": 3.0}, "output_token_throughput_per_s": 80.0}),
+                     "probe", "knee/01-3")
+    res.knee = KneeResult(mode="concurrency", knee=3.0, first_failing=4.0, precision=0.1, resolved=True,
+                          stopped_because="the bracket is within the precision",
+                          probes=[as_probe(p, "sweep") for p in res.phases] + [probe], output_tokens_per_s_at_knee=80.0,
+                          usd_per_hour=0.5, usd_per_million_output_tokens_at_knee=0.5 / (80 * 3600) * 1e6, dispatch_s=10)
+    ls = from_loadtest_result(res, sweep_run)
+    assert ls.max_load_meeting_slo == 3.0 and ls.knee_first_failing == 4.0 and ls.knee_resolved and ls.knee_probes == 1
+    assert ls.usd_per_million_output_tokens_at_slo == pytest.approx(0.5 / (80.0 * 3600) * 1e6)
+    # the headline operating point is still the sweep's 2-user step, and its own cost stays consistent
+    assert ls.output_tokens_per_s == pytest.approx(66.0)
+    assert ls.usd_per_million_output_tokens == pytest.approx(0.5 / (66.0 * 3600) * 1e6)
+    assert knee_note(ls) == " (capacity search: 4 missed, 1 probe)"
+    assert knee_note(ls.model_copy(update={"knee_resolved": False, "knee_probes": 4})) == (
+        " (capacity search: 4 missed, 4 probes, not narrowed to its precision)")
+    plain = from_loadtest_result(analyse(sweep_run), sweep_run)
+    assert plain.max_load_meeting_slo == 2.0 and plain.knee_probes == 0 and knee_note(plain) == ""

@@ -62,6 +62,20 @@ def test_gpu_bento_requests_the_gpus_vllm_shards_over():
     assert labels["packager.hardware"] == "nvidia-a100-80gbx2" and labels["packager.target"] == "gpu"
 
 
+def test_a_llamacpp_bento_image_compiles_llama_server_and_installs_no_serving_package():
+    from packager.engines.llama_server_build import image_commands
+
+    mod = load_service({**BASE, "backend": "llamacpp", "max_num_seqs": 8})
+    image = mod.PackagerLLM.image
+    assert mod.PackagerLLM.config["endpoints"]["livez"] == "/health"
+    reqs = (image.python_requirements or "").split()
+    assert not any(r.startswith(("vllm", "llama-cpp-python")) for r in reqs)
+    steps = list(image.commands) + list(image.post_commands)
+    apt = next(c for c in steps if c.startswith("apt-get install") and "cmake" in c)
+    assert "g++" in apt.split() and steps.index(apt) < steps.index(image_commands()[0])  # the compiler comes first
+    assert steps[-len(image_commands()):] == image_commands()
+
+
 def test_deployment_can_move_the_backend_port(monkeypatch):
     monkeypatch.setenv("PACKAGER_BENTO_BACKEND_PORT", "18999")
     mod = load_service(BASE)
