@@ -256,6 +256,7 @@ def plot_sweep(report: Report) -> str | None:
         slo = report.slo.get("ttft_ms")
         if slo:
             ax_l.axhline(slo, color="#c0392b", linestyle="--", linewidth=1.4, label=f"SLO TTFT {slo:g} ms")
+            _mark_knees(ax_l, swept, colors, slo)
         if not any_ttft:
             ax_l.text(0.5, 0.5, "no p95 TTFT in the sweep", transform=ax_l.transAxes, ha="center", va="center",
                       color="#777777")
@@ -278,6 +279,18 @@ def plot_sweep(report: Report) -> str | None:
         ax_l.set_ylabel("TTFT p95 (ms)")
         fig.suptitle("Load sweep", x=0.01, ha="left", fontsize=11)
         return _fig_to_svg(fig, "plot-sweep")
+
+
+def _mark_knees(ax, swept: list[VariantResult], colors: dict[str, str], slo: float) -> None:
+    """A star on the SLO line at each variant's capacity at the SLO, where the capacity search found it."""
+    knees = [(v, v.load.max_load_meeting_slo) for v in swept if v.load and v.load.knee_probes
+             and v.load.max_load_meeting_slo]
+    for v, k in knees:
+        ax.plot([k], [slo], marker="*", markersize=13, color=colors[v.name], linestyle="none", zorder=5,
+                markeredgecolor="#333333", markeredgewidth=0.6)
+    if knees:
+        ax.plot([], [], marker="*", markersize=11, color="#bbbbbb", markeredgecolor="#333333", linestyle="none",
+                label="capacity at the SLO (search)")
 
 
 def plot_categories(report: Report) -> str | None:

@@ -217,6 +217,19 @@ def test_each_plot_has_title_axis_labels_and_legend(report):
             assert w in comments, f"{fn.__name__}: {w!r} missing"
 
 
+def test_the_sweep_plot_marks_the_capacity_the_search_found(report):
+    def words(svg: str) -> str:
+        return " ".join(re.findall(r"<!-- (.*?) -->", svg, flags=re.S))
+
+    assert "capacity at the SLO (search)" not in words(plot_sweep(report))  # no search ran
+    v = next(x for x in report.variants if x.load and x.load.sweep)
+    v.load.max_load_meeting_slo, v.load.knee_probes, v.load.knee_resolved = 3.0, 2, True
+    svg = plot_sweep(report)
+    assert "capacity at the SLO (search)" in words(svg)
+    # the star sits on the TTFT SLO line: without an SLO there is nothing to mark it on
+    assert "capacity at the SLO (search)" not in words(plot_sweep(report.model_copy(deep=True, update={"slo": {}})))
+
+
 def minimal_report(**variant_kw) -> Report:
     v = VariantResult(name="only", is_baseline=True, **variant_kw)
     return Report(model="m", baseline="only", quality_floor=0.9, variants=[v],
