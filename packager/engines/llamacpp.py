@@ -15,7 +15,8 @@ What this server does, as packager starts it:
 * `/health` answers 200 once the model is loaded (503 while it loads): the readiness path;
 * `--metrics`: its Prometheus page (`llamacpp:*` series), merged into the bento's /metrics;
 * usage in streams when asked (`stream_options.include_usage`), as OpenAI does;
-* no prompt logprobs (no perplexity or top-k KL through it).
+* no prompt logprobs: no perplexity through it; the top-k KL of a GGUF variant is read from the same file by
+  llama.cpp in the evaluating process instead (packager.gguf.topk).
 
 llama-cpp-python is still installed, for the GGUF export's quantizer; it no longer serves. Its server answered
 one request at a time, 1.7-4.7x slower than llama-server on the same file (issue measurements, 1 to 16 users).

@@ -21,6 +21,7 @@ from packager.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from packager.config import EngineConfig, RunConfig
     from packager.engines.base import LocalServer
+    from packager.evaluate.fidelity import TopkFn
 
 VLLM = "vllm"
 LLAMACPP = "llamacpp"
@@ -35,15 +36,19 @@ class EngineCapabilities:
     artifact: str  # the model format it serves: "safetensors" or "gguf"
     prompt_logprobs: bool  # teacher-forced logprobs of the prompt (perplexity, top-k KL to the baseline)
     targets: tuple[str, ...]  # hardware targets it runs on
+    # the top-k KL to the baseline is read from its artifact in this process instead (`local_topk`)
+    local_topk: bool = False
     eval_notes: tuple[str, ...] = ()  # figures an evaluation through it cannot measure, and why
 
 
 ENGINES: dict[str, EngineCapabilities] = {
     VLLM: EngineCapabilities(VLLM, "vLLM", "safetensors", prompt_logprobs=True, targets=("cpu", "gpu")),
     LLAMACPP: EngineCapabilities(
-        LLAMACPP, "llama.cpp", "gguf", prompt_logprobs=False, targets=("cpu",),
+        LLAMACPP, "llama.cpp", "gguf", prompt_logprobs=False, targets=("cpu",), local_topk=True,
         eval_notes=("perplexity: not measured: llama.cpp's server (llama-server) returns no prompt logprobs",
-                    "top-k KL to the baseline: not measured for the same reason (greedy agreement is)")),
+                    "top-k KL to the baseline: read from the same GGUF by llama.cpp in the evaluating process "
+                    "(llama-cpp-python, the llama.cpp source llama-server is built from), since the server gives "
+                    "no prompt logprobs")),
 }
 
 
@@ -109,13 +114,30 @@ def check_target(backend: str, target: str) -> None:
 
 def evaluation_config(backend: str, cfg: "RunConfig") -> tuple["RunConfig", list[str]]:
     """(run configuration, notes) for evaluating through `backend`: without prompt logprobs there is no
-    perplexity pass (its requests would carry nothing to measure), and the notes say what is not measured."""
+    perplexity pass (its requests would carry nothing to measure), nor a fidelity corpus unless the top-k is read
+    in-process (`local_topk`), and the notes say what is measured otherwise or not at all."""
     caps = capabilities(backend)
     if caps.prompt_logprobs:
         return cfg, []
-    ev = cfg.eval.model_copy(update={"perplexity": False, "fidelity_corpus": None})
+    update: dict[str, object] = {"perplexity": False}
+    if not caps.local_topk:
+        update["fidelity_corpus"] = None
+    ev = cfg.eval.model_copy(update=update)
     run_cfg = cfg.model_copy(update={"eval": ev})
     return run_cfg, list(caps.eval_notes)
+
+
+def local_topk(model_dir: str | Path | None, engine: "EngineConfig") -> "TopkFn | None":
+    """The fidelity figures' top-k reader for a model its engine gives no prompt logprobs for, read from the
+    artifact in this process (a GGUF through llama.cpp: packager.gguf.topk), or None (the endpoint's own logprobs
+    serve, or there is no local artifact). Loads nothing until first called."""
+    if model_dir is None or engine_for(model_dir) != LLAMACPP:
+        return None
+    from packager.engines.llamacpp import cpu_threads
+    from packager.gguf.artifact import gguf_path
+    from packager.gguf.topk import GgufTopk
+
+    return GgufTopk(gguf_path(model_dir), n_ctx=engine.max_model_len, threads=cpu_threads())
 
 
 def server_for_model(model_dir: str | Path, engine: "EngineConfig", served_name: str | None = None,

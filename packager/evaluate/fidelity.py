@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Callable
 
 from pydantic import BaseModel
 
@@ -13,6 +14,11 @@ from packager.errors import ServerError
 from packager.evaluate.client import OpenAIClient
 
 FIDELITY_MAX_POSITIONS = 24
+
+# (prompt ids, output ids, k, max positions) -> top-k log-probabilities at each output position (keyed by token id
+# as text), None when there are none: the endpoint's prompt logprobs by default; a GGUF read in this process by
+# llama.cpp where the server gives none (packager.gguf.topk)
+TopkFn = Callable[[list[int], list[int], int, int], "list[dict[str, float]] | None"]
 
 
 def _mean(xs: list[float]) -> float:
@@ -53,6 +59,13 @@ def _teacher_forced_topk(client: OpenAIClient, model: str, prompt_ids: list[int]
         return None
     tail = plp[len(prompt_ids):len(prompt_ids) + len(out_ids)]
     return [{tok: v["logprob"] for tok, v in (pos or {}).items()} for pos in tail]
+
+
+def endpoint_topk(client: OpenAIClient, model: str) -> TopkFn:
+    """The endpoint's teacher-forced top-k (its prompt logprobs) as a TopkFn."""
+    def topk(prompt_ids: list[int], output_ids: list[int], k: int, max_positions: int) -> list[dict[str, float]] | None:
+        return _teacher_forced_topk(client, model, prompt_ids, output_ids, k, max_positions=max_positions)
+    return topk
 
 
 def kl_topk(p_logprobs: dict[str, float], q_logprobs: dict[str, float]) -> float:
@@ -96,17 +109,18 @@ class Fidelity(BaseModel):
 
 
 def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str, top_k: int,
-                            concurrency: int, ids: list[str] | None = None) -> Fidelity:
+                            concurrency: int, ids: list[str] | None = None, topk_fn: TopkFn | None = None) -> Fidelity:
     """KL(baseline || model) and top-1 agreement at each position of the baseline's outputs (of `ids`, default
-    every item that has the baseline's top-k). Positions the endpoint gives no prompt logprobs for are left out."""
+    every item that has the baseline's top-k). Positions the endpoint gives no prompt logprobs for are left out.
+    `topk_fn` reads the model's top-k another way (default: the endpoint's prompt logprobs)."""
+    read = topk_fn or endpoint_topk(client, model)
     pairs: list[tuple[dict[str, float], dict[str, float]]] = []
     prefixes: list[tuple[int, int]] = []  # (matched leading tokens, measured tokens) per answer
 
     def one(b: ItemResult) -> tuple[list[tuple[dict[str, float], dict[str, float]]], tuple[int, int] | None]:
         if not (b.topk_logprobs and b.prompt_token_ids and b.output_token_ids):
             return [], None
-        mine = _teacher_forced_topk(client, model, b.prompt_token_ids, b.output_token_ids, top_k,
-                                    max_positions=len(b.topk_logprobs))
+        mine = read(b.prompt_token_ids, b.output_token_ids, top_k, len(b.topk_logprobs))
         if not mine:
             return [], None
         got = list(zip(b.topk_logprobs, mine))

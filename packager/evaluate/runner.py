@@ -29,6 +29,7 @@ from packager.evaluate.fidelity import (  # noqa: F401 - re-exported: the runner
     FIDELITY_MAX_POSITIONS,
     Fidelity,
     ItemResult,
+    TopkFn,
     _teacher_forced_topk,
     greedy_prefix_match,
     kl_topk,
@@ -187,11 +188,12 @@ def behaviour_metrics(results: list[ItemResult]) -> dict[str, float]:
 
 
 def fidelity(results: list[ItemResult], baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str,
-             top_k: int, concurrency: int) -> Fidelity:
+             top_k: int, concurrency: int, topk_fn: TopkFn | None = None) -> Fidelity:
     pairs = [(r, baseline_items[r.id]) for r in results if r.id in baseline_items and not r.error]
     if not pairs:
         return Fidelity()
-    f = teacher_forced_fidelity(baseline_items, client, model, top_k, concurrency, ids=[b.id for _, b in pairs])
+    f = teacher_forced_fidelity(baseline_items, client, model, top_k, concurrency, ids=[b.id for _, b in pairs],
+                                topk_fn=topk_fn)
     f.agreement = _mean([float(r.output.strip() == b.output.strip()) for r, b in pairs])
     return f
 
@@ -226,8 +228,11 @@ def load_summary(path: str | Path) -> EvalSummary:
 def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | None = None,
                    baseline: EvalSummary | None = None, out_dir: str | Path | None = None,
                    name: str | None = None, suite: Suite | None = None, show_progress: bool = True,
-                   baseline_items: dict[str, ItemResult] | None = None) -> EvalSummary:
-    """Score `model_dir` (served by a fresh local engine) or the endpoint at `url` on the configured suite."""
+                   baseline_items: dict[str, ItemResult] | None = None,
+                   topk_fn: TopkFn | None = None) -> EvalSummary:
+    """Score `model_dir` (served by a fresh local engine) or the endpoint at `url` on the configured suite.
+    `topk_fn` reads the model's teacher-forced top-k for the fidelity figures where the endpoint gives no prompt
+    logprobs (a GGUF served by llama.cpp: packager.engines.select.local_topk; a local GGUF gets it by itself)."""
     if (model_dir is None) == (url is None):
         raise ConfigError("evaluate_model needs exactly one of a model directory or an endpoint URL.")
     suite = suite or load_suite(cfg.eval.suite)
@@ -235,10 +240,10 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
     t0 = time.perf_counter()
     if url is not None:
         summary, results, reference = _evaluate_endpoint(url, cfg, suite, label, baseline, baseline_items,
-                                                         show_progress, None)
+                                                         show_progress, None, topk_fn)
     else:
         # The model's own engine (packager.engines.select: llama.cpp for a GGUF artifact, vLLM otherwise).
-        from packager.engines.select import evaluation_config, server_for_model
+        from packager.engines.select import evaluation_config, local_topk, server_for_model
 
         assert model_dir is not None  # exactly one of model_dir and url (checked above)
 
@@ -248,8 +253,13 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
             log_path = Path(out_dir) / "engine.log"
         with server_for_model(model_dir, cfg.engine, served_name=label, log_path=log_path) as srv:
             run_cfg, notes = evaluation_config(srv.engine.backend, cfg.model_copy(update={"engine": srv.engine}))
-            summary, results, reference = _evaluate_endpoint(srv.base_url, run_cfg, suite, label, baseline,
-                                                             baseline_items, show_progress, model_dir)
+            local = topk_fn or local_topk(model_dir, srv.engine)
+            try:
+                summary, results, reference = _evaluate_endpoint(srv.base_url, run_cfg, suite, label, baseline,
+                                                                 baseline_items, show_progress, model_dir, local)
+            finally:
+                if local is not None and local is not topk_fn:
+                    getattr(local, "close", lambda: None)()
         summary.model_dir, summary.url = str(model_dir), None
         summary.notes.extend(notes)
     summary.wall_time_s = time.perf_counter() - t0
@@ -281,7 +291,8 @@ def _score_items(client: OpenAIClient, model: str, items: list[SuiteItem], want_
 
 def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, baseline: EvalSummary | None,
                        baseline_items: dict[str, ItemResult] | None, show_progress: bool,
-                       model_dir: str | Path | None) -> tuple[EvalSummary, list[ItemResult], list[ItemResult] | None]:
+                       model_dir: str | Path | None, topk_fn: TopkFn | None = None,
+                       ) -> tuple[EvalSummary, list[ItemResult], list[ItemResult] | None]:
     items = suite.items[: cfg.eval.max_items] if cfg.eval.max_items else suite.items
     t0 = time.perf_counter()
     client = OpenAIClient(url, timeout_s=cfg.eval.request_timeout_s)
@@ -333,14 +344,15 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
             corpus_items = baseline_corpus_items(baseline) if cfg.eval.fidelity_corpus else None
             if corpus_items:
                 f = teacher_forced_fidelity(corpus_items, client, model, cfg.eval.fidelity_top_k,
-                                            cfg.eval.concurrency)
+                                            cfg.eval.concurrency, topk_fn=topk_fn)
                 f.agreement = f.full_match
                 summary.fidelity_source = baseline.fidelity_source
                 summary.fidelity_corpus_sha256 = baseline.fidelity_corpus_sha256
                 summary.fidelity_prompts = f.answers
                 summary.fidelity_prompts_skipped = baseline.fidelity_prompts_skipped
             elif baseline_items:
-                f = fidelity(results, baseline_items, client, model, cfg.eval.fidelity_top_k, cfg.eval.concurrency)
+                f = fidelity(results, baseline_items, client, model, cfg.eval.fidelity_top_k, cfg.eval.concurrency,
+                             topk_fn)
                 summary.fidelity_source = "suite"
             else:
                 f = Fidelity()

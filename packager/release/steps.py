@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, cast
 
 from packager.core.formatting import num, pct
-from packager.engines.select import LLAMACPP, engine_for, evaluation_config
+from packager.engines.select import LLAMACPP, capabilities, engine_for, evaluation_config, local_topk
 from packager.fsutil import dir_size_bytes, read_manifest
 from packager.release.cache import cache_key
 from packager.release.context import VariantContext
@@ -61,7 +61,8 @@ def look_up(ctx: VariantContext) -> None:
     run, cfg = ctx.run, ctx.cfg
     base = run.baseline_summary
     ctx.eval_key = cache_key("eval", ctx.v.digest, run.suite.sha256, cfg.eval, cfg.engine,
-                             base.model_dump(mode="json")["score"] if base else None)
+                             base.model_dump(mode="json")["score"] if base else None,
+                             capabilities(ctx.vr.engine).local_topk)
     ctx.lt_key = cache_key("loadtest", ctx.v.digest, run.lt_cfg, cfg.engine, cfg.slo, cfg.pricing)
     ctx.summary_d = ctx.cache.get("evaluate", ctx.eval_key)
     ctx.lt_d = ctx.cache.get("loadtest", ctx.lt_key)
@@ -194,9 +195,14 @@ def evaluate(ctx: VariantContext, url: str) -> None:
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     with run.timed(f"{v.name}/evaluate"):
         ev_cfg, ev_notes = evaluation_config(ctx.vr.engine, cfg)
-        s = evaluate_model(None, ev_cfg, url=url, baseline=run.baseline_summary,
-                           baseline_items=run.baseline_items, out_dir=v.root / "eval",
-                           name=v.name, suite=run.suite, show_progress=run.show_progress)
+        # a GGUF's top-k for the KL, read from its file in this process (the bento's llama-server gives none)
+        topk = local_topk(v.model_dir, cfg.engine) if run.baseline_summary is not None else None
+        try:
+            s = evaluate_model(None, ev_cfg, url=url, baseline=run.baseline_summary,
+                               baseline_items=run.baseline_items, out_dir=v.root / "eval",
+                               name=v.name, suite=run.suite, show_progress=run.show_progress, topk_fn=topk)
+        finally:
+            getattr(topk, "close", lambda: None)()
         s.notes.extend(ev_notes)
     s.model_dir = str(v.model_dir)
     if cfg.eval.behaviour_suite:
@@ -287,7 +293,6 @@ def noise_floor(ctx: VariantContext) -> None:
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     if v.recipe is not None or not cfg.gate.noise_floor or cfg.gate.max_kl_vs_noise is None:
         return
-    from packager.engines.select import capabilities
     from packager.errors import PackagerError
 
     # Measured where the variants are: along the baseline's fidelity-corpus answers, else its suite answers.

@@ -5,10 +5,10 @@ share the labels. Nothing here knows Markdown or HTML: every value is plain text
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 from packager.core.formatting import DASH, fmt_usd, load_words, mb, mparams, num, pct, secs, usd_hour
+from packager.loadtest.knee import replicas_needed
 from packager.report.analysis import effective_recovery, load_failure
 from packager.report.model import LoadSummary, Report, VariantResult
 
@@ -127,7 +127,7 @@ def replicas_line(report: Report) -> str | None:
         if s is None or not s.max_load_meeting_slo:
             parts.append(f"{v.name} {DASH}")
             continue
-        n = max(1, math.ceil(rec.expected_load / s.max_load_meeting_slo - 1e-9))
+        n = replicas_needed(rec.expected_load, s.max_load_meeting_slo)
         price = "" if s.usd_per_hour is None else f", USD {usd_hour(n * s.usd_per_hour)}/h"
         parts.append(f"{v.name} {n}{price}")
     return (f"Replicas for {load_words(rec.expected_load, rec.expected_load_unit)}, each at the capacity of its "

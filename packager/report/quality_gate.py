@@ -19,8 +19,9 @@ Two tests, each naming what it found and by how much when it rejects:
 2. **Fidelity**: the variant's mean KL to the baseline (teacher-forced, along the baseline's own outputs) may be
    at most `max_kl` (a release sets it to a multiple of the baseline's noise floor: the KL the same model shows
    when served in another dtype, packager.evaluate.noise_floor). Task scores can hide a model that moved: a
-   suite tests few skills, and the KL sees every position. Variants served by an engine without prompt logprobs
-   have no KL; they are judged on recovery alone and the verdict says so.
+   suite tests few skills, and the KL sees every position. A GGUF variant's KL is read from its file by llama.cpp
+   in-process (its server gives no prompt logprobs; packager.gguf.topk). A variant with no KL at all (an endpoint
+   without prompt logprobs and no local artifact) is judged on recovery alone, and the verdict says so.
 
 The baseline is judged on its recovery of 1 alone (it has no interval and no KL to itself).
 """

@@ -97,9 +97,14 @@ def test_report_numbers_are_consistent(release_run):
     assert w8.size_bytes < base.size_bytes  # int8 weights are smaller than the float checkpoint
     assert w8.fidelity_agreement is not None and 0 <= w8.fidelity_agreement <= 1
     assert w8.fidelity_mean_kl is not None and w8.fidelity_mean_kl >= 0
-    # the GGUF variant was scored through llama.cpp (no prompt logprobs there: no KL, said so)
-    assert q4.dtype == "q4_k_m" and q4.fidelity_mean_kl is None and q4.recovery == pytest.approx(q4.score / base.score)
+    # the GGUF variant was scored through llama.cpp; its server gives no prompt logprobs, so the KL along the same
+    # corpus answers was read from the GGUF by llama.cpp in the release's process (said so)
+    assert q4.dtype == "q4_k_m" and q4.recovery == pytest.approx(q4.score / base.score)
     assert any("(llama-server) returns no prompt logprobs" in n for n in q4.eval.get("notes", [])), q4.eval
+    assert any("read from the same GGUF by llama.cpp" in n for n in q4.eval.get("notes", [])), q4.eval
+    assert q4.fidelity_source == "corpus:default" and q4.eval["fidelity_prompts"] == base.eval["fidelity_prompts"]
+    assert q4.fidelity_mean_kl is not None and q4.fidelity_mean_kl > 0  # 4-bit weights are not the bf16 model
+    assert q4.fidelity_top1_agreement is not None and 0 <= q4.fidelity_top1_agreement <= 1
     assert q4.size_bytes < w8.size_bytes  # 4-bit k-quants are smaller than int8
     # the baseline's noise floor: served once more in the other dtype, measured along its own outputs
     nf = report.noise_floor

@@ -294,3 +294,47 @@ def _a_key() -> dict[str, str]:
     from packager.serve.auth import ENV_API_KEYS, generate_key
 
     return {ENV_API_KEYS: generate_key()}
+
+
+def test_gguf_topk_read_in_process_follows_the_float_models_answers(gguf_artifacts, default_model):
+    """The KL of a GGUF variant comes from its file read by llama.cpp in-process (llama-server gives no prompt
+    logprobs). Its rows must line up with the answer: along the float model's own greedy answers, the Q8_0 export
+    predicts the float model's next token at most positions (a row off by one would almost never), and reading
+    twice gives the same numbers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from packager.evaluate.fidelity import ItemResult, teacher_forced_fidelity
+    from packager.gguf.topk import GgufTopk
+
+    tok = AutoTokenizer.from_pretrained(str(default_model.path))
+    model = AutoModelForCausalLM.from_pretrained(str(default_model.path), dtype=torch.float32).eval()
+    items = {}
+    for i, q in enumerate(["What is the capital of France?", "Name three primary colours.", "What is 12 times 3?"]):
+        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=12, do_sample=False)
+            logp = torch.log_softmax(model(out).logits[0].float(), dim=-1)
+        prompt, answer = ids[0].tolist(), out[0, ids.shape[1]:].tolist()
+        rows = []
+        for j, t in enumerate(answer):
+            lp = logp[len(prompt) - 1 + j]
+            top = torch.topk(lp, 5).indices.tolist()
+            rows.append({str(x): float(lp[x]) for x in top + [t]})
+        items[f"q{i}"] = ItemResult(id=f"q{i}", tags=["t"], scorer="s", output="", score=1.0, latency_s=0.0,
+                                    prompt_token_ids=prompt, output_token_ids=answer, topk_logprobs=rows)
+    q8 = GgufTopk(Path(gguf_artifacts["q8_0"].path) / "model.gguf", n_ctx=512, threads=2)
+    q4 = GgufTopk(Path(gguf_artifacts["q4_k_m"].path) / "model.gguf", n_ctx=512, threads=2)
+    try:
+        f8 = teacher_forced_fidelity(items, None, "m", 5, 2, topk_fn=q8)  # type: ignore[arg-type]
+        again = teacher_forced_fidelity(items, None, "m", 5, 2, topk_fn=q8)  # type: ignore[arg-type]
+        f4 = teacher_forced_fidelity(items, None, "m", 5, 2, topk_fn=q4)  # type: ignore[arg-type]
+    finally:
+        q8.close()
+        q4.close()
+    n = sum(len(b.output_token_ids or []) for b in items.values())
+    assert f8.positions == f4.positions == n and f8.answers == 3
+    assert f8.top1_agreement is not None and f8.top1_agreement > 0.5, f8
+    assert f8.mean_kl is not None and f8.mean_kl >= 0 and again.mean_kl == f8.mean_kl
+    assert f4.mean_kl is not None and f4.mean_kl >= 0 and 0 <= (f4.top1_agreement or 0) <= 1

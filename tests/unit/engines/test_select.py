@@ -62,8 +62,32 @@ def test_evaluation_without_prompt_logprobs_skips_perplexity_and_says_why():
     assert evaluation_config(VLLM, cfg) == (cfg, [])
     run_cfg, notes = evaluation_config(LLAMACPP, cfg)
     assert run_cfg.eval.perplexity is False and cfg.eval.perplexity is True  # the caller's config is untouched
-    assert run_cfg.eval.fidelity_corpus is None and cfg.eval.fidelity_corpus == "default"  # no logprobs, no corpus
-    skip = {"perplexity", "fidelity_corpus"}
-    assert run_cfg.eval.model_dump(exclude=skip) == cfg.eval.model_dump(exclude=skip)
+    # the KL is read from the GGUF in-process, so the corpus it is measured along stays
+    assert run_cfg.eval.fidelity_corpus == cfg.eval.fidelity_corpus == "default"
+    assert run_cfg.eval.model_dump(exclude={"perplexity"}) == cfg.eval.model_dump(exclude={"perplexity"})
     assert notes == list(ENGINES[LLAMACPP].eval_notes)
     assert notes[0] == "perplexity: not measured: llama.cpp's server (llama-server) returns no prompt logprobs"
+    assert "read from the same GGUF by llama.cpp in the evaluating process" in notes[1]
+
+
+def test_an_engine_without_logprobs_or_local_reader_drops_the_fidelity_corpus(monkeypatch):
+    import dataclasses
+
+    import packager.engines.select as sel
+
+    bare = dataclasses.replace(ENGINES[LLAMACPP], local_topk=False)
+    monkeypatch.setitem(sel.ENGINES, LLAMACPP, bare)
+    run_cfg, _ = evaluation_config(LLAMACPP, RunConfig())
+    assert run_cfg.eval.fidelity_corpus is None and run_cfg.eval.perplexity is False
+
+
+def test_local_topk_is_a_lazy_gguf_reader_for_gguf_artifacts_only(tmp_path):
+    from packager.engines.select import local_topk
+    from packager.gguf.topk import GgufTopk
+
+    assert local_topk(None, EngineConfig()) is None
+    assert local_topk(tmp_path, EngineConfig()) is None  # safetensors (no model.gguf): vLLM's logprobs serve
+    (tmp_path / "model.gguf").write_bytes(b"GGUF not a model")  # never read: the reader loads on first use
+    reader = local_topk(tmp_path, EngineConfig(max_model_len=1024))
+    assert isinstance(reader, GgufTopk) and reader.n_ctx == 1024 and reader._llm is None
+    assert reader.path == tmp_path / "model.gguf"

@@ -160,19 +160,28 @@ async def test_over_the_concurrency_limit_is_429_and_counted(setup):
     assert gw.in_flight == gw.concurrency
 
 
-@pytest.mark.anyio
-async def test_backend_down_is_503_and_a_server_error():
+def _unpriced_gateway(backend) -> tuple[Gateway, CollectorRegistry, Starlette]:
+    """A gateway (no price) in front of the mock `backend` handler, mounted at /v1 of an outer app."""
     registry = CollectorRegistry()
-
-    def refuse(request):
-        raise httpx.ConnectError("connection refused", request=request)
-
-    gw = Gateway("http://backend", concurrency=2, transport=httpx.MockTransport(refuse),
+    gw = Gateway("http://backend", concurrency=2, transport=httpx.MockTransport(backend),
                  metrics_factory=lambda: ServiceMetrics(LABELS, usd_per_hour=None, registry=registry))
     gw.open()
     outer = Starlette()
     outer.mount("/v1", gw.app)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://bento") as client:
+    return gw, registry, outer
+
+
+def _client(outer: Starlette) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://bento")
+
+
+@pytest.mark.anyio
+async def test_backend_down_is_503_and_a_server_error():
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    gw, registry, outer = _unpriced_gateway(refuse)
+    async with _client(outer) as client:
         r = await client.post("/v1/completions", json={"model": "m", "prompt": "x"})
     assert r.status_code == 503 and "ConnectError" in r.json()["error"]["message"]
     assert sample(registry, "packager_requests_total", outcome="server_error") == 1
@@ -186,7 +195,6 @@ async def test_a_connection_the_backend_closed_while_idle_is_retried_once_and_on
     RemoteProtocolError before any answer: the gateway sends the request once more; twice is a 503."""
     from packager.serve.gateway import BACKEND_KEEPALIVE_S
 
-    registry = CollectorRegistry()
     calls: list[bytes] = []
     failures = {"left": 1}
 
@@ -198,12 +206,8 @@ async def test_a_connection_the_backend_closed_while_idle_is_retried_once_and_on
         return httpx.Response(200, json={"choices": [{"index": 0, "text": "ok"}],
                                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
-    gw = Gateway("http://backend", concurrency=2, transport=httpx.MockTransport(backend),
-                 metrics_factory=lambda: ServiceMetrics(LABELS, usd_per_hour=None, registry=registry))
-    gw.open()
-    outer = Starlette()
-    outer.mount("/v1", gw.app)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://bento") as client:
+    gw, registry, outer = _unpriced_gateway(backend)
+    async with _client(outer) as client:
         r = await client.post("/v1/completions", json={"model": "m", "prompt": "x"})
         assert r.status_code == 200 and r.json()["choices"][0]["text"] == "ok"
         assert len(calls) == 2 and calls[0] == calls[1] and b'"prompt"' in calls[0]  # the same body, sent again

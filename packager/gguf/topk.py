@@ -1,0 +1,97 @@
+"""Teacher-forced top-k log-probabilities of a GGUF model, computed in this process by llama.cpp.
+
+Why in-process: llama.cpp's server (`llama-server`, the llamacpp backend) gives log-probabilities of the tokens it
+generates, never of the prompt (its OpenAI routes refuse `echo`, and it has no `prompt_logprobs`). The fidelity
+figures (mean and p95 KL to the baseline, top-1 agreement, greedy-prefix match; packager.evaluate.fidelity) need
+the distribution at every position of the baseline's own answer, given the baseline's tokens before it. So the
+same GGUF file is read by llama.cpp's library through llama-cpp-python: its pinned sdist vendors the very
+llama.cpp source `llama-server` is built from (the same quantized weights, the same kernels), and on CPUs with
+AMX it loads without extra buffer types, as the server runs with `--no-repack` (packager.gguf.amx).
+
+How: one forward pass per answer over prompt + answer tokens with every position's logits kept
+(`logits_all`), then a log-softmax over the whole vocabulary at each answer position, of which the top k are
+kept (plus the answer's own token, as vLLM's `prompt_logprobs` does), keyed by token id as text. The token ids are
+the baseline's: a GGUF export keeps the source tokenizer's ids, so the sequence is the one the baseline read.
+
+Cost: the model's weights are loaded a second time beside the running server (for the duration of the fidelity
+pass), plus n_ctx x vocabulary float32 logits (2048 x 49,152 for the bundled model: 0.4 GB). One pass reads about
+as many tokens per second as the server's prompt processing (about 500 on 2 cores for the bundled Q4_K_M).
+Sequences longer than n_ctx are skipped (no figures for them), not truncated.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from packager.errors import ConfigError
+
+
+class GgufTopk:
+    """Callable `(prompt_ids, output_ids, k, max_positions) -> [{token id: logprob}] | None` over one GGUF file.
+
+    The model loads on the first call (lazily, so an evaluation that measures no fidelity pays nothing); calls
+    are serialized (one llama.cpp context). `close()` frees it."""
+
+    def __init__(self, gguf_file: str | Path, *, n_ctx: int, threads: int):
+        self.path = Path(gguf_file)
+        if not self.path.is_file():
+            raise ConfigError(f"{self.path} does not exist: no GGUF to read logprobs from.")
+        self.n_ctx = n_ctx
+        self.threads = threads
+        self._llm: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        if self._llm is None:
+            from llama_cpp import Llama
+
+            from packager.gguf.amx import avoid_amx_crash
+
+            avoid_amx_crash()
+            self._llm = Llama(model_path=str(self.path), logits_all=True, n_ctx=self.n_ctx,
+                              n_batch=min(self.n_ctx, 512), n_threads=self.threads, n_threads_batch=self.threads,
+                              verbose=False)
+        return self._llm
+
+    def __call__(self, prompt_ids: list[int], output_ids: list[int], k: int,
+                 max_positions: int) -> list[dict[str, float]] | None:
+        out_ids = output_ids[:max_positions]
+        if not prompt_ids or not out_ids:
+            return None
+        ids = list(prompt_ids) + list(out_ids)
+        if len(ids) > self.n_ctx:
+            return None
+        with self._lock:
+            llm = self._load()
+            if max(ids) >= llm.n_vocab():
+                return None  # not this model's tokenizer
+            llm.reset()
+            llm.eval(ids)
+            # row i of the scores: the logits after token i, i.e. the distribution of token i + 1
+            logits = llm.scores[len(prompt_ids) - 1: len(ids) - 1].copy()
+        return topk_rows(logits, out_ids, k)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
+
+
+def topk_rows(logits: Any, targets: list[int], k: int) -> list[dict[str, float]]:
+    """Per row of raw `logits` (positions x vocabulary): the log-softmax's k largest entries plus the entry of
+    that row's target token, keyed by token id as text."""
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    lp = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    k = max(1, min(k, lp.shape[1]))
+    top = np.argpartition(-lp, k - 1, axis=-1)[:, :k]
+    rows = []
+    for i, target in enumerate(targets):
+        row = {str(int(t)): float(lp[i, t]) for t in top[i]}
+        row[str(int(target))] = float(lp[i, target])
+        rows.append(row)
+    return rows
