@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from packager.core.validation import format_validation_error, parse_model  # noqa: F401  (re-exported)
 from packager.errors import ConfigError
@@ -132,6 +132,18 @@ class RegistryConfig(BaseModel):
     log_artifacts: bool = False  # upload the model files into MLflow too (large); default records path + hashes
 
 
+# The recipes a release builds when none are given, per engine target; the report then compares the engines and
+# methods at the tested loads.
+# * cpu: vLLM int8 (SmoothQuant + GPTQ rounding + mixed precision) against llama.cpp at 8 and 4 bits. No 4-bit
+#   vLLM variant: on CPUs vLLM's int4 kernels serve slower than bfloat16 (benchmarks/results/compression.json),
+#   and its GPTQ search is the slowest compression (about 11 minutes on 2 cores).
+# * gpu: vLLM int8, int4 weights (GPTQ) and FP8; llama.cpp serves on CPUs only.
+DEFAULT_RECIPES: dict[str, tuple[str, ...]] = {
+    "cpu": ("w8a8-int8", "gguf-q8_0", "gguf-q4_k_m"),
+    "gpu": ("w8a8-int8", "gptq-w4a16", "fp8"),
+}
+
+
 class RunConfig(Strict):
     """Everything a run needs. `packager release` reads all of it; other commands read their parts."""
 
@@ -142,9 +154,10 @@ class RunConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     slo: SLOConfig = Field(default_factory=SLOConfig)
     pricing: PricingConfig = Field(default_factory=PricingConfig)
-    # vLLM int8 and int4, and a llama.cpp GGUF: the report then compares the engines at the tested loads
-    recipes: list[str] = Field(default_factory=lambda: ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m"],
-                               description="recipes (names or files), one variant each")
+    # default: per engine.target (DEFAULT_RECIPES), filled in by _default_recipes_for_the_target
+    recipes: list[str] = Field(default_factory=lambda: list(DEFAULT_RECIPES["cpu"]),
+                               description="recipes (names or files), one variant each; the default below is "
+                               "engine.target cpu's, gpu's is " + ", ".join(DEFAULT_RECIPES["gpu"]))
     quality_floor: float = Field(0.97, gt=0.0, le=1.0, description="minimum recovery (score / baseline score) a "
                                  "recommended variant keeps; a release judges the lower bound of its 95% interval")
     gate: QualityGateConfig = Field(default_factory=lambda: QualityGateConfig())
@@ -153,11 +166,23 @@ class RunConfig(Strict):
     expected_load: Optional[float] = Field(None, gt=0, description="the traffic you expect, in the unit of the "
                                            "load-test sweep (concurrent users by default): rank the variants by "
                                            "cost and SLO there instead of at their highest sustained load")
-    time_budget_s: float = Field(1800.0, gt=0, description="time budget of the whole run, in seconds")
+    # the default release's own estimate on 2 cores fits (packager.release.estimate; a unit test holds it)
+    time_budget_s: float = Field(4500.0, gt=0, description="time budget of the whole run, in seconds")
     output_dir: str = Field("runs/latest", description="run directory")
     # the load test (packager.loadtest.config); None: each command's default (a release sweeps 1, 4 and 16 users)
     loadtest: Optional[LoadTestConfig] = None
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_recipes_for_the_target(cls, data: Any) -> Any:
+        """No recipes given: the target's defaults (DEFAULT_RECIPES), so a GPU release is not handed a llama.cpp
+        variant it cannot serve, nor a CPU release a 4-bit variant vLLM's CPU kernels make slower."""
+        if not isinstance(data, dict) or "recipes" in data:
+            return data
+        engine = data.get("engine")
+        target = engine.get("target", "cpu") if isinstance(engine, dict) else getattr(engine, "target", "cpu")
+        return {**data, "recipes": list(DEFAULT_RECIPES.get(target, DEFAULT_RECIPES["cpu"]))}
 
     @field_validator("loadtest", mode="before")
     @classmethod

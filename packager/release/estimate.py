@@ -2,10 +2,13 @@
 expected load can be measured by the configured load test."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packager.config import RunConfig
 from packager.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from packager.loadtest.config import LoadTestConfig
 
 # Seconds each step takes for the bundled model on a 2-core CPU (measured), used for the up-front estimate
 # (w8a8_int8: the built-in recipe's SmoothQuant and mixed-precision search, 4 s without them; gptq: the built-in
@@ -16,8 +19,9 @@ _ESTIMATE_S: dict[str, Any] = {"serve_start": 150.0, "register": 10.0, "noise_fl
                             "gguf": 120.0}}
 # Evaluation, per unit of work (benchmarks/results/quality.json, 2 cores, concurrency 8): a suite item; a fidelity
 # prompt answered by the baseline (32 greedy tokens and their top-k); the same answer read teacher-forced by a
-# variant (one prefill); perplexity and the behaviour suite together.
-_EVAL_S = {"item": 0.52, "answer": 0.49, "read": 0.085, "fixed": 40.0}
+# variant (one prefill; a GGUF's read by llama.cpp in-process, packager.gguf.topk: 219 s for the 557 prompts);
+# perplexity and the behaviour suite together.
+_EVAL_S = {"item": 0.52, "answer": 0.49, "read": 0.085, "read_gguf": 0.39, "fixed": 40.0}
 _DEFAULT_SIZES = {"suite": 430, "fidelity_corpus": 557}
 
 
@@ -31,6 +35,13 @@ def default_loadtest() -> dict[str, Any]:
         "max_duration_s": 120,
         "max_requests": 5000,
     }
+
+
+def loadtest_seconds(lt: "LoadTestConfig") -> float:
+    """What one load test is planned to take (its dispatch, else its cap) plus 10 s to drain, and its capacity
+    search's budget (each probe drained 5 s)."""
+    knee = lt.knee.budget_s + 5 * lt.knee.max_probes if lt.knee.enabled else 0.0
+    return (lt.profile.planned_dispatch_s() or lt.max_duration_s) + 10 + knee
 
 
 def check_expected_load(expected_load: float | None, lt_cfg) -> None:
@@ -63,18 +74,21 @@ def step_seconds(recipe: str | None, loadtest_s: float, cfg: RunConfig | None = 
     gate = cfg.gate if cfg is not None else None
     floor = recipe is None and gate is not None and gate.noise_floor and gate.max_kl_vs_noise is not None
     return {"compress": _compress_seconds(recipe) if recipe else 0.0, "register": _ESTIMATE_S["register"],
-            "measure": _ESTIMATE_S["serve_start"] + evaluate_seconds(cfg, baseline=recipe is None) + loadtest_s,
+            "measure": _ESTIMATE_S["serve_start"] + loadtest_s
+            + evaluate_seconds(cfg, baseline=recipe is None, gguf=recipe is not None and "gguf" in recipe),
             "noise_floor": _ESTIMATE_S["noise_floor"] if floor else 0.0}
 
 
-def evaluate_seconds(cfg: RunConfig | None, baseline: bool) -> float:
+def evaluate_seconds(cfg: RunConfig | None, baseline: bool, gguf: bool = False) -> float:
     """Estimated seconds of one evaluation: the suite's items, then the fidelity corpus (answered by the baseline,
-    read by a variant), from the configured sizes (the default suite and corpus when not capped)."""
+    read by a variant: a GGUF's more slowly), from the configured sizes (the default suite and corpus when not
+    capped)."""
     ev = (cfg or RunConfig()).eval
     items = min(ev.max_items or _DEFAULT_SIZES["suite"], _DEFAULT_SIZES["suite"]) \
         if ev.suite == "default" else (ev.max_items or _DEFAULT_SIZES["suite"])
     prompts = 0 if not ev.fidelity_corpus else (ev.fidelity_max_prompts or _DEFAULT_SIZES["fidelity_corpus"])
-    return round(_EVAL_S["fixed"] + items * _EVAL_S["item"] + prompts * _EVAL_S["answer" if baseline else "read"])
+    per_prompt = _EVAL_S["answer"] if baseline else _EVAL_S["read_gguf" if gguf else "read"]
+    return round(_EVAL_S["fixed"] + items * _EVAL_S["item"] + prompts * per_prompt)
 
 
 def _compress_seconds(recipe: str) -> float:

@@ -20,7 +20,13 @@ from packager.release.context import (
     print_to_console,
     variant_name,
 )
-from packager.release.estimate import check_expected_load, default_loadtest, estimate_seconds, step_seconds
+from packager.release.estimate import (
+    check_expected_load,
+    default_loadtest,
+    estimate_seconds,
+    loadtest_seconds,
+    step_seconds,
+)
 
 if TYPE_CHECKING:
     from packager.core.progress import ProgressBar
@@ -86,10 +92,7 @@ class ReleaseRunner:
             return self._report(results)
 
     def _loadtest_seconds(self) -> float:
-        """What one load test is planned to take (its dispatch, else its cap) plus 10 s to drain."""
-        lt = self.run_ctx.lt_cfg
-        knee = lt.knee.budget_s + 5 * lt.knee.max_probes if lt.knee.enabled else 0.0  # probes, each drained
-        return (lt.profile.planned_dispatch_s() or lt.max_duration_s) + 10 + knee
+        return loadtest_seconds(self.run_ctx.lt_cfg)
 
     def _weights(self, v: Variant) -> dict[str, float]:
         return step_seconds(v.recipe, self._loadtest_seconds(), self.run_ctx.cfg)

@@ -22,7 +22,8 @@ def test_config_field_walks_nested_and_optional_sections():
 def test_help_names_the_setting_and_its_default():
     assert config_help("eval.max_items") == ("score only the first N suite items "
                                              "(setting eval.max_items; default: none)")
-    assert config_help("recipes").endswith("(setting recipes; default: w8a8-int8, gptq-w4a16, gguf-q4_k_m)")
+    assert config_help("recipes").endswith("gpu's is w8a8-int8, gptq-w4a16, fp8 "
+                                           "(setting recipes; default: w8a8-int8, gguf-q8_0, gguf-q4_k_m)")
     assert config_help("eval.perplexity").endswith("default: true)")
 
 

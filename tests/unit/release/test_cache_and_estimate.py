@@ -46,10 +46,12 @@ def test_estimate_and_default_loadtest():
     # + load test 70; a variant reads the answers (557 x 0.085) and adds its compression (gguf: 120 s with its
     # importance matrix)
     assert evaluate_seconds(RunConfig(), baseline=True) == 537 and evaluate_seconds(RunConfig(), baseline=False) == 311
-    assert estimate_seconds(RunConfig(), recipes, 70.0) == 4792.0 + 240.0  # + the baseline's noise floor
+    # a GGUF's answers are read by llama.cpp in-process: 0.39 s a prompt instead of vLLM's 0.085
+    assert evaluate_seconds(RunConfig(), baseline=False, gguf=True) == 481
+    assert estimate_seconds(RunConfig(), recipes, 70.0) == 4792.0 + 170 + 240.0  # + the baseline's noise floor
     assert estimate_seconds(RunConfig(), [], 70.0) == 767.0 + 240.0
     no_floor = RunConfig.model_validate({"gate": {"noise_floor": False}})
-    assert estimate_seconds(no_floor, recipes, 70.0) == 4792.0 and estimate_seconds(no_floor, [], 70.0) == 767.0
+    assert estimate_seconds(no_floor, recipes, 70.0) == 4792.0 + 170 and estimate_seconds(no_floor, [], 70.0) == 767.0
     small = RunConfig.model_validate({"eval": {"max_items": 30, "fidelity_max_prompts": 48}})
     assert evaluate_seconds(small, baseline=True) == round(40 + 30 * 0.52 + 48 * 0.49)
     no_corpus = RunConfig.model_validate({"eval": {"fidelity_corpus": None}})
@@ -79,3 +81,23 @@ def test_importing_the_release_loads_no_heavy_library():
             f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_default_release_fits_its_own_budget_on_each_target():
+    """With no recipes given a release takes its target's defaults, and its up-front estimate on 2 cores (with the
+    release's own default load test) is within the default time budget, so a default release skips no variant."""
+    from packager.config import DEFAULT_RECIPES
+    from packager.loadtest.config import parse_loadtest_config
+    from packager.release import default_loadtest, estimate_seconds
+    from packager.release.estimate import loadtest_seconds
+
+    lt_s = loadtest_seconds(parse_loadtest_config(default_loadtest(), "loadtest"))
+    assert lt_s == 60 + 10 + 40 + 5 * 4  # the sweep's dispatch, drained, and the capacity search's budget
+    for target in ("cpu", "gpu"):
+        cfg = RunConfig.model_validate({"engine": {"target": target}})
+        assert cfg.recipes == list(DEFAULT_RECIPES[target])
+        assert estimate_seconds(cfg, cfg.recipes, lt_s) <= cfg.time_budget_s, target
+    assert not any(r.startswith("gguf") for r in DEFAULT_RECIPES["gpu"])  # llama.cpp serves on CPUs only
+    assert RunConfig.model_validate({"recipes": []}).recipes == []  # recipes given, even none, are kept
+    assert RunConfig.model_validate({"engine": {"target": "gpu"}, "recipes": ["fp8"]}).recipes == ["fp8"]
+

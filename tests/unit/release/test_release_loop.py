@@ -437,7 +437,7 @@ def test_step_cache_files_and_keys(runs):
     for v, version in zip(runs.first.report.variants[:2], ("1", "2")):
         name, digest = v.name, v.model_digest
         ev, lt = done(run, name, "evaluate"), done(run, name, "loadtest")
-        assert ev["key"] == cache_key("eval", digest, suite_sha, cfg.eval, cfg.engine, base_score)
+        assert ev["key"] == cache_key("eval", digest, suite_sha, cfg.eval, cfg.engine, base_score, False)
         assert lt["key"] == cache_key("loadtest", digest, lt_cfg, cfg.engine, cfg.slo, cfg.pricing)
         assert ev["result"]["score"] == v.score and lt["result"]["complete"] is True
         assert done(run, name, "bento") == {"key": digest, "result": f"packager-{name}:fake"}
@@ -525,7 +525,7 @@ def test_changed_setting_on_the_bare_engine_redoes_only_the_evaluation(runs):
     for a, b in zip(runs.first.report.variants[:2], third.variants[:2]):  # the load tests from the cache
         assert a.load == b.load
     assert done(Path(cfg3.output_dir), "baseline", "evaluate")["key"] == cache_key(
-        "eval", base.model_digest, third.variants[0].eval["suite_sha256"], cfg3.eval, cfg3.engine, None)
+        "eval", base.model_digest, third.variants[0].eval["suite_sha256"], cfg3.eval, cfg3.engine, None, False)
     assert set(third.timings_s) == {
         *(f"{n}/{s}" for n in MEASURED for s in ("serve_start", "evaluate", "evaluate_behaviour")),
         "w8a8-int8/compress", "broken-int4/compress", "broken-int4/serve_start", "broken-int4/evaluate", "total"}
