@@ -21,7 +21,7 @@ from packager.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     from packager.config import EngineConfig, RunConfig
     from packager.engines.base import LocalServer
-    from packager.evaluate.fidelity import TopkFn
+    from packager.gguf.topk import GgufTopk
 
 VLLM = "vllm"
 LLAMACPP = "llamacpp"
@@ -127,7 +127,7 @@ def evaluation_config(backend: str, cfg: "RunConfig") -> tuple["RunConfig", list
     return run_cfg, list(caps.eval_notes)
 
 
-def local_topk(model_dir: str | Path | None, engine: "EngineConfig") -> "TopkFn | None":
+def local_topk(model_dir: str | Path | None, engine: "EngineConfig") -> "GgufTopk | None":
     """The fidelity figures' top-k reader for a model its engine gives no prompt logprobs for, read from the
     artifact in this process (a GGUF through llama.cpp: packager.gguf.topk), or None (the endpoint's own logprobs
     serve, or there is no local artifact). Loads nothing until first called."""

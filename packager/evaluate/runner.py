@@ -253,13 +253,14 @@ def evaluate_model(model_dir: str | Path | None, cfg: RunConfig, *, url: str | N
             log_path = Path(out_dir) / "engine.log"
         with server_for_model(model_dir, cfg.engine, served_name=label, log_path=log_path) as srv:
             run_cfg, notes = evaluation_config(srv.engine.backend, cfg.model_copy(update={"engine": srv.engine}))
-            local = topk_fn or local_topk(model_dir, srv.engine)
+            own = None if topk_fn is not None else local_topk(model_dir, srv.engine)
             try:
                 summary, results, reference = _evaluate_endpoint(srv.base_url, run_cfg, suite, label, baseline,
-                                                                 baseline_items, show_progress, model_dir, local)
+                                                                 baseline_items, show_progress, model_dir,
+                                                                 topk_fn or own)
             finally:
-                if local is not None and local is not topk_fn:
-                    getattr(local, "close", lambda: None)()
+                if own is not None:
+                    own.close()
         summary.model_dir, summary.url = str(model_dir), None
         summary.notes.extend(notes)
     summary.wall_time_s = time.perf_counter() - t0

@@ -202,7 +202,8 @@ def evaluate(ctx: VariantContext, url: str) -> None:
                                baseline_items=run.baseline_items, out_dir=v.root / "eval",
                                name=v.name, suite=run.suite, show_progress=run.show_progress, topk_fn=topk)
         finally:
-            getattr(topk, "close", lambda: None)()
+            if topk is not None:
+                topk.close()
         s.notes.extend(ev_notes)
     s.model_dir = str(v.model_dir)
     if cfg.eval.behaviour_suite:
