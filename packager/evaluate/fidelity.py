@@ -109,10 +109,14 @@ class Fidelity(BaseModel):
 
 
 def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str, top_k: int,
-                            concurrency: int, ids: list[str] | None = None, topk_fn: TopkFn | None = None) -> Fidelity:
+                            concurrency: int, ids: list[str] | None = None, topk_fn: TopkFn | None = None,
+                            progress: str | None = None) -> Fidelity:
     """KL(baseline || model) and top-1 agreement at each position of the baseline's outputs (of `ids`, default
     every item that has the baseline's top-k). Positions the endpoint gives no prompt logprobs for are left out.
-    `topk_fn` reads the model's top-k another way (default: the endpoint's prompt logprobs)."""
+    `topk_fn` reads the model's top-k another way (default: the endpoint's prompt logprobs). `progress`: the title
+    of a progress bar over the answers read (None: no bar)."""
+    from packager.core.progress import progress_bar
+
     read = topk_fn or endpoint_topk(client, model)
     pairs: list[tuple[dict[str, float], dict[str, float]]] = []
     prefixes: list[tuple[int, int]] = []  # (matched leading tokens, measured tokens) per answer
@@ -127,12 +131,14 @@ def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenA
         return got, (greedy_prefix_match(b.output_token_ids[:len(got)], [q for _, q in got]), len(got))
 
     chosen = [baseline_items[i] for i in (ids if ids is not None else list(baseline_items)) if i in baseline_items]
-    with ThreadPoolExecutor(concurrency) as ex:
+    with progress_bar(progress or "fidelity", total=len(chosen), enabled=progress is not None) as bar, \
+            ThreadPoolExecutor(concurrency) as ex:
         for fut in as_completed([ex.submit(one, b) for b in chosen]):
             got, prefix = fut.result()
             pairs.extend(got)
             if prefix is not None:
                 prefixes.append(prefix)
+            bar.advance()
     if not pairs:
         return Fidelity()
     kls = sorted(kl_topk(p, q) for p, q in pairs)

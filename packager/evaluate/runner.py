@@ -188,12 +188,12 @@ def behaviour_metrics(results: list[ItemResult]) -> dict[str, float]:
 
 
 def fidelity(results: list[ItemResult], baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str,
-             top_k: int, concurrency: int, topk_fn: TopkFn | None = None) -> Fidelity:
+             top_k: int, concurrency: int, topk_fn: TopkFn | None = None, progress: str | None = None) -> Fidelity:
     pairs = [(r, baseline_items[r.id]) for r in results if r.id in baseline_items and not r.error]
     if not pairs:
         return Fidelity()
     f = teacher_forced_fidelity(baseline_items, client, model, top_k, concurrency, ids=[b.id for _, b in pairs],
-                                topk_fn=topk_fn)
+                                topk_fn=topk_fn, progress=progress)
     f.agreement = _mean([float(r.output.strip() == b.output.strip()) for r, b in pairs])
     return f
 
@@ -342,32 +342,43 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
                                             if c in by_cat and s > 0}
             if baseline_items is None and baseline.items_path and Path(baseline.items_path).exists():
                 baseline_items = load_items(Path(baseline.items_path))
-            corpus_items = baseline_corpus_items(baseline) if cfg.eval.fidelity_corpus else None
-            if corpus_items:
-                f = teacher_forced_fidelity(corpus_items, client, model, cfg.eval.fidelity_top_k,
-                                            cfg.eval.concurrency, topk_fn=topk_fn)
-                f.agreement = f.full_match
-                summary.fidelity_source = baseline.fidelity_source
-                summary.fidelity_corpus_sha256 = baseline.fidelity_corpus_sha256
-                summary.fidelity_prompts = f.answers
-                summary.fidelity_prompts_skipped = baseline.fidelity_prompts_skipped
-            elif baseline_items:
-                f = fidelity(results, baseline_items, client, model, cfg.eval.fidelity_top_k, cfg.eval.concurrency,
-                             topk_fn)
-                summary.fidelity_source = "suite"
-            else:
-                f = Fidelity()
-            summary.fidelity_agreement, summary.fidelity_mean_kl = f.agreement, f.mean_kl
-            summary.fidelity_p95_kl, summary.fidelity_top1_agreement = f.p95_kl, f.top1_agreement
-            summary.fidelity_kl_positions = f.positions
-            summary.fidelity_prefix_match_mean = f.prefix_match_mean
-            summary.fidelity_prefix_match_share = f.prefix_match_share
+            _measure_fidelity(summary, results, baseline, baseline_items, client, model, cfg, topk_fn,
+                              f"fidelity {label}" if show_progress else None)
         elif cfg.eval.fidelity_corpus:
             reference = _corpus_reference(client, model, cfg, summary, show_progress, fmt)
         summary.stats = quality_stats(results, baseline_items if baseline is not None else None)
     finally:
         client.close()
     return summary, results, reference
+
+
+def _measure_fidelity(summary: EvalSummary, results: list[ItemResult], baseline: EvalSummary,
+                      baseline_items: dict[str, ItemResult] | None, client: OpenAIClient, model: str, cfg: RunConfig,
+                      topk_fn: TopkFn | None, progress: str | None) -> None:
+    """The model's fidelity to the baseline, onto `summary`: along the baseline's fidelity-corpus answers when it
+    has them, else along its suite answers, else none. `progress`: a bar's title (None: no bar)."""
+    corpus_items = baseline_corpus_items(baseline) if cfg.eval.fidelity_corpus else None
+    if progress and topk_fn is not None:
+        progress += " (read by llama.cpp here)"  # a GGUF's answers, read in this process: slower than vLLM's
+    if corpus_items:
+        f = teacher_forced_fidelity(corpus_items, client, model, cfg.eval.fidelity_top_k, cfg.eval.concurrency,
+                                    topk_fn=topk_fn, progress=progress)
+        f.agreement = f.full_match
+        summary.fidelity_source = baseline.fidelity_source
+        summary.fidelity_corpus_sha256 = baseline.fidelity_corpus_sha256
+        summary.fidelity_prompts = f.answers
+        summary.fidelity_prompts_skipped = baseline.fidelity_prompts_skipped
+    elif baseline_items:
+        f = fidelity(results, baseline_items, client, model, cfg.eval.fidelity_top_k, cfg.eval.concurrency,
+                     topk_fn, progress=progress)
+        summary.fidelity_source = "suite"
+    else:
+        f = Fidelity()
+    summary.fidelity_agreement, summary.fidelity_mean_kl = f.agreement, f.mean_kl
+    summary.fidelity_p95_kl, summary.fidelity_top1_agreement = f.p95_kl, f.top1_agreement
+    summary.fidelity_kl_positions = f.positions
+    summary.fidelity_prefix_match_mean = f.prefix_match_mean
+    summary.fidelity_prefix_match_share = f.prefix_match_share
 
 
 def _corpus_reference(client: OpenAIClient, model: str, cfg: RunConfig, summary: EvalSummary,

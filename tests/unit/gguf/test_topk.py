@@ -93,3 +93,17 @@ def test_fidelity_reads_through_the_given_reader_not_the_endpoint(tmp_path):
     f = teacher_forced_fidelity(items, NoEndpoint(), "m", 2, 2, topk_fn=r)  # type: ignore[arg-type]
     assert f.positions == 3 and f.top1_agreement == 1.0 and f.mean_kl == pytest.approx(0.0, abs=1e-6)
     assert f.prefix_match_mean == 3 and f.answers == 1
+
+
+def test_a_long_read_shows_its_progress_and_gives_the_same_figures(tmp_path, capsys):
+    r = _reader(tmp_path)
+    items = {f"a{i}": ItemResult(id=f"a{i}", tags=["t"], scorer="s", output="x", score=1.0, latency_s=0.0,
+                                 prompt_token_ids=[1, 2, 3], output_token_ids=[4, 5],
+                                 topk_logprobs=[{"4": 0.0}, {"5": 0.0}]) for i in range(3)}
+    quiet = teacher_forced_fidelity(items, None, "m", 2, 1, topk_fn=r)  # type: ignore[arg-type]
+    assert capsys.readouterr().err == ""
+    shown = teacher_forced_fidelity(items, None, "m", 2, 1, topk_fn=r,  # type: ignore[arg-type]
+                                    progress="fidelity gguf-q4_k_m")
+    err = capsys.readouterr().err
+    assert "fidelity gguf-q4_k_m" in err and "3/3" in err
+    assert shown == quiet and shown.positions == 6
