@@ -122,6 +122,29 @@ class QualityGateConfig(Strict):
                                                          "over the fidelity corpus, else the suite)")
 
 
+def _llamacpp_only() -> list[Literal["vllm", "llamacpp"]]:
+    return ["llamacpp"]
+
+
+class EngineSearchConfig(Strict):
+    """The `engine_search:` section: before a release builds a variant's bento, try engine arguments on its bare
+    engine at one load and build the bento with the fastest that meets the SLO (packager.engines.tune)."""
+
+    enabled: bool = Field(True, description="search engine arguments for the variants of `engines`")
+    # llama.cpp restarts in seconds; vLLM takes minutes per start on a small CPU, so it is searched only on request
+    engines: list[Literal["vllm", "llamacpp"]] = Field(default_factory=_llamacpp_only,
+                                                       description="engines whose arguments are searched")
+    budget_s: float = Field(90.0, gt=0, description="seconds of trials per variant (starts, probes, stops); a "
+                                                    "trial that would not fit, judged by the first one, is not run")
+    probe_duration_s: float = Field(8.0, gt=0, description="seconds of load each trial measures")
+    load: Optional[float] = Field(None, gt=0, description="the load trials run at, in the load test's sweep unit "
+                                  "(e.g. your expected_load); default: the sweep's highest step")
+    # 5%: short probes of the same server differ by a few percent, and a change within that is noise; it is also
+    # the most a kept default may then be behind the best candidate
+    min_gain: float = Field(0.05, ge=0.0, lt=1.0, description="how much more output tokens/s than packager's own "
+                            "arguments a candidate must give to replace them (below: within the noise)")
+
+
 class RegistryConfig(BaseModel):
     """The `registry:` section: where variants are registered (MLflow)."""
 
@@ -172,6 +195,7 @@ class RunConfig(Strict):
     # the load test (packager.loadtest.config); None: each command's default (a release sweeps 1, 4 and 16 users)
     loadtest: Optional[LoadTestConfig] = None
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    engine_search: EngineSearchConfig = Field(default_factory=lambda: EngineSearchConfig())
 
     @model_validator(mode="before")
     @classmethod

@@ -119,7 +119,13 @@ class VariantContext:
     lt_key: str = ""
     summary_d: dict | None = None
     lt_d: dict | None = None
+    engine: Any = None  # EngineConfig with the arguments the engine search chose; None: the run's own
 
     @property
     def cfg(self) -> RunConfig:
         return self.run.cfg
+
+    @property
+    def served_engine(self) -> Any:
+        """The engine settings this variant is served with (the bento, the bare engine, the cache keys)."""
+        return self.engine if self.engine is not None else self.run.cfg.engine

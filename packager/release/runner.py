@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 STEPS: tuple[tuple[str, str, str | None], ...] = (
     ("compress", "compress", "compress"),
     ("describe", "describe", None),
+    ("search engine arguments", "tune", "tune"),
     ("look up the cache", "look_up", None),
     ("register", "register", "register"),
     ("serve, evaluate and load-test", "measure", "measure"),

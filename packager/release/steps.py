@@ -16,6 +16,7 @@ from packager.engines.select import LLAMACPP, capabilities, engine_for, evaluati
 from packager.fsutil import dir_size_bytes, read_manifest
 from packager.release.cache import cache_key
 from packager.release.context import VariantContext
+from packager.release.engine_search import tune  # noqa: F401 - a step (its own module); the runner finds steps here
 
 # ------------------------------------------------------------------ compress and describe
 
@@ -60,10 +61,10 @@ def look_up(ctx: VariantContext) -> None:
     """The cache keys of the evaluation and the load test, and their cached results (None where missing)."""
     run, cfg = ctx.run, ctx.cfg
     base = run.baseline_summary
-    ctx.eval_key = cache_key("eval", ctx.v.digest, run.suite.sha256, cfg.eval, cfg.engine,
+    ctx.eval_key = cache_key("eval", ctx.v.digest, run.suite.sha256, cfg.eval, ctx.served_engine,
                              base.model_dump(mode="json")["score"] if base else None,
                              capabilities(ctx.vr.engine).local_topk)
-    ctx.lt_key = cache_key("loadtest", ctx.v.digest, run.lt_cfg, cfg.engine, cfg.slo, cfg.pricing)
+    ctx.lt_key = cache_key("loadtest", ctx.v.digest, run.lt_cfg, ctx.served_engine, cfg.slo, cfg.pricing)
     ctx.summary_d = ctx.cache.get("evaluate", ctx.eval_key)
     ctx.lt_d = ctx.cache.get("loadtest", ctx.lt_key)
 
@@ -156,7 +157,7 @@ def _serve_on_engine(ctx: VariantContext) -> Iterator[str]:
 
     v = ctx.v
     with ctx.run.timed(f"{v.name}/serve_start"):
-        srv = server_for_model(cast(Path, v.model_dir), ctx.cfg.engine, served_name=v.name,
+        srv = server_for_model(cast(Path, v.model_dir), ctx.served_engine, served_name=v.name,
                                log_path=v.root / "engine.log").start()
     try:
         yield srv.base_url
@@ -172,7 +173,8 @@ def _serve_bento(ctx: VariantContext) -> Iterator[str]:
 
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     with run.timed(f"{v.name}/build"):
-        built = build_bento(cast(Path, v.model_dir), engine=cfg.engine, name=f"packager-{v.name}", model_name=v.name,
+        built = build_bento(cast(Path, v.model_dir), engine=ctx.served_engine, name=f"packager-{v.name}",
+                            model_name=v.name,
                             registry_version=v.registry_version or "unregistered", hardware=cfg.engine.target,
                             usd_per_hour=run.usd_per_hour, log=lambda m: None,
                             access={"registry_name": ctx.vr.registry_name} if ctx.vr.registry_name else None)
@@ -194,9 +196,10 @@ def evaluate(ctx: VariantContext, url: str) -> None:
 
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     with run.timed(f"{v.name}/evaluate"):
-        ev_cfg, ev_notes = evaluation_config(ctx.vr.engine, cfg)
+        # the settings it is served with (the engine search's arguments too): written into its summary
+        ev_cfg, ev_notes = evaluation_config(ctx.vr.engine, cfg.model_copy(update={"engine": ctx.served_engine}))
         # a GGUF's top-k for the KL, read from its file in this process (the bento's llama-server gives none)
-        topk = local_topk(v.model_dir, cfg.engine) if run.baseline_summary is not None else None
+        topk = local_topk(v.model_dir, ctx.served_engine) if run.baseline_summary is not None else None
         try:
             s = evaluate_model(None, ev_cfg, url=url, baseline=run.baseline_summary,
                                baseline_items=run.baseline_items, out_dir=v.root / "eval",

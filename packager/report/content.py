@@ -330,3 +330,32 @@ def config_yaml(report: Report) -> str:
 
     return yaml.safe_dump(report.config, sort_keys=False, default_flow_style=False, allow_unicode=True) \
         if report.config else "# (no configuration recorded)\n"
+
+
+ENGINE_SEARCH_HEADERS = ["variant", "arguments", "output tok/s", "TTFT p95 (ms)", "SLO", "chosen"]
+
+
+def engine_search_rows(report: Report) -> tuple[list[list[str]], list[tuple[str, str]]]:
+    """(one row per trial of every variant's engine-argument search, (variant, what was chosen and why) each)."""
+    rows: list[list[str]] = []
+    reasons: list[tuple[str, str]] = []
+    for v in report.variants:
+        es = v.engine_search
+        if not es:
+            continue
+        chosen = (es.get("chosen") or {}).get("label")
+        for t in es.get("trials", []):
+            label = t["candidate"]["label"]
+            if t.get("error"):
+                rows.append([v.name, label, DASH, DASH, t["error"][:80], ""])
+                continue
+            slo = DASH if t.get("meets_slo") is None else ("met" if t["meets_slo"] else "missed")
+            rows.append([v.name, label, num(t.get("output_tokens_per_s"), ".1f"), num(t.get("ttft_ms_p95"), ".0f"),
+                         slo, "yes" if label == chosen else ""])
+        left = f"; not tried within the {es['budget_s']:g} s budget: {', '.join(es['not_tried'])}" \
+            if es.get("not_tried") else ""
+        reasons.append((v.name, f"at {load_words(es['load'], es['load_unit'])}, {len(es.get('trials', []))} "
+                                f"trial(s) of {es['probe_duration_s']:g} s in {secs(es.get('wall_s'))}: "
+                                f"{es.get('reason', '')}{left}"))
+    return rows, reasons
+

@@ -83,6 +83,8 @@ class VariantResult(BaseModel):
     parameters: int | None = None
     compression_wall_time_s: float | None = None
     stages: list[dict[str, Any]] = Field(default_factory=list)
+    # the engine-argument search before its bento was built (packager.engines.tune.EngineSearch as JSON), or None
+    engine_search: dict[str, Any] | None = None
     # quality
     score: float | None = None
     score_by_category: dict[str, float] = Field(default_factory=dict)

@@ -35,6 +35,7 @@ from packager.report.blocks import (
 )
 from packager.report.content import (
     DEFINITIONS,
+    ENGINE_SEARCH_HEADERS,
     LOAD_ROWS,
     STAGE_HEADERS,
     SWEEP_HEADERS,
@@ -43,6 +44,7 @@ from packager.report.content import (
     config_yaml,
     criteria_line,
     engine_rows,
+    engine_search_rows,
     expected_load_line,
     headline,
     load_error_text,
@@ -139,6 +141,17 @@ def load_tests(report: Report) -> Section:
     return Section("load", "Load tests", blocks)
 
 
+def engine_search(report: Report) -> Section | None:
+    """What each variant's engine-argument search tried before its bento was built, and what it chose."""
+    rows, reasons = engine_search_rows(report)
+    if not reasons:
+        return None
+    return Section("engine-search", "Engine arguments", [
+        Table(ENGINE_SEARCH_HEADERS, rows, numeric_from=2),
+        BulletList([[Name(name), Text(f" {why}")] for name, why in reasons]),
+    ])
+
+
 def timings(report: Report) -> Section:
     trows, tverdict = timing_rows(report)
     budget = report.time_budget_s
@@ -180,7 +193,8 @@ def configuration(report: Report) -> Section:
 
 
 SECTIONS: list[Callable[[Report], Section | None]] = [
-    recommendation, variants, figures, scores, stages, load_tests, timings, versions, notes, configuration,
+    recommendation, variants, figures, scores, stages, load_tests, engine_search, timings, versions, notes,
+    configuration,
 ]
 
 

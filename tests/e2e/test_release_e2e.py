@@ -51,6 +51,8 @@ def release_run(tmp_path_factory, default_model):
         # the noise floor serves the baseline in the other dtype (bfloat16, emulated on an AVX2 CPU: ~4 s an item)
         "gate": {"noise_floor_items": 10},
         "time_budget_s": 3000,
+        # the GGUF variant's llama-server arguments: packager's and as many candidates as 14 s of 2-s trials allow
+        "engine_search": {"budget_s": 14, "probe_duration_s": 2},
     }
     cfg_path = out / "release.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
@@ -105,6 +107,25 @@ def test_report_numbers_are_consistent(release_run):
     assert q4.fidelity_source == "corpus:default" and q4.eval["fidelity_prompts"] == base.eval["fidelity_prompts"]
     assert q4.fidelity_mean_kl is not None and q4.fidelity_mean_kl > 0  # 4-bit weights are not the bf16 model
     assert q4.fidelity_top1_agreement is not None and 0 <= q4.fidelity_top1_agreement <= 1
+    # the engine-argument search ran for the llama.cpp variant only (the default engines), on real llama-servers,
+    # and its bento was built with what it chose
+    from packager.config import EngineConfig
+    from packager.engines.llamacpp import cpu_threads
+    from packager.engines.tune import DEFAULTS_LABEL, EngineSearch, candidates, choose
+    from packager.serve.store import bentoml_home
+
+    assert base.engine_search is None and w8.engine_search is None
+    search = EngineSearch.model_validate(q4.engine_search)
+    assert search.backend == "llamacpp" and search.load == 4 and search.trials[0].candidate.label == DEFAULTS_LABEL
+    tried = [t.candidate.label for t in search.trials] + search.not_tried
+    assert tried == [c.label for c in candidates("llamacpp", EngineConfig(), cpu_threads())] and search.wall_s > 0
+    assert (search.chosen, search.reason) == choose(search.trials, 0.05)
+    assert search.chosen is not None
+    for t in search.trials:
+        assert t.error is None and t.output_tokens_per_s > 0 and t.meets_slo is not None, t
+    bento = yaml.safe_load((bentoml_home() / "bentos" / q4.bento_tag.replace(":", "/") / "bento.yaml").read_text())
+    assert bento["args"]["extra_args"] == search.chosen.extra_args
+    assert "## Engine arguments" in (run / "report.md").read_text()
     assert q4.size_bytes < w8.size_bytes  # 4-bit k-quants are smaller than int8
     # the baseline's noise floor: served once more in the other dtype, measured along its own outputs
     nf = report.noise_floor

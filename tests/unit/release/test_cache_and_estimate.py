@@ -48,9 +48,14 @@ def test_estimate_and_default_loadtest():
     assert evaluate_seconds(RunConfig(), baseline=True) == 537 and evaluate_seconds(RunConfig(), baseline=False) == 311
     # a GGUF's answers are read by llama.cpp in-process: 0.39 s a prompt instead of vLLM's 0.085
     assert evaluate_seconds(RunConfig(), baseline=False, gguf=True) == 481
-    assert estimate_seconds(RunConfig(), recipes, 70.0) == 4792.0 + 170 + 240.0  # + the baseline's noise floor
+    # + the baseline's noise floor, + the engine-argument search of the one GGUF variant (its 90 s budget)
+    assert estimate_seconds(RunConfig(), recipes, 70.0) == 4792.0 + 170 + 240.0 + 90.0
+    searched = RunConfig.model_validate({"engine_search": {"engines": ["llamacpp", "vllm"], "budget_s": 30}})
+    assert estimate_seconds(searched, recipes, 70.0) == 4792.0 + 170 + 240.0 + 30.0 * 6  # every variant, baseline too
+    off = RunConfig.model_validate({"engine_search": {"enabled": False}})
+    assert estimate_seconds(off, recipes, 70.0) == 4792.0 + 170 + 240.0
     assert estimate_seconds(RunConfig(), [], 70.0) == 767.0 + 240.0
-    no_floor = RunConfig.model_validate({"gate": {"noise_floor": False}})
+    no_floor = RunConfig.model_validate({"gate": {"noise_floor": False}, "engine_search": {"enabled": False}})
     assert estimate_seconds(no_floor, recipes, 70.0) == 4792.0 + 170 and estimate_seconds(no_floor, [], 70.0) == 767.0
     small = RunConfig.model_validate({"eval": {"max_items": 30, "fidelity_max_prompts": 48}})
     assert evaluate_seconds(small, baseline=True) == round(40 + 30 * 0.52 + 48 * 0.49)

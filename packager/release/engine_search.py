@@ -1,0 +1,117 @@
+"""The release's engine-argument search step (`tune`): after a variant is described and before its cache is looked
+up, try the candidates of packager.engines.tune on the variant's bare engine at one load, each a short load test
+judged by the SLO, within `engine_search.budget_s`; the bento (and the evaluation and load test through it) then
+runs with the chosen arguments, and the report row says what was tried and why the winner won.
+
+Cached per variant content, candidates, load and settings: a rerun reuses the search.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from packager.release.cache import cache_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from packager.config import EngineConfig
+    from packager.engines.tune import EngineCandidate, EngineSearch, EngineTrial
+    from packager.loadtest.config import LoadTestConfig
+    from packager.release.context import VariantContext
+
+
+def tune(ctx: "VariantContext") -> None:
+    """Search the variant's engine arguments when engine_search covers its engine; sets ctx.engine."""
+    from packager.engines.llamacpp import cpu_threads
+    from packager.engines.tune import EngineSearch, apply, candidates, choose, search_load
+
+    run, v, cfg = ctx.run, ctx.v, ctx.cfg
+    es = cfg.engine_search
+    if not es.enabled or ctx.vr.engine not in es.engines:
+        return
+    lt = run.lt_cfg
+    prof = lt.profile
+    if prof.kind not in ("sweep", "concurrency", "rate"):
+        run.notes.append(f"{v.name}: engine arguments not searched: the load test's {prof.kind} profile has no "
+                         "single load to try them at")
+        return
+    base_engine = cfg.engine.model_copy(update={"backend": ctx.vr.engine})
+    single = getattr(prof, "users", None) or getattr(prof, "requests_per_s", None)
+    load = search_load(es.load, list(prof.values), 1.0) if prof.kind == "sweep" else float(single or 1.0)
+    cands = candidates(ctx.vr.engine, base_engine, cpu_threads())
+    key = cache_key("engine_search", v.digest, [c.model_dump() for c in cands], load, es, lt, cfg.engine, cfg.slo)
+    found = ctx.cache.get("engine_search", key)
+    if found is not None:
+        search = EngineSearch.model_validate(found)
+    else:
+        unit = "requests_per_s" if getattr(prof, "mode", prof.kind) == "rate" else "concurrency"  # load_words
+        search = EngineSearch(backend=ctx.vr.engine, load=load, load_unit=unit, probe_duration_s=es.probe_duration_s,
+                              budget_s=es.budget_s)
+        with run.timed(f"{v.name}/engine_search"):
+            _run_trials(ctx, search, cands, base_engine)
+        search.chosen, search.reason = choose(search.trials, es.min_gain)
+        ctx.cache.put("engine_search", key, search.model_dump(mode="json"))
+    ctx.engine = apply(cfg.engine, search.chosen)
+    ctx.vr.engine_search = search.model_dump(mode="json")
+    run.log(f"{v.name}: engine arguments: {search.reason}")
+
+
+def _run_trials(ctx: "VariantContext", search: "EngineSearch", cands: list["EngineCandidate"],
+                base_engine: "EngineConfig") -> None:
+    """Each candidate in turn while the budget lasts (the first trial's time says what one costs)."""
+    from packager.engines.tune import apply
+
+    t0 = time.monotonic()
+    for i, cand in enumerate(cands):
+        spent = time.monotonic() - t0
+        per_trial = search.trials[0].wall_s if search.trials else 0.0
+        if search.trials and spent + per_trial > search.budget_s:
+            search.not_tried = [c.label for c in cands[i:]]
+            break
+        search.trials.append(_trial(ctx, cand, apply(base_engine, cand), search.load, i))
+        t = search.trials[-1]
+        what = t.error or (f"{t.output_tokens_per_s:.1f} output tok/s, TTFT p95 {t.ttft_ms_p95:.0f} ms, "
+                           f"SLO {'met' if t.meets_slo else 'missed'}")
+        ctx.run.log(f"{ctx.v.name}: engine arguments {cand.label}: {what}")
+    search.wall_s = round(time.monotonic() - t0, 1)
+
+
+def _trial(ctx: "VariantContext", cand: "EngineCandidate", engine: "EngineConfig", load: float,
+           index: int) -> "EngineTrial":
+    """One candidate: start the bare engine with it, one short load test at `load`, stop."""
+    from packager.engines.select import server_for_model
+    from packager.engines.tune import EngineTrial
+    from packager.errors import PackagerError
+    from packager.loadtest.runner import run_loadtest
+
+    run, v, cfg = ctx.run, ctx.v, ctx.cfg
+    out = v.root / "engine_search" / f"{index:02d}"
+    t0 = time.monotonic()
+    try:
+        srv = server_for_model(cast(Path, v.model_dir), engine, served_name=v.name,
+                               log_path=v.root / "engine_search" / f"{index:02d}-engine.log").start()
+        try:
+            r = run_loadtest(srv.base_url, trial_config(run.lt_cfg, load, cfg.engine_search.probe_duration_s, index),
+                             cfg.slo, cfg.pricing, out, log=lambda m: None)
+        finally:
+            srv.stop()
+    except (PackagerError, OSError) as e:
+        return EngineTrial(candidate=cand, error=f"{type(e).__name__}: {e}"[:400], wall_s=time.monotonic() - t0)
+    ph = r.phases[0]
+    return EngineTrial(candidate=cand, output_tokens_per_s=round(ph.output_token_throughput_per_s, 2),
+                       ttft_ms_p95=ph.ttft.p95_ms if ph.ttft else None, meets_slo=ph.meets_slo,
+                       wall_s=round(time.monotonic() - t0, 1))
+
+
+def trial_config(lt: "LoadTestConfig", load: float, probe_s: float, index: int) -> "LoadTestConfig":
+    """One trial's load test: a step of the sweep at `load` (or the single-load profile itself), `probe_s` long,
+    its own prompts (another seed), no capacity search."""
+    from packager.loadtest.config import KneeSearch, LoadTestConfig
+    from packager.loadtest.knee import probe_config
+
+    if lt.profile.kind == "sweep":
+        return probe_config(lt, load, probe_s, index=500 + index)
+    data = lt.model_dump()
+    data["profile"] = {**data["profile"], "duration_s": probe_s}
+    data.update(knee=KneeSearch().model_dump(), max_duration_s=probe_s, seed=lt.seed + 500 + index)
+    return LoadTestConfig.model_validate(data)

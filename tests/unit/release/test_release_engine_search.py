@@ -1,0 +1,117 @@
+"""The release's engine-argument search step on the fake servers of test_release_loop: what it runs (one bare
+engine and one short load test per candidate, before the bento), what the bento is built with (the chosen
+arguments), what the report says, the budget, and the step cache."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from unit.release.test_release_loop import install_fakes, make_cfg, make_inputs, release
+
+
+def _cfg(inputs, **search):
+    return make_cfg(inputs, recipes=["w8a8-int8"], engine_search={"engines": ["vllm"], "probe_duration_s": 1,
+                                                                  **search},
+                    eval={"suite": str(inputs.suite), "behaviour_suite": None, "perplexity": False,
+                          "concurrency": 4})
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    import packager.engines.select as select_mod
+
+    with pytest.MonkeyPatch.context() as mp:
+        f = install_fakes(mp)
+        engines: list[tuple[str, str, object]] = []
+        fake = select_mod.server_for_model
+
+        def server_for_model(model_dir, engine, served_name=None, log_path=None):
+            engines.append((served_name, Path(log_path).name, engine))
+            return fake(model_dir, engine, served_name=served_name, log_path=log_path)
+
+        mp.setattr(select_mod, "server_for_model", server_for_model)
+        inputs = make_inputs(tmp_path_factory.mktemp("search"))
+        cfg = _cfg(inputs, budget_s=600)
+        first = release(cfg)
+        first.calls, first.engines = f.take(), list(engines)
+        engines.clear()
+        cfg2 = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).with_name("rerun"))})
+        shutil.copytree(cfg.output_dir, cfg2.output_dir)
+        second = release(cfg2)
+        second.calls, second.engines = f.take(), list(engines)
+        engines.clear()
+        tight = _cfg(inputs, budget_s=0.001).model_copy(
+            update={"output_dir": str(Path(cfg.output_dir).with_name("tight"))})
+        third = release(tight)
+        third.calls, third.engines = f.take(), list(engines)
+    return cfg, first, second, third
+
+
+def test_each_candidate_is_served_and_load_tested_before_the_bento(searched):
+    from packager.engines.tune import apply, candidates, choose, EngineSearch
+
+    cfg, first, _, _ = searched
+    labels = [c.label for c in candidates("vllm", cfg.engine, 2)]
+    for v in first.report.variants:
+        s = EngineSearch.model_validate(v.engine_search)
+        assert [t.candidate.label for t in s.trials] == labels and s.not_tried == []
+        assert all(t.error is None and t.output_tokens_per_s > 0 for t in s.trials), s.trials
+        assert s.load == 2 and s.load_unit == "concurrency" and s.probe_duration_s == 1  # the profile's own load
+        # the choice is the rule's, from the trials recorded
+        chosen, reason = choose(s.trials, cfg.engine_search.min_gain)
+        assert s.chosen == chosen and s.reason == reason
+        # one bare engine per candidate, with the candidate's arguments, then the bento with the chosen ones
+        mine = [(log, eng) for name, log, eng in first.engines if name == v.name]
+        assert [log for log, _ in mine] == [f"{i:02d}-engine.log" for i in range(len(labels))]
+        assert [eng for _, eng in mine] == [apply(cfg.engine, t.candidate) for t in s.trials]
+        build = next(c for c in first.calls["build"] if c["name"] == v.name)
+        assert build["engine"] == apply(cfg.engine, s.chosen)
+        # and its evaluation summary (what the registry records) names the settings it was served with
+        assert v.eval["engine"] == apply(cfg.engine, s.chosen).model_dump(mode="json")
+    # one short load test per trial, each under the variant's engine_search/
+    assert sum(1 for c in first.calls["loadtest"] if c["name"] == "engine_search") == 2 * len(labels)
+
+
+def test_the_report_shows_the_search(searched):
+    cfg, first, _, _ = searched
+    md = (Path(cfg.output_dir) / "report.md").read_text()
+    assert "## Engine arguments" in md and "--max-num-batched-tokens 8192" in md
+    for v in first.report.variants:
+        assert v.engine_search["reason"] in md
+    assert "w8a8-int8/engine_search" in first.report.timings_s
+
+
+def test_a_rerun_reuses_the_search(searched):
+    _, first, second, _ = searched
+    assert second.engines == []  # no trial served again; the bento path serves through BentoServer
+    assert [v.engine_search for v in second.report.variants] == [v.engine_search for v in first.report.variants]
+
+
+def test_the_budget_stops_the_trials_after_the_first(searched):
+    from packager.engines.tune import EngineSearch
+
+    cfg, _, _, third = searched
+    for v in third.report.variants:
+        s = EngineSearch.model_validate(v.engine_search)
+        assert len(s.trials) == 1 and s.trials[0].candidate.label == "packager's arguments"
+        assert s.not_tried == ["max_num_seqs 32", "max_num_seqs 128", "--max-num-batched-tokens 2048",
+                               "--max-num-batched-tokens 8192"]
+        assert s.chosen is not None and s.chosen.label == "packager's arguments"
+
+
+def test_variants_of_other_engines_are_not_searched(tmp_path):
+    import packager.engines.select as select_mod
+
+    with pytest.MonkeyPatch.context() as mp:
+        install_fakes(mp)
+        inputs = make_inputs(tmp_path)
+        cfg = make_cfg(inputs, recipes=["w8a8-int8"], engine_search={"engines": ["llamacpp"]},
+                       eval={"suite": str(inputs.suite), "behaviour_suite": None, "perplexity": False})
+        served = []
+        fake = select_mod.server_for_model
+        mp.setattr(select_mod, "server_for_model", lambda *a, **k: served.append(k) or fake(*a, **k))
+        report = release(cfg).report
+    assert served == [] and all(v.engine_search is None for v in report.variants)
+    assert "## Engine arguments" not in (Path(cfg.output_dir) / "report.md").read_text()
