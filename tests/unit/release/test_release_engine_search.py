@@ -115,3 +115,19 @@ def test_variants_of_other_engines_are_not_searched(tmp_path):
         report = release(cfg).report
     assert served == [] and all(v.engine_search is None for v in report.variants)
     assert "## Engine arguments" not in (Path(cfg.output_dir) / "report.md").read_text()
+
+
+def test_a_trial_is_one_short_load_of_its_own():
+    from packager.loadtest.config import parse_loadtest_config
+    from packager.release import default_loadtest
+    from packager.release.engine_search import trial_config
+
+    sweep = parse_loadtest_config(default_loadtest(), "loadtest")
+    t = trial_config(sweep, 16, 8.0, 2)
+    assert t.profile.kind == "concurrency" and t.profile.users == 16 and t.profile.duration_s == 8.0
+    assert not t.knee.enabled and t.max_duration_s == 8.0 and t.seed != sweep.seed
+    assert trial_config(sweep, 16, 8.0, 3).seed != t.seed  # each trial its own prompts
+    single = parse_loadtest_config({"profile": {"kind": "rate", "requests_per_s": 3, "duration_s": 60}}, "lt")
+    r = trial_config(single, 99, 5.0, 0)
+    assert r.profile.kind == "rate" and r.profile.requests_per_s == 3 and r.profile.duration_s == 5.0
+    assert r.max_duration_s == 5.0 and not r.knee.enabled
