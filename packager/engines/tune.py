@@ -4,9 +4,9 @@ the SLO, tried on the bare engine before the release builds the bento with the w
 What is tried (`candidates`), packager's own arguments first, then one change at a time, most promising first,
 as far as the time budget goes:
 
-* llama.cpp (`llama-server`, restarts in seconds): one thread fewer than the CPUs (the bento's gateway and the
-  HTTP server share them), micro-batches of 256 and 1024 tokens (prompt processing: llama.cpp's default is 512),
-  flash attention on (llama.cpp picks it by itself otherwise), micro-batches of 128;
+* llama.cpp (`llama-server`, restarts in seconds): one thread fewer than the CPUs where there are 4 or more
+  (the bento's gateway and the HTTP server share them), micro-batches of 256 and 1024 tokens (prompt processing:
+  llama.cpp's default is 512), flash attention on (llama.cpp picks it by itself otherwise), micro-batches of 128;
 * vLLM (minutes per start on a small CPU, so searched only when `engine_search.engines` names it): half and twice
   the sequences it batches (`max_num_seqs`), and a token budget per scheduler step (`--max-num-batched-tokens`)
   of 2048 and 8192.
@@ -68,7 +68,7 @@ def candidates(backend: str, engine: "EngineConfig", cpus: int) -> list[EngineCa
     """packager's own arguments, then one change at a time, in the order they are tried."""
     out = [EngineCandidate(label=DEFAULTS_LABEL)]
     if backend == "llamacpp":
-        if cpus > 1:
+        if cpus >= 4:  # with 2 or 3 CPUs one fewer is a third or half of the compute (-32 to -39% at 1 stream)
             out.append(EngineCandidate(label=f"--threads {cpus - 1}", extra_args=["--threads", str(cpus - 1)]))
         for label, args in (("--ubatch-size 256", ["--ubatch-size", "256"]),
                             ("--ubatch-size 1024", ["--ubatch-size", "1024"]),
