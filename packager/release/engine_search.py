@@ -86,10 +86,11 @@ def _trial(ctx: "VariantContext", cand: "EngineCandidate", engine: "EngineConfig
 
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     out = v.root / "engine_search" / f"{index:02d}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
         srv = server_for_model(cast(Path, v.model_dir), engine, served_name=v.name,
-                               log_path=v.root / "engine_search" / f"{index:02d}-engine.log").start()
+                               log_path=out.parent / f"{index:02d}-engine.log").start()
         try:
             r = run_loadtest(srv.base_url, trial_config(run.lt_cfg, load, cfg.engine_search.probe_duration_s, index),
                              cfg.slo, cfg.pricing, out, log=lambda m: None)

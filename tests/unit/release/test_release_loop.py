@@ -205,6 +205,7 @@ def install_fakes(mp: pytest.MonkeyPatch) -> Fakes:
         return FakeServer(f, tag.split(":")[0].removeprefix("packager-"), via="bento", log=Path(log_path).name)
 
     def server_for_model(model_dir, engine, served_name=None, log_path=None):
+        Path(log_path).open("w").close()  # as a real engine opens its log at start: the folder must exist
         return FakeServer(f, served_name, via="engine", model_dir=str(model_dir), log=Path(log_path).name)
 
     real_evaluate, real_loadtest = eval_mod.evaluate_model, lt_mod.run_loadtest
