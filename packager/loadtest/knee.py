@@ -117,18 +117,6 @@ def replicas_needed(expected_load: float, per_replica: float) -> int:
     return max(1, math.ceil(expected_load / per_replica - 1e-9))
 
 
-def replicas_for(expected_load: float, knee: KneeResult) -> dict[str, float | int | None]:
-    """Replicas needed to carry `expected_load` (in the sweep's unit) when each carries the knee, and what that
-    costs per hour and per 1M output tokens (the knee's tokens per unit of load, scaled to the expected load)."""
-    if not knee.knee or expected_load <= 0:
-        return {"replicas": None, "usd_per_hour": None, "usd_per_million_output_tokens": None}
-    n = replicas_needed(expected_load, knee.knee)
-    hourly = None if knee.usd_per_hour is None else n * knee.usd_per_hour
-    tps = (knee.output_tokens_per_s_at_knee or 0.0) * expected_load / knee.knee
-    per_m = usd_per_million_tokens(hourly, tps) if hourly is not None and tps > 0 else None
-    return {"replicas": n, "usd_per_hour": hourly, "usd_per_million_output_tokens": per_m}
-
-
 def probe_config(cfg: LoadTestConfig, load: float, probe_s: float, prompt_format: str | None = None,
                  index: int = 1, pool_offset: int = 0) -> LoadTestConfig:
     """A single-load run like one step of the sweep: the same prompt source, bounds and SLO target, the prompt

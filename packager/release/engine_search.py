@@ -89,13 +89,10 @@ def _trial(ctx: "VariantContext", cand: "EngineCandidate", engine: "EngineConfig
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
-        srv = server_for_model(cast(Path, v.model_dir), engine, served_name=v.name,
-                               log_path=out.parent / f"{index:02d}-engine.log").start()
-        try:
+        with server_for_model(cast(Path, v.model_dir), engine, served_name=v.name,
+                              log_path=out.parent / f"{index:02d}-engine.log") as srv:
             r = run_loadtest(srv.base_url, trial_config(run.lt_cfg, load, cfg.engine_search.probe_duration_s, index),
                              cfg.slo, cfg.pricing, out, log=lambda m: None)
-        finally:
-            srv.stop()
     except (PackagerError, OSError) as e:
         return EngineTrial(candidate=cand, error=f"{type(e).__name__}: {e}"[:400], wall_s=time.monotonic() - t0)
     ph = r.phases[0]

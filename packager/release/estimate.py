@@ -76,16 +76,19 @@ def step_seconds(recipe: str | None, loadtest_s: float, cfg: RunConfig | None = 
     return {"compress": _compress_seconds(recipe) if recipe else 0.0, "register": _ESTIMATE_S["register"],
             "tune": _search_seconds(recipe, cfg),
             "measure": _ESTIMATE_S["serve_start"] + loadtest_s
-            + evaluate_seconds(cfg, baseline=recipe is None, gguf=recipe is not None and "gguf" in recipe),
+            + evaluate_seconds(cfg, baseline=recipe is None, gguf=_served_engine(recipe) == "llamacpp"),
             "noise_floor": _ESTIMATE_S["noise_floor"] if floor else 0.0}
 
 
 def _search_seconds(recipe: str | None, cfg: RunConfig | None) -> float:
-    """The engine-argument search's budget where it runs (the variant's engine, told by the recipe's name: a GGUF
-    recipe is served by llama.cpp, the rest by vLLM)."""
+    """The engine-argument search's budget where it runs (the variant's engine)."""
     es = (cfg or RunConfig()).engine_search
-    engine = "llamacpp" if recipe is not None and "gguf" in recipe else "vllm"
-    return es.budget_s if es.enabled and engine in es.engines else 0.0
+    return es.budget_s if es.enabled and _served_engine(recipe) in es.engines else 0.0
+
+
+def _served_engine(recipe: str | None) -> str:
+    """The engine a variant is served by, told by its recipe's name: a GGUF recipe by llama.cpp, the rest by vLLM."""
+    return "llamacpp" if recipe is not None and "gguf" in recipe else "vllm"
 
 
 def evaluate_seconds(cfg: RunConfig | None, baseline: bool, gguf: bool = False) -> float:

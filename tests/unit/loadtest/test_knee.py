@@ -9,7 +9,7 @@ import pytest
 from packager.config import PricingConfig, SLOConfig
 from packager.errors import ConfigError
 from packager.loadtest.config import KneeSearch, parse_loadtest_config
-from packager.loadtest.knee import bracket, next_load, replicas_for, search_knee
+from packager.loadtest.knee import bracket, next_load, replicas_needed, search_knee
 from packager.loadtest.result import KneeProbe, LatencySummary, PhaseResult
 
 
@@ -102,16 +102,11 @@ def test_bracket_and_next_load_follow_the_newest_contradiction():
     assert next_load(None, None, True, 0.1, 64) is None and next_load(3, None, False, 0.1, 4.5) == 4.5
 
 
-def test_replicas_and_cost_at_the_expected_traffic():
-    probe, _ = _server(capacity=11)
-    k = search_knee("concurrency", [_phase(4, True), _phase(16, False)], probe,
-                    KneeSearch(enabled=True, precision=0.01, max_probes=10), probe_s=1, usd_per_hour=2.0)
-    assert k.knee == 11
-    r = replicas_for(30, k)  # 30 users at 11 per replica: 3 replicas, $6/h, 300 tok/s
-    assert r == {"replicas": 3, "usd_per_hour": 6.0,
-                 "usd_per_million_output_tokens": pytest.approx(6.0 / (300 * 3600) * 1e6)}
-    assert replicas_for(11, k)["replicas"] == 1 and replicas_for(11.5, k)["replicas"] == 2
-    assert replicas_for(5, k.model_copy(update={"knee": None}))["replicas"] is None
+def test_replicas_needed_for_the_expected_traffic():
+    assert replicas_needed(30, 11) == 3  # 30 users at 11 per replica
+    assert replicas_needed(11, 11) == 1 and replicas_needed(11.5, 11) == 2
+    assert replicas_needed(0.3 * 3, 0.3) == 3  # 0.9000000000000001 / 0.3: float noise buys no fourth replica
+    assert replicas_needed(0.5, 11) == 1  # at least one
 
 
 def test_the_search_needs_a_sweep_and_room_for_a_probe():

@@ -176,6 +176,12 @@ class FakeServer:
         self.fakes.calls["stop"].append({"name": self.name})
         self.srv.stop()
 
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
 
 def install_fakes(mp: pytest.MonkeyPatch) -> Fakes:
     import packager.compress.recipe as recipe_mod
