@@ -6,10 +6,11 @@ per token at run time (dynamic), so no calibration is needed unless SmoothQuant 
 x86 CPUs through oneDNN (fast with VNNI/AMX) and on NVIDIA GPUs from Turing.
 
 SmoothQuant (`smoothquant_alpha`, Xiao et al. 2023) moves activation outliers into the weights before
-quantizing: for each group of Linears that read the same normalised input (q/k/v after
-input_layernorm; gate/up after post_attention_layernorm) it computes per input channel
-s = max|X|^alpha / max|W|^(1 - alpha) on calibration text, divides the norm's weight by s and multiplies
-the Linears' input columns by s. The float model's outputs are unchanged; the int8 error shrinks.
+quantizing: for each group of Linears that read the same input (q/k/v after input_layernorm; gate/up after
+the norm in front of the MLP; down_proj after up_proj) it computes per input channel
+s = max|X|^alpha / max|W|^(1 - alpha) on calibration text, divides the producer by s and multiplies the
+Linears' input columns by s. The float model's outputs are unchanged (checked on the calibration text for each
+architecture: packager.compress.smoothing); the int8 error shrinks.
 """
 from __future__ import annotations
 
@@ -23,11 +24,6 @@ from packager.compress.int8_search import apply_factors, smoothquant_factors
 from packager.compress.mixed_precision import MixedPrecisionArgs
 
 __all__ = ["W8A8Int8Args", "apply_factors", "apply_w8a8_int8", "smoothquant_factors"]
-from packager.errors import ConfigError
-
-SMOOTHQUANT_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-_SMOOTH_GROUPS = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-                  ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")))
 
 
 class W8A8Int8Args(StageArgs):
@@ -74,17 +70,9 @@ class W8A8Int8Args(StageArgs):
                 or self.weight_rounding == "gptq")
 
     def validate_for(self, model_dir: Path) -> None:
-        from packager.compress.checkpoint import read_config
         from packager.compress.ct_format import validate_ignore
 
         validate_ignore(self.ignore)
-        if self.smoothquant_alpha is not None:
-            mt = read_config(model_dir).get("model_type")
-            if mt not in SMOOTHQUANT_MODEL_TYPES:
-                raise ConfigError(
-                    f"smoothquant_alpha is set but model_type {mt!r} is not one packager knows how to smooth "
-                    f"({', '.join(SMOOTHQUANT_MODEL_TYPES)}); set smoothquant_alpha: null for plain round-to-nearest."
-                )
 
 
 @METHODS.register("w8a8_int8")

@@ -10,9 +10,10 @@ How it works, all on calibration text and the float32 model in memory:
      int8 per output channel. The simulated model's next-token distributions are compared with the float
      model's by KL over the whole vocabulary, at every position of every calibration sample.
   2. SmoothQuant strength: for each candidate alpha (and "no smoothing") the smoothed, simulated model's
-     KL is measured; the lowest wins. Smoothing covers q/k/v after input_layernorm, gate/up after
-     post_attention_layernorm, and down_proj after up_proj (its output rows are divided by the factor
-     that down_proj's input columns are multiplied by: exact in float, since act = silu(gate) * up).
+     KL is measured; the lowest wins. Smoothing covers q/k/v after input_layernorm, gate/up after the norm
+     in front of the MLP, and down_proj after up_proj (packager.compress.smoothing, which first checks on the
+     calibration text that each kind leaves this architecture's float model unchanged, and drops one that
+     does not).
   2b. With `weight_rounding: gptq`, the smoothed float weights are GPTQ-rounded on the calibration samples
      (packager.compress.gptq_int8), and the simulation uses those weights from here on: what the mixed-precision
      search measures is what the checkpoint holds.
@@ -30,11 +31,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from packager.compress.mixed_precision import MixedPrecisionArgs, keep_in_float, units_of
+from packager.compress.smoothing import (
+    activation_maxima,
+    apply_factors,
+    exact_kinds,
+    factors_for,
+    smooth_groups,
+    smoothed_tensors,
+    weight_maxima,
+)
 from packager.errors import ConfigError
-
-_SMOOTH = (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-           ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
-           ("mlp.up_proj", ("mlp.down_proj",)))
 
 
 @dataclass
@@ -53,90 +59,6 @@ def fake_quant_tokens(x):
 
     s = x.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
     return torch.round(x / s).clamp_(-127, 127) * s
-
-
-def _smooth_groups(modules: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    groups = []
-    for name in modules:
-        for prod, linears in _SMOOTH:
-            if name.endswith("." + prod):
-                prefix = name[: -len(prod)]
-                lin = [prefix + n for n in linears]
-                if all(n in modules for n in lin):
-                    if prod == "mlp.up_proj" and getattr(modules[name], "bias", None) is not None:
-                        continue  # a biased up_proj would need its bias divided too; leave it unsmoothed
-                    groups.append((name, lin))
-    return groups
-
-
-def activation_maxima(model, batches, groups, show_progress: bool) -> dict[str, Any]:
-    """max |x| per input channel of each smoothing group's Linears, over the calibration batches."""
-    import torch
-
-    from packager.core.progress import progress_bar
-
-    modules = dict(model.named_modules())
-    act_max: dict[str, Any] = {}
-
-    def hook(key):
-        def fn(_mod, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()
-            act_max[key] = torch.maximum(act_max[key], x) if key in act_max else x
-        return fn
-
-    handles = [modules[lin[0]].register_forward_pre_hook(hook(prod)) for prod, lin in groups]
-    try:
-        with torch.no_grad(), progress_bar("SmoothQuant calibration", total=len(batches), enabled=show_progress,
-                                           transient=True) as bar:
-            for ids in batches:
-                model(input_ids=ids)
-                bar.advance()
-    finally:
-        for h in handles:
-            h.remove()
-    return act_max
-
-
-def weight_maxima(modules: dict[str, Any], groups) -> dict[str, Any]:
-    """max |w| per input channel over each smoothing group's Linears (read once, before any smoothing)."""
-    import torch
-
-    return {prod: torch.stack([modules[n].weight.detach().abs().amax(dim=0).float() for n in lin]).amax(dim=0)
-            for prod, lin in groups}
-
-
-def factors_for(groups, act_max, w_maxima, alpha: float) -> dict[str, dict[str, Any]]:
-    """{tensor name: {"div": factor, "mul": factor}}: "div" divides a 1-D norm weight, or the rows (outputs)
-    of a producing Linear; "mul" multiplies the input columns of the Linears that read it. A tensor can
-    take both (up_proj: its columns for gate/up smoothing, its rows for down_proj smoothing)."""
-
-    factors: dict[str, dict[str, Any]] = {}
-    for prod, lin in groups:
-        w_max = w_maxima[prod]
-        a = act_max[prod].clamp(min=1e-5)
-        s = (a.pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5).cpu()
-        factors.setdefault(f"{prod}.weight", {})["div"] = s
-        for n in lin:
-            factors.setdefault(f"{n}.weight", {})["mul"] = s
-    return factors
-
-
-def apply_factors(factors: dict[str, dict[str, Any]]) -> Callable[[str, Any], Any]:
-    """A per-tensor transform that applies smoothing factors (tensors without factors pass unchanged)."""
-    import torch
-
-    def pre(name: str, t):
-        ops = factors.get(name)
-        if not ops:
-            return t
-        t32 = t.to(torch.float32)
-        if "mul" in ops:
-            t32 = t32 * ops["mul"].unsqueeze(0)
-        if "div" in ops:
-            t32 = t32 / ops["div"] if t32.dim() == 1 else t32 / ops["div"].unsqueeze(1)
-        return t32
-
-    return pre
 
 
 def int8_per_channel_round_trip(w):
@@ -193,12 +115,14 @@ class Simulator:
         self.norm: Any = getattr(inner, "norm", None)
         self.head: Any = getattr(model, "lm_head", None)
         self.layer_inputs: list[list[Any]] = []
-        self.layer_kwargs: list[dict[str, Any]] = []
+        # each layer's keyword arguments per batch (masks, rotary tables: they differ between layers where
+        # layers alternate sliding-window and full attention, as Gemma 3's do)
+        self.layer_kwargs: list[list[dict[str, Any]]] = []
         captured: list[Any] = []
+        kwargs_of: list[dict[str, Any]] = []
 
         def capture(_mod, args, kwargs):
-            if not captured:
-                self.layer_kwargs.append(dict(kwargs))
+            kwargs_of.append(dict(kwargs))
             captured.append(args[0].detach().clone())
 
         caps = [layer.register_forward_pre_hook(capture, with_kwargs=True) for layer in self.layers]
@@ -207,14 +131,22 @@ class Simulator:
             with torch.no_grad():
                 for ids in batches:
                     captured.clear()
+                    kwargs_of.clear()
                     self.ref.append(torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1))
                     self.layer_inputs.append(list(captured))
+                    self.layer_kwargs.append(list(kwargs_of))
         finally:
             for h in caps:
                 h.remove()
         self.resumable = (self.norm is not None and self.head is not None and bool(self.layers)
                           and all(len(c) == len(self.layers) for c in self.layer_inputs))
         self.passes = 0
+        if self.resumable:
+            # a model that is not model.model.layers, .norm and lm_head in a row (Gemma 2's final logit
+            # softcap, an extra projection) cannot be resumed at a layer: checked once, in float
+            self.smooth({})
+            self.resumable = self.kl(set(), start=0) <= 1e-7
+            self.passes = 0
 
     def _hook(self, name: str):
         def fn(_mod, args):
@@ -237,8 +169,8 @@ class Simulator:
         if start is None or not self.resumable:
             return self.model(input_ids=self.batches[b], use_cache=False).logits
         h = self.layer_inputs[b][start]
-        for layer in self.layers[start:]:
-            out = layer(h, **self.layer_kwargs[b])
+        for i, layer in enumerate(self.layers[start:], start):
+            out = layer(h, **self.layer_kwargs[b][i])
             h = out[0] if isinstance(out, tuple) else out
         return self.head(self.norm(h))
 
@@ -287,11 +219,18 @@ def smoothquant_factors(model_dir: Path, texts: list[str], alpha: float, seq_len
         raise ConfigError("SmoothQuant needs calibration texts, and none were given.")
     model, batches = _load(model_dir, texts, seq_len, device)
     modules = dict(model.named_modules())
-    groups = _smooth_groups(modules)
+    groups = smooth_groups(modules)
+    act_max, w_max = activation_maxima(model, batches, groups, show_progress), weight_maxima(modules, groups)
+    sim = Simulator(model, batches[:4], [], smoothed_tensors(groups))
+    try:
+        groups = exact_kinds(sim, groups, act_max, w_max, {}, print)
+    finally:
+        sim.smooth({})
+        sim.close()
     if not groups:
-        raise ConfigError(f"No llama-style norm/Linear groups found in {model_dir}; set smoothquant_alpha: null.")
-    return factors_for(groups, activation_maxima(model, batches, groups, show_progress),
-                       weight_maxima(modules, groups), alpha)
+        raise ConfigError(f"{model_dir} has no norm/Linear group that SmoothQuant can smooth exactly (fused or "
+                          "unknown layer names, or norms of another form); set smoothquant_alpha: null or auto.")
+    return factors_for(groups, act_max, w_max, alpha)
 
 
 def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alpha_candidates: list[float],
@@ -310,18 +249,24 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
     model, batches = _load(model_dir, texts, seq_len, device)
     search_batches = [b[:, :search_seq_len] for b in batches[:search_samples]]
     modules = dict(model.named_modules())
-    groups = _smooth_groups(modules) if alpha is not None else []
-    if alpha is not None and not groups:
-        raise ConfigError(f"No llama-style norm/Linear groups found in {model_dir}; set smoothquant_alpha: null.")
+    groups = smooth_groups(modules) if alpha is not None else []
+    if isinstance(alpha, float) and not groups:
+        raise ConfigError(f"{model_dir} has no norm/Linear group that SmoothQuant can smooth (fused or unknown "
+                          "layer names, or norms of another form); set smoothquant_alpha: null or auto.")
     act_max = activation_maxima(model, batches, groups, show_progress) if groups else {}
     w_max = weight_maxima(modules, groups)
-    smooth_tensors = {n for prod, lin in groups for n in [f"{prod}.weight", *(f"{x}.weight" for x in lin)]}
-    sim = Simulator(model, search_batches, quantizable, smooth_tensors)
+    sim = Simulator(model, search_batches, quantizable, smoothed_tensors(groups))
     record: dict[str, Any] = {"search_samples": len(search_batches),
                               "search_tokens": int(sum(b.shape[1] for b in search_batches))}
     try:
         every = set(quantizable)
-        if alpha == "auto":
+        groups = exact_kinds(sim, groups, act_max, w_max, record, log)
+        if alpha is not None and not groups:
+            record["smoothing"] = "none: no group of this architecture smooths exactly"
+            if isinstance(alpha, float):
+                raise ConfigError(f"SmoothQuant cannot smooth {model_dir} exactly (see the log); set "
+                                  "smoothquant_alpha: null or auto.")
+        if alpha == "auto" and groups:
             tried: dict[str, float] = {}
             best: tuple[float, float | None] | None = None
             cands: list[float | None] = [None, *alpha_candidates]
@@ -340,7 +285,7 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
             log(f"SmoothQuant strength: {'none' if chosen is None else chosen} (calibration KL "
                 + ", ".join(f"{a}: {k:.3g}" for a, k in tried.items()) + ")")
         else:
-            chosen = alpha if isinstance(alpha, float) else None
+            chosen = alpha if isinstance(alpha, float) and groups else None
         factors = factors_for(groups, act_max, w_max, chosen) if chosen is not None else {}
         sim.smooth(factors)
         weights: dict[str, tuple[Any, Any]] = {}
