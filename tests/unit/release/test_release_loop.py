@@ -218,6 +218,7 @@ def install_fakes(mp: pytest.MonkeyPatch) -> Fakes:
 
     def evaluate_model(*a, **kw):
         f.calls["evaluate"].append({"name": kw["name"], "out": Path(kw["out_dir"]).name,
+                                    "corpus": a[1].eval.fidelity_corpus, "perplexity": a[1].eval.perplexity,
                                     "client_key": os.environ.get("PACKAGER_API_KEY")})
         return real_evaluate(*a, **kw)
 
@@ -408,6 +409,9 @@ def test_what_the_first_run_did(runs):
     assert [(c["name"], c["out"]) for c in calls["evaluate"]] == [
         ("baseline", "eval"), ("baseline", "behaviour"), ("w8a8-int8", "eval"), ("w8a8-int8", "behaviour"),
         ("broken-int4", "eval")]
+    # the behaviour suite is scored alone: no perplexity, and no fidelity corpus answered again as if a baseline
+    assert {(c["corpus"], c["perplexity"]) for c in calls["evaluate"] if c["out"] == "behaviour"} == {(None, False)}
+    assert {c["corpus"] for c in calls["evaluate"] if c["out"] == "eval"} == {"default"}
     assert names(calls, "loadtest") == MEASURED
     # the evaluation and the load test of a bento send that bento's own key, and only while it runs
     assert {(c["name"], c["client_key"]) for c in calls["evaluate"]} == {
