@@ -56,6 +56,7 @@ class EngineSearch(BaseModel):
     load: float
     load_unit: str  # "concurrency" (users) or "requests_per_s", as packager.core.formatting.load_words reads it
     probe_duration_s: float
+    warmup_s: float = 0.0  # of each trial, before the probe: load not measured
     budget_s: float
     trials: list[EngineTrial] = Field(default_factory=list)
     not_tried: list[str] = Field(default_factory=list)  # candidates the budget left out

@@ -69,6 +69,23 @@ def goodput_requests_per_s(records: Iterable[dict[str, Any]], slo: SLOConfig, du
     return sum(1 for r in records if meets_slo(r, slo)) / duration_s
 
 
+def tokens_after(records: Iterable[dict[str, Any]], t: float) -> tuple[float, float]:
+    """(input, output) tokens of these requests that the server processed after time `t`: a request's output
+    tokens spread evenly between its first token and its end, its input counted when its first token came after
+    `t` (its prompt was processed then)."""
+    tin = tout = 0.0
+    for r in records:
+        if not (r.get("ok") and r.get("usage_present")) or r.get("t_end_unix") is None or r.get("ttft_ms") is None:
+            continue
+        first, end = r["t_start_unix"] + r["ttft_ms"] / 1000.0, r["t_end_unix"]
+        if first >= t:
+            tin += int(r.get("input_tokens") or 0)
+        if end > t:
+            share = 1.0 if first >= t else (end - t) / max(end - first, 1e-9)
+            tout += int(r.get("output_tokens") or 0) * min(max(share, 0.0), 1.0)
+    return tin, tout
+
+
 def summarize_phase(index: int, label: str, load: dict[str, float], records: list[dict[str, Any]],
                     share_summaries: list[dict[str, Any]], slo: SLOConfig, slo_attainment_target: float,
                     planned_dispatch_s: float, warmup_s: float = 0.0) -> PhaseResult:
@@ -79,8 +96,10 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
     ends = [s["dispatch_end_unix"] for s in share_summaries if s.get("dispatch_end_unix") is not None]
     t_start = min(starts) if starts else min((r["t_start_unix"] for r in reqs), default=0.0)
     n_all = len(reqs)
+    early: list[dict[str, Any]] = []
     if warmup_s > 0:
         t_start += warmup_s
+        early = [r for r in reqs if r["t_start_unix"] < t_start]
         reqs = [r for r in reqs if r["t_start_unix"] >= t_start]
         planned_dispatch_s = max(planned_dispatch_s - warmup_s, 0.0)
     ok = [r for r in reqs if r.get("ok")]
@@ -90,6 +109,9 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
     with_usage = [r for r in ok if r.get("usage_present")]
     in_tok = sum(int(r.get("input_tokens") or 0) for r in with_usage)
     out_tok = sum(int(r.get("output_tokens") or 0) for r in with_usage)
+    # what the warm-up's requests still generated inside the measured time: the server spent it on them, so the
+    # throughput counts it (left out, a warm-up would lower tokens/s by the first wave's tail)
+    early_in, early_out = tokens_after(early, t_start)
     good = [r for r in reqs if meets_slo(r, slo)]
     good_out = sum(int(r.get("output_tokens") or 0) for r in good if r.get("usage_present"))
     good_in = sum(int(r.get("input_tokens") or 0) for r in good if r.get("usage_present"))
@@ -111,7 +133,8 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
         input_tokens_total=in_tok, output_tokens_total=out_tok,
         input_tokens_mean=in_tok / len(with_usage) if with_usage else None,
         output_tokens_mean=out_tok / len(with_usage) if with_usage else None,
-        input_token_throughput_per_s=in_tok / duration, output_token_throughput_per_s=out_tok / duration,
+        input_token_throughput_per_s=(in_tok + early_in) / duration,
+        output_token_throughput_per_s=(out_tok + early_out) / duration,
         ttft=summarize_latencies(r.get("ttft_ms") for r in ok),
         itl=summarize_latencies(itls),
         tpot=summarize_latencies(tpot_ms(r.get("e2e_ms"), r.get("ttft_ms"), r.get("output_tokens")) for r in ok),

@@ -46,7 +46,7 @@ def tune(ctx: "VariantContext") -> None:
     else:
         unit = "requests_per_s" if getattr(prof, "mode", prof.kind) == "rate" else "concurrency"  # load_words
         search = EngineSearch(backend=ctx.vr.engine, load=load, load_unit=unit, probe_duration_s=es.probe_duration_s,
-                              budget_s=es.budget_s)
+                              warmup_s=es.warmup_s, budget_s=es.budget_s)
         with run.timed(f"{v.name}/engine_search"):
             _run_trials(ctx, search, cands, base_engine)
         search.chosen, search.reason = choose(search.trials, es.min_gain)
@@ -91,7 +91,8 @@ def _trial(ctx: "VariantContext", cand: "EngineCandidate", engine: "EngineConfig
     try:
         with server_for_model(cast(Path, v.model_dir), engine, served_name=v.name,
                               log_path=out.parent / f"{index:02d}-engine.log") as srv:
-            r = run_loadtest(srv.base_url, trial_config(run.lt_cfg, load, cfg.engine_search.probe_duration_s, index),
+            es = cfg.engine_search
+            r = run_loadtest(srv.base_url, trial_config(run.lt_cfg, load, es.probe_duration_s, index, es.warmup_s),
                              cfg.slo, cfg.pricing, out, log=lambda m: None)
     except (PackagerError, OSError) as e:
         return EngineTrial(candidate=cand, error=f"{type(e).__name__}: {e}"[:400], wall_s=time.monotonic() - t0)
@@ -101,15 +102,19 @@ def _trial(ctx: "VariantContext", cand: "EngineCandidate", engine: "EngineConfig
                        wall_s=round(time.monotonic() - t0, 1))
 
 
-def trial_config(lt: "LoadTestConfig", load: float, probe_s: float, index: int) -> "LoadTestConfig":
-    """One trial's load test: a step of the sweep at `load` (or the single-load profile itself), `probe_s` long,
-    its own prompts (another seed), no capacity search."""
+def trial_config(lt: "LoadTestConfig", load: float, probe_s: float, index: int,
+                 warmup_s: float = 0.0) -> "LoadTestConfig":
+    """One trial's load test: a step of the sweep at `load` (or the single-load profile itself), `warmup_s` of
+    load left out of the figures and then `probe_s` measured, its own prompts (another seed), no capacity search."""
     from packager.loadtest.config import KneeSearch, LoadTestConfig
     from packager.loadtest.knee import probe_config
 
+    total = warmup_s + probe_s
     if lt.profile.kind == "sweep":
-        return probe_config(lt, load, probe_s, index=500 + index)
-    data = lt.model_dump()
-    data["profile"] = {**data["profile"], "duration_s": probe_s}
-    data.update(knee=KneeSearch().model_dump(), max_duration_s=probe_s, seed=lt.seed + 500 + index)
+        data = probe_config(lt, load, total, index=500 + index).model_dump()
+    else:
+        data = lt.model_dump()
+        data["profile"] = {**data["profile"], "duration_s": total}
+        data.update(knee=KneeSearch().model_dump(), max_duration_s=total, seed=lt.seed + 500 + index)
+    data["warmup_s"] = warmup_s
     return LoadTestConfig.model_validate(data)

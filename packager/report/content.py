@@ -335,6 +335,10 @@ def config_yaml(report: Report) -> str:
 ENGINE_SEARCH_HEADERS = ["variant", "arguments", "output tok/s", "TTFT p95 (ms)", "SLO", "chosen"]
 
 
+def _warm(es: dict) -> str:
+    return f" after {es['warmup_s']:g} s of warm-up" if es.get("warmup_s") else ""
+
+
 def engine_search_rows(report: Report) -> tuple[list[list[str]], list[tuple[str, str]]]:
     """(one row per trial of every variant's engine-argument search, (variant, what was chosen and why) each)."""
     rows: list[list[str]] = []
@@ -355,7 +359,7 @@ def engine_search_rows(report: Report) -> tuple[list[list[str]], list[tuple[str,
         left = f"; not tried within the {es['budget_s']:g} s budget: {', '.join(es['not_tried'])}" \
             if es.get("not_tried") else ""
         reasons.append((v.name, f"at {load_words(es['load'], es['load_unit'])}, {len(es.get('trials', []))} "
-                                f"trial(s) of {es['probe_duration_s']:g} s in {secs(es.get('wall_s'))}: "
+                                f"trial(s) of {es['probe_duration_s']:g} s{_warm(es)} in {secs(es.get('wall_s'))}: "
                                 f"{es.get('reason', '')}{left}"))
     return rows, reasons
 

@@ -52,7 +52,7 @@ def release_run(tmp_path_factory, default_model):
         "gate": {"noise_floor_items": 10},
         "time_budget_s": 3000,
         # the GGUF variant's llama-server arguments: packager's and as many candidates as 14 s of 2-s trials allow
-        "engine_search": {"budget_s": 14, "probe_duration_s": 2},
+        "engine_search": {"budget_s": 14, "probe_duration_s": 2, "warmup_s": 1},
     }
     cfg_path = out / "release.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))

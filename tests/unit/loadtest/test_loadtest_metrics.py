@@ -98,10 +98,24 @@ def test_warmup_requests_are_left_out_and_retries_counted():
     assert ph.requests_warmup_excluded == 3 and ph.requests_sent == 6 and ph.requests_retried == 1
     assert ph.duration_s == pytest.approx(3.0) and ph.dispatch_s == pytest.approx(3.0)
     assert ph.ttft.max_ms == 100 and ph.meets_slo is True
-    assert ph.output_token_throughput_per_s == pytest.approx(60 / 3.0)
+    # the steady requests' 60 tokens, and the warm-up's generated after 1 s: the first one ended at 1.0 s; the
+    # other two gave their first token (at 1.3 and 1.8 s) and all of their 10 after it
+    assert ph.output_token_throughput_per_s == pytest.approx((60 + 20) / 3.0)
+    assert ph.output_tokens_total == 60  # totals and means stay those of the measured requests
     whole = summarize_phase(0, "x", {"users": 1}, warm + steady, share, slo, 0.9, 4.0)
     assert whole.requests_warmup_excluded == 0 and whole.requests_sent == 9 and whole.requests_retried == 2
     assert whole.meets_slo is False
+
+
+def test_tokens_after_a_time_spread_over_each_request_decode():
+    from packager.loadtest.metrics import tokens_after
+
+    straddling = _req(100, 1000, 9, t0=0.5)  # first token at 0.6 s, end at 1.5 s: 5 of its 9 tokens after 1.0 s
+    later = _req(400, 500, 10, t0=0.8)  # first token at 1.2 s: all of it, its prompt too
+    done = _req(100, 200, 10, t0=0.0)  # over by 0.2 s
+    failed = _req(100, 900, 10, t0=0.5, ok=False)
+    tin, tout = tokens_after([straddling, later, done, failed], 1.0)
+    assert tin == 10 and tout == pytest.approx(9 * 0.5 / 0.9 + 10)
 
 
 def test_warmup_must_be_shorter_than_a_phase():

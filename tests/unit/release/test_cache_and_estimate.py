@@ -42,30 +42,37 @@ def test_estimate_and_default_loadtest():
     from packager.release.estimate import evaluate_seconds
 
     recipes = ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m", "recipes/mine.yaml", "fp8-dynamic"]
-    # baseline: register 10 + engine start 150 + evaluation (40 + 430 items x 0.52 + 557 corpus answers x 0.49)
-    # + load test 70; a variant reads the answers (557 x 0.085) and adds its compression (gguf: 120 s with its
-    # importance matrix)
-    assert evaluate_seconds(RunConfig(), baseline=True) == 537 and evaluate_seconds(RunConfig(), baseline=False) == 311
-    # a GGUF's answers are read by llama.cpp in-process: 0.39 s a prompt instead of vLLM's 0.085
-    assert evaluate_seconds(RunConfig(), baseline=False, gguf=True) == 481
-    # + the baseline's noise floor, + the engine-argument search of the one GGUF variant (its 90 s budget)
-    assert estimate_seconds(RunConfig(), recipes, 70.0) == 4792.0 + 170 + 240.0 + 90.0
+    # baseline: evaluation 20 + 430 items x 0.2 + 557 corpus answers x 0.35; a variant reads the answers (557 x 0.1)
+    assert evaluate_seconds(RunConfig(), baseline=True) == 301 and evaluate_seconds(RunConfig(), baseline=False) == 162
+    # a GGUF's answers are read by llama.cpp in-process: 0.42 s a prompt instead of vLLM's 0.1
+    assert evaluate_seconds(RunConfig(), baseline=False, gguf=True) == 340
+    # baseline: register 10 + vLLM start 110 + load test 70 + evaluation 301 + noise floor 130
+    baseline = 10 + 110 + 70 + 301 + 130
+    assert estimate_seconds(RunConfig(), [], 70.0) == baseline
+    # each variant: compression (w8a8 330, gptq 660, gguf 70, unknown 120, fp8 30) + register 10 + start (llama.cpp
+    # 15, vLLM 110) + load test 70 + evaluation; the GGUF one also its engine-argument search (180 s budget)
+    variants = (330 + 10 + 110 + 70 + 162) + (660 + 10 + 110 + 70 + 162) + (70 + 10 + 180 + 15 + 70 + 340) \
+        + (120 + 10 + 110 + 70 + 162) + (30 + 10 + 110 + 70 + 162)
+    assert estimate_seconds(RunConfig(), recipes, 70.0) == baseline + variants
     searched = RunConfig.model_validate({"engine_search": {"engines": ["llamacpp", "vllm"], "budget_s": 30}})
-    assert estimate_seconds(searched, recipes, 70.0) == 4792.0 + 170 + 240.0 + 30.0 * 6  # every variant, baseline too
+    assert estimate_seconds(searched, recipes, 70.0) == baseline + variants - 180 + 30 * 6  # every one, baseline too
     off = RunConfig.model_validate({"engine_search": {"enabled": False}})
-    assert estimate_seconds(off, recipes, 70.0) == 4792.0 + 170 + 240.0
-    assert estimate_seconds(RunConfig(), [], 70.0) == 767.0 + 240.0
+    assert estimate_seconds(off, recipes, 70.0) == baseline + variants - 180
     no_floor = RunConfig.model_validate({"gate": {"noise_floor": False}, "engine_search": {"enabled": False}})
-    assert estimate_seconds(no_floor, recipes, 70.0) == 4792.0 + 170 and estimate_seconds(no_floor, [], 70.0) == 767.0
+    assert estimate_seconds(no_floor, recipes, 70.0) == baseline + variants - 180 - 130
+    assert estimate_seconds(no_floor, [], 70.0) == baseline - 130
     small = RunConfig.model_validate({"eval": {"max_items": 30, "fidelity_max_prompts": 48}})
-    assert evaluate_seconds(small, baseline=True) == round(40 + 30 * 0.52 + 48 * 0.49)
+    assert evaluate_seconds(small, baseline=True) == round(20 + 30 * 0.2 + 48 * 0.35)
     no_corpus = RunConfig.model_validate({"eval": {"fidelity_corpus": None}})
-    assert evaluate_seconds(no_corpus, baseline=True) == evaluate_seconds(no_corpus, baseline=False) == 264
+    assert evaluate_seconds(no_corpus, baseline=True) == evaluate_seconds(no_corpus, baseline=False) == 106
     lt = parse_loadtest_config(default_loadtest(), "loadtest")
     assert lt.profile.kind == "sweep" and list(lt.profile.values) == [1, 4, 16]
     assert lt.profile.planned_dispatch_s() == 60 and lt.max_duration_s == 120 and lt.max_requests == 5000
-    # then the capacity search between the steps: at most 4 probes of 10 s
-    assert lt.knee.enabled and (lt.knee.probe_duration_s, lt.knee.budget_s, lt.knee.max_probes) == (10, 40, 4)
+    # then the capacity search between the steps: at most 4 probes of 12 s
+    assert lt.knee.enabled and (lt.knee.probe_duration_s, lt.knee.budget_s, lt.knee.max_probes) == (12, 48, 4)
+    # output lengths that keep users out of lockstep, and each step's first wave left out (bench_lockstep)
+    out = lt.prompts.output_tokens
+    assert (out.dist, out.min, out.max) == ("uniform", 32, 96) and lt.warmup_s == 5
 
 
 def test_reexported_names():
@@ -97,7 +104,7 @@ def test_the_default_release_fits_its_own_budget_on_each_target():
     from packager.release.estimate import loadtest_seconds
 
     lt_s = loadtest_seconds(parse_loadtest_config(default_loadtest(), "loadtest"))
-    assert lt_s == 60 + 10 + 40 + 5 * 4  # the sweep's dispatch, drained, and the capacity search's budget
+    assert lt_s == 60 + 10 + 48 + 5 * 4  # the sweep's dispatch, drained, and the capacity search's budget
     for target in ("cpu", "gpu"):
         cfg = RunConfig.model_validate({"engine": {"target": target}})
         assert cfg.recipes == list(DEFAULT_RECIPES[target])

@@ -13,7 +13,7 @@ from unit.release.test_release_loop import install_fakes, make_cfg, make_inputs,
 
 def _cfg(inputs, **search):
     return make_cfg(inputs, recipes=["w8a8-int8"], engine_search={"engines": ["vllm"], "probe_duration_s": 1,
-                                                                  **search},
+                                                                  "warmup_s": 0.5, **search},
                     eval={"suite": str(inputs.suite), "behaviour_suite": None, "perplexity": False,
                           "concurrency": 4})
 
@@ -59,6 +59,7 @@ def test_each_candidate_is_served_and_load_tested_before_the_bento(searched):
         assert [t.candidate.label for t in s.trials] == labels and s.not_tried == []
         assert all(t.error is None and t.output_tokens_per_s > 0 for t in s.trials), s.trials
         assert s.load == 2 and s.load_unit == "concurrency" and s.probe_duration_s == 1  # the profile's own load
+        assert s.warmup_s == 0.5
         # the choice is the rule's, from the trials recorded
         chosen, reason = choose(s.trials, cfg.engine_search.min_gain)
         assert s.chosen == chosen and s.reason == reason
@@ -125,9 +126,14 @@ def test_a_trial_is_one_short_load_of_its_own():
     sweep = parse_loadtest_config(default_loadtest(), "loadtest")
     t = trial_config(sweep, 16, 8.0, 2)
     assert t.profile.kind == "concurrency" and t.profile.users == 16 and t.profile.duration_s == 8.0
-    assert not t.knee.enabled and t.max_duration_s == 8.0 and t.seed != sweep.seed
+    assert not t.knee.enabled and t.max_duration_s == 8.0 and t.seed != sweep.seed and t.warmup_s == 0
     assert trial_config(sweep, 16, 8.0, 3).seed != t.seed  # each trial its own prompts
     single = parse_loadtest_config({"profile": {"kind": "rate", "requests_per_s": 3, "duration_s": 60}}, "lt")
     r = trial_config(single, 99, 5.0, 0)
     assert r.profile.kind == "rate" and r.profile.requests_per_s == 3 and r.profile.duration_s == 5.0
     assert r.max_duration_s == 5.0 and not r.knee.enabled
+    # a warm-up: that much more load, started first and left out of the figures
+    for lt, kind in ((sweep, "concurrency"), (single, "rate")):
+        w = trial_config(lt, 16, 12.0, 1, warmup_s=8.0)
+        assert w.profile.kind == kind and w.profile.duration_s == 20.0 and w.max_duration_s == 20.0
+        assert w.warmup_s == 8.0
