@@ -1,7 +1,7 @@
 """Summarize a finished `packager release` run directory into benchmarks/results/ (no machine paths).
 
     python benchmarks/release_summary.py runs/latest --out benchmarks/results/release_cpu_default.json \
-        [--wall-s SECONDS] [--note TEXT]
+        [--wall-s SECONDS] [--estimated-min MINUTES] [--note TEXT]
 
 Keeps, per variant: quality (score, recovery with its interval, fidelity beside the noise floor, the gate's
 verdict), the engine and its searched arguments, load (capacity at the SLO, tokens/s, price), and the step
@@ -50,7 +50,8 @@ def _no_paths(obj: Any) -> Any:
     return obj
 
 
-def summarize(run_dir: Path, wall_s: float | None, note: str | None) -> dict[str, Any]:
+def summarize(run_dir: Path, wall_s: float | None, note: str | None,
+              estimated_min: float | None = None) -> dict[str, Any]:
     report = json.loads((run_dir / "report.json").read_text())
     variants = []
     for v in report["variants"]:
@@ -65,7 +66,7 @@ def summarize(run_dir: Path, wall_s: float | None, note: str | None) -> dict[str
     return _no_paths({
         "benchmark": "a default `packager release` on the bundled model (release_summary.py)",
         "model": report.get("model"), "created_at": report.get("created_at"),
-        "estimated_min": int(est.group(1)) if est else None,
+        "estimated_min": estimated_min if estimated_min is not None else (int(est.group(1)) if est else None),
         "measured_wall_s": wall_s, "timings_s": report.get("timings_s"),
         "time_budget_s": report.get("time_budget_s"), "gate": report.get("gate"),
         "noise_floor": report.get("noise_floor"), "baseline": report.get("baseline"),
@@ -82,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--wall-s", type=float, default=None, help="the release's wall time as measured outside it")
     ap.add_argument("--note", default=None)
+    ap.add_argument("--estimated-min", type=float, default=None, help="the release's up-front estimate, as it "
+                    "printed it (when its log is not in the run directory)")
     a = ap.parse_args(argv)
-    a.out.write_text(json.dumps(summarize(a.run_dir, a.wall_s, a.note), indent=1) + "\n")
+    a.out.write_text(json.dumps(summarize(a.run_dir, a.wall_s, a.note, a.estimated_min), indent=1) + "\n")
     print(f"wrote {a.out}")
     return 0
 

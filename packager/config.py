@@ -138,8 +138,9 @@ class EngineSearchConfig(Strict):
                                                      "trial that would not fit, judged by the first one, is not run")
     probe_duration_s: float = Field(12.0, gt=0, description="seconds of load each trial measures, after its warm-up")
     # A trial's server is fresh, and its users all start at once: their first prompts queue behind each other.
-    # Measured from the start, 16 users on the bundled Q8_0 showed TTFT p95 5.7 s and 94 tok/s in an 8 s probe
-    # (each user sent one request), where the steady state is 0.2 s and about 270 tok/s (bench_engines).
+    # Measured from the start, 16 users on the bundled Q8_0 showed TTFT p95 5.7 s in an 8 s probe (each user sent
+    # one request; benchmarks/results/release_cpu_default.json), where later waves answer within the SLO
+    # (benchmarks/results/lockstep.json).
     warmup_s: float = Field(8.0, ge=0, description="seconds at the start of each trial that load the server but "
                             "are not measured (requests started then are left out)")
     load: Optional[float] = Field(None, gt=0, description="the load trials run at, in the load test's sweep unit "
