@@ -97,9 +97,13 @@ def search_knee(mode: str, sweep_phases: list[PhaseResult], probe: ProbeFn, cfg:
         ran += 1
         phases[load] = ph
         probes.append(as_probe(ph, "probe", run_dir))
-        log(f"capacity search: {load:g} {'met' if ph.meets_slo else 'missed'} the SLOs "
-            f"({ph.slo_attainment_fraction:.0%} of requests within them, {ph.output_token_throughput_per_s:.1f} "
-            "output tok/s)")
+        if ph.requests_sent == 0 and ph.requests_warmup_excluded:
+            log(f"capacity search: {load:g} missed the SLOs: no request started after the warm-up within the probe "
+                "(its first wave outlasted it)")
+        else:
+            log(f"capacity search: {load:g} {'met' if ph.meets_slo else 'missed'} the SLOs "
+                f"({ph.slo_attainment_fraction:.0%} of requests within them, {ph.output_token_throughput_per_s:.1f} "
+                "output tok/s)")
     lo, hi = bracket(probes)
     resolved = hi is not None and next_load(lo, hi, integer, cfg.precision, ceiling) is None
     tps = phases[lo].output_token_throughput_per_s if lo is not None else None

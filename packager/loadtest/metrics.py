@@ -69,20 +69,20 @@ def goodput_requests_per_s(records: Iterable[dict[str, Any]], slo: SLOConfig, du
     return sum(1 for r in records if meets_slo(r, slo)) / duration_s
 
 
-def tokens_after(records: Iterable[dict[str, Any]], t: float) -> tuple[float, float]:
-    """(input, output) tokens of these requests that the server processed after time `t`: a request's output
-    tokens spread evenly between its first token and its end, its input counted when its first token came after
-    `t` (its prompt was processed then)."""
+def tokens_between(records: Iterable[dict[str, Any]], t0: float, t1: float) -> tuple[float, float]:
+    """(input, output) tokens of these requests that the server processed between times `t0` and `t1`: a request's
+    output tokens spread evenly between its first token and its end, its input counted when its first token came
+    in [t0, t1] (its prompt was processed then)."""
     tin = tout = 0.0
     for r in records:
         if not (r.get("ok") and r.get("usage_present")) or r.get("t_end_unix") is None or r.get("ttft_ms") is None:
             continue
         first, end = r["t_start_unix"] + r["ttft_ms"] / 1000.0, r["t_end_unix"]
-        if first >= t:
+        if t0 <= first <= t1:
             tin += int(r.get("input_tokens") or 0)
-        if end > t:
-            share = 1.0 if first >= t else (end - t) / max(end - first, 1e-9)
-            tout += int(r.get("output_tokens") or 0) * min(max(share, 0.0), 1.0)
+        overlap = min(end, t1) - max(first, t0)
+        if overlap > 0:
+            tout += int(r.get("output_tokens") or 0) * min(overlap / max(end - first, 1e-9), 1.0)
     return tin, tout
 
 
@@ -106,12 +106,12 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
     t_end = max([r["t_end_unix"] for r in reqs if r.get("t_end_unix") is not None] + ends + [t_start])
     duration = max(t_end - t_start, 1e-9)
     dispatch_s = max(max(ends) - t_start, 0.0) if ends else planned_dispatch_s
+    # what the warm-up's requests still generated inside the measured time: the server spent it on them, so the
+    # throughput counts it (left out, a warm-up would lower tokens/s by the first wave's tail)
+    early_in, early_out = tokens_between(early, t_start, t_end)
     with_usage = [r for r in ok if r.get("usage_present")]
     in_tok = sum(int(r.get("input_tokens") or 0) for r in with_usage)
     out_tok = sum(int(r.get("output_tokens") or 0) for r in with_usage)
-    # what the warm-up's requests still generated inside the measured time: the server spent it on them, so the
-    # throughput counts it (left out, a warm-up would lower tokens/s by the first wave's tail)
-    early_in, early_out = tokens_after(early, t_start)
     good = [r for r in reqs if meets_slo(r, slo)]
     good_out = sum(int(r.get("output_tokens") or 0) for r in good if r.get("usage_present"))
     good_in = sum(int(r.get("input_tokens") or 0) for r in good if r.get("usage_present"))

@@ -97,6 +97,10 @@ def _trial(ctx: "VariantContext", cand: "EngineCandidate", engine: "EngineConfig
     except (PackagerError, OSError) as e:
         return EngineTrial(candidate=cand, error=f"{type(e).__name__}: {e}"[:400], wall_s=time.monotonic() - t0)
     ph = r.phases[0]
+    if ph.requests_sent == 0:  # every request started in the warm-up: the first wave outlasted the trial
+        return EngineTrial(candidate=cand, error=f"no request started after the {cfg.engine_search.warmup_s:g} s "
+                           "warm-up and within the probe; lengthen engine_search.probe_duration_s",
+                           wall_s=round(time.monotonic() - t0, 1))
     return EngineTrial(candidate=cand, output_tokens_per_s=round(ph.output_token_throughput_per_s, 2),
                        ttft_ms_p95=ph.ttft.p95_ms if ph.ttft else None, meets_slo=ph.meets_slo,
                        wall_s=round(time.monotonic() - t0, 1))

@@ -31,7 +31,8 @@ _DEFAULT_SIZES = {"suite": 430, "fidelity_corpus": 557}
 def default_loadtest() -> dict[str, Any]:
     """A bounded default: a concurrency sweep of 1, 4 and 16 users, 20 s each, 128 tokens in, 32 to 96 out (64 on
     average), the first 5 s of each step and probe left out, then the capacity search between its steps: at most 4
-    probes of 12 s (48 s of load per variant).
+    probes of 20 s (80 s of load per variant; a probe must outlast its first wave: on llama-server with the bundled
+    Q8_0, 12 s probes at 22-32 users measured no request after their 5 s warm-up).
 
     Why not exactly 64 out from the first second: closed-loop users that all start at once and all ask for the same
     lengths stay in lockstep, every wave's prompts prefilled together. On llama-server with the bundled Q4_K_M at 16
@@ -39,7 +40,7 @@ def default_loadtest() -> dict[str, Any]:
     is such a burst whatever the lengths (its p95 5.3 s), so it is left out."""
     return {
         "profile": {"kind": "sweep", "mode": "concurrency", "values": [1, 4, 16], "step_duration_s": 20},
-        "knee": {"enabled": True, "probe_duration_s": 12, "budget_s": 48, "max_probes": 4, "precision": 0.1},
+        "knee": {"enabled": True, "probe_duration_s": 20, "budget_s": 80, "max_probes": 4, "precision": 0.1},
         "prompts": {"kind": "synthetic", "input_tokens": {"mean": 128},
                     "output_tokens": {"dist": "uniform", "mean": 64, "min": 32, "max": 96}},
         "warmup_s": 5,

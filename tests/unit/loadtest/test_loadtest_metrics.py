@@ -107,15 +107,18 @@ def test_warmup_requests_are_left_out_and_retries_counted():
     assert whole.meets_slo is False
 
 
-def test_tokens_after_a_time_spread_over_each_request_decode():
-    from packager.loadtest.metrics import tokens_after
+def test_tokens_between_two_times_spread_over_each_request_decode():
+    from packager.loadtest.metrics import tokens_between
 
     straddling = _req(100, 1000, 9, t0=0.5)  # first token at 0.6 s, end at 1.5 s: 5 of its 9 tokens after 1.0 s
     later = _req(400, 500, 10, t0=0.8)  # first token at 1.2 s: all of it, its prompt too
     done = _req(100, 200, 10, t0=0.0)  # over by 0.2 s
     failed = _req(100, 900, 10, t0=0.5, ok=False)
-    tin, tout = tokens_after([straddling, later, done, failed], 1.0)
+    tin, tout = tokens_between([straddling, later, done, failed], 1.0, 10.0)
     assert tin == 10 and tout == pytest.approx(9 * 0.5 / 0.9 + 10)
+    # and no further than the measured time's end: half of `later`'s decode (1.2 to 1.3 s) lies before 1.25 s
+    tin, tout = tokens_between([later], 1.0, 1.25)
+    assert tin == 10 and tout == pytest.approx(5)
 
 
 def test_warmup_must_be_shorter_than_a_phase():

@@ -68,8 +68,8 @@ def test_estimate_and_default_loadtest():
     lt = parse_loadtest_config(default_loadtest(), "loadtest")
     assert lt.profile.kind == "sweep" and list(lt.profile.values) == [1, 4, 16]
     assert lt.profile.planned_dispatch_s() == 60 and lt.max_duration_s == 120 and lt.max_requests == 5000
-    # then the capacity search between the steps: at most 4 probes of 12 s
-    assert lt.knee.enabled and (lt.knee.probe_duration_s, lt.knee.budget_s, lt.knee.max_probes) == (12, 48, 4)
+    # then the capacity search between the steps: at most 4 probes of 20 s
+    assert lt.knee.enabled and (lt.knee.probe_duration_s, lt.knee.budget_s, lt.knee.max_probes) == (20, 80, 4)
     # output lengths that keep users out of lockstep, and each step's first wave left out (bench_lockstep)
     out = lt.prompts.output_tokens
     assert (out.dist, out.min, out.max) == ("uniform", 32, 96) and lt.warmup_s == 5
@@ -104,7 +104,7 @@ def test_the_default_release_fits_its_own_budget_on_each_target():
     from packager.release.estimate import loadtest_seconds
 
     lt_s = loadtest_seconds(parse_loadtest_config(default_loadtest(), "loadtest"))
-    assert lt_s == 60 + 10 + 48 + 5 * 4  # the sweep's dispatch, drained, and the capacity search's budget
+    assert lt_s == 60 + 10 + 80 + 5 * 4  # the sweep's dispatch, drained, and the capacity search's budget
     for target in ("cpu", "gpu"):
         cfg = RunConfig.model_validate({"engine": {"target": target}})
         assert cfg.recipes == list(DEFAULT_RECIPES[target])

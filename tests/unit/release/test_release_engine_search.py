@@ -137,3 +137,42 @@ def test_a_trial_is_one_short_load_of_its_own():
         w = trial_config(lt, 16, 12.0, 1, warmup_s=8.0)
         assert w.profile.kind == kind and w.profile.duration_s == 20.0 and w.max_duration_s == 20.0
         assert w.warmup_s == 8.0
+
+
+def test_a_trial_that_measured_nothing_after_its_warm_up_is_an_error(tmp_path, monkeypatch):
+    """A first wave that outlasts the probe leaves no request to judge: the trial says so instead of reading the
+    warm-up's tail as a measurement."""
+    from types import SimpleNamespace
+
+    import packager.engines.select as select_mod
+    import packager.loadtest.runner as lt_mod
+    from packager.config import EngineConfig, RunConfig
+    from packager.engines.tune import EngineCandidate
+    from packager.loadtest.config import parse_loadtest_config
+    from packager.release import default_loadtest
+    from packager.release.engine_search import _trial
+
+    class Server:
+        base_url = "http://127.0.0.1:9"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    def phase(sent, excluded):
+        return SimpleNamespace(requests_sent=sent, requests_warmup_excluded=excluded, output_token_throughput_per_s=50.0,
+                               ttft=SimpleNamespace(p95_ms=300.0) if sent else None, meets_slo=bool(sent))
+
+    results = iter([SimpleNamespace(phases=[phase(0, 16)]), SimpleNamespace(phases=[phase(12, 16)])])
+    monkeypatch.setattr(select_mod, "server_for_model", lambda *a, **k: Server())
+    monkeypatch.setattr(lt_mod, "run_loadtest", lambda *a, **k: next(results))
+    cfg = RunConfig()
+    ctx = SimpleNamespace(run=SimpleNamespace(lt_cfg=parse_loadtest_config(default_loadtest(), "lt")),
+                          v=SimpleNamespace(root=tmp_path, model_dir=tmp_path, name="v"), cfg=cfg)
+    cand = EngineCandidate(label="packager's arguments")
+    empty = _trial(ctx, cand, EngineConfig(), 16, 0)
+    assert empty.output_tokens_per_s is None and "no request started after the 8 s warm-up" in empty.error
+    measured = _trial(ctx, cand, EngineConfig(), 16, 1)
+    assert measured.error is None and measured.output_tokens_per_s == 50.0 and measured.meets_slo is True
