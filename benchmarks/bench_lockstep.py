@@ -1,6 +1,6 @@
 """Lockstep in closed-loop load tests: the release's old default step (every request 128 tokens in and exactly 64
-out, all users starting at once, every request measured) beside its new one (32-96 out, the first 5 s of the step
-left out), on one llama-server, alternated (old, new, old, new), through `packager loadtest`.
+out, all users starting at once, every request measured), its new one (32-96 out), and the new one with the step's
+first 5 s left out (`warmup_s`), on one llama-server, alternated twice, through `packager loadtest`.
 
     python benchmarks/bench_lockstep.py [--quant q4_k_m] [--users 16] [--step-s 20]
 
@@ -24,11 +24,15 @@ OUT = Path(__file__).resolve().parent / "results" / "lockstep.json"
 PACKAGER = str(Path(sys.executable).with_name("packager"))
 
 
-def _config(users: int, step_s: float, new: bool) -> dict:
-    out = {"dist": "uniform", "mean": 64, "min": 32, "max": 96} if new else {"mean": 64}
+CONDITIONS = ("old", "new", "new+warmup")
+
+
+def _config(users: int, step_s: float, cond: str, seed: int) -> dict:
+    out = {"mean": 64} if cond == "old" else {"dist": "uniform", "mean": 64, "min": 32, "max": 96}
     return {"loadtest": {"profile": {"kind": "concurrency", "users": users, "duration_s": step_s},
                          "prompts": {"kind": "synthetic", "input_tokens": {"mean": 128}, "output_tokens": out},
-                         "warmup_s": 5 if new else 0, "max_duration_s": step_s}}
+                         "warmup_s": 5 if cond == "new+warmup" else 0, "max_duration_s": step_s,
+                         "seed": seed}}  # prompts of their own: none found in the server's prompt cache
 
 
 def _run(url: str, cfg: dict, work: Path, name: str) -> dict:
@@ -64,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, \
             LlamaCppServer(model, EngineConfig(backend="llamacpp", max_model_len=2048), served_name=a.quant,
                            log_path=Path(tmp) / "server.log") as srv:
-        for i, new in enumerate((False, True, False, True)):
-            name = f"{i}-{'new' if new else 'old'}"
-            r = {"run": i, "default": "new" if new else "old", **_run(srv.base_url, _config(a.users, a.step_s, new),
-                                                                    Path(tmp), name)}
+        for i, cond in enumerate(CONDITIONS * 2):
+            name = f"{i}-{cond.replace('+', '-')}"
+            r = {"run": i, "step": cond, **_run(srv.base_url, _config(a.users, a.step_s, cond, 1000 + i), Path(tmp),
+                                                            name)}
             print(json.dumps(r), flush=True)
             runs.append(r)
     out = {"benchmark": "bench_lockstep", "when": now_iso(), "how": __doc__.split("\n\n")[0],
@@ -75,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
            "server": f"llama-server, packager's arguments, the bundled model's {a.quant.upper()} GGUF",
            "users": a.users, "step_s": a.step_s,
            "old": "128 tokens in, exactly 64 out, every request measured",
-           "new": "128 tokens in, 32-96 out (uniform), requests started in the first 5 s left out",
+           "new": "128 tokens in, 32-96 out (uniform), every request measured (the release's default)",
+           "new+warmup": "the same, requests started in the first 5 s left out (not the default: see "
+                         "packager.release.estimate.default_loadtest)",
            "runs": runs}
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {a.out}")

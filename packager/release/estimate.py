@@ -30,20 +30,18 @@ _DEFAULT_SIZES = {"suite": 430, "fidelity_corpus": 557}
 
 def default_loadtest() -> dict[str, Any]:
     """A bounded default: a concurrency sweep of 1, 4 and 16 users, 20 s each, 128 tokens in, 32 to 96 out (64 on
-    average), the first 5 s of each step and probe left out, then the capacity search between its steps: at most 4
-    probes of 20 s (80 s of load per variant; a probe must outlast its first wave: on llama-server with the bundled
-    Q8_0, 12 s probes at 22-32 users measured no request after their 5 s warm-up).
+    average), then the capacity search between its steps: at most 4 probes of 10 s (40 s of load per variant).
 
-    Why not exactly 64 out from the first second: closed-loop users that all start at once and all ask for the same
-    lengths stay in lockstep, every wave's prompts prefilled together. On llama-server with the bundled Q4_K_M at 16
-    users that gave a TTFT p50 of 4.4 s (p95 5.6 s) where lengths of 32-96 gave 0.3-0.6 s; the first wave of a step
-    is such a burst whatever the lengths (its p95 5.3 s), so it is left out."""
+    Why not exactly 64 out: closed-loop users that all start at once and all ask for the same lengths stay in
+    lockstep, every wave's prompts prefilled together (benchmarks/results/lockstep.json). Lengths of 32-96 let them
+    drift apart after the first wave. That first wave, a burst, is still measured: leaving the first seconds out
+    (`warmup_s`) left probes at 22-64 users on llama-server with no request to judge, their first wave outlasting
+    them, and a capacity read from the few requests that did start would be too high."""
     return {
         "profile": {"kind": "sweep", "mode": "concurrency", "values": [1, 4, 16], "step_duration_s": 20},
-        "knee": {"enabled": True, "probe_duration_s": 20, "budget_s": 80, "max_probes": 4, "precision": 0.1},
+        "knee": {"enabled": True, "probe_duration_s": 10, "budget_s": 40, "max_probes": 4, "precision": 0.1},
         "prompts": {"kind": "synthetic", "input_tokens": {"mean": 128},
                     "output_tokens": {"dist": "uniform", "mean": 64, "min": 32, "max": 96}},
-        "warmup_s": 5,
         "max_duration_s": 120,
         "max_requests": 5000,
     }
