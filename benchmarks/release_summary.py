@@ -36,7 +36,7 @@ def _load(load: dict[str, Any] | None) -> dict[str, Any] | None:
     if not load:
         return None
     keep = ("max_load_meeting_slo", "output_tokens_per_s", "ttft_ms_p95", "tpot_ms_p95", "usd_per_hour",
-            "usd_per_million_output_tokens", "slo_attainment_fraction", "knee", "knee_resolved")
+            "usd_per_million_output_tokens", "slo_attainment_fraction", "knee_resolved")
     return {k: load[k] for k in keep if k in load}
 
 
@@ -58,8 +58,7 @@ def summarize(run_dir: Path, wall_s: float | None, note: str | None,
         row = {k: v.get(k) for k in _KEEP}
         row["engine_search"] = _engine_search(v.get("engine_search"))
         row["load"] = _load(v.get("load"))
-        row["gate_verdict"] = next((r for n, r in report["recommendation"].get("rejected", {}).items()
-                                    if n == v["name"]), None)
+        row["gate_verdict"] = report["recommendation"].get("rejected", {}).get(v["name"])
         variants.append(row)
     log = (run_dir / "packager.log").read_text(errors="replace") if (run_dir / "packager.log").exists() else ""
     est = re.search(r"estimated (\d+) min on this machine", log)

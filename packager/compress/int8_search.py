@@ -220,13 +220,14 @@ def smoothquant_factors(model_dir: Path, texts: list[str], alpha: float, seq_len
     model, batches = _load(model_dir, texts, seq_len, device)
     modules = dict(model.named_modules())
     groups = smooth_groups(modules)
-    act_max, w_max = activation_maxima(model, batches, groups, show_progress), weight_maxima(modules, groups)
-    sim = Simulator(model, batches[:4], [], smoothed_tensors(groups))
-    try:
-        groups = exact_kinds(sim, groups, act_max, w_max, {}, print)
-    finally:
-        sim.smooth({})
-        sim.close()
+    if groups:  # no calibration pass for a model with nothing to smooth
+        act_max, w_max = activation_maxima(model, batches, groups, show_progress), weight_maxima(modules, groups)
+        sim = Simulator(model, batches[:4], [], smoothed_tensors(groups))
+        try:
+            groups = exact_kinds(sim, groups, act_max, w_max, {}, print)
+        finally:
+            sim.smooth({})
+            sim.close()
     if not groups:
         raise ConfigError(f"{model_dir} has no norm/Linear group that SmoothQuant can smooth exactly (fused or "
                           "unknown layer names, or norms of another form); set smoothquant_alpha: null or auto.")
@@ -285,7 +286,7 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
             log(f"SmoothQuant strength: {'none' if chosen is None else chosen} (calibration KL "
                 + ", ".join(f"{a}: {k:.3g}" for a, k in tried.items()) + ")")
         else:
-            chosen = alpha if isinstance(alpha, float) and groups else None
+            chosen = alpha if isinstance(alpha, float) else None  # a float alpha with no group raised above
         factors = factors_for(groups, act_max, w_max, chosen) if chosen is not None else {}
         sim.smooth(factors)
         weights: dict[str, tuple[Any, Any]] = {}

@@ -98,7 +98,7 @@ def smooth_groups(modules: dict[str, Any]) -> list[Group]:
         else:
             form = norm_form(modules[name])
         if form is not None:
-            groups.append(Group(name, lin, kind, form, has_bias and kind != "down"))
+            groups.append(Group(name, lin, kind, form, has_bias))
     return groups
 
 

@@ -85,20 +85,20 @@ def _trial(ctx: "VariantContext", cand: "EngineCandidate", engine: "EngineConfig
     from packager.loadtest.runner import run_loadtest
 
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
+    es = cfg.engine_search
     out = v.root / "engine_search" / f"{index:02d}"
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
         with server_for_model(cast(Path, v.model_dir), engine, served_name=v.name,
                               log_path=out.parent / f"{index:02d}-engine.log") as srv:
-            es = cfg.engine_search
             r = run_loadtest(srv.base_url, trial_config(run.lt_cfg, load, es.probe_duration_s, index, es.warmup_s),
                              cfg.slo, cfg.pricing, out, log=lambda m: None)
     except (PackagerError, OSError) as e:
         return EngineTrial(candidate=cand, error=f"{type(e).__name__}: {e}"[:400], wall_s=time.monotonic() - t0)
     ph = r.phases[0]
     if ph.requests_sent == 0:  # every request started in the warm-up: the first wave outlasted the trial
-        return EngineTrial(candidate=cand, error=f"no request started after the {cfg.engine_search.warmup_s:g} s "
+        return EngineTrial(candidate=cand, error=f"no request started after the {es.warmup_s:g} s "
                            "warm-up and within the probe; lengthen engine_search.probe_duration_s",
                            wall_s=round(time.monotonic() - t0, 1))
     return EngineTrial(candidate=cand, output_tokens_per_s=round(ph.output_token_throughput_per_s, 2),
