@@ -1,0 +1,381 @@
+"""Speed of every serving format at production size on one GPU (issue 21, item 2): RANDOM weights.
+
+A model with the Llama-3.1-8B architecture (32 layers, hidden 4096, MLP 14336, 32 query / 8 KV heads, vocabulary
+128256, untied lm_head, llama3 rope) is written with random weights (normal, std 0.02; norms 1) and a word-level
+tokenizer of the same vocabulary size. Its answers are noise. It measures kernels and serving, never quality:
+no figure from it may be read as quality. Quality comes from the real bundled model (gpu_h100.json).
+
+Formats, each written in the compressed-tensors layout vLLM loads, with the weights rounded to nearest (GPTQ or
+SmoothQuant change the values, not the kernels or the bytes moved):
+  bf16        the random checkpoint as written
+  fp8         W8A8 FP8: per-channel float8_e4m3 weights, dynamic per-token activations (packager.compress.ct_format)
+  w8a8-int8   W8A8 int8: per-channel int8 weights, dynamic per-token activations (packager.compress.ct_format)
+  w4a16       W4A16: int4 weights, symmetric, groups of 128, packed by compressed-tensors' own
+              PackedQuantizationCompressor ("pack-quantized"; vLLM serves it with its Marlin kernels)
+lm_head and the embeddings stay bf16 in every format.
+
+Each format is served by packager.engines.vllm.EngineServer and load-tested by packager.loadtest.runner.run_loadtest
+(locust, closed loop, 128 input tokens):
+  one stream   1 user, 25 s, exactly 128 output tokens per request
+  knee         a concurrency sweep (16, 64, 256 users, 15 s a step, 8 s warm-up, 64-192 output tokens) and the
+               capacity search (packager.loadtest.knee) for the highest concurrency meeting the SLO
+               (TTFT p95 <= 1000 ms and TPOT <= 50 ms for 90% of requests): the goodput there is the figure
+
+Steps keep their state in --work so they can be split over several commands on one machine:
+
+    PYTHONPATH=/tmp/site:. VLLM_USE_FLASHINFER_SAMPLER=0 python3 benchmarks/gpu_speed_8b.py \
+        --work /tmp/g8 --out "$OUT/gpu_speed_8b.json" --steps model,quantize
+    ... --steps serve:bf16        (then serve:w4a16, serve:fp8, serve:w8a8-int8)
+
+Wiring check without a GPU (tiny architecture, fake OpenAI server; its numbers mean nothing):
+    .venv/bin/python benchmarks/gpu_speed_8b.py --work /tmp/g8 --arch tiny --device cpu --fake-engine \
+        --steps model,quantize,serve:bf16,serve:w4a16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (str(ROOT), str(ROOT / "benchmarks")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from gpu_proof import atomic_json, device_facts, log, now_utc, versions  # noqa: E402
+
+ARCHS: dict[str, dict[str, Any]] = {
+    "llama-3.1-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=131072,
+                         rope_theta=500000.0, rope_scaling={"factor": 8.0, "low_freq_factor": 1.0,
+                                                            "high_freq_factor": 4.0,
+                                                            "original_max_position_embeddings": 8192,
+                                                            "rope_type": "llama3"}),
+    "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=64, vocab_size=2048, max_position_embeddings=4096, rope_theta=10000.0),
+}
+FORMATS = ("bf16", "w4a16", "fp8", "w8a8-int8")
+SLO = {"ttft_ms": 1000.0, "tpot_ms": 50.0}
+GROUP = 128
+INSTANCE = "gpu_1x_h100_sxm5"
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+
+
+# ---------------------------------------------------------------------------------------------- the model
+def tensor_specs(a: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every tensor of a LlamaForCausalLM with architecture a (untied lm_head)."""
+    h, m, v, d = a["hidden_size"], a["intermediate_size"], a["vocab_size"], a["head_dim"]
+    q, kv = a["num_attention_heads"] * d, a["num_key_value_heads"] * d
+    out: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (v, h))]
+    for i in range(a["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + "self_attn.q_proj.weight", (q, h)), (p + "self_attn.k_proj.weight", (kv, h)),
+                (p + "self_attn.v_proj.weight", (kv, h)), (p + "self_attn.o_proj.weight", (h, q)),
+                (p + "mlp.gate_proj.weight", (m, h)), (p + "mlp.up_proj.weight", (m, h)),
+                (p + "mlp.down_proj.weight", (h, m)),
+                (p + "input_layernorm.weight", (h,)), (p + "post_attention_layernorm.weight", (h,))]
+    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
+
+
+def word_tokenizer(vocab_size: int):
+    """A word-level tokenizer of vocab_size entries whose vocabulary holds every word of packager's synthetic
+    prompts (packager.loadtest.plan.WORDS), so a prompt of n words is n tokens, and every id decodes to a word."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from packager.loadtest.plan import WORDS
+
+    words = ["<unk>", "<s>", "</s>"] + sorted(set(WORDS))
+    words += [f"w{i}" for i in range(vocab_size - len(words))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   chat_template=CHAT_TEMPLATE)
+
+
+def write_random_model(out: Path, arch: str, device: str, shard_gb: float = 4.0) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    a = ARCHS[arch]
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = LlamaConfig(**a, rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False, bos_token_id=1,
+                      eos_token_id=2, attention_bias=False, mlp_bias=False, dtype="bfloat16")
+    cfg.architectures = ["LlamaForCausalLM"]
+    cfg.save_pretrained(out)
+    word_tokenizer(a["vocab_size"]).save_pretrained(out)
+    gen = torch.Generator(device=device).manual_seed(0)
+    shards: list[dict[str, Any]] = [{}]
+    size, n_params, weight_map = 0, 0, {}
+    for name, shape in tensor_specs(a):
+        t = (torch.ones(shape, dtype=torch.bfloat16, device=device) if len(shape) == 1 else
+             (torch.randn(shape, generator=gen, device=device, dtype=torch.float32) * 0.02).to(torch.bfloat16))
+        nbytes = t.numel() * 2
+        if size + nbytes > shard_gb * 1e9 and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+        n_params += t.numel()
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for fname, sd in zip(names, shards):
+        save_file({k: v.cpu().contiguous() for k, v in sd.items()}, str(out / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in sd})
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": n_params * 2}, "weight_map": weight_map}, indent=1))
+    return {"parameters": n_params, "bytes": n_params * 2, "shards": len(names), "architecture": arch, **a}
+
+
+# ---------------------------------------------------------------------------------------------- formats
+def is_quantized_linear(name: str) -> bool:
+    return name.startswith("model.layers.") and name.endswith("_proj.weight")
+
+
+def w4a16_scheme():
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    return QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
+        num_bits=4, type="int", symmetric=True, strategy="group", group_size=GROUP, dynamic=False))
+
+
+def quantize_w4a16(w) -> dict[str, Any]:
+    """Round-to-nearest symmetric int4 in groups of GROUP columns, packed by compressed-tensors itself."""
+    import torch
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+
+    out_f, in_f = w.shape
+    g = w.to(torch.float32).reshape(out_f, in_f // GROUP, GROUP)
+    scale = (g.abs().amax(dim=2) / 7.5).clamp(min=1e-8).to(torch.bfloat16)  # llm-compressor's symmetric int4 range
+    sd = PackedQuantizationCompressor.compress({"weight": w, "weight_scale": scale}, w4a16_scheme())
+    return {k: v for k, v in sd.items()}
+
+
+def quantization_config(fmt: str) -> dict[str, Any]:
+    from compressed_tensors.quantization import QuantizationConfig
+
+    from packager.compress import ct_format
+
+    if fmt in ("fp8", "w8a8-int8"):
+        return ct_format.quantization_config("fp8" if fmt == "fp8" else "int8", ["lm_head"])
+    return QuantizationConfig(config_groups={"group_0": w4a16_scheme()}, format="pack-quantized",
+                              quantization_status="compressed", ignore=["lm_head"]).to_dict()
+
+
+def write_format(src: Path, dst: Path, fmt: str, device: str) -> dict[str, Any]:
+    """Quantize every decoder Linear of src into dst in format fmt, shard by shard on device."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from packager.compress import ct_format
+
+    t0 = time.perf_counter()
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
+            shutil.copy2(f, dst / f.name)
+    weight_map, total = {}, 0
+    for shard in sorted(src.glob("*.safetensors")):
+        sd = load_file(str(shard), device=device)
+        out: dict[str, Any] = {}
+        for name, w in sd.items():
+            if not is_quantized_linear(name):
+                out[name] = w
+            elif fmt == "w4a16":
+                base = name[: -len(".weight")]
+                out.update({f"{base}.{k}": v for k, v in quantize_w4a16(w).items()})
+            else:
+                q, s = (ct_format.quantize_fp8_per_channel(w) if fmt == "fp8"
+                        else ct_format.quantize_int8_per_channel(w))
+                out[name], out[name + "_scale"] = q, s
+        out = {k: v.cpu().contiguous() for k, v in out.items()}
+        save_file(out, str(dst / shard.name), metadata={"format": "pt"})
+        weight_map.update({k: shard.name for k in out})
+        total += sum(v.numel() * v.element_size() for v in out.values())
+        del sd
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    (dst / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["quantization_config"] = quantization_config(fmt)
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    return {"format": fmt, "bytes": total, "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+# ---------------------------------------------------------------------------------------------- serving
+def engine_config(fake: bool):
+    from packager.config import EngineConfig
+
+    return EngineConfig(target="gpu", dtype="bfloat16", max_model_len=4096, max_num_seqs=256,
+                        gpu_memory_utilization=0.85, startup_timeout_s=560.0)
+
+
+def one_stream_config():
+    from packager.loadtest.config import ConcurrencyProfile, LengthDistribution, LoadTestConfig, SyntheticPrompts
+
+    return LoadTestConfig(profile=ConcurrencyProfile(users=1, duration_s=25.0),
+                          prompts=SyntheticPrompts(input_tokens=LengthDistribution(mean=128),
+                                                   output_tokens=LengthDistribution(mean=128)),
+                          max_duration_s=60.0, drain_timeout_s=30.0, request_timeout_s=60.0, warmup_s=3.0,
+                          seed=1, prompt_format="chat")
+
+
+def knee_config(budget_s: float):
+    from packager.loadtest.config import KneeSearch, LengthDistribution, LoadTestConfig, SweepProfile, SyntheticPrompts
+
+    return LoadTestConfig(
+        profile=SweepProfile(mode="concurrency", values=[16, 64, 256], step_duration_s=15.0),
+        prompts=SyntheticPrompts(input_tokens=LengthDistribution(mean=128),
+                                 output_tokens=LengthDistribution(dist="uniform", mean=128, min=64, max=192),
+                                 unique_prompts=4096),
+        max_duration_s=600.0, max_requests=1_000_000, drain_timeout_s=30.0, request_timeout_s=120.0, workers=4,
+        warmup_s=8.0, seed=2, prompt_format="chat",
+        knee=KneeSearch(enabled=True, precision=0.15, budget_s=budget_s, probe_duration_s=15.0, max_probes=5))
+
+
+def phase_summary(p) -> dict[str, Any]:
+    return {"load": p.load, "requests_ok": p.requests_ok, "requests_failed": p.requests_failed,
+            "output_tokens_per_s": round(p.output_token_throughput_per_s, 1),
+            "goodput_output_tokens_per_s": round(p.goodput_output_tokens_per_s, 1),
+            "slo_attainment_fraction": round(p.slo_attainment_fraction, 3), "meets_slo": p.meets_slo,
+            "ttft_ms_p50": p.ttft.p50_ms, "ttft_ms_p95": p.ttft.p95_ms, "tpot_ms_p50": p.tpot.p50_ms,
+            "tpot_ms_p95": p.tpot.p95_ms}
+
+
+def knee_summary(r) -> dict[str, Any]:
+    k = r.knee
+    out: dict[str, Any] = {"sweep": [phase_summary(p) for p in r.phases]}
+    if k is None:
+        return out
+    at = [p for p in k.probes if k.knee is not None and p.load == k.knee]
+    out["knee"] = {"users": k.knee, "first_failing_users": k.first_failing, "resolved": k.resolved,
+                   "stopped_because": k.stopped_because,
+                   "output_tokens_per_s_at_knee": k.output_tokens_per_s_at_knee,
+                   "goodput_output_tokens_per_s_at_knee": at[-1].goodput_output_tokens_per_s if at else None,
+                   "usd_per_million_output_tokens_at_knee": k.usd_per_million_output_tokens_at_knee,
+                   "probes": [p.model_dump(mode="json") for p in k.probes]}
+    return out
+
+
+class Bench:
+    def __init__(self, a: argparse.Namespace):
+        self.a = a
+        self.work: Path = a.work
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.state = self.work / "results.json"
+        self.data: dict[str, Any] = (json.loads(self.state.read_text()) if self.state.is_file() else {
+            "benchmark": "gpu_speed_8b", "weights": "RANDOM (normal, std 0.02): speed only, no quality",
+            "started_utc": now_utc(), "slo": SLO, "instance_for_prices": INSTANCE, "formats": {}, "errors": []})
+
+    def save(self) -> None:
+        atomic_json(self.state, self.data)
+        if self.a.out:
+            atomic_json(self.a.out, self.data)
+
+    def step_model(self) -> None:
+        self.data["device"] = device_facts() if not self.a.fake_engine else {"fake": True}
+        self.data["versions"] = versions()
+        t0 = time.perf_counter()
+        self.data["model"] = write_random_model(self.work / "bf16", self.a.arch, self.a.device)
+        self.data["model"]["wall_s"] = round(time.perf_counter() - t0, 1)
+
+    def step_quantize(self) -> None:
+        for fmt in FORMATS[1:]:
+            self.data["formats"].setdefault(fmt, {})["checkpoint"] = write_format(
+                self.work / "bf16", self.work / fmt, fmt, self.a.device)
+            log(f"quantize {fmt}: {self.data['formats'][fmt]['checkpoint']}")
+            self.save()
+
+    def server(self, fmt: str):
+        if self.a.fake_engine:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from fakes.fake_openai import FakeOpenAIServer
+
+            return FakeOpenAIServer(model=fmt, ttft_ms=5, itl_ms=2, output_tokens=64)
+        from packager.engines.vllm import EngineServer
+
+        (self.work / "logs").mkdir(exist_ok=True)
+        return EngineServer(str(self.work / fmt), engine_config(False), served_name=fmt,
+                            log_path=self.work / "logs" / f"vllm-{fmt}.log")
+
+    def step_serve(self, fmt: str) -> None:
+        from packager.config import PricingConfig, SLOConfig
+        from packager.loadtest.runner import run_loadtest
+
+        v = self.data["formats"].setdefault(fmt, {})
+        srv = self.server(fmt)
+        t0 = time.perf_counter()
+        srv.start()
+        try:
+            v["engine_startup_s"] = round(time.perf_counter() - t0, 1)
+            log(f"serve {fmt}: ready after {v['engine_startup_s']} s")
+            slo, price = SLOConfig(**SLO), PricingConfig(instance=INSTANCE)
+            r1 = run_loadtest(srv.base_url, one_stream_config(), slo, price, self.work / "lt" / fmt / "one", model=fmt)
+            v["one_stream"] = phase_summary(r1.phases[0])
+            log(f"serve {fmt}: one stream {v['one_stream']['output_tokens_per_s']} tok/s")
+            self.save()
+            rk = run_loadtest(srv.base_url, knee_config(self.a.knee_budget_s), slo, price,
+                              self.work / "lt" / fmt / "knee", model=fmt)
+            v.update(knee_summary(rk))
+            log(f"serve {fmt}: knee {v.get('knee', {}).get('users')} users, goodput "
+                f"{v.get('knee', {}).get('goodput_output_tokens_per_s_at_knee')} tok/s")
+        finally:
+            srv.stop()
+
+    def ratios(self) -> None:
+        f = self.data["formats"]
+        base = f.get("bf16", {})
+        out: dict[str, Any] = {}
+        for fmt, v in f.items():
+            if fmt == "bf16":
+                continue
+            one = (v.get("one_stream", {}).get("output_tokens_per_s"),
+                   base.get("one_stream", {}).get("output_tokens_per_s"))
+            kn = (v.get("knee", {}).get("goodput_output_tokens_per_s_at_knee"),
+                  base.get("knee", {}).get("goodput_output_tokens_per_s_at_knee"))
+            out[fmt] = {"one_stream_tok_s_vs_bf16": round(one[0] / one[1], 3) if one[0] and one[1] else None,
+                        "goodput_at_knee_vs_bf16": round(kn[0] / kn[1], 3) if kn[0] and kn[1] else None}
+        self.data["ratios_vs_bf16"] = out
+
+    def run(self, steps: list[str]) -> None:
+        for step in steps:
+            t0 = time.perf_counter()
+            log(f"step {step}")
+            try:
+                if step.startswith("serve:"):
+                    self.step_serve(step.split(":", 1)[1])
+                else:
+                    getattr(self, f"step_{step}")()
+            except Exception as e:  # recorded; the next step still runs
+                self.data["errors"].append({"step": step, "error": repr(e), "trace": traceback.format_exc()[-3000:]})
+                log(f"step {step} FAILED: {e!r}")
+            self.data.setdefault("step_wall_s", {})[step] = round(time.perf_counter() - t0, 1)
+            self.ratios()
+            self.save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--steps", required=True)
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="llama-3.1-8b")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--knee-budget-s", type=float, default=100.0)
+    ap.add_argument("--fake-engine", action="store_true")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    Bench(a).run([s for s in a.steps.split(",") if s])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
