@@ -14,12 +14,12 @@ SmoothQuant change the values, not the kernels or the bytes moved):
               PackedQuantizationCompressor ("pack-quantized"; vLLM serves it with its Marlin kernels)
 lm_head and the embeddings stay bf16 in every format.
 
-Each format is served by packager.engines.vllm.EngineServer and load-tested by packager.loadtest.runner.run_loadtest
-(locust, closed loop, 128 input tokens):
-  one stream   1 user, 25 s, exactly 128 output tokens per request
-  knee         a concurrency sweep (16, 64, 256 users, 15 s a step, 8 s warm-up, 64-192 output tokens) and the
-               capacity search (packager.loadtest.knee) for the highest concurrency meeting the SLO
-               (TTFT p95 <= 1000 ms and TPOT <= 50 ms for 90% of requests): the goodput there is the figure
+Each format is served by packager.engines.vllm.EngineServer (max_num_seqs 256, max_model_len 4096) and load-tested
+by packager.loadtest.runner.run_loadtest: locust (master + 4 workers), closed loop, a concurrency sweep of 1, 32, 128
+and 256 users, 12 s a step after a 4 s warm-up, 128 input tokens and 64-192 output tokens (uniform), SLO: TTFT
+<= 1000 ms and TPOT <= 50 ms for 90% of requests. One stream = the 1-user step. Goodput at the SLO = the goodput
+of the highest load measured to meet the SLO (with --knee-budget-s > 0 the capacity search refines it between
+steps; the default run has no search, for device time).
 
 Steps keep their state in --work so they can be split over several commands on one machine:
 
@@ -60,6 +60,8 @@ ARCHS: dict[str, dict[str, Any]] = {
                  num_key_value_heads=2, head_dim=64, vocab_size=2048, max_position_embeddings=4096, rope_theta=10000.0),
 }
 FORMATS = ("bf16", "w4a16", "fp8", "w8a8-int8")
+SWEEP_USERS = (1, 32, 128, 256)
+STEP_S, WARMUP_S = 12.0, 4.0
 SLO = {"ttft_ms": 1000.0, "tpot_ms": 50.0}
 GROUP = 128
 INSTANCE = "gpu_1x_h100_sxm5"
@@ -218,27 +220,24 @@ def engine_config(fake: bool):
                         gpu_memory_utilization=0.85, startup_timeout_s=560.0)
 
 
-def one_stream_config():
-    from packager.loadtest.config import ConcurrencyProfile, LengthDistribution, LoadTestConfig, SyntheticPrompts
-
-    return LoadTestConfig(profile=ConcurrencyProfile(users=1, duration_s=25.0),
-                          prompts=SyntheticPrompts(input_tokens=LengthDistribution(mean=128),
-                                                   output_tokens=LengthDistribution(mean=128)),
-                          max_duration_s=60.0, drain_timeout_s=30.0, request_timeout_s=60.0, warmup_s=3.0,
-                          seed=1, prompt_format="chat")
-
-
-def knee_config(budget_s: float):
-    from packager.loadtest.config import KneeSearch, LengthDistribution, LoadTestConfig, SweepProfile, SyntheticPrompts
+def sweep_config(budget_s: float):
+    from packager.loadtest.config import (
+        KneeSearch,
+        LengthDistribution,
+        LoadTestConfig,
+        SweepProfile,
+        SyntheticPrompts,
+    )
 
     return LoadTestConfig(
-        profile=SweepProfile(mode="concurrency", values=[16, 64, 256], step_duration_s=15.0),
+        profile=SweepProfile(mode="concurrency", values=list(SWEEP_USERS), step_duration_s=STEP_S),
         prompts=SyntheticPrompts(input_tokens=LengthDistribution(mean=128),
                                  output_tokens=LengthDistribution(dist="uniform", mean=128, min=64, max=192),
                                  unique_prompts=4096),
         max_duration_s=600.0, max_requests=1_000_000, drain_timeout_s=30.0, request_timeout_s=120.0, workers=4,
-        warmup_s=8.0, seed=2, prompt_format="chat",
-        knee=KneeSearch(enabled=True, precision=0.15, budget_s=budget_s, probe_duration_s=15.0, max_probes=5))
+        warmup_s=WARMUP_S, seed=2, prompt_format="chat",
+        knee=KneeSearch(enabled=budget_s > 0, precision=0.15, budget_s=max(budget_s, 1.0), probe_duration_s=STEP_S,
+                        max_probes=4))
 
 
 def phase_summary(p) -> dict[str, Any]:
@@ -250,18 +249,25 @@ def phase_summary(p) -> dict[str, Any]:
             "tpot_ms_p95": p.tpot.p95_ms}
 
 
-def knee_summary(r) -> dict[str, Any]:
-    k = r.knee
+def load_summary(r) -> dict[str, Any]:
+    """The sweep's phases; one stream = its 1-user step; at the SLO = the highest load measured to meet the SLO
+    (the capacity search's knee when it ran, else the sweep's highest step meeting it) and its goodput."""
     out: dict[str, Any] = {"sweep": [phase_summary(p) for p in r.phases]}
-    if k is None:
-        return out
-    at = [p for p in k.probes if k.knee is not None and p.load == k.knee]
-    out["knee"] = {"users": k.knee, "first_failing_users": k.first_failing, "resolved": k.resolved,
-                   "stopped_because": k.stopped_because,
-                   "output_tokens_per_s_at_knee": k.output_tokens_per_s_at_knee,
-                   "goodput_output_tokens_per_s_at_knee": at[-1].goodput_output_tokens_per_s if at else None,
-                   "usd_per_million_output_tokens_at_knee": k.usd_per_million_output_tokens_at_knee,
-                   "probes": [p.model_dump(mode="json") for p in k.probes]}
+    out["one_stream"] = next((s for s in out["sweep"] if s["load"].get("users") == 1), None)
+    met = [s for s in out["sweep"] if s["meets_slo"]]
+    best = max(met, key=lambda s: s["load"].get("users", 0)) if met else None
+    at: dict[str, Any] = {"users": best["load"].get("users") if best else None, "source": "sweep",
+                          "goodput_output_tokens_per_s": best["goodput_output_tokens_per_s"] if best else None,
+                          "output_tokens_per_s": best["output_tokens_per_s"] if best else None}
+    k = r.knee
+    if k is not None:
+        out["knee"] = k.model_dump(mode="json")
+        hit = [p for p in k.probes if k.knee is not None and p.load == k.knee]
+        if hit and (at["users"] is None or k.knee > at["users"]):
+            at = {"users": k.knee, "source": hit[-1].source,
+                  "goodput_output_tokens_per_s": hit[-1].goodput_output_tokens_per_s,
+                  "output_tokens_per_s": hit[-1].output_tokens_per_s}
+    out["at_slo"] = at
     return out
 
 
@@ -318,15 +324,11 @@ class Bench:
             v["engine_startup_s"] = round(time.perf_counter() - t0, 1)
             log(f"serve {fmt}: ready after {v['engine_startup_s']} s")
             slo, price = SLOConfig(**SLO), PricingConfig(instance=INSTANCE)
-            r1 = run_loadtest(srv.base_url, one_stream_config(), slo, price, self.work / "lt" / fmt / "one", model=fmt)
-            v["one_stream"] = phase_summary(r1.phases[0])
-            log(f"serve {fmt}: one stream {v['one_stream']['output_tokens_per_s']} tok/s")
-            self.save()
-            rk = run_loadtest(srv.base_url, knee_config(self.a.knee_budget_s), slo, price,
-                              self.work / "lt" / fmt / "knee", model=fmt)
-            v.update(knee_summary(rk))
-            log(f"serve {fmt}: knee {v.get('knee', {}).get('users')} users, goodput "
-                f"{v.get('knee', {}).get('goodput_output_tokens_per_s_at_knee')} tok/s")
+            r = run_loadtest(srv.base_url, sweep_config(self.a.knee_budget_s), slo, price, self.work / "lt" / fmt,
+                             model=fmt)
+            v.update(load_summary(r))
+            log(f"serve {fmt}: one stream {v['one_stream']['output_tokens_per_s']} tok/s; goodput at the SLO "
+                f"{v['at_slo']['goodput_output_tokens_per_s']} tok/s at {v['at_slo']['users']} users")
         finally:
             srv.stop()
 
@@ -339,10 +341,10 @@ class Bench:
                 continue
             one = (v.get("one_stream", {}).get("output_tokens_per_s"),
                    base.get("one_stream", {}).get("output_tokens_per_s"))
-            kn = (v.get("knee", {}).get("goodput_output_tokens_per_s_at_knee"),
-                  base.get("knee", {}).get("goodput_output_tokens_per_s_at_knee"))
+            kn = ((v.get("at_slo") or {}).get("goodput_output_tokens_per_s"),
+                  (base.get("at_slo") or {}).get("goodput_output_tokens_per_s"))
             out[fmt] = {"one_stream_tok_s_vs_bf16": round(one[0] / one[1], 3) if one[0] and one[1] else None,
-                        "goodput_at_knee_vs_bf16": round(kn[0] / kn[1], 3) if kn[0] and kn[1] else None}
+                        "goodput_at_slo_vs_bf16": round(kn[0] / kn[1], 3) if kn[0] and kn[1] else None}
         self.data["ratios_vs_bf16"] = out
 
     def run(self, steps: list[str]) -> None:
@@ -369,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", required=True)
     ap.add_argument("--arch", choices=sorted(ARCHS), default="llama-3.1-8b")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--knee-budget-s", type=float, default=100.0)
+    ap.add_argument("--knee-budget-s", type=float, default=0.0, help="capacity search after the sweep; 0: none")
     ap.add_argument("--fake-engine", action="store_true")
     a = ap.parse_args(argv)
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
