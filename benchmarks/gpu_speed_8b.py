@@ -25,7 +25,7 @@ Steps keep their state in --work so they can be split over several commands on o
 
     PYTHONPATH=/tmp/site:. VLLM_USE_FLASHINFER_SAMPLER=0 python3 benchmarks/gpu_speed_8b.py \
         --work /tmp/g8 --out "$OUT/gpu_speed_8b.json" --steps model,quantize
-    ... --steps serve:bf16        (then serve:w4a16, serve:fp8, serve:w8a8-int8)
+    ... --steps serve:bf16        (then serve:w4a16, serve:fp8, serve:w8a8-int8; quantize:FORMAT writes one format)
 
 Wiring check without a GPU (tiny architecture, fake OpenAI server; its numbers mean nothing):
     .venv/bin/python benchmarks/gpu_speed_8b.py --work /tmp/g8 --arch tiny --device cpu --fake-engine \
@@ -293,8 +293,8 @@ class Bench:
         self.data["model"] = write_random_model(self.work / "bf16", self.a.arch, self.a.device)
         self.data["model"]["wall_s"] = round(time.perf_counter() - t0, 1)
 
-    def step_quantize(self) -> None:
-        for fmt in FORMATS[1:]:
+    def step_quantize(self, only: str | None = None) -> None:
+        for fmt in [only] if only else FORMATS[1:]:
             self.data["formats"].setdefault(fmt, {})["checkpoint"] = write_format(
                 self.work / "bf16", self.work / fmt, fmt, self.a.device)
             log(f"quantize {fmt}: {self.data['formats'][fmt]['checkpoint']}")
@@ -354,6 +354,8 @@ class Bench:
             try:
                 if step.startswith("serve:"):
                     self.step_serve(step.split(":", 1)[1])
+                elif step.startswith("quantize:"):
+                    self.step_quantize(step.split(":", 1)[1])
                 else:
                     getattr(self, f"step_{step}")()
             except Exception as e:  # recorded; the next step still runs
