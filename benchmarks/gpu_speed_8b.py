@@ -331,6 +331,10 @@ class Bench:
                 f"{v['at_slo']['goodput_output_tokens_per_s']} tok/s at {v['at_slo']['users']} users")
         finally:
             srv.stop()
+            logf = self.work / "logs" / f"vllm-{fmt}.log"
+            if logf.is_file():  # which kernels vLLM chose, as it says in its log
+                v["engine_kernel_lines"] = [ln.strip()[-200:] for ln in logf.read_text(errors="replace").splitlines()
+                                            if "Kernel" in ln or "kernel for" in ln][:6]
 
     def ratios(self) -> None:
         f = self.data["formats"]
