@@ -152,7 +152,7 @@ def parameter_count(model_dir: Path) -> int:
 
 def parameter_count_from_headers(model_dir: Path) -> int:
     qcfg = read_config(model_dir).get("quantization_config") or {}
-    bits = int(qcfg.get("bits", 4)) if qcfg.get("quant_method") == "gptq" else None
+    bits = int(qcfg.get("bits", 4)) if qcfg.get("quant_method") in ("gptq", "awq") else None
     total = 0
     for name, (_dtype, shape) in tensor_shapes(model_dir).items():
         leaf = name.rsplit(".", 1)[-1]

@@ -1,6 +1,15 @@
 """`gptq`: GPTQ weight-only quantization (W4A16 / W8A16) with GPTQModel, saved in the GPTQ checkpoint format
 that vLLM loads (CPU build: its mixed-precision CPU kernel; GPUs: exllama/Marlin).
 
+`method: awq` runs GPTQModel's AWQ instead (activation-aware per-channel scales searched on the calibration data,
+then 4-bit group rounding) and writes the AWQ GEMM checkpoint format (quant_method "awq"), which vLLM's CPU build
+serves through the same mixed-precision CPU kernel (cpu_gemm_wna16) as GPTQ, and GPUs through AWQ Marlin. It is a
+method of this stage rather than a stage of its own because everything around the rounding is the same: the
+group-size check, the calibration samples, the serving kernel and so the hardware checks. AWQ here is 4-bit
+with zero points only (vLLM's AWQ path loads 4-bit; sym defaults to false for it), has no act-order and no mixed
+precision (its checkpoint would need `modules_to_not_convert`, which this stage does not write); those settings
+are refused.
+
 The group size must divide the input dimension of every quantized Linear; it is checked from config.json
 (and the safetensors headers) before the model is even loaded, with an error naming the dimension and
 the group sizes that would fit.
@@ -23,7 +32,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from packager.compress.base import METHODS, StageArgs, StageContext
 from packager.compress.mixed_precision import MixedPrecisionArgs
@@ -38,6 +47,8 @@ class GPTQArgs(StageArgs):
     quantizes: ClassVar[bool] = True
     kind: Literal["gptq"] = "gptq"
     requires_calibration_data: ClassVar[bool] = True
+    method: Literal["gptq", "awq"] = Field("gptq", description="gptq (GPTQ format) or awq (AWQ GEMM format; 4-bit, "
+                                                              "no desc_act, no mixed_precision)")
     bits: Literal[4, 8] = Field(4, description="weight bits: 4 (W4A16) or 8 (W8A16)")
     group_size: int = Field(64, description="weights per quantization group along the input dimension; "
                                             "-1 = one group per row")
@@ -61,12 +72,61 @@ class GPTQArgs(StageArgs):
             raise ValueError(f"group_size must be -1 (one group per row) or a positive integer, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _awq_settings(self) -> "GPTQArgs":
+        if self.method != "awq":
+            return self
+        if self.bits != 4:
+            raise ValueError(f"method awq writes 4-bit weights only (vLLM's AWQ path loads 4-bit); "
+                             f"got bits {self.bits}")
+        if self.desc_act:
+            raise ValueError("method awq has no act-order; leave desc_act false")
+        if "sym" not in self.model_fields_set:
+            self.sym = False  # AWQ's zero-point (asymmetric) groups, what vLLM's AWQ path is built for
+        elif self.sym:
+            raise ValueError("method awq is asymmetric here (zero points, the AWQ GEMM checkpoint vLLM was checked "
+                             "with); set sym: false or leave it out")
+        if self.mixed_precision is not None:
+            raise ValueError("method awq has no mixed precision here (its checkpoint would need "
+                             "modules_to_not_convert); drop mixed_precision or use method gptq")
+        return self
+
     def validate_for(self, model_dir: Path) -> None:
         check_group_size(model_dir, self.group_size)
         if self.desc_act and self.group_size != -1:
             raise ConfigError("desc_act: true (dynamic act-order) with groups is refused by vLLM 0.32, which would not "
                               "load the checkpoint; leave it false (GPTQModel orders columns group-aware, statically) "
                               "or use group_size: -1.")
+        if self.method == "awq":
+            check_awq_output_dims(model_dir)
+
+
+# GPTQModel 7.6's AWQ clip search walks a Linear's output rows in batches of 256 or 64 and asserts one fits.
+_AWQ_OUT_MULTIPLE = 64
+
+
+def check_awq_output_dims(model_dir: Path) -> None:
+    """Raise ConfigError when a projection's output size is not a multiple of 64 (GPTQModel's AWQ would stop
+    with a bare AssertionError in the middle of quantizing)."""
+    from packager.compress.checkpoint import read_config
+
+    cfg = read_config(model_dir)
+    text = cfg.get("text_config") or cfg
+    try:
+        hidden, heads = int(text["hidden_size"]), int(text["num_attention_heads"])
+    except (KeyError, TypeError, ValueError):
+        return
+    head_dim = int(text.get("head_dim") or hidden // heads)
+    outs = {"q_proj (num_attention_heads*head_dim)": heads * head_dim,
+            "k/v_proj (num_key_value_heads*head_dim)": int(text.get("num_key_value_heads") or heads) * head_dim,
+            "o/down_proj (hidden_size)": hidden}
+    if text.get("intermediate_size"):
+        outs["gate/up_proj (intermediate_size)"] = int(text["intermediate_size"])
+    for name, size in outs.items():
+        if size % _AWQ_OUT_MULTIPLE:
+            raise ConfigError(f"method awq needs every projection's output size to be a multiple of "
+                              f"{_AWQ_OUT_MULTIPLE} (GPTQModel's AWQ clip search); {name} is {size}. "
+                              "Use method gptq for this model.")
 
 
 def linear_input_dims(config: dict[str, Any]) -> dict[str, tuple[int, str]]:
@@ -167,11 +227,11 @@ def apply_gptq(args: GPTQArgs, ctx: StageContext) -> dict[str, Any]:
                                  show_progress=ctx.show_progress, log=ctx.log)
         dynamic = skip_rules(res.keep_float)
         mixed = {**res.record, "kept_modules": res.keep_float}
-    qcfg = QuantizeConfig(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=args.sym,
-                          damp_percent=args.damp_percent, offload_to_disk=False, dynamic=dynamic or None)
-    ctx.log(f"GPTQ W{args.bits}A16 group {args.group_size} on {len(examples)} samples (device {device})")
+    qcfg = QuantizeConfig(**quantize_config_kwargs(args, dynamic))
+    ctx.log(f"{args.method.upper()} W{args.bits}A16 group {args.group_size} on {len(examples)} samples "
+            f"(device {device})")
     model = GPTQModel.load(str(ctx.input_dir), qcfg, device=device)
-    model.quantize(examples, batch_size=args.batch_size)
+    model.quantize(examples, batch_size=args.batch_size, **quantize_backend_kwargs(args, device))
     model.save(str(ctx.output_dir))
     del model
     ensure_tokenizer_files(ctx.input_dir, ctx.output_dir)
@@ -180,6 +240,7 @@ def apply_gptq(args: GPTQArgs, ctx: StageContext) -> dict[str, Any]:
     q = read_config(ctx.output_dir).get("quantization_config", {})
     return {
         "scheme": f"W{args.bits}A16",
+        "method": args.method,
         "format": q.get("checkpoint_format") or q.get("format"),
         "bits": args.bits,
         "group_size": args.group_size,
@@ -188,6 +249,25 @@ def apply_gptq(args: GPTQArgs, ctx: StageContext) -> dict[str, Any]:
         **({"search": mixed} if mixed is not None else {}),
         **losses,
     }
+
+
+def quantize_config_kwargs(args: GPTQArgs, dynamic: dict[str, dict]) -> dict[str, Any]:
+    """GPTQModel QuantizeConfig arguments: GPTQ (GPTQ format, with the skip rules) or AWQ (AWQ GEMM format)."""
+    common: dict[str, Any] = {"bits": args.bits, "group_size": args.group_size, "sym": args.sym,
+                              "offload_to_disk": False}
+    if args.method == "awq":
+        return {**common, "method": "awq", "format": "gemm"}
+    return {**common, "desc_act": args.desc_act, "damp_percent": args.damp_percent, "dynamic": dynamic or None}
+
+
+def quantize_backend_kwargs(args: GPTQArgs, device: str) -> dict[str, Any]:
+    """GPTQModel 7.6 packs AWQ GEMM with its CUDA kernel unless told otherwise, and refuses to start on a CPU
+    ("AWQ: CUDA is not available"); its portable torch kernel packs the same format there."""
+    if args.method == "awq" and device == "cpu":
+        from gptqmodel.utils.backend import BACKEND
+
+        return {"backend": BACKEND.AWQ_TORCH}
+    return {}
 
 
 # vLLM fuses these projections into one Linear; a rule must name the fused module as well as its parts.

@@ -19,7 +19,7 @@ from packager.compress.recipe import (
 )
 from packager.errors import ConfigError
 
-EXPECTED_BUILTINS = {"w8a8-int8", "gptq-w4a16", "gptq-w8a16", "fp8", "prune-depth", "prune-distill-w8a8"}
+EXPECTED_BUILTINS = {"w8a8-int8", "gptq-w4a16", "gptq-w8a16", "awq-w4a16", "fp8", "prune-depth", "prune-distill-w8a8"}
 
 
 def test_every_args_class_has_a_registered_method_and_back():
@@ -107,6 +107,9 @@ def test_builtin_recipe_contents():
     g4 = load_recipe("gptq-w4a16").stages[0]
     assert (g4.bits, g4.group_size) == (4, 64)
     assert load_recipe("gptq-w8a16").stages[0].bits == 8
+    awq = load_recipe("awq-w4a16").stages[0]
+    assert (awq.kind, awq.method, awq.bits, awq.group_size, awq.sym) == ("gptq", "awq", 4, 64, False)
+    assert g4.method == "gptq"
     assert load_recipe("prune-depth").stages[0].target_layers == 22
     assert load_recipe("fp8").stages[0].unsafe_skip_preflight is False
 
