@@ -170,46 +170,34 @@ def quantization_config(fmt: str) -> dict[str, Any]:
 
 
 def write_format(src: Path, dst: Path, fmt: str, device: str) -> dict[str, Any]:
-    """Quantize every decoder Linear of src into dst in format fmt, shard by shard on device."""
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
+    """Quantize every decoder Linear of src into dst in format fmt, shard by shard, the arithmetic on device."""
     from packager.compress import ct_format
+    from packager.compress.checkpoint import copy_non_weight_files, stream_shards
+
+    total = [0]  # bytes of the tensors written
+
+    def transform(name: str, w) -> dict[str, Any]:
+        if not is_quantized_linear(name):
+            total[0] += w.numel() * w.element_size()
+            return {name: w}
+        w = w.to(device)
+        if fmt == "w4a16":
+            base = name[: -len(".weight")]
+            out = {f"{base}.{k}": v for k, v in quantize_w4a16(w).items()}
+        else:
+            q, s = ct_format.quantize_fp8_per_channel(w) if fmt == "fp8" else ct_format.quantize_int8_per_channel(w)
+            out = {name: q, name + "_scale": s}
+        total[0] += sum(v.numel() * v.element_size() for v in out.values())
+        return {k: v.cpu() for k, v in out.items()}
 
     t0 = time.perf_counter()
     dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
-            shutil.copy2(f, dst / f.name)
-    weight_map, total = {}, 0
-    for shard in sorted(src.glob("*.safetensors")):
-        sd = load_file(str(shard), device=device)
-        out: dict[str, Any] = {}
-        for name, w in sd.items():
-            if not is_quantized_linear(name):
-                out[name] = w
-            elif fmt == "w4a16":
-                base = name[: -len(".weight")]
-                out.update({f"{base}.{k}": v for k, v in quantize_w4a16(w).items()})
-            else:
-                q, s = (ct_format.quantize_fp8_per_channel(w) if fmt == "fp8"
-                        else ct_format.quantize_int8_per_channel(w))
-                out[name], out[name + "_scale"] = q, s
-        out = {k: v.cpu().contiguous() for k, v in out.items()}
-        save_file(out, str(dst / shard.name), metadata={"format": "pt"})
-        weight_map.update({k: shard.name for k in out})
-        total += sum(v.numel() * v.element_size() for v in out.values())
-        del sd
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    (dst / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    copy_non_weight_files(src, dst)
+    stream_shards(src, dst, transform)
     cfg = json.loads((src / "config.json").read_text())
     cfg["quantization_config"] = quantization_config(fmt)
     (dst / "config.json").write_text(json.dumps(cfg, indent=2))
-    return {"format": fmt, "bytes": total, "wall_s": round(time.perf_counter() - t0, 1)}
+    return {"format": fmt, "bytes": total[0], "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 # ---------------------------------------------------------------------------------------------- serving
