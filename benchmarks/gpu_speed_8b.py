@@ -60,6 +60,9 @@ ARCHS: dict[str, dict[str, Any]] = {
                  num_key_value_heads=2, head_dim=64, vocab_size=2048, max_position_embeddings=4096, rope_theta=10000.0),
 }
 FORMATS = ("bf16", "w4a16", "fp8", "w8a8-int8")
+# served variants that reuse another format's checkpoint with vLLM kernels disabled (VLLM_DISABLED_KERNELS):
+# on Hopper vLLM picks Machete for W4A16; "w4a16-marlin" serves the same checkpoint through Marlin
+KERNEL_VARIANTS: dict[str, tuple[str, str]] = {"w4a16-marlin": ("w4a16", "MacheteLinearKernel")}
 SWEEP_USERS = (1, 32, 128, 256)
 STEP_S, WARMUP_S = 12.0, 4.0
 SLO = {"ttft_ms": 1000.0, "tpot_ms": 50.0}
@@ -208,7 +211,7 @@ def engine_config(fake: bool):
                         gpu_memory_utilization=0.85, startup_timeout_s=560.0)
 
 
-def sweep_config(budget_s: float):
+def sweep_config(budget_s: float, users: tuple[int, ...] = SWEEP_USERS):
     from packager.loadtest.config import (
         KneeSearch,
         LengthDistribution,
@@ -218,14 +221,14 @@ def sweep_config(budget_s: float):
     )
 
     return LoadTestConfig(
-        profile=SweepProfile(mode="concurrency", values=list(SWEEP_USERS), step_duration_s=STEP_S),
+        profile=SweepProfile(mode="concurrency", values=list(users), step_duration_s=STEP_S),
         prompts=SyntheticPrompts(input_tokens=LengthDistribution(mean=128),
                                  output_tokens=LengthDistribution(dist="uniform", mean=128, min=64, max=192),
                                  unique_prompts=4096),
         max_duration_s=600.0, max_requests=1_000_000, drain_timeout_s=30.0, request_timeout_s=120.0, workers=4,
         warmup_s=WARMUP_S, seed=2, prompt_format="chat",
         knee=KneeSearch(enabled=budget_s > 0, precision=0.15, budget_s=max(budget_s, 1.0), probe_duration_s=STEP_S,
-                        max_probes=4))
+                        max_probes=4, extend_factor=2.0))
 
 
 def phase_summary(p) -> dict[str, Any]:
@@ -289,6 +292,11 @@ class Bench:
             self.save()
 
     def server(self, fmt: str):
+        ckpt, disabled = KERNEL_VARIANTS.get(fmt, (fmt, ""))
+        if disabled:  # the engine subprocess inherits it
+            os.environ["VLLM_DISABLED_KERNELS"] = disabled
+        else:
+            os.environ.pop("VLLM_DISABLED_KERNELS", None)
         if self.a.fake_engine:
             sys.path.insert(0, str(ROOT / "tests"))
             from fakes.fake_openai import FakeOpenAIServer
@@ -297,7 +305,7 @@ class Bench:
         from packager.engines.vllm import EngineServer
 
         (self.work / "logs").mkdir(exist_ok=True)
-        return EngineServer(str(self.work / fmt), engine_config(False), served_name=fmt,
+        return EngineServer(str(self.work / ckpt), engine_config(False), served_name=fmt,
                             log_path=self.work / "logs" / f"vllm-{fmt}.log")
 
     def step_serve(self, fmt: str) -> None:
@@ -312,7 +320,10 @@ class Bench:
             v["engine_startup_s"] = round(time.perf_counter() - t0, 1)
             log(f"serve {fmt}: ready after {v['engine_startup_s']} s")
             slo, price = SLOConfig(**SLO), PricingConfig(instance=INSTANCE)
-            r = run_loadtest(srv.base_url, sweep_config(self.a.knee_budget_s), slo, price, self.work / "lt" / fmt,
+            v["sweep_users"] = list(self.a.users)
+            v["vllm_disabled_kernels"] = os.environ.get("VLLM_DISABLED_KERNELS", "")
+            r = run_loadtest(srv.base_url, sweep_config(self.a.knee_budget_s, self.a.users), slo, price,
+                             self.work / "lt" / fmt,
                              model=fmt)
             v.update(load_summary(r))
             log(f"serve {fmt}: one stream {v['one_stream']['output_tokens_per_s']} tok/s; goodput at the SLO "
@@ -366,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", choices=sorted(ARCHS), default="llama-3.1-8b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--knee-budget-s", type=float, default=0.0, help="capacity search after the sweep; 0: none")
+    ap.add_argument("--users", type=lambda t: tuple(int(x) for x in t.split(",")), default=SWEEP_USERS,
+                    help="the sweep's concurrency steps, comma-separated (default 1,32,128,256)")
     ap.add_argument("--fake-engine", action="store_true")
     a = ap.parse_args(argv)
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
