@@ -113,3 +113,14 @@ def test_the_default_release_fits_its_own_budget_on_each_target():
     assert RunConfig.model_validate({"recipes": []}).recipes == []  # recipes given, even none, are kept
     assert RunConfig.model_validate({"engine": {"target": "gpu"}, "recipes": ["fp8"]}).recipes == ["fp8"]
 
+
+
+def test_compress_estimate_by_recipe_kind():
+    """Each built-in recipe's compress stage is budgeted by its own kind: AWQ by its measured time, not the
+    120 s of an unknown kind nor GPTQ's."""
+    from packager.release.estimate import _compress_seconds
+
+    assert _compress_seconds("awq-w4a16") == 450.0
+    assert _compress_seconds("gptq-w4a16") == 660.0
+    assert _compress_seconds("w8a8-int8") == 330.0
+    assert _compress_seconds("my-own") == 120.0
