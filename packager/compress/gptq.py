@@ -107,21 +107,31 @@ _AWQ_OUT_MULTIPLE = 64
 
 def check_awq_output_dims(model_dir: Path) -> None:
     """Raise ConfigError when a projection's output size is not a multiple of 64 (GPTQModel's AWQ would stop
-    with a bare AssertionError in the middle of quantizing)."""
-    from packager.compress.checkpoint import read_config
+    with a bare AssertionError in the middle of quantizing): the sizes the config implies, then each projection
+    weight's own output size (a pruned model may carry layers narrower than its config says)."""
+    from packager.compress.checkpoint import read_config, tensor_shapes
 
     cfg = read_config(model_dir)
     text = cfg.get("text_config") or cfg
+    outs: dict[str, int] = {}
     try:
         hidden, heads = int(text["hidden_size"]), int(text["num_attention_heads"])
     except (KeyError, TypeError, ValueError):
-        return
-    head_dim = int(text.get("head_dim") or hidden // heads)
-    outs = {"q_proj (num_attention_heads*head_dim)": heads * head_dim,
-            "k/v_proj (num_key_value_heads*head_dim)": int(text.get("num_key_value_heads") or heads) * head_dim,
-            "o/down_proj (hidden_size)": hidden}
-    if text.get("intermediate_size"):
-        outs["gate/up_proj (intermediate_size)"] = int(text["intermediate_size"])
+        hidden = heads = 0
+    if hidden and heads:
+        head_dim = int(text.get("head_dim") or hidden // heads)
+        outs = {"q_proj (num_attention_heads*head_dim)": heads * head_dim,
+                "k/v_proj (num_key_value_heads*head_dim)": int(text.get("num_key_value_heads") or heads) * head_dim,
+                "o/down_proj (hidden_size)": hidden}
+        if text.get("intermediate_size"):
+            outs["gate/up_proj (intermediate_size)"] = int(text["intermediate_size"])
+    try:
+        shapes = tensor_shapes(model_dir)
+    except ConfigError:
+        shapes = {}
+    for name, (_dt, shape) in sorted(shapes.items()):
+        if name.endswith("_proj.weight") and len(shape) == 2:
+            outs.setdefault(name, int(shape[0]))
     for name, size in outs.items():
         if size % _AWQ_OUT_MULTIPLE:
             raise ConfigError(f"method awq needs every projection's output size to be a multiple of "

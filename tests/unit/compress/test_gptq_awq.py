@@ -146,6 +146,23 @@ def test_awq_refuses_output_sizes_its_clip_search_cannot_batch_before_any_work(t
     GPTQArgs.model_validate({"kind": "gptq", "group_size": 32}).validate_for(tiny_llama_dir)  # GPTQ has no such limit
 
 
+def test_awq_reads_each_projection_weights_output_size_not_only_the_config(tmp_path):
+    """A pruned model: its config says 256 (a multiple of 64), one MLP weight writes 96 outputs. Refused, by name."""
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 128,
+           "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 256}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.zeros(96, 128),
+               "model.layers.0.mlp.down_proj.weight": torch.zeros(128, 96),
+               "model.layers.0.self_attn.q_proj.weight": torch.zeros(128, 128)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError, match=r"model\.layers\.0\.mlp\.up_proj\.weight is 96"):
+        _awq(group_size=32).validate_for(tmp_path)
+    save_file({"model.layers.0.mlp.up_proj.weight": torch.zeros(256, 128)}, str(tmp_path / "model.safetensors"))
+    _awq(group_size=32).validate_for(tmp_path)  # every size a multiple of 64: accepted
+
+
 def test_awq_on_a_tiny_llama_writes_the_awq_gemm_checkpoint(tmp_path, default_model):
     """Real GPTQModel on a tiny random Llama, on the CPU: every decoder Linear becomes AWQ qweight/qzeros/scales."""
     from packager.compress.base import StageContext
