@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                  "configs": {n: {"max_num_seqs": CONFIGS[n][0] or base.max_num_seqs, "extra_args": CONFIGS[n][1]}
                              for n in a.configs},
                  "results": {}, "start_s": {}, "summary": {}}
-    rows: dict[str, list[dict]] = {}
+    rows: dict[str, list[dict]] = out["results"]
     with be.heavy_lock(True):
         for name in a.configs:
             seqs, extra = CONFIGS[name]
@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows[name] = [asyncio.run(be._level(srv.base_url, f"w8a8-{name}", c, max(8, 2 * c))) for c in LEVELS]
             print(json.dumps({"config": name, "start_s": out["start_s"][name],
                               "tok_s": [r["output_tokens_per_s"] for r in rows[name]]}), flush=True)
-            out["results"] = rows
             out["summary"] = _summary(rows)
             a.out.write_text(json.dumps(out, indent=2) + "\n")  # after each configuration
     print(json.dumps(out["summary"], indent=2))

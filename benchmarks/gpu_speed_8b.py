@@ -323,8 +323,7 @@ class Bench:
             v["sweep_users"] = list(self.a.users)
             v["vllm_disabled_kernels"] = os.environ.get("VLLM_DISABLED_KERNELS", "")
             r = run_loadtest(srv.base_url, sweep_config(self.a.knee_budget_s, self.a.users), slo, price,
-                             self.work / "lt" / fmt,
-                             model=fmt)
+                             self.work / "lt" / fmt, model=fmt)
             v.update(load_summary(r))
             log(f"serve {fmt}: one stream {v['one_stream']['output_tokens_per_s']} tok/s; goodput at the SLO "
                 f"{v['at_slo']['goodput_output_tokens_per_s']} tok/s at {v['at_slo']['users']} users")

@@ -109,7 +109,7 @@ def check_awq_output_dims(model_dir: Path) -> None:
     """Raise ConfigError when a projection's output size is not a multiple of 64 (GPTQModel's AWQ would stop
     with a bare AssertionError in the middle of quantizing): the sizes the config implies, then each projection
     weight's own output size (a pruned model may carry layers narrower than its config says)."""
-    from packager.compress.checkpoint import read_config, tensor_shapes
+    from packager.compress.checkpoint import read_config
 
     cfg = read_config(model_dir)
     text = cfg.get("text_config") or cfg
@@ -125,13 +125,8 @@ def check_awq_output_dims(model_dir: Path) -> None:
                 "o/down_proj (hidden_size)": hidden}
         if text.get("intermediate_size"):
             outs["gate/up_proj (intermediate_size)"] = int(text["intermediate_size"])
-    try:
-        shapes = tensor_shapes(model_dir)
-    except ConfigError:
-        shapes = {}
-    for name, (_dt, shape) in sorted(shapes.items()):
-        if name.endswith("_proj.weight") and len(shape) == 2:
-            outs.setdefault(name, int(shape[0]))
+    for name, (rows, _cols) in projection_shapes(model_dir).items():
+        outs.setdefault(name, rows)
     for name, size in outs.items():
         if size % _AWQ_OUT_MULTIPLE:
             raise ConfigError(f"method awq needs every projection's output size to be a multiple of "
@@ -167,7 +162,7 @@ def fitting_group_sizes(dims: list[int]) -> list[int]:
 
 def check_group_size(model_dir: Path, group_size: int) -> None:
     """Raise ConfigError when group_size does not divide a Linear input dimension of the model."""
-    from packager.compress.checkpoint import read_config, tensor_shapes
+    from packager.compress.checkpoint import read_config
 
     if group_size == -1:
         return
@@ -177,25 +172,31 @@ def check_group_size(model_dir: Path, group_size: int) -> None:
     except (KeyError, TypeError, ValueError):
         dims = {}
     # The weights themselves too: a pruned model may carry layers narrower than its config says.
-    shapes = {}
-    try:
-        shapes = tensor_shapes(model_dir)
-    except ConfigError:
-        pass
-    all_dims = [v for v, _ in dims.values()]
-    for name, (_dt, shape) in shapes.items():
-        if name.endswith("_proj.weight") and len(shape) == 2:
-            all_dims.append(shape[1])
+    shapes = projection_shapes(model_dir)
+    all_dims = [v for v, _ in dims.values()] + [cols for _rows, cols in shapes.values()]
     fits = fitting_group_sizes(all_dims) if all_dims else []
     hint = f"use one of {', '.join(map(str, fits))}" if fits else "no power-of-two group size fits"
     hint += " (or -1 for one group per row)"
     for dim_name, (size, users) in dims.items():
         if size % group_size:
             raise ConfigError(f"group_size {group_size} does not divide {dim_name} {size} (used by {users}); {hint}.")
-    for name, (_dt, shape) in sorted(shapes.items()):
-        if name.endswith("_proj.weight") and len(shape) == 2 and shape[1] % group_size:
+    for name, (_rows, cols) in shapes.items():
+        if cols % group_size:
             raise ConfigError(
-                f"group_size {group_size} does not divide the input dimension {shape[1]} of {name}; {hint}.")
+                f"group_size {group_size} does not divide the input dimension {cols} of {name}; {hint}.")
+
+
+def projection_shapes(model_dir: Path) -> dict[str, tuple[int, int]]:
+    """{name: (output size, input size)} of every 2-D `*_proj.weight` in the checkpoint's safetensors headers,
+    sorted by name; empty when the headers cannot be read (the config-derived checks still run)."""
+    from packager.compress.checkpoint import tensor_shapes
+
+    try:
+        shapes = tensor_shapes(model_dir)
+    except ConfigError:
+        return {}
+    return {name: (int(shape[0]), int(shape[1])) for name, (_dt, shape) in sorted(shapes.items())
+            if name.endswith("_proj.weight") and len(shape) == 2}
 
 
 def _calibration_examples(tokenizer, texts: list[str], seq_len: int) -> list[dict[str, list[int]]]:

@@ -114,7 +114,6 @@ def test_the_default_release_fits_its_own_budget_on_each_target():
     assert RunConfig.model_validate({"engine": {"target": "gpu"}, "recipes": ["fp8"]}).recipes == ["fp8"]
 
 
-
 def test_compress_estimate_by_recipe_kind():
     """Each built-in recipe's compress stage is budgeted by its own kind: AWQ by its measured time, not the
     120 s of an unknown kind nor GPTQ's."""
