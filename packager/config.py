@@ -49,6 +49,13 @@ class EngineConfig(Strict):
     gpu_type: str | None = Field(None, description="GPU target: BentoML GPU type, e.g. nvidia-l4, nvidia-h100-80gb")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="GPU target: share of GPU memory vLLM "
                                                                            "may use (0-1]")
+    # vLLM picks Machete for int4 weights (W4A16) on Hopper; Marlin is faster at few streams and slower under load
+    # (Llama-3.1-8B on an H100: 1.83x bf16 at one stream against Machete's 1.54x, 14% less goodput within the SLO;
+    # benchmarks/results/gpu_speed_8b.json).
+    gpu_int4_kernel: Literal["auto", "marlin"] = Field(
+        "auto", description="GPU target: the kernel for int4 weights (W4A16): auto (vLLM's choice; Machete on "
+                            "Hopper) or marlin (disables Machete: faster at few concurrent streams, slower under "
+                            "load)")
     startup_timeout_s: float = Field(900.0, gt=0)
     # vLLM: no torch.compile / CUDA graphs (`--enforce-eager`). Starts in a third of the time on a 2-core CPU at
     # lower throughput (benchmarks/results/vllm_cpu_dtype.json): for short-lived engines (evaluation, CI).

@@ -54,7 +54,16 @@ def vllm_env(engine: EngineConfig, base: dict[str, str] | None = None) -> dict[s
             preload_env(env)
     else:
         env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+        if engine.gpu_int4_kernel == "marlin":
+            disable_kernel(env, "MacheteLinearKernel")
     return env
+
+
+def disable_kernel(env: dict[str, str], kernel: str) -> None:
+    """Add one vLLM kernel class to VLLM_DISABLED_KERNELS (comma-separated), keeping those already there."""
+    have = [k.strip() for k in env.get("VLLM_DISABLED_KERNELS", "").split(",") if k.strip()]
+    if kernel not in have:
+        env["VLLM_DISABLED_KERNELS"] = ",".join([*have, kernel])
 
 
 class EngineServer(LocalServer):

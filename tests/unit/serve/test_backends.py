@@ -40,6 +40,32 @@ def test_vllm_on_gpu_gets_tensor_parallelism_and_memory_share():
     assert "VLLM_CPU_KVCACHE_SPACE" not in env and env["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
 
 
+@pytest.mark.parametrize("deployed, expect", [
+    ({}, "MacheteLinearKernel"),
+    ({"VLLM_DISABLED_KERNELS": "CutlassFP8ScaledMMLinearKernel"},
+     "CutlassFP8ScaledMMLinearKernel,MacheteLinearKernel"),
+    ({"VLLM_DISABLED_KERNELS": "MacheteLinearKernel"}, None),  # already disabled: nothing to pass
+])
+def test_marlin_int4_kernel_disables_machete_and_keeps_the_deployments_own_list(deployed, expect):
+    from packager.config import EngineConfig
+    from packager.serve.build import make_args
+
+    # from the run configuration into the bento's arguments, and back into the engine settings
+    args = make_args(model_tag="m:v1", model_digest="d" * 64, service_name="packager-m", model_name="m",
+                     engine=EngineConfig(target="gpu", gpu_int4_kernel="marlin"))
+    assert args.gpu_int4_kernel == "marlin" and args.engine_config().gpu_int4_kernel == "marlin"
+    env = BACKENDS.get("vllm").env(args, deployed)
+    assert env.get("VLLM_DISABLED_KERNELS") == expect
+
+
+def test_int4_kernel_auto_or_on_cpu_leaves_vllms_choice_alone():
+    for extra in ({"target": "gpu"}, {"target": "cpu", "gpu_int4_kernel": "marlin"}):
+        env = BACKENDS.get("vllm").env(parse_args({**BASE, **extra}), {})
+        assert "VLLM_DISABLED_KERNELS" not in env
+    with pytest.raises(ConfigError):
+        parse_args({**BASE, "target": "gpu", "gpu_int4_kernel": "exllama"})
+
+
 def test_vllm_cpu_environment_sets_kv_cache_and_thread_binding_but_keeps_an_operator_choice():
     args = parse_args({**BASE, "cpu_kvcache_space_gib": 4, "cpu_omp_threads_bind": "0-3"})
     vllm = BACKENDS.get("vllm")
