@@ -154,6 +154,13 @@ class EngineSearchConfig(Strict):
                                   "(e.g. your expected_load); default: the sweep's highest step")
     # 5%: short probes of the same server differ by a few percent, and a change within that is noise; it is also
     # the most a kept default may then be behind the best candidate
+    # The arguments tried are the engine's, on this machine, for one model's architecture: what wins for one GGUF
+    # of a model wins for the other within the trials' noise (the two of the default release kept the same,
+    # benchmarks/results/release_cpu_default.json), so by default the first variant of each engine is searched
+    # and the later ones take its choice.
+    scope: Literal["engine", "variant"] = Field(
+        "engine", description="engine: search the first variant of each engine in a release and serve its later "
+                              "variants with the same arguments; variant: search every variant")
     min_gain: float = Field(0.05, ge=0.0, lt=1.0, description="how much more output tokens/s than packager's own "
                             "arguments a candidate must give to replace them (below: within the noise)")
 

@@ -63,6 +63,7 @@ class EngineSearch(BaseModel):
     chosen: EngineCandidate | None = None
     reason: str = ""
     wall_s: float = 0.0
+    reused_from: str | None = None  # the variant whose search chose these arguments (engine_search.scope: engine)
 
 
 def candidates(backend: str, engine: "EngineConfig", cpus: int) -> list[EngineCandidate]:

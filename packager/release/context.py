@@ -64,6 +64,8 @@ class RunContext:
     baseline_fidelity_items: dict | None = None  # the baseline's answers to the fidelity corpus, with their top-k
     baseline_version: str | None = None
     noise_floor: dict | None = None  # packager.evaluate.noise_floor.NoiseFloor as JSON, set by the baseline
+    # engine -> (the variant searched, its EngineSearch): reused by later variants of that engine (scope: engine)
+    engine_searches: dict[str, tuple[str, Any]] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:

@@ -3,7 +3,8 @@ up, try the candidates of packager.engines.tune on the variant's bare engine at 
 judged by the SLO, within `engine_search.budget_s`; the bento (and the evaluation and load test through it) then
 runs with the chosen arguments, and the report row says what was tried and why the winner won.
 
-Cached per variant content, candidates, load and settings: a rerun reuses the search.
+Cached per variant content, candidates, load and settings: a rerun reuses the search. With `engine_search.scope:
+engine` (the default) only the first variant of each engine is searched; the later ones take its arguments.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def tune(ctx: "VariantContext") -> None:
         run.notes.append(f"{v.name}: engine arguments not searched: the load test's {prof.kind} profile has no "
                          "single load to try them at")
         return
+    if es.scope == "engine" and _reuse(ctx):
+        return
     base_engine = cfg.engine.model_copy(update={"backend": ctx.vr.engine})
     single = getattr(prof, "users", None) or getattr(prof, "requests_per_s", None)
     load = search_load(es.load, list(prof.values), 1.0) if prof.kind == "sweep" else float(single or 1.0)
@@ -54,6 +57,27 @@ def tune(ctx: "VariantContext") -> None:
     ctx.engine = apply(cfg.engine, search.chosen)
     ctx.vr.engine_search = search.model_dump(mode="json")
     run.log(f"{v.name}: engine arguments: {search.reason}")
+    if search.chosen is not None:
+        run.engine_searches.setdefault(ctx.vr.engine, (v.name, search))
+
+
+def _reuse(ctx: "VariantContext") -> bool:
+    """Serve the variant with the arguments an earlier variant of the same engine was searched to (same model,
+    same machine, same load); False when none was searched yet in this release."""
+    from packager.engines.tune import apply
+
+    first = ctx.run.engine_searches.get(ctx.vr.engine)
+    if first is None:
+        return False
+    name, done = first
+    search = done.model_copy(update={
+        "trials": [], "not_tried": [], "wall_s": 0.0, "reused_from": name,
+        "reason": f"the arguments searched for {name} on the same engine ({done.chosen.label}); "
+                  "engine_search.scope: variant searches each variant"})
+    ctx.engine = apply(ctx.cfg.engine, search.chosen)
+    ctx.vr.engine_search = search.model_dump(mode="json")
+    ctx.run.log(f"{ctx.v.name}: engine arguments: {search.reason}")
+    return True
 
 
 def _run_trials(ctx: "VariantContext", search: "EngineSearch", cands: list["EngineCandidate"],

@@ -22,10 +22,11 @@ _ESTIMATE_S: dict[str, Any] = {"serve_start": {"vllm": 110.0, "llamacpp": 15.0},
                                "compress": {"gptq": 660.0, "awq": 450.0, "w8a8_int8": 330.0, "fp8": 30.0, "prune": 60.0,
                                             "distill": 300.0, "gguf": 70.0}}
 # Evaluation, per unit of work (2 cores, concurrency 8; measured: 0.10 s a suite item through vLLM, 0.19 through
-# llama-server, 0.28 s a corpus answer, 0.088 s a vLLM read, 0.39 s a GGUF read): a suite item; a fidelity prompt
+# llama-server, 0.28 s a corpus answer, 0.088 s a vLLM read, 0.39 s a GGUF read, 0.865 of that with the shared
+# prompt start kept, benchmarks/results/gguf_topk_prefix.json): a suite item; a fidelity prompt
 # answered by the baseline (32 greedy tokens and their top-k); the same answer read teacher-forced by a variant (one
 # prefill; a GGUF's read by llama.cpp in-process, packager.gguf.topk); perplexity and the behaviour suite together.
-_EVAL_S = {"item": 0.2, "answer": 0.35, "read": 0.1, "read_gguf": 0.42, "fixed": 20.0}
+_EVAL_S = {"item": 0.2, "answer": 0.35, "read": 0.1, "read_gguf": 0.37, "fixed": 20.0}
 _DEFAULT_SIZES = {"suite": 430, "fidelity_corpus": 557}
 
 
@@ -76,16 +77,33 @@ def check_expected_load(expected_load: float | None, lt_cfg) -> None:
 
 
 def estimate_seconds(cfg: RunConfig, recipes: list[str], loadtest_s: float) -> float:
-    return sum(sum(step_seconds(r, loadtest_s, cfg).values()) for r in [None, *recipes])
+    order: list[str | None] = [None, *recipes]
+    return sum(sum(step_seconds(r, loadtest_s, cfg, searched=s).values())
+               for r, s in zip(order, searches(cfg, order)))
 
 
-def step_seconds(recipe: str | None, loadtest_s: float, cfg: RunConfig | None = None) -> dict[str, float]:
+def searches(cfg: RunConfig | None, recipes: list[str | None]) -> list[bool]:
+    """Per variant in release order (None: the baseline): whether its engine-argument search runs. With
+    engine_search.scope "engine" only the first variant of each searched engine runs one."""
+    es = (cfg or RunConfig()).engine_search
+    seen: set[str] = set()
+    out = []
+    for r in recipes:
+        eng = _served_engine(r)
+        out.append(es.enabled and eng in es.engines and (es.scope == "variant" or eng not in seen))
+        seen.add(eng)
+    return out
+
+
+def step_seconds(recipe: str | None, loadtest_s: float, cfg: RunConfig | None = None,
+                 searched: bool = True) -> dict[str, float]:
     """The estimated seconds of one variant's steps (the baseline's compress is free; only the baseline measures
-    the noise floor): the up-front estimate and the weights of the release's progress bar."""
+    the noise floor; `searched`: whether its engine-argument search runs, see `searches`): the up-front estimate
+    and the weights of the release's progress bar."""
     gate = cfg.gate if cfg is not None else None
     floor = recipe is None and gate is not None and gate.noise_floor and gate.max_kl_vs_noise is not None
     return {"compress": _compress_seconds(recipe) if recipe else 0.0, "register": _ESTIMATE_S["register"],
-            "tune": _search_seconds(recipe, cfg),
+            "tune": _search_seconds(recipe, cfg) if searched else 0.0,
             "measure": _ESTIMATE_S["serve_start"][_served_engine(recipe)] + loadtest_s
             + evaluate_seconds(cfg, baseline=recipe is None, gguf=_served_engine(recipe) == "llamacpp"),
             "noise_floor": _ESTIMATE_S["noise_floor"] if floor else 0.0}

@@ -25,6 +25,7 @@ from packager.release.estimate import (
     default_loadtest,
     estimate_seconds,
     loadtest_seconds,
+    searches,
     step_seconds,
 )
 
@@ -96,7 +97,9 @@ class ReleaseRunner:
         return loadtest_seconds(self.run_ctx.lt_cfg)
 
     def _weights(self, v: Variant) -> dict[str, float]:
-        return step_seconds(v.recipe, self._loadtest_seconds(), self.run_ctx.cfg)
+        order = [x.recipe for x in self._variants()]
+        searched = searches(self.run_ctx.cfg, order)[order.index(v.recipe)] if v.recipe in order else True
+        return step_seconds(v.recipe, self._loadtest_seconds(), self.run_ctx.cfg, searched=searched)
 
     def _say_done(self, v: Variant, i: int, n: int, took_s: float) -> None:
         """`w8a8-int8 done in 4.2 min (2/4 variants; about 9 min left)`: the time left is the mean time of the

@@ -356,6 +356,9 @@ def engine_search_rows(report: Report) -> tuple[list[list[str]], list[tuple[str,
             slo = DASH if t.get("meets_slo") is None else ("met" if t["meets_slo"] else "missed")
             rows.append([v.name, label, num(t.get("output_tokens_per_s"), ".1f"), num(t.get("ttft_ms_p95"), ".0f"),
                          slo, "yes" if label == chosen else ""])
+        if es.get("reused_from"):
+            reasons.append((v.name, es.get("reason", "")))
+            continue
         left = f"; not tried within the {es['budget_s']:g} s budget: {', '.join(es['not_tried'])}" \
             if es.get("not_tried") else ""
         reasons.append((v.name, f"at {load_words(es['load'], es['load_unit'])}, {len(es.get('trials', []))} "

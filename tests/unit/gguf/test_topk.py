@@ -27,33 +27,60 @@ def test_rows_hold_the_log_softmax_top_k_plus_the_target():
 
 
 class FakeLlama:
-    """Scores where the logits after token t put all the mass on token t + 1 (mod vocabulary)."""
+    """Scores where the logits after token t put all the mass on token t + 1 (mod vocabulary); keeps its context
+    like llama-cpp-python's Llama (input_ids, n_tokens, a KV cache cut by kv_cache_seq_rm) and counts decodes."""
 
-    def __init__(self, vocab: int = 8, n_ctx: int = 64):
-        self.vocab, self.tokens, self.loads = vocab, [], 1
+    def __init__(self, vocab: int = 8, n_ctx: int = 64, cut_ok: bool = True):
+        self.vocab, self.loads, self.decoded = vocab, 1, 0
         self.scores = np.zeros((n_ctx, vocab))
+        self.input_ids = np.zeros(n_ctx, dtype=np.intc)
+        self.n_tokens = 0
+        self._ctx = self
+        self.cut_ok = cut_ok
+
+    def kv_cache_seq_rm(self, seq: int, p0: int, p1: int) -> bool:
+        return self.cut_ok
 
     def n_vocab(self) -> int:
         return self.vocab
 
     def reset(self) -> None:
-        self.tokens = []
+        self.n_tokens = 0
 
     def eval(self, ids: list[int]) -> None:
-        for i, t in enumerate(ids, start=len(self.tokens)):
+        for i, t in enumerate(ids, start=self.n_tokens):
             self.scores[i] = -20.0
             self.scores[i, (t + 1) % self.vocab] = 20.0
-        self.tokens += ids
+            self.input_ids[i] = t
+        self.n_tokens += len(ids)
+        self.decoded += len(ids)
 
     def close(self) -> None:
         pass
 
 
-def _reader(tmp_path, n_ctx: int = 64) -> GgufTopk:
+def _reader(tmp_path, n_ctx: int = 64, cut_ok: bool = True) -> GgufTopk:
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     r = GgufTopk(tmp_path / "model.gguf", n_ctx=n_ctx, threads=1)
-    r._llm = FakeLlama(n_ctx=n_ctx)
+    r._llm = FakeLlama(n_ctx=n_ctx, cut_ok=cut_ok)
     return r
+
+
+@pytest.mark.parametrize("cut_ok", [True, False])
+def test_a_shared_leading_prompt_is_decoded_once_and_reads_the_same(tmp_path, cut_ok):
+    seqs = [([1, 2, 3, 4], [5, 6]), ([1, 2, 3, 7], [0, 1]), ([1, 2, 3, 7], [2]), ([6, 2], [3])]
+    fresh = []
+    for p, o in seqs:  # each from an empty context
+        f = _reader(tmp_path)
+        fresh.append(f(p, o, k=2, max_positions=8))
+    r = _reader(tmp_path, cut_ok=cut_ok)
+    assert [r(p, o, k=2, max_positions=8) for p, o in seqs] == fresh
+    llm = r._llm
+    if cut_ok:
+        # 2nd keeps [1, 2, 3]; 3rd keeps [1, 2, 3] (the last prompt token is always decoded again); 4th nothing
+        assert r.reused_tokens == 6 and llm.decoded == 6 + 3 + 2 + 3 == r.decoded_tokens
+    else:  # a context that cannot be cut starts over every time
+        assert r.reused_tokens == 0 and llm.decoded == 6 + 6 + 5 + 3 == r.decoded_tokens
 
 
 def test_each_answer_position_reads_the_logits_of_the_token_before_it(tmp_path):

@@ -39,23 +39,30 @@ def test_step_cache_file_format_hit_and_miss(tmp_path):
 def test_estimate_and_default_loadtest():
     from packager.loadtest.config import parse_loadtest_config
     from packager.release import default_loadtest, estimate_seconds
-    from packager.release.estimate import evaluate_seconds
+    from packager.release.estimate import evaluate_seconds, searches
 
     recipes = ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m", "recipes/mine.yaml", "fp8-dynamic"]
     # baseline: evaluation 20 + 430 items x 0.2 + 557 corpus answers x 0.35; a variant reads the answers (557 x 0.1)
     assert evaluate_seconds(RunConfig(), baseline=True) == 301 and evaluate_seconds(RunConfig(), baseline=False) == 162
-    # a GGUF's answers are read by llama.cpp in-process: 0.42 s a prompt instead of vLLM's 0.1
-    assert evaluate_seconds(RunConfig(), baseline=False, gguf=True) == 340
+    # a GGUF's answers are read by llama.cpp in-process: 0.37 s a prompt instead of vLLM's 0.1
+    assert evaluate_seconds(RunConfig(), baseline=False, gguf=True) == 312
     # baseline: register 10 + vLLM start 110 + load test 70 + evaluation 301 + noise floor 130
     baseline = 10 + 110 + 70 + 301 + 130
     assert estimate_seconds(RunConfig(), [], 70.0) == baseline
     # each variant: compression (w8a8 330, gptq 660, gguf 70, unknown 120, fp8 30) + register 10 + start (llama.cpp
     # 15, vLLM 110) + load test 70 + evaluation; the GGUF one also its engine-argument search (180 s budget)
-    variants = (330 + 10 + 110 + 70 + 162) + (660 + 10 + 110 + 70 + 162) + (70 + 10 + 180 + 15 + 70 + 340) \
+    variants = (330 + 10 + 110 + 70 + 162) + (660 + 10 + 110 + 70 + 162) + (70 + 10 + 180 + 15 + 70 + 312) \
         + (120 + 10 + 110 + 70 + 162) + (30 + 10 + 110 + 70 + 162)
     assert estimate_seconds(RunConfig(), recipes, 70.0) == baseline + variants
-    searched = RunConfig.model_validate({"engine_search": {"engines": ["llamacpp", "vllm"], "budget_s": 30}})
-    assert estimate_seconds(searched, recipes, 70.0) == baseline + variants - 180 + 30 * 6  # every one, baseline too
+    every = RunConfig.model_validate({"engine_search": {"engines": ["llamacpp", "vllm"], "budget_s": 30,
+                                                        "scope": "variant"}})
+    assert estimate_seconds(every, recipes, 70.0) == baseline + variants - 180 + 30 * 6  # every one, baseline too
+    # scope engine (the default): the first variant of each engine only, here the baseline (vLLM) and the GGUF
+    per_engine = RunConfig.model_validate({"engine_search": {"engines": ["llamacpp", "vllm"], "budget_s": 30}})
+    assert estimate_seconds(per_engine, recipes, 70.0) == baseline + variants - 180 + 30 * 2
+    two_gguf = ["gguf-q8_0", "w8a8-int8", "gguf-q4_k_m"]
+    assert searches(RunConfig(), [None, *two_gguf]) == [False, True, False, False]
+    assert searches(every, [None, *two_gguf]) == [True] * 4
     off = RunConfig.model_validate({"engine_search": {"enabled": False}})
     assert estimate_seconds(off, recipes, 70.0) == baseline + variants - 180
     no_floor = RunConfig.model_validate({"gate": {"noise_floor": False}, "engine_search": {"enabled": False}})

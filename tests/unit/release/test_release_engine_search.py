@@ -12,6 +12,7 @@ from unit.release.test_release_loop import install_fakes, make_cfg, make_inputs,
 
 
 def _cfg(inputs, **search):
+    search.setdefault("scope", "variant")  # both variants are vLLM's: searched each (scope engine: see the last)
     return make_cfg(inputs, recipes=["w8a8-int8"], engine_search={"engines": ["vllm"], "probe_duration_s": 1,
                                                                   "warmup_s": 0.5, **search},
                     eval={"suite": str(inputs.suite), "behaviour_suite": None, "perplexity": False,
@@ -46,13 +47,18 @@ def searched(tmp_path_factory):
             update={"output_dir": str(Path(cfg.output_dir).with_name("tight"))})
         third = release(tight)
         third.calls, third.engines = f.take(), list(engines)
-    return cfg, first, second, third
+        engines.clear()
+        per_engine = _cfg(inputs, budget_s=600, scope="engine").model_copy(
+            update={"output_dir": str(Path(cfg.output_dir).with_name("per-engine"))})
+        fourth = release(per_engine)
+        fourth.calls, fourth.engines = f.take(), list(engines)
+    return cfg, first, second, third, fourth
 
 
 def test_each_candidate_is_served_and_load_tested_before_the_bento(searched):
     from packager.engines.tune import apply, candidates, choose, EngineSearch
 
-    cfg, first, _, _ = searched
+    cfg, first, _, _, _ = searched
     labels = [c.label for c in candidates("vllm", cfg.engine, 2)]
     for v in first.report.variants:
         s = EngineSearch.model_validate(v.engine_search)
@@ -76,7 +82,7 @@ def test_each_candidate_is_served_and_load_tested_before_the_bento(searched):
 
 
 def test_the_report_shows_the_search(searched):
-    cfg, first, _, _ = searched
+    cfg, first, _, _, _ = searched
     md = (Path(cfg.output_dir) / "report.md").read_text()
     assert "## Engine arguments" in md and "--max-num-batched-tokens 8192" in md
     for v in first.report.variants:
@@ -85,7 +91,7 @@ def test_the_report_shows_the_search(searched):
 
 
 def test_a_rerun_reuses_the_search(searched):
-    _, first, second, _ = searched
+    _, first, second, _, _ = searched
     assert second.engines == []  # no trial served again; the bento path serves through BentoServer
     assert [v.engine_search for v in second.report.variants] == [v.engine_search for v in first.report.variants]
 
@@ -93,13 +99,31 @@ def test_a_rerun_reuses_the_search(searched):
 def test_the_budget_stops_the_trials_after_the_first(searched):
     from packager.engines.tune import EngineSearch
 
-    cfg, _, _, third = searched
+    cfg, _, _, third, _ = searched
     for v in third.report.variants:
         s = EngineSearch.model_validate(v.engine_search)
         assert len(s.trials) == 1 and s.trials[0].candidate.label == "packager's arguments"
         assert s.not_tried == ["max_num_seqs 32", "max_num_seqs 128", "--max-num-batched-tokens 2048",
                                "--max-num-batched-tokens 8192"]
         assert s.chosen is not None and s.chosen.label == "packager's arguments"
+
+
+def test_scope_engine_searches_the_first_variant_of_an_engine_and_serves_the_later_ones_with_its_choice(searched):
+    from packager.engines.tune import EngineSearch, apply, candidates
+
+    cfg, _, _, _, fourth = searched
+    base, w8 = fourth.report.variants
+    s0, s1 = EngineSearch.model_validate(base.engine_search), EngineSearch.model_validate(w8.engine_search)
+    assert len(s0.trials) == len(candidates("vllm", cfg.engine, 2)) and s0.reused_from is None
+    assert s1.trials == [] and s1.reused_from == "baseline" and s1.chosen == s0.chosen and s1.wall_s == 0
+    assert s1.reason.startswith(f"the arguments searched for baseline on the same engine ({s0.chosen.label})")
+    # no bare engine for the second variant; its bento gets the first one's choice
+    assert {name for name, _, _ in fourth.engines} == {"baseline"}
+    build = next(c for c in fourth.calls["build"] if c["name"] == "w8a8-int8")
+    assert build["engine"] == apply(cfg.engine, s0.chosen)
+    assert "w8a8-int8/engine_search" not in fourth.report.timings_s
+    md = (Path(fourth.report.config["output_dir"]) / "report.md").read_text()
+    assert s1.reason in md
 
 
 def test_variants_of_other_engines_are_not_searched(tmp_path):
