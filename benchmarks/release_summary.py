@@ -26,6 +26,7 @@ def _engine_search(es: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {"load": es.get("load"), "probe_duration_s": es.get("probe_duration_s"),
             "warmup_s": es.get("warmup_s", 0.0), "wall_s": es.get("wall_s"), "reason": es.get("reason"),
+            "reused_from": es.get("reused_from"),
             "chosen": (es.get("chosen") or {}).get("label") if isinstance(es.get("chosen"), dict) else es.get("chosen"),
             "trials": [{"label": t["candidate"].get("label"), "output_tokens_per_s": t.get("output_tokens_per_s"),
                         "ttft_ms_p95": t.get("ttft_ms_p95"), "meets_slo": t.get("meets_slo"),
