@@ -152,8 +152,6 @@ class EngineSearchConfig(Strict):
                             "are not measured (requests started then are left out)")
     load: Optional[float] = Field(None, gt=0, description="the load trials run at, in the load test's sweep unit "
                                   "(e.g. your expected_load); default: the sweep's highest step")
-    # 5%: short probes of the same server differ by a few percent, and a change within that is noise; it is also
-    # the most a kept default may then be behind the best candidate
     # The arguments tried are the engine's, on this machine, for one model's architecture: what wins for one GGUF
     # of a model wins for the other within the trials' noise (the two of the default release kept the same,
     # benchmarks/results/release_cpu_default.json), so by default the first variant of each engine is searched
@@ -161,6 +159,8 @@ class EngineSearchConfig(Strict):
     scope: Literal["engine", "variant"] = Field(
         "engine", description="engine: search the first variant of each engine in a release and serve its later "
                               "variants with the same arguments; variant: search every variant")
+    # 5%: short probes of the same server differ by a few percent, and a change within that is noise; it is also
+    # the most a kept default may then be behind the best candidate
     min_gain: float = Field(0.05, ge=0.0, lt=1.0, description="how much more output tokens/s than packager's own "
                             "arguments a candidate must give to replace them (below: within the noise)")
 

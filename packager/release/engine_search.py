@@ -23,21 +23,33 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def tune(ctx: "VariantContext") -> None:
     """Search the variant's engine arguments when engine_search covers its engine; sets ctx.engine."""
-    from packager.engines.llamacpp import cpu_threads
-    from packager.engines.tune import EngineSearch, apply, candidates, choose, search_load
+    from packager.engines.tune import apply
 
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     es = cfg.engine_search
     if not es.enabled or ctx.vr.engine not in es.engines:
         return
-    lt = run.lt_cfg
-    prof = lt.profile
+    prof = run.lt_cfg.profile
     if prof.kind not in ("sweep", "concurrency", "rate"):
         run.notes.append(f"{v.name}: engine arguments not searched: the load test's {prof.kind} profile has no "
                          "single load to try them at")
         return
-    if es.scope == "engine" and _reuse(ctx):
-        return
+    search = (_reused(ctx) if es.scope == "engine" else None) or _searched(ctx)
+    ctx.engine = apply(cfg.engine, search.chosen)
+    ctx.vr.engine_search = search.model_dump(mode="json")
+    run.log(f"{v.name}: engine arguments: {search.reason}")
+    if search.chosen is not None:  # the first of its engine in this release (a later one finds it there)
+        run.engine_searches.setdefault(ctx.vr.engine, (v.name, search))
+
+
+def _searched(ctx: "VariantContext") -> "EngineSearch":
+    """The variant's own search: from the step cache, or its trials run now."""
+    from packager.engines.llamacpp import cpu_threads
+    from packager.engines.tune import EngineSearch, candidates, choose, search_load
+
+    run, v, cfg = ctx.run, ctx.v, ctx.cfg
+    es, lt = cfg.engine_search, run.lt_cfg
+    prof = lt.profile
     base_engine = cfg.engine.model_copy(update={"backend": ctx.vr.engine})
     single = getattr(prof, "users", None) or getattr(prof, "requests_per_s", None)
     load = search_load(es.load, list(prof.values), 1.0) if prof.kind == "sweep" else float(single or 1.0)
@@ -45,39 +57,28 @@ def tune(ctx: "VariantContext") -> None:
     key = cache_key("engine_search", v.digest, [c.model_dump() for c in cands], load, es, lt, cfg.engine, cfg.slo)
     found = ctx.cache.get("engine_search", key)
     if found is not None:
-        search = EngineSearch.model_validate(found)
-    else:
-        unit = "requests_per_s" if getattr(prof, "mode", prof.kind) == "rate" else "concurrency"  # load_words
-        search = EngineSearch(backend=ctx.vr.engine, load=load, load_unit=unit, probe_duration_s=es.probe_duration_s,
-                              warmup_s=es.warmup_s, budget_s=es.budget_s)
-        with run.timed(f"{v.name}/engine_search"):
-            _run_trials(ctx, search, cands, base_engine)
-        search.chosen, search.reason = choose(search.trials, es.min_gain)
-        ctx.cache.put("engine_search", key, search.model_dump(mode="json"))
-    ctx.engine = apply(cfg.engine, search.chosen)
-    ctx.vr.engine_search = search.model_dump(mode="json")
-    run.log(f"{v.name}: engine arguments: {search.reason}")
-    if search.chosen is not None:
-        run.engine_searches.setdefault(ctx.vr.engine, (v.name, search))
+        return EngineSearch.model_validate(found)
+    unit = "requests_per_s" if getattr(prof, "mode", prof.kind) == "rate" else "concurrency"  # load_words
+    search = EngineSearch(backend=ctx.vr.engine, load=load, load_unit=unit, probe_duration_s=es.probe_duration_s,
+                          warmup_s=es.warmup_s, budget_s=es.budget_s)
+    with run.timed(f"{v.name}/engine_search"):
+        _run_trials(ctx, search, cands, base_engine)
+    search.chosen, search.reason = choose(search.trials, es.min_gain)
+    ctx.cache.put("engine_search", key, search.model_dump(mode="json"))
+    return search
 
 
-def _reuse(ctx: "VariantContext") -> bool:
-    """Serve the variant with the arguments an earlier variant of the same engine was searched to (same model,
-    same machine, same load); False when none was searched yet in this release."""
-    from packager.engines.tune import apply
-
+def _reused(ctx: "VariantContext") -> "EngineSearch | None":
+    """The search an earlier variant of the same engine ran in this release (same model, same machine, same
+    load), as this variant's record: no trials of its own; None when none ran yet."""
     first = ctx.run.engine_searches.get(ctx.vr.engine)
     if first is None:
-        return False
+        return None
     name, done = first
-    search = done.model_copy(update={
+    return done.model_copy(update={
         "trials": [], "not_tried": [], "wall_s": 0.0, "reused_from": name,
         "reason": f"the arguments searched for {name} on the same engine ({done.chosen.label}); "
                   "engine_search.scope: variant searches each variant"})
-    ctx.engine = apply(ctx.cfg.engine, search.chosen)
-    ctx.vr.engine_search = search.model_dump(mode="json")
-    ctx.run.log(f"{ctx.v.name}: engine arguments: {search.reason}")
-    return True
 
 
 def _run_trials(ctx: "VariantContext", search: "EngineSearch", cands: list["EngineCandidate"],

@@ -58,6 +58,8 @@ class ReleaseRunner:
         check_expected_load(cfg.expected_load, lt_cfg)
         self.run_ctx = RunContext(cfg=cfg, lt_cfg=lt_cfg, serve_via=serve_via, register=register,
                                   show_progress=show_progress, log=log or print_to_console)
+        order: list[str | None] = [None, *cfg.recipes]  # the variants' recipes, as _variants lists them
+        self._searched = dict(zip(order, searches(cfg, order)))  # recipe -> whether its engine search runs
 
     def run(self) -> "Report":
         """The variants one by one, then the report. Library logs (HTTP requests, vLLM, MLflow, ...) go to
@@ -97,9 +99,7 @@ class ReleaseRunner:
         return loadtest_seconds(self.run_ctx.lt_cfg)
 
     def _weights(self, v: Variant) -> dict[str, float]:
-        order = [x.recipe for x in self._variants()]
-        searched = searches(self.run_ctx.cfg, order)[order.index(v.recipe)] if v.recipe in order else True
-        return step_seconds(v.recipe, self._loadtest_seconds(), self.run_ctx.cfg, searched=searched)
+        return step_seconds(v.recipe, self._loadtest_seconds(), self.run_ctx.cfg, searched=self._searched[v.recipe])
 
     def _say_done(self, v: Variant, i: int, n: int, took_s: float) -> None:
         """`w8a8-int8 done in 4.2 min (2/4 variants; about 9 min left)`: the time left is the mean time of the
