@@ -79,3 +79,19 @@ def test_the_release_gate_holds_the_lower_bound_to_the_floor_less_the_margin():
     assert strict.lower_bound_floor == pytest.approx(0.97) and strict.max_kl is None
     with pytest.raises(ConfigError, match="max_kl_vs_noise"):
         load_config(None, {"gate": {"max_kl_vs_noise": 0}})
+
+
+def test_the_shipped_gpu_config_loads_as_a_gpu_release():
+    """configs/gpu.yaml (the README's GPU release) stays valid: a GPU engine, the GPU recipes, a priced GPU
+    instance, and a load test whose capacity search can run within its sweep's limits."""
+    from pathlib import Path
+
+    from packager.config import DEFAULT_RECIPES
+    from packager.loadtest.pricing import resolve_price
+
+    cfg = load_config(Path(__file__).parents[3] / "configs" / "gpu.yaml", environ={})
+    assert cfg.engine.target == "gpu" and cfg.engine.backend == "vllm"
+    assert tuple(cfg.recipes) == DEFAULT_RECIPES["gpu"]
+    assert cfg.loadtest is not None and cfg.loadtest.knee.enabled and cfg.loadtest.workers >= 1
+    assert max(cfg.loadtest.profile.values) <= cfg.loadtest.profile.max_in_flight
+    assert resolve_price(cfg.pricing).usd_per_hour > 1.0  # a GPU instance, from the bundled table
