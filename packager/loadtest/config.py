@@ -226,7 +226,8 @@ class KneeSearch(_Strict):
     """After a sweep, the capacity at the SLO (the knee) by bisection: between the highest step that met the
     SLOs and the lowest that did not, each probe a run of `probe_duration_s` at one load, until the two are
     within `precision` of the knee (at least 1 user apart for concurrency), `max_probes` ran, or the probes'
-    dispatch time would pass `budget_s`. When every step met the SLOs the search first doubles the load, up to
+    dispatch time would pass `budget_s`. With `guided` the probes are placed by interpolation rather than at the
+    midpoint (see packager.loadtest.knee). When every step met the SLOs the search first doubles the load, up to
     `extend_factor` times the highest step (1: never above the sweep). The result is priced at the knee, and the
     sweep plot marks it."""
 
@@ -236,6 +237,10 @@ class KneeSearch(_Strict):
     probe_duration_s: float | None = Field(None, gt=0, le=MAX_DURATION_S)  # None: the sweep's step_duration_s
     max_probes: int = Field(6, ge=1, le=64)
     extend_factor: float = Field(4.0, ge=1.0, le=64.0)
+    # guided: each probe goes where the bracket's two ends put the knee (their SLO ratios interpolated), at
+    # least a precision step from either end, so a good estimate closes the bracket in two probes; after two guided
+    # probes in a row on one side of the knee the search bisects. False: plain bisection (the midpoint each time).
+    guided: bool = True
 
 
 # ------------------------------------------------------------------------------------------ config

@@ -8,6 +8,19 @@ judged exactly as a sweep step is (the SLO attainment target over every request 
 When every sweep step met the SLOs, the load is doubled first (up to `extend_factor` x the highest step), so the
 bracket has an upper end.
 
+Where to probe (`KneeSearch.guided`, the default): every load carries its SLO ratio (how near the SLO its request at
+the attainment target's rank ran, at most 1 when it meets them; PhaseResult.slo_ratio_at_target). The two ends of
+the bracket straddle 1, and interpolating the ratio in the load says where it crosses 1: the knee's estimate.
+Closed loop (users), linearly: once a server is saturated, N users wait N / throughput, so latency grows about
+linearly in N (measured on vLLM CPU: the ratio went 0.39, 0.73, 0.96, 1.06, 1.34 at 16, 32, 36, 40, 48 users).
+Open loop (requests/s), in its logarithm: queueing delay grows without bound as the rate nears capacity. A probe
+goes to the estimate, but no nearer either end than the precision (one user at least), so a good estimate closes
+the bracket in two probes: one at the estimate, one a precision step beyond it on the other side. When the
+estimate is off, the same end of the bracket keeps moving in small steps; after two guided probes in a row on the
+same side of the knee the rest of the search bisects, so a misleading ratio costs at most two probes more than
+bisection. Without ratios (older results) or with `guided: false` every probe is the midpoint. Measured against
+bisection on the same server: benchmarks/results/knee_guided.json.
+
 The search assumes that meeting the SLOs is monotone in the load (more load never makes latency better); a probe
 that contradicts it is kept in the record and the bracket follows the newest measurement.
 
@@ -33,7 +46,7 @@ def as_probe(ph: PhaseResult, source: str, run_dir: str | None = None) -> KneePr
                      slo_attainment_fraction=ph.slo_attainment_fraction,
                      output_tokens_per_s=ph.output_token_throughput_per_s,
                      goodput_output_tokens_per_s=ph.goodput_output_tokens_per_s, ttft_ms_p95=ph.ttft.p95_ms,
-                     tpot_ms_p50=ph.tpot.p50_ms, run_dir=run_dir)
+                     tpot_ms_p50=ph.tpot.p50_ms, run_dir=run_dir, slo_ratio_at_target=ph.slo_ratio_at_target)
 
 
 def bracket(probes: list[KneeProbe]) -> tuple[float | None, float | None]:
@@ -44,9 +57,25 @@ def bracket(probes: list[KneeProbe]) -> tuple[float | None, float | None]:
     return lo, (min(above) if above else None)
 
 
-def next_load(lo: float | None, hi: float | None, integer: bool, precision: float, ceiling: float) -> float | None:
+def estimate_knee(probes: list[KneeProbe], lo: float | None, hi: float | None, log: bool = False) -> float | None:
+    """Where the SLO ratio crosses 1 between the bracket's ends (the newest measurement at each), interpolated
+    linearly in the ratio or (`log`) in its logarithm; None without two ends whose ratios straddle 1."""
+    if lo is None or hi is None or hi <= lo:
+        return None
+    r_lo = next((p.slo_ratio_at_target for p in reversed(probes) if p.load == lo), None)
+    r_hi = next((p.slo_ratio_at_target for p in reversed(probes) if p.load == hi), None)
+    if r_lo is None or r_hi is None or not 0 < r_lo <= 1 < r_hi:
+        return None
+    if log:
+        return lo + (hi - lo) * -math.log(r_lo) / (math.log(r_hi) - math.log(r_lo))
+    return lo + (hi - lo) * (1.0 - r_lo) / (r_hi - r_lo)
+
+
+def next_load(lo: float | None, hi: float | None, integer: bool, precision: float, ceiling: float,
+              estimate: float | None = None) -> float | None:
     """The next load to probe, or None when the bracket is narrow enough (or cannot be narrowed). Above every load
-    that met the SLOs (none missed them) the load doubles, up to `ceiling`."""
+    that met the SLOs (none missed them) the load doubles, up to `ceiling`. Inside the bracket: the midpoint, or
+    with an `estimate` of the knee that estimate, kept at least the precision away from either end."""
     if hi is None:  # nothing failed: look above the highest load that met the SLOs
         if not lo:
             return None
@@ -56,15 +85,29 @@ def next_load(lo: float | None, hi: float | None, integer: bool, precision: floa
     low = lo or 0.0
     width = hi - low
     if integer:
-        if width <= max(1.0, precision * low):
+        step = max(1.0, precision * low)
+        if width <= step:
             return None
-        mid = math.floor((low + hi) / 2)
-        return float(mid) if low < mid < hi and mid >= 1 else None
+        mid = float(math.floor((low + hi) / 2))
+        guess = _inside(estimate, low, hi, step, integer=True)
+        return guess if guess is not None else (mid if low < mid < hi and mid >= 1 else None)
     if lo is not None and width <= precision * lo:
         return None
     if lo is None and hi <= 1e-3:
         return None
-    return (low + hi) / 2.0
+    guess = _inside(estimate, low, hi, precision * low, integer=False) if lo is not None else None
+    return guess if guess is not None else (low + hi) / 2.0
+
+
+def _inside(estimate: float | None, low: float, hi: float, step: float, integer: bool) -> float | None:
+    """The estimate moved at least `step` in from either end of the bracket (a probe at the end itself would tell
+    nothing new), rounded to whole users; None when it is not strictly inside."""
+    if estimate is None:
+        return None
+    c = min(max(estimate, low + step), hi - step)
+    if integer:
+        c = float(round(c))
+    return c if low < c < hi else None
 
 
 def search_knee(mode: str, sweep_phases: list[PhaseResult], probe: ProbeFn, cfg: KneeSearch, probe_s: float,
@@ -78,9 +121,13 @@ def search_knee(mode: str, sweep_phases: list[PhaseResult], probe: ProbeFn, cfg:
     ceiling = max((p.load for p in probes), default=0.0) * cfg.extend_factor
     ran = 0
     stopped = "the bracket is within the precision"
+    sides: list[bool] = []  # meets_slo of each guided probe
     while True:
         lo, hi = bracket(probes)
-        load = next_load(lo, hi, integer, cfg.precision, ceiling)
+        # two guided probes in a row on one side of the knee: the ratio misleads here (a cliff, say); bisect on
+        one_sided = len(sides) >= 2 and sides[-1] == sides[-2]
+        est = estimate_knee(probes, lo, hi, log=not integer) if cfg.guided and not one_sided else None
+        load = next_load(lo, hi, integer, cfg.precision, ceiling, est)
         if load is None:
             if hi is None:
                 stopped = f"no load missed the SLOs, up to {ceiling:g} (extend_factor {cfg.extend_factor:g})"
@@ -92,9 +139,12 @@ def search_knee(mode: str, sweep_phases: list[PhaseResult], probe: ProbeFn, cfg:
                        f"max_probes={cfg.max_probes})")
             break
         log(f"capacity search: probing {load:g} {'users' if integer else 'requests/s'} "
-            f"(bracket {lo if lo is not None else 0:g} .. {hi if hi is not None else 'none'})")
+            f"(bracket {lo if lo is not None else 0:g} .. {hi if hi is not None else 'none'}"
+            + (f", knee estimated at {est:.3g})" if est is not None else ")"))
         ph, run_dir = probe(load)
         ran += 1
+        if est is not None:
+            sides.append(ph.meets_slo)
         phases[load] = ph
         probes.append(as_probe(ph, "probe", run_dir))
         if ph.requests_sent == 0 and ph.requests_warmup_excluded:

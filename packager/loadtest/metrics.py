@@ -63,6 +63,25 @@ def meets_slo(rec: dict[str, Any], slo: SLOConfig) -> bool:
     return t is None or t <= slo.tpot_ms
 
 
+def slo_ratio(rec: dict[str, Any], slo: SLOConfig) -> float:
+    """How far a request ran from the SLO: max(TTFT / slo.ttft_ms, TPOT / slo.tpot_ms), at most 1 exactly when it
+    meets it (`meets_slo`); infinite for a request that failed or has no first token."""
+    if not rec.get("ok") or rec.get("ttft_ms") is None:
+        return math.inf
+    t = tpot_ms(rec.get("e2e_ms"), rec.get("ttft_ms"), rec.get("output_tokens"))
+    return max(rec["ttft_ms"] / slo.ttft_ms, t / slo.tpot_ms if t is not None else 0.0)
+
+
+def slo_ratio_at_target(ratios: Iterable[float], dropped: int, target: float) -> float | None:
+    """The ratio of the request at the attainment target's rank (the ceil(target x offered)-th smallest, dropped
+    arrivals counted as infinite): at most 1 exactly when attainment >= target. None: that request did not finish."""
+    ranked = sorted(ratios) + [math.inf] * dropped
+    if not ranked:
+        return None
+    v = ranked[max(math.ceil(target * len(ranked) - 1e-9), 1) - 1]
+    return v if math.isfinite(v) else None
+
+
 def goodput_requests_per_s(records: Iterable[dict[str, Any]], slo: SLOConfig, duration_s: float) -> float:
     if duration_s <= 0:
         return 0.0
@@ -145,6 +164,7 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
         slo_attainment_fraction=attainment,
         meets_slo=bool(offered) and attainment >= slo_attainment_target,
         requests_retried=sum(1 for r in reqs if r.get("retried")), requests_warmup_excluded=n_all - len(reqs),
+        slo_ratio_at_target=slo_ratio_at_target((slo_ratio(r, slo) for r in reqs), dropped, slo_attainment_target),
     )
 
 

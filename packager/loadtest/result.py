@@ -62,6 +62,10 @@ class PhaseResult(_Strict):
     requests_retried: int = 0
     # Started within the phase's first warmup_s seconds: sent, recorded, left out of every figure above.
     requests_warmup_excluded: int = 0
+    # How near the SLO the phase ran: max(TTFT / slo.ttft_ms, TPOT / slo.tpot_ms) of the request at the attainment
+    # target's rank (failed requests and dropped arrivals ranked last). At most 1 exactly when the phase meets the
+    # SLOs; the capacity search interpolates it to place its probes. None: no such request finished.
+    slo_ratio_at_target: float | None = None
 
 
 class CostPoint(_Strict):
@@ -122,6 +126,7 @@ class KneeProbe(_Strict):
     ttft_ms_p95: float | None
     tpot_ms_p50: float | None
     run_dir: str | None = None  # a probe's own load-test directory, relative to the sweep's
+    slo_ratio_at_target: float | None = None  # the phase's (PhaseResult.slo_ratio_at_target)
 
 
 class KneeResult(_Strict):

@@ -9,11 +9,11 @@ import pytest
 from packager.config import PricingConfig, SLOConfig
 from packager.errors import ConfigError
 from packager.loadtest.config import KneeSearch, parse_loadtest_config
-from packager.loadtest.knee import bracket, next_load, replicas_needed, search_knee
+from packager.loadtest.knee import bracket, estimate_knee, next_load, replicas_needed, search_knee
 from packager.loadtest.result import KneeProbe, LatencySummary, PhaseResult
 
 
-def _phase(load: float, meets: bool, tps: float = 100.0, mode: str = "users") -> PhaseResult:
+def _phase(load: float, meets: bool, tps: float = 100.0, mode: str = "users", ratio: float | None = None) -> PhaseResult:
     lat = LatencySummary(count=1, p50_ms=10.0, p95_ms=20.0)
     return PhaseResult(
         index=0, label=f"{load:g}", load={mode: float(load)}, dispatch_s=1.0, duration_s=1.0, requests_sent=10,
@@ -22,7 +22,7 @@ def _phase(load: float, meets: bool, tps: float = 100.0, mode: str = "users") ->
         output_tokens_total=1, input_tokens_mean=1.0, output_tokens_mean=1.0, input_token_throughput_per_s=1.0,
         output_token_throughput_per_s=tps, ttft=lat, itl=lat, tpot=lat, e2e=lat, dispatch_lag=LatencySummary(),
         goodput_requests_per_s=1.0, goodput_output_tokens_per_s=tps, goodput_input_tokens_per_s=1.0,
-        slo_attainment_fraction=1.0 if meets else 0.2, meets_slo=meets)
+        slo_attainment_fraction=1.0 if meets else 0.2, meets_slo=meets, slo_ratio_at_target=ratio)
 
 
 def _server(capacity: float, mode: str = "users"):
@@ -208,3 +208,121 @@ def test_a_failed_probe_stops_the_search_but_keeps_the_sweep(tmp_path):
     assert res.knee is None and res.warnings == ["capacity search stopped: Cannot reach http://127.0.0.1:9/v1/models"]
     assert json.loads((tmp_path / "loadtest.json").read_text())["warnings"] == res.warnings
     assert probe_config(cfg, 3, 7).prompt_format == "auto" and probe_config(cfg, 3, 7, "chat").prompt_format == "chat"
+
+
+def _curved_server(capacity: float, power: float = 1.0):
+    """A server whose SLO ratio grows as (load / capacity) ** power: exactly 1 at the capacity (met), above it missed
+    (power 1: latency linear in the users, as a saturated closed loop)."""
+    seen: list[float] = []
+
+    def at(load: float) -> PhaseResult:
+        r = (load / capacity) ** power
+        return _phase(load, r <= 1.0, 10.0 * load, ratio=r)
+
+    def probe(load: float):
+        seen.append(load)
+        return at(load), f"knee/{len(seen):02d}"
+
+    return at, probe, seen
+
+
+@pytest.mark.parametrize("capacity", [5.0, 19.0, 23.0, 37.0, 44.0, 61.0])
+def test_guided_probes_find_the_same_knee_as_bisection_in_fewer_probes(capacity):
+    """The release's default shape: a sweep of 1, 4, 16 users that all met, doubling above, precision 0.1."""
+    results = {}
+    for guided in (False, True):
+        at, probe, seen = _curved_server(capacity)
+        cfg = KneeSearch(enabled=True, precision=0.1, max_probes=20, guided=guided)
+        k = search_knee("concurrency", [at(1), at(4), at(16)], probe, cfg, probe_s=10, usd_per_hour=None)
+        assert k.resolved and k.knee is not None and k.first_failing is not None
+        assert k.knee <= capacity < k.first_failing  # the bracket holds the true knee
+        assert k.first_failing - k.knee <= max(1.0, 0.1 * k.knee)
+        results[guided] = len(seen)
+    assert results[True] <= results[False]
+    if capacity > 16:  # a bracket that needed narrowing: two guided probes after the doubling closed it
+        assert results[True] < results[False]
+
+
+def test_an_estimate_that_keeps_missing_falls_back_to_bisection():
+    """A ratio that barely moves until a cliff well above the estimate: the guided probes creep up from below;
+    after two in a row that met, the search bisects, and still ends resolved on the true knee."""
+    counts = {}
+    for guided in (False, True):
+        seen: list[float] = []
+
+        def at(load: float) -> PhaseResult:
+            r = 0.95 if load <= 50 else 100.0
+            return _phase(load, r <= 1.0, ratio=r)
+
+        def probe(load: float):
+            seen.append(load)
+            return at(load), None
+
+        k = search_knee("concurrency", [at(10), at(100)], probe,
+                        KneeSearch(enabled=True, precision=0.05, max_probes=20, guided=guided), probe_s=10,
+                        usd_per_hour=None)
+        assert k.resolved and k.knee is not None and k.first_failing is not None
+        assert k.knee <= 50 < k.first_failing and k.first_failing - k.knee <= 0.05 * k.knee
+        counts[guided] = list(seen)
+    # 10 (0.95) .. 100 (100): the estimate sits near 10 -> 11 met; again -> 12 met; two on one side: bisect on
+    assert counts[True][:3] == [11, 12, 56]
+    assert len(counts[True]) <= len(counts[False]) + 2
+
+
+def test_estimate_and_next_load_with_an_estimate():
+    probes = [KneeProbe(load=32, source="sweep", meets_slo=True, slo_attainment_fraction=1.0, output_tokens_per_s=1,
+                        goodput_output_tokens_per_s=1, ttft_ms_p95=None, tpot_ms_p50=None, slo_ratio_at_target=0.5),
+              KneeProbe(load=64, source="probe", meets_slo=False, slo_attainment_fraction=0.1, output_tokens_per_s=1,
+                        goodput_output_tokens_per_s=1, ttft_ms_p95=None, tpot_ms_p50=None, slo_ratio_at_target=8.0)]
+    # linear: 0.5 / 7.5 of the way from 32 to 64; in the logarithm: ln 2 / ln 16 = 1/4 of the way
+    assert estimate_knee(probes, 32, 64) == pytest.approx(32 + 32 / 15)
+    assert estimate_knee(probes, 32, 64, log=True) == pytest.approx(40.0)
+    assert estimate_knee(probes, None, 64) is None and estimate_knee(probes[:1], 32, 64) is None
+    assert next_load(32, 64, True, 0.1, 1e9, estimate=40.2) == 40
+    # kept at least the precision (3.2 users of 32) from either end
+    assert next_load(32, 64, True, 0.1, 1e9, estimate=32.5) == 35
+    assert next_load(32, 64, True, 0.1, 1e9, estimate=63.9) == 61
+    assert next_load(32, 64, True, 0.1, 1e9, estimate=None) == 48
+    # open loop: not rounded; a bracket already within the precision needs no probe, estimate or not
+    assert next_load(2.0, 4.0, False, 0.1, 1e9, estimate=2.5) == pytest.approx(2.5)
+    assert next_load(40, 44, True, 0.1, 1e9, estimate=42) is None
+
+
+# The SLO ratio measured on vLLM CPU serving the baseline (benchmarks/results/knee_guided.json, its earlier_run: the
+# release's sweep and the fine sweep), users -> ratio; between the points it is read linearly.
+_MEASURED = [(1, 0.14), (4, 0.166), (16, 0.39), (24, 0.689), (28, 0.777), (32, 0.725), (36, 0.96), (40, 1.063),
+             (44, 1.085), (48, 1.336), (52, 1.537), (56, 1.463), (60, 1.449), (64, 1.718)]
+
+
+def _measured_ratio(load: float) -> float:
+    for (x0, y0), (x1, y1) in zip(_MEASURED, _MEASURED[1:]):
+        if x0 <= load <= x1:
+            return y0 + (y1 - y0) * (load - x0) / (x1 - x0)
+    return _MEASURED[-1][1] * load / _MEASURED[-1][0]
+
+
+def test_the_release_default_search_brackets_the_measured_knee_within_its_precision():
+    """The release's default search (sweep 1, 4, 16; at most 5 probes, precision 0.1) on the measured curve, whose
+    ratio crosses 1 near 37.6 users: guided, the bracket closes on it; the same budget of bisection stops short."""
+    from packager.release.estimate import default_loadtest
+
+    knee_cfg = KneeSearch.model_validate(default_loadtest()["knee"])
+    found = {}
+    for guided in (True, False):
+        seen: list[float] = []
+
+        def at(load: float) -> PhaseResult:
+            r = _measured_ratio(load)
+            return _phase(load, r <= 1.0, ratio=r)
+
+        def probe(load: float):
+            seen.append(load)
+            return at(load), None
+
+        found[guided] = search_knee("concurrency", [at(1), at(4), at(16)], probe,
+                                    knee_cfg.model_copy(update={"guided": guided}), probe_s=10, usd_per_hour=None)
+        assert len(seen) <= knee_cfg.max_probes
+    k = found[True]
+    assert k.resolved and k.knee is not None and k.first_failing is not None
+    assert k.knee <= 37.6 < k.first_failing and k.first_failing - k.knee <= 0.1 * k.knee
+    assert not found[False].resolved

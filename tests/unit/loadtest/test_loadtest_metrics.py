@@ -11,6 +11,8 @@ from packager.loadtest.metrics import (
     highest_load_meeting_slo,
     meets_slo,
     percentile,
+    slo_ratio,
+    slo_ratio_at_target,
     summarize_latencies,
     summarize_phase,
     sweep_result,
@@ -84,6 +86,10 @@ def test_summarize_phase_counts_rates_and_attainment():
     assert ph.slo_attainment_fraction == pytest.approx(8 / 12)  # 8 good of 10 sent + 2 dropped
     assert ph.meets_slo is False
     assert ph.ttft.p50_ms == 100 and ph.tpot.p50_ms == pytest.approx(10)
+    # the 11th of 12 ranked (ceil(0.9 x 12)): past the 8 good, the TTFT miss (1.5), then the failed and dropped
+    assert ph.slo_ratio_at_target is None
+    assert summarize_phase(0, "x", {"users": 2}, recs[:9], [], slo, 0.9, 4.0).slo_ratio_at_target == \
+        pytest.approx(300 / 200)
 
 
 def test_warmup_requests_are_left_out_and_retries_counted():
@@ -172,3 +178,28 @@ def test_usd_per_million_tokens_formula():
         usd_per_million_tokens(-1.0, 10.0)
     with pytest.raises(ConfigError, match="utilisation"):
         usd_per_million_tokens(1.0, 10.0, utilisation_fraction=0.0)
+
+
+def test_the_slo_ratio_at_the_target_says_whether_a_phase_meets_the_slo():
+    """slo_ratio <= 1 exactly when a request meets the SLO, and the ratio at the target's rank <= 1 exactly when
+    the attainment reaches the target, for any mix of requests, drops and targets."""
+    slo = SLOConfig(ttft_ms=200, tpot_ms=50)
+    assert slo_ratio(_req(ttft=100, e2e=100 + 9 * 40, out=10), slo) == pytest.approx(0.8)  # TPOT 40 of 50
+    assert slo_ratio(_req(ttft=300, e2e=310, out=2), slo) == pytest.approx(1.5)  # TTFT 300 of 200
+    assert slo_ratio(_req(ttft=100, e2e=100, out=1), slo) == pytest.approx(0.5)  # one token: TTFT alone
+    assert slo_ratio(_req(ttft=10, e2e=20, out=5, ok=False), slo) == float("inf")
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 30))
+        recs = []
+        for _ in range(n):
+            ttft = float(rng.uniform(50, 300))
+            recs.append(_req(ttft=ttft, e2e=ttft + float(rng.uniform(0, 600)), out=int(rng.integers(1, 12)),
+                             ok=bool(rng.random() < 0.9)))
+        dropped, target = int(rng.integers(0, 3)), float(rng.choice([0.5, 0.9, 0.95, 1.0]))
+        ratios = [slo_ratio(r, slo) for r in recs]
+        assert [x <= 1 for x in ratios] == [meets_slo(r, slo) for r in recs]
+        attained = sum(meets_slo(r, slo) for r in recs) / (n + dropped) >= target
+        v = slo_ratio_at_target(ratios, dropped, target)
+        assert (v is not None and v <= 1) == attained
+    assert slo_ratio_at_target([], 0, 0.9) is None

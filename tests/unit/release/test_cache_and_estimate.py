@@ -75,8 +75,9 @@ def test_estimate_and_default_loadtest():
     lt = parse_loadtest_config(default_loadtest(), "loadtest")
     assert lt.profile.kind == "sweep" and list(lt.profile.values) == [1, 4, 16]
     assert lt.profile.planned_dispatch_s() == 60 and lt.max_duration_s == 120 and lt.max_requests == 5000
-    # then the capacity search between the steps: at most 4 probes of 10 s
-    assert lt.knee.enabled and (lt.knee.probe_duration_s, lt.knee.budget_s, lt.knee.max_probes) == (10, 40, 4)
+    # then the capacity search between the steps: at most 5 probes of 10 s, placed by the SLO ratios
+    assert lt.knee.enabled and (lt.knee.probe_duration_s, lt.knee.budget_s, lt.knee.max_probes) == (10, 50, 5)
+    assert lt.knee.guided
     # output lengths that let users drift out of lockstep (bench_lockstep); no warm-up (see default_loadtest)
     out = lt.prompts.output_tokens
     assert (out.dist, out.min, out.max) == ("uniform", 32, 96) and lt.warmup_s == 0
@@ -111,7 +112,7 @@ def test_the_default_release_fits_its_own_budget_on_each_target():
     from packager.release.estimate import loadtest_seconds
 
     lt_s = loadtest_seconds(parse_loadtest_config(default_loadtest(), "loadtest"))
-    assert lt_s == 60 + 10 + 40 + 5 * 4  # the sweep's dispatch, drained, and the capacity search's budget
+    assert lt_s == 60 + 10 + 50 + 5 * 5  # the sweep's dispatch, drained, and the capacity search's budget
     for target in ("cpu", "gpu"):
         cfg = RunConfig.model_validate({"engine": {"target": target}})
         assert cfg.recipes == list(DEFAULT_RECIPES[target])
