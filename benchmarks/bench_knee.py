@@ -29,6 +29,18 @@ SLO = {"ttft_ms": 2000.0, "tpot_ms": 250.0}
 PROMPTS = {"kind": "synthetic", "input_tokens": {"mean": 128}, "output_tokens": {"mean": 64}}
 
 
+def fine_sweep_knee(phases) -> tuple[list, float | None, float | None]:
+    """A fine sweep's steps by load, its knee (the highest load meeting the SLOs below the first that misses
+    them) and that first missing load; None where there is none."""
+    from packager.loadtest.metrics import load_value
+
+    steps = sorted(phases, key=load_value)
+    first_miss = next((load_value(p) for p in steps if not p.meets_slo), None)
+    knee = max((load_value(p) for p in steps if p.meets_slo and (first_miss is None or load_value(p) < first_miss)),
+               default=None)
+    return steps, knee, first_miss
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "knee.json")
@@ -66,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         fine_wall = time.monotonic() - t0
     k = searched.knee
     assert k is not None
-    steps = sorted(fine.phases, key=load_value)
-    first_miss = next((load_value(p) for p in steps if not p.meets_slo), None)
-    fine_knee = max((load_value(p) for p in steps if p.meets_slo and (first_miss is None or load_value(p) < first_miss)),
-                    default=None)
+    steps, fine_knee, first_miss = fine_sweep_knee(fine.phases)
     out = {
         "benchmark": "bench_knee", "created_at": now_iso(),
         "model": "SmolLM2-135M-Instruct (bundled), GGUF Q4_K_M", "server": "llama-server, 16 slots",

@@ -24,6 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_knee import fine_sweep_knee  # noqa: E402
 
 SLO = {"ttft_ms": 2000.0, "tpot_ms": 250.0}
 
@@ -91,10 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         fine = run_loadtest(srv.base_url, fine_cfg, slo, pricing, work / "fine")
         fine_wall = time.monotonic() - t0
-    steps = sorted(fine.phases, key=load_value)
-    first_miss = next((load_value(p) for p in steps if not p.meets_slo), None)
-    fine_knee = max((load_value(p) for p in steps
-                     if p.meets_slo and (first_miss is None or load_value(p) < first_miss)), default=None)
+    steps, fine_knee, first_miss = fine_sweep_knee(fine.phases)
     out["fine_sweep"] = {"users": loads, "step_s": args.fine_step_s, "knee": fine_knee, "first_failing": first_miss,
                          "steps": [{"users": load_value(p), "meets_slo": p.meets_slo,
                                     "slo_ratio_at_target": (round(p.slo_ratio_at_target, 3)
