@@ -241,6 +241,9 @@ class KneeSearch(_Strict):
     # least a precision step from either end, so a good estimate closes the bracket in two probes; after two guided
     # probes in a row on one side of the knee the search bisects. False: plain bisection (the midpoint each time).
     guided: bool = True
+    # In a release: a variant its evaluation already rejects (the quality gate) gets its sweep but no search, since
+    # it cannot be recommended at any load. False: search every variant. `packager loadtest` has no gate.
+    only_passing: bool = True
 
 
 # ------------------------------------------------------------------------------------------ config

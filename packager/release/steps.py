@@ -136,7 +136,7 @@ def measure(ctx: VariantContext) -> None:
             if ctx.summary_d is None:
                 evaluate(ctx, url)
             if ctx.lt_d is None:
-                load_test(ctx, url)
+                load_test(ctx, url, rejected=rejected_by_gate(ctx))
     else:
         ctx.run.log(f"{v.name}: evaluation and load test reused from the cache")
         v.bento_tag = ctx.cache.get("bento", v.digest or "")
@@ -228,12 +228,35 @@ def _evaluate_behaviour(ctx: VariantContext, url: str) -> dict[str, float]:
     return {**b.behaviour, "behaviour_score": b.score}
 
 
-def load_test(ctx: VariantContext, url: str) -> None:
+def rejected_by_gate(ctx: VariantContext) -> str | None:
+    """Why the release's quality gate rejects this variant, judged from its evaluation before its load test, or
+    None: the baseline, a variant without an evaluation, or one that passes."""
+    from packager.report.model import VariantResult
+    from packager.report.quality_gate import quality_failure
+    from packager.release.runner import quality_gate
+    from packager.evaluate.runner import EvalSummary
+
+    if ctx.v.recipe is None or ctx.summary_d is None:
+        return None
+    vr = VariantResult(name=ctx.v.name, recipe=ctx.v.recipe)
+    _fill_quality(vr, EvalSummary.model_validate(ctx.summary_d))
+    return quality_failure(vr, quality_gate(ctx.cfg, ctx.run.noise_floor))
+
+
+def load_test(ctx: VariantContext, url: str, rejected: str | None = None) -> None:
+    """The variant's load test. One the quality gate already rejects (`rejected` says why) gets its sweep but no
+    capacity search when `knee.only_passing`: it cannot be recommended at any load."""
     from packager.loadtest.runner import run_loadtest
 
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
+    lt_cfg = run.lt_cfg
+    if rejected and lt_cfg.knee.enabled and lt_cfg.knee.only_passing:
+        lt_cfg = lt_cfg.model_copy(update={"knee": lt_cfg.knee.model_copy(update={"enabled": False})})
+        run.log(f"{v.name}: no capacity search, the quality gate rejects it ({rejected}); the sweep still runs")
+        run.notes.append(f"{v.name}: its capacity was not searched, the quality gate rejects it; the capacity shown is "
+                         "the highest sweep step within the SLO")
     with run.timed(f"{v.name}/loadtest"):
-        lt = run_loadtest(url, run.lt_cfg, cfg.slo, cfg.pricing, v.root / "loadtest",
+        lt = run_loadtest(url, lt_cfg, cfg.slo, cfg.pricing, v.root / "loadtest",
                           log=lambda m: run.log(f"{v.name}: {m}"))
     ctx.lt_d = lt.model_dump(mode="json")
     ctx.cache.put("loadtest", ctx.lt_key, ctx.lt_d)
