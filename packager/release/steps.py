@@ -231,10 +231,10 @@ def _evaluate_behaviour(ctx: VariantContext, url: str) -> dict[str, float]:
 def rejected_by_gate(ctx: VariantContext) -> str | None:
     """Why the release's quality gate rejects this variant, judged from its evaluation before its load test, or
     None: the baseline, a variant without an evaluation, or one that passes."""
+    from packager.evaluate.runner import EvalSummary
+    from packager.release.runner import quality_gate
     from packager.report.model import VariantResult
     from packager.report.quality_gate import quality_failure
-    from packager.release.runner import quality_gate
-    from packager.evaluate.runner import EvalSummary
 
     if ctx.v.recipe is None or ctx.summary_d is None:
         return None
