@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from packager.errors import ServerError
 from packager.evaluate.client import OpenAIClient
+from packager.evaluate.sequential import KLStop, look, reading_order
 
 FIDELITY_MAX_POSITIONS = 24
 
@@ -106,20 +107,26 @@ class Fidelity(BaseModel):
     prefix_match_share: float | None = None  # the same, as a share of each answer's measured length
     full_match: float | None = None  # answers whose every measured token matches (greedy outputs equal)
     answers: int = 0
+    # with a KLStop: the answers there were to read, and why reading stopped before the last (None: it did not)
+    answers_planned: int = 0
+    stopped_early: str | None = None
 
 
 def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str, top_k: int,
                             concurrency: int, ids: list[str] | None = None, topk_fn: TopkFn | None = None,
-                            progress: str | None = None) -> Fidelity:
+                            progress: str | None = None, stop: KLStop | None = None) -> Fidelity:
     """KL(baseline || model) and top-1 agreement at each position of the baseline's outputs (of `ids`, default
     every item that has the baseline's top-k). Positions the endpoint gives no prompt logprobs for are left out.
     `topk_fn` reads the model's top-k another way (default: the endpoint's prompt logprobs). `progress`: the title
-    of a progress bar over the answers read (None: no bar)."""
+    of a progress bar over the answers read (None: no bar). `stop`: read the answers in a seeded random order and
+    stop once the mean KL has settled above or below `stop.limit` (packager.evaluate.sequential); every figure is
+    then of the answers read."""
     from packager.core.progress import progress_bar
 
     read = topk_fn or endpoint_topk(client, model)
     pairs: list[tuple[dict[str, float], dict[str, float]]] = []
     prefixes: list[tuple[int, int]] = []  # (matched leading tokens, measured tokens) per answer
+    per_answer: list[tuple[float, int]] = []  # (sum of its positions' KLs, positions) per answer read
 
     def one(b: ItemResult) -> tuple[list[tuple[dict[str, float], dict[str, float]]], tuple[int, int] | None]:
         if not (b.topk_logprobs and b.prompt_token_ids and b.output_token_ids):
@@ -131,14 +138,27 @@ def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenA
         return got, (greedy_prefix_match(b.output_token_ids[:len(got)], [q for _, q in got]), len(got))
 
     chosen = [baseline_items[i] for i in (ids if ids is not None else list(baseline_items)) if i in baseline_items]
+    if stop is not None:
+        chosen = reading_order(chosen)
+    step = stop.chunk if stop is not None else max(1, len(chosen))
+    stopped: str | None = None
     with progress_bar(progress or "fidelity", total=len(chosen), enabled=progress is not None) as bar, \
             ThreadPoolExecutor(concurrency) as ex:
-        for fut in as_completed([ex.submit(one, b) for b in chosen]):
-            got, prefix = fut.result()
-            pairs.extend(got)
-            if prefix is not None:
-                prefixes.append(prefix)
-            bar.advance()
+        for start in range(0, len(chosen), step):
+            for fut in as_completed([ex.submit(one, b) for b in chosen[start:start + step]]):
+                got, prefix = fut.result()
+                pairs.extend(got)
+                if prefix is not None:
+                    prefixes.append(prefix)
+                    per_answer.append((sum(kl_topk(p, q) for p, q in got), len(got)))
+                bar.advance()
+            if stop is not None and start + step < len(chosen):
+                lk = look(per_answer, len(chosen), stop)
+                if lk.settled:
+                    stopped = (f"read {start + step} of {len(chosen)} answers: the mean KL {lk.mean_kl:.4g} "
+                               f"(+/- {lk.half_width:.2g}, {stop.z:g} standard errors) lies {lk.settled} the limit "
+                               f"{stop.limit:.4g}")
+                    break
     if not pairs:
         return Fidelity()
     kls = sorted(kl_topk(p, q) for p, q in pairs)
@@ -147,7 +167,8 @@ def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenA
                     top1_agreement=_mean(top1), positions=len(pairs),
                     prefix_match_mean=_mean([float(m) for m, _ in prefixes]),
                     prefix_match_share=_mean([m / n for m, n in prefixes]),
-                    full_match=_mean([float(m == n) for m, n in prefixes]), answers=len(prefixes))
+                    full_match=_mean([float(m == n) for m, n in prefixes]), answers=len(prefixes),
+                    answers_planned=len(chosen), stopped_early=stopped)
 
 
 def greedy_prefix_match(reference_ids: list[int], model_topk: list[dict[str, float]]) -> int:

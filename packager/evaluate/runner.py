@@ -37,6 +37,7 @@ from packager.evaluate.fidelity import (  # noqa: F401 - re-exported: the runner
     teacher_forced_fidelity,
 )
 from packager.evaluate.scorers import SCORERS
+from packager.evaluate.sequential import KLStop
 from packager.evaluate.stats import PairedStats, bootstrap_stats
 from packager.evaluate.suite import Suite, SuiteItem, load_suite
 from packager.fsutil import atomic_write_json, atomic_write_text
@@ -81,6 +82,8 @@ class EvalSummary(BaseModel):
     fidelity_prompts: int = 0  # corpus prompts compared (answers)
     fidelity_prompts_skipped: int = 0  # longer than the engine's context with the answer: skipped, counted
     fidelity_prompts_failed: int = 0
+    # why the reading of the corpus stopped before its last answer (eval.fidelity_stop_kl), or None
+    fidelity_stopped_early: str | None = None
     fidelity_items_path: str | None = None  # the baseline's corpus answers with their top-k (baseline runs)
     # bootstrap intervals of score and recovery, paired with the baseline's items (packager.evaluate.stats)
     stats: PairedStats | None = None
@@ -361,9 +364,11 @@ def _measure_fidelity(summary: EvalSummary, results: list[ItemResult], baseline:
     if progress and topk_fn is not None:
         progress += " (read by llama.cpp here)"  # a GGUF's answers, read in this process: slower than vLLM's
     if corpus_items:
+        stop = KLStop(cfg.eval.fidelity_stop_kl) if cfg.eval.fidelity_stop_kl else None
         f = teacher_forced_fidelity(corpus_items, client, model, cfg.eval.fidelity_top_k, cfg.eval.concurrency,
-                                    topk_fn=topk_fn, progress=progress)
+                                    topk_fn=topk_fn, progress=progress, stop=stop)
         f.agreement = f.full_match
+        summary.fidelity_stopped_early = f.stopped_early
         summary.fidelity_source = baseline.fidelity_source
         summary.fidelity_corpus_sha256 = baseline.fidelity_corpus_sha256
         summary.fidelity_prompts = f.answers

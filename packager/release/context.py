@@ -118,6 +118,7 @@ class VariantContext:
     vr: Any  # packager.report.model.VariantResult
     cache: StepCache
     eval_key: str = ""
+    kl_stop: float | None = None  # the KL limit its fidelity reading may stop at once settled (steps._kl_stop)
     lt_key: str = ""
     summary_d: dict | None = None
     lt_d: dict | None = None

@@ -61,12 +61,26 @@ def look_up(ctx: VariantContext) -> None:
     """The cache keys of the evaluation and the load test, and their cached results (None where missing)."""
     run, cfg = ctx.run, ctx.cfg
     base = run.baseline_summary
+    ctx.kl_stop = _kl_stop(ctx)
+    settle = (ctx.kl_stop,) if ctx.kl_stop else ()  # keys without a stop stay those of earlier runs
     ctx.eval_key = cache_key("eval", ctx.v.digest, run.suite.sha256, cfg.eval, ctx.served_engine,
                              base.model_dump(mode="json")["score"] if base else None,
-                             capabilities(ctx.vr.engine).local_topk)
+                             capabilities(ctx.vr.engine).local_topk, *settle)
     ctx.lt_key = cache_key("loadtest", ctx.v.digest, run.lt_cfg, ctx.served_engine, cfg.slo, cfg.pricing)
     ctx.summary_d = ctx.cache.get("evaluate", ctx.eval_key)
     ctx.lt_d = ctx.cache.get("loadtest", ctx.lt_key)
+
+
+def _kl_stop(ctx: VariantContext) -> float | None:
+    """The KL limit a variant's fidelity reading may stop at once settled (gate.settle_fidelity): the gate's own
+    limit, known once the baseline's noise floor is; None for the baseline, without a KL test, or when off."""
+    from packager.release.runner import quality_gate
+
+    if ctx.v.recipe is None:
+        return None
+    if ctx.cfg.eval.fidelity_stop_kl or not ctx.cfg.gate.settle_fidelity:
+        return ctx.cfg.eval.fidelity_stop_kl
+    return quality_gate(ctx.cfg, ctx.run.noise_floor).max_kl
 
 
 # ------------------------------------------------------------------ registry
@@ -198,6 +212,9 @@ def evaluate(ctx: VariantContext, url: str) -> None:
     with run.timed(f"{v.name}/evaluate"):
         # the settings it is served with (the engine search's arguments too): written into its summary
         ev_cfg, ev_notes = evaluation_config(ctx.vr.engine, cfg.model_copy(update={"engine": ctx.served_engine}))
+        if ctx.kl_stop:
+            settle = ev_cfg.eval.model_copy(update={"fidelity_stop_kl": ctx.kl_stop})
+            ev_cfg = ev_cfg.model_copy(update={"eval": settle})
         # a GGUF's top-k for the KL, read from its file in this process (the bento's llama-server gives none)
         topk = local_topk(v.model_dir, ctx.served_engine) if run.baseline_summary is not None else None
         try:
@@ -281,6 +298,9 @@ def collect(ctx: VariantContext) -> None:
             run.notes.append("the model has no chat template: every variant was scored and load-tested with raw "
                              "prompts through /v1/completions")
     _fill_quality(ctx.vr, summary)
+    if summary.fidelity_stopped_early:
+        run.notes.append(f"{v.name}: its fidelity figures come from part of the corpus, "
+                         f"{summary.fidelity_stopped_early}")
     ctx.vr.load = load_summary_from(ctx.lt_d or {}, v.root / "loadtest")
 
 
