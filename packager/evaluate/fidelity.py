@@ -126,6 +126,7 @@ def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenA
     read = topk_fn or endpoint_topk(client, model)
     pairs: list[tuple[dict[str, float], dict[str, float]]] = []
     prefixes: list[tuple[int, int]] = []  # (matched leading tokens, measured tokens) per answer
+    kls: list[float] = []  # per position read
     per_answer: list[tuple[float, int]] = []  # (sum of its positions' KLs, positions) per answer read
 
     def one(b: ItemResult) -> tuple[list[tuple[dict[str, float], dict[str, float]]], tuple[int, int] | None]:
@@ -148,9 +149,11 @@ def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenA
             for fut in as_completed([ex.submit(one, b) for b in chosen[start:start + step]]):
                 got, prefix = fut.result()
                 pairs.extend(got)
+                answer_kls = [kl_topk(p, q) for p, q in got]
+                kls.extend(answer_kls)
                 if prefix is not None:
                     prefixes.append(prefix)
-                    per_answer.append((sum(kl_topk(p, q) for p, q in got), len(got)))
+                    per_answer.append((sum(answer_kls), len(got)))
                 bar.advance()
             if stop is not None and start + step < len(chosen):
                 lk = look(per_answer, len(chosen), stop)
@@ -161,7 +164,7 @@ def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenA
                     break
     if not pairs:
         return Fidelity()
-    kls = sorted(kl_topk(p, q) for p, q in pairs)
+    kls.sort()
     top1 = [float(bool(p) and bool(q) and max(p, key=p.__getitem__) == max(q, key=q.__getitem__)) for p, q in pairs]
     return Fidelity(mean_kl=_mean(kls), p95_kl=kls[min(len(kls) - 1, math.ceil(0.95 * len(kls)) - 1)],
                     top1_agreement=_mean(top1), positions=len(pairs),

@@ -166,9 +166,9 @@ class _State:
         self.requests_by_path: dict[str, int] = {}
         self.requests_unauthorized = 0
         self.connections_dropped = 0
-        # the transports themselves, not their id(): a closed transport's id can be reused by the next
-        # connection, which would then be taken for a reused one and dropped
-        self.connections_seen: list = []
+        # by id(), each transport held here: a freed transport's id could be reused by the next connection, which
+        # would then be taken for a reused one and dropped
+        self.connections_seen: dict[int, object] = {}
         self.headers_seen: list[str] = []
         self.failed_total = 0
         self.in_flight = 0
@@ -263,11 +263,11 @@ def build_app(settings: FakeSettings | None = None):
     async def generate(request, chat: bool):
         tr = request.transport
         if st.s.drop_reused_connections and tr is not None:
-            if any(t is tr for t in st.connections_seen):  # a second request on this connection: close it, answer nothing
+            if id(tr) in st.connections_seen:  # a second request on this connection: close it, answer nothing
                 st.connections_dropped += 1
                 tr.close()
                 raise asyncio.CancelledError
-            st.connections_seen.append(tr)
+            st.connections_seen[id(tr)] = tr
         _count(request)
         t_arrive = time.perf_counter()
         try:
