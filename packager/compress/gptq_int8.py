@@ -56,7 +56,7 @@ def gptq_int8(w, h, damp: float = DEFAULT_DAMP, block: int = 128) -> tuple[Any, 
     W[:, dead] = 0.0
     perm = torch.argsort(torch.diag(H), descending=True)
     W, H = W[:, perm], H[perm][:, perm]
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype, device=H.device)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     s = scale[:, 0]
     Q = torch.zeros_like(W)
@@ -124,7 +124,8 @@ def gptq_round(model, batches: list[Any], units: list[tuple[str, list[str]]], *,
             handles = []
             for _, members in chunk:
                 first = members[0]
-                hs[first] = torch.zeros(dims[first], dims[first], dtype=torch.float32)
+                hs[first] = torch.zeros(dims[first], dims[first], dtype=torch.float32,
+                                        device=modules[first].weight.device)  # where the inputs are
                 handles.append(modules[first].register_forward_pre_hook(hook(first)))
             tokens = 0
             try:
@@ -180,4 +181,4 @@ def round_simulated(sim, batches: list[Any], units: list[tuple[str, list[str]]],
     log(f"int8 GPTQ rounding: calibration output error {r.output_error_vs_nearest:.3f}x round-to-nearest's "
         f"({len(r.weights)} Linears, {r.tokens} tokens)" if r.output_error_vs_nearest is not None else
         "int8 GPTQ rounding done")
-    return r.weights
+    return {n: (q.cpu(), s.cpu()) for n, (q, s) in r.weights.items()}  # written out with the CPU's tensors

@@ -176,6 +176,7 @@ def apply_factors(factors: dict[str, dict[str, Any]]) -> Callable[[str, Any], An
         if not ops:
             return t
         t32 = t.to(torch.float32)
+        ops = {k: f.to(t32.device) for k, f in ops.items()}  # factors are kept on the CPU, the weights may not be
         if "mul" in ops:
             t32 = t32 * ops["mul"].unsqueeze(0)
         if "div_offset" in ops:

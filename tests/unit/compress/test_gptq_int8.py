@@ -102,3 +102,32 @@ def test_w8a8_stage_with_gptq_rounding_writes_those_weights_and_lowers_the_simul
 def test_unknown_rounding_is_refused():
     with pytest.raises(ValueError):
         W8A8Int8Args(weight_rounding="awq")
+
+
+def test_tensors_made_inside_the_rounding_follow_the_weights_device():
+    """On a GPU the Gram matrix and weights are CUDA tensors: whatever the rounding makes itself (the damping's
+    identity) must be made there too. The meta device stands in for CUDA here: mixing it with a CPU tensor fails
+    the same way ("cuda:0 and cpu" was the GPU release's error)."""
+    import torch
+
+    from packager.compress.gptq_int8 import gptq_int8
+
+    q, s = gptq_int8(torch.randn(8, 16, device="meta"), torch.randn(16, 16, device="meta"))
+    assert q.device.type == s.device.type == "meta" and q.shape == (8, 16) and q.dtype == torch.int8
+    assert s.shape == (8, 1)
+
+
+def test_smoothing_factors_kept_on_the_cpu_apply_to_weights_elsewhere():
+    import torch
+
+    from packager.compress.smoothing import apply_factors
+
+    f = torch.full((16,), 2.0)
+    pre = apply_factors({"a.weight": {"mul": f}, "n.weight": {"div": f}, "o.weight": {"div_offset": f}})
+    for name, t in (("a.weight", torch.ones(8, 16)), ("n.weight", torch.ones(16)), ("o.weight", torch.ones(16))):
+        out = pre(name, t.to("meta"))
+        assert out.device.type == "meta" and out.shape == t.shape
+    # and on the CPU the arithmetic is unchanged
+    assert torch.equal(pre("a.weight", torch.ones(8, 16)), torch.full((8, 16), 2.0))
+    assert torch.equal(pre("n.weight", torch.ones(16)), torch.full((16,), 0.5))
+    assert torch.allclose(pre("o.weight", torch.ones(16)), torch.zeros(16))
