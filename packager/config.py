@@ -171,6 +171,12 @@ class EngineSearchConfig(Strict):
     # the most a kept default may then be behind the best candidate
     min_gain: float = Field(0.05, ge=0.0, lt=1.0, description="how much more output tokens/s than packager's own "
                             "arguments a candidate must give to replace them (below: within the noise)")
+    # A variant the gate rejects cannot be recommended, whatever it is served with: its trials would be spent for
+    # nothing (139 s for the default release's first GGUF, benchmarks/results/release_cpu_default.json). Its
+    # arguments only change how fast it serves, not what it answers, so the evaluation can come first.
+    only_passing: bool = Field(True, description="search a variant's arguments only once its evaluation passes the "
+                               "quality gate (it is evaluated with packager's own arguments, then load-tested with "
+                               "the chosen ones); a variant the gate rejects keeps packager's own")
 
 
 class RegistryConfig(BaseModel):

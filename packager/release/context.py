@@ -123,6 +123,7 @@ class VariantContext:
     summary_d: dict | None = None
     lt_d: dict | None = None
     engine: Any = None  # EngineConfig with the arguments the engine search chose; None: the run's own
+    search_deferred: bool = False  # its engine search waits for the gate's verdict on its evaluation (only_passing)
 
     @property
     def cfg(self) -> RunConfig:

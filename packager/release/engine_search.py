@@ -1,7 +1,11 @@
 """The release's engine-argument search step (`tune`): after a variant is described and before its cache is looked
 up, try the candidates of packager.engines.tune on the variant's bare engine at one load, each a short load test
-judged by the SLO, within `engine_search.budget_s`; the bento (and the evaluation and load test through it) then
-runs with the chosen arguments, and the report row says what was tried and why the winner won.
+judged by the SLO, within `engine_search.budget_s`; the bento (and the load test through it) then runs with the
+chosen arguments, and the report row says what was tried and why the winner won.
+
+With `engine_search.only_passing` (the default) a variant other than the baseline is evaluated first, with
+packager's own arguments, and searched only if the quality gate passes it: the arguments change how fast it
+serves, not what it answers, and a variant the gate rejects cannot be recommended at any speed.
 
 Cached per variant content, candidates, load and settings: a rerun reuses the search. With `engine_search.scope:
 engine` (the default) only the first variant of each engine is searched; the later ones take its arguments.
@@ -22,9 +26,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def tune(ctx: "VariantContext") -> None:
-    """Search the variant's engine arguments when engine_search covers its engine; sets ctx.engine."""
-    from packager.engines.tune import apply
-
+    """Search the variant's engine arguments when engine_search covers its engine; sets ctx.engine. With
+    `engine_search.only_passing` a variant's own search waits for its evaluation (ctx.search_deferred; the measure
+    step runs it through `search_now` once the quality gate passes the variant)."""
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     es = cfg.engine_search
     if not es.enabled or ctx.vr.engine not in es.engines:
@@ -34,8 +38,34 @@ def tune(ctx: "VariantContext") -> None:
         run.notes.append(f"{v.name}: engine arguments not searched: the load test's {prof.kind} profile has no "
                          "single load to try them at")
         return
-    search = (_reused(ctx) if es.scope == "engine" else None) or _searched(ctx)
-    ctx.engine = apply(cfg.engine, search.chosen)
+    reused = _reused(ctx) if es.scope == "engine" else None
+    if reused is None and es.only_passing and v.recipe is not None:
+        ctx.search_deferred = True
+        run.log(f"{v.name}: engine arguments searched after its evaluation, if the quality gate passes it")
+        return
+    _take(ctx, reused or _searched(ctx))
+
+
+def search_now(ctx: "VariantContext") -> None:
+    """The deferred search of a variant the gate passed (see `tune`); its load-test cache key then names the
+    arguments chosen."""
+    ctx.search_deferred = False
+    _take(ctx, _searched(ctx))
+
+
+def not_searched(ctx: "VariantContext", why: str) -> None:
+    """A deferred search dropped: the gate rejects the variant, which keeps packager's own arguments."""
+    ctx.search_deferred = False
+    ctx.run.log(f"{ctx.v.name}: engine arguments not searched, the quality gate rejects it ({why})")
+    ctx.run.notes.append(f"{ctx.v.name}: its engine arguments were not searched, the quality gate rejects it; it "
+                         "was served with packager's own")
+
+
+def _take(ctx: "VariantContext", search: "EngineSearch") -> None:
+    from packager.engines.tune import apply
+
+    run, v = ctx.run, ctx.v
+    ctx.engine = apply(ctx.cfg.engine, search.chosen)
     ctx.vr.engine_search = search.model_dump(mode="json")
     run.log(f"{v.name}: engine arguments: {search.reason}")
     if search.chosen is not None:  # the first of its engine in this release (a later one finds it there)

@@ -28,6 +28,10 @@ _ESTIMATE_S: dict[str, Any] = {"serve_start": {"vllm": 110.0, "llamacpp": 15.0},
 # prefill; a GGUF's read by llama.cpp in-process, packager.gguf.topk); perplexity and the behaviour suite together.
 _EVAL_S = {"item": 0.2, "answer": 0.35, "read": 0.1, "read_gguf": 0.37, "fixed": 20.0}
 _DEFAULT_SIZES = {"suite": 430, "fidelity_corpus": 557}
+# A variant's fidelity reading that may stop once its KL verdict is settled (gate.settle_fidelity) reads at least
+# 100 answers and looks again every 50: the estimate takes 150 (the default release's four readings all settled
+# at 100, benchmarks/results/release_cpu_default.json; one near the KL limit reads more, up to the whole corpus).
+_SETTLED_READS = 150
 
 
 def default_loadtest() -> dict[str, Any]:
@@ -124,14 +128,23 @@ def _served_engine(recipe: str | None) -> str:
 
 def evaluate_seconds(cfg: RunConfig | None, baseline: bool, gguf: bool = False) -> float:
     """Estimated seconds of one evaluation: the suite's items, then the fidelity corpus (answered by the baseline,
-    read by a variant: a GGUF's more slowly), from the configured sizes (the default suite and corpus when not
-    capped)."""
+    read by a variant: a GGUF's more slowly; a variant's reading that may stop once settled, as if it stopped after
+    _SETTLED_READS answers), from the configured sizes (the default suite and corpus when not capped)."""
     ev = (cfg or RunConfig()).eval
     items = min(ev.max_items or _DEFAULT_SIZES["suite"], _DEFAULT_SIZES["suite"]) \
         if ev.suite == "default" else (ev.max_items or _DEFAULT_SIZES["suite"])
     prompts = 0 if not ev.fidelity_corpus else (ev.fidelity_max_prompts or _DEFAULT_SIZES["fidelity_corpus"])
+    if not baseline and _reading_may_stop(cfg or RunConfig()):
+        prompts = min(prompts, _SETTLED_READS)
     per_prompt = _EVAL_S["answer"] if baseline else _EVAL_S["read_gguf" if gguf else "read"]
     return round(_EVAL_S["fixed"] + items * _EVAL_S["item"] + prompts * per_prompt)
+
+
+def _reading_may_stop(cfg: RunConfig) -> bool:
+    """Whether a variant's fidelity reading may stop once settled: a limit given, or the gate's own (a KL test
+    against a measured noise floor, with gate.settle_fidelity)."""
+    g = cfg.gate
+    return bool(cfg.eval.fidelity_stop_kl) or (g.settle_fidelity and g.noise_floor and g.max_kl_vs_noise is not None)
 
 
 def _compress_seconds(recipe: str) -> float:

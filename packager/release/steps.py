@@ -66,9 +66,14 @@ def look_up(ctx: VariantContext) -> None:
     ctx.eval_key = cache_key("eval", ctx.v.digest, run.suite.sha256, cfg.eval, ctx.served_engine,
                              base.model_dump(mode="json")["score"] if base else None,
                              capabilities(ctx.vr.engine).local_topk, *settle)
-    ctx.lt_key = cache_key("loadtest", ctx.v.digest, run.lt_cfg, ctx.served_engine, cfg.slo, cfg.pricing)
+    ctx.lt_key = _loadtest_key(ctx)
     ctx.summary_d = ctx.cache.get("evaluate", ctx.eval_key)
     ctx.lt_d = ctx.cache.get("loadtest", ctx.lt_key)
+
+
+def _loadtest_key(ctx: VariantContext) -> str:
+    run, cfg = ctx.run, ctx.cfg
+    return cache_key("loadtest", ctx.v.digest, run.lt_cfg, ctx.served_engine, cfg.slo, cfg.pricing)
 
 
 def _kl_stop(ctx: VariantContext) -> float | None:
@@ -143,15 +148,32 @@ def _record_results(ctx: VariantContext) -> None:
 
 
 def measure(ctx: VariantContext) -> None:
-    """Serve the variant and evaluate and load-test it through the server, unless both results are cached."""
-    v = ctx.v
-    if ctx.summary_d is None or ctx.lt_d is None:
+    """Serve the variant and evaluate and load-test it through the server, unless both results are cached. A
+    variant whose engine search waits for the gate (ctx.search_deferred) is evaluated first; if the gate passes it,
+    it is searched and served again, with the arguments chosen, for its load test."""
+    from packager.release.engine_search import not_searched, search_now
+
+    v, served = ctx.v, False
+    rejected = rejected_by_gate(ctx)
+    if ctx.summary_d is None or (ctx.lt_d is None and not (ctx.search_deferred and rejected is None)):
         with serve(ctx) as url:
+            served = True
             if ctx.summary_d is None:
                 evaluate(ctx, url)
-            if ctx.lt_d is None:
-                load_test(ctx, url, rejected=rejected_by_gate(ctx))
-    else:
+                rejected = rejected_by_gate(ctx)
+            if ctx.lt_d is None and not (ctx.search_deferred and rejected is None):
+                load_test(ctx, url, rejected=rejected)
+    if ctx.search_deferred and rejected:
+        not_searched(ctx, rejected)
+    elif ctx.search_deferred:  # the gate passed it: its search, then its load test with the arguments chosen
+        search_now(ctx)
+        ctx.lt_key = _loadtest_key(ctx)
+        ctx.lt_d = ctx.cache.get("loadtest", ctx.lt_key)
+        if ctx.lt_d is None:
+            with serve(ctx) as url:
+                served = True
+                load_test(ctx, url)
+    if not served:  # both results came from the cache
         ctx.run.log(f"{v.name}: evaluation and load test reused from the cache")
         v.bento_tag = ctx.cache.get("bento", v.digest or "")
     if v.bento_tag:

@@ -42,17 +42,28 @@ def test_estimate_and_default_loadtest():
     from packager.release.estimate import evaluate_seconds, searches
 
     recipes = ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m", "recipes/mine.yaml", "fp8-dynamic"]
-    # baseline: evaluation 20 + 430 items x 0.2 + 557 corpus answers x 0.35; a variant reads the answers (557 x 0.1)
-    assert evaluate_seconds(RunConfig(), baseline=True) == 301 and evaluate_seconds(RunConfig(), baseline=False) == 162
+    # baseline: evaluation 20 + 430 items x 0.2 + 557 corpus answers x 0.35; a variant reads the answers (x 0.1),
+    # its reading stopping once settled (gate.settle_fidelity): taken as 150 answers
+    assert evaluate_seconds(RunConfig(), baseline=True) == 301 and evaluate_seconds(RunConfig(), baseline=False) == 121
     # a GGUF's answers are read by llama.cpp in-process: 0.37 s a prompt instead of vLLM's 0.1
-    assert evaluate_seconds(RunConfig(), baseline=False, gguf=True) == 312
+    assert evaluate_seconds(RunConfig(), baseline=False, gguf=True) == 162
+    # a reading that cannot stop reads every answer: no KL test, settling off, or no noise floor to set the limit
+    for gate in ({"max_kl_vs_noise": None}, {"settle_fidelity": False}, {"noise_floor": False}):
+        whole = RunConfig.model_validate({"gate": gate})
+        assert evaluate_seconds(whole, baseline=False) == 162 and evaluate_seconds(whole, baseline=True) == 301
+        assert evaluate_seconds(whole, baseline=False, gguf=True) == 312
+    # a limit given to the evaluation itself stops it too; a corpus capped below 150 is read whole
+    given = RunConfig.model_validate({"gate": {"settle_fidelity": False}, "eval": {"fidelity_stop_kl": 0.01}})
+    assert evaluate_seconds(given, baseline=False) == 121
+    capped = RunConfig.model_validate({"eval": {"fidelity_max_prompts": 60}})
+    assert evaluate_seconds(capped, baseline=False) == round(20 + 86 + 60 * 0.1)
     # baseline: register 10 + vLLM start 110 + load test 70 + evaluation 301 + noise floor 130
     baseline = 10 + 110 + 70 + 301 + 130
     assert estimate_seconds(RunConfig(), [], 70.0) == baseline
     # each variant: compression (w8a8 330, gptq 660, gguf 70, unknown 120, fp8 30) + register 10 + start (llama.cpp
     # 15, vLLM 110) + load test 70 + evaluation; the GGUF one also its engine-argument search (180 s budget)
-    variants = (330 + 10 + 110 + 70 + 162) + (660 + 10 + 110 + 70 + 162) + (70 + 10 + 180 + 15 + 70 + 312) \
-        + (120 + 10 + 110 + 70 + 162) + (30 + 10 + 110 + 70 + 162)
+    variants = (330 + 10 + 110 + 70 + 121) + (660 + 10 + 110 + 70 + 121) + (70 + 10 + 180 + 15 + 70 + 162) \
+        + (120 + 10 + 110 + 70 + 121) + (30 + 10 + 110 + 70 + 121)
     assert estimate_seconds(RunConfig(), recipes, 70.0) == baseline + variants
     every = RunConfig.model_validate({"engine_search": {"engines": ["llamacpp", "vllm"], "budget_s": 30,
                                                         "scope": "variant"}})
@@ -66,7 +77,8 @@ def test_estimate_and_default_loadtest():
     off = RunConfig.model_validate({"engine_search": {"enabled": False}})
     assert estimate_seconds(off, recipes, 70.0) == baseline + variants - 180
     no_floor = RunConfig.model_validate({"gate": {"noise_floor": False}, "engine_search": {"enabled": False}})
-    assert estimate_seconds(no_floor, recipes, 70.0) == baseline + variants - 180 - 130
+    # and without a noise floor every variant reads the whole corpus: 41 s more through vLLM, 150 s through llama.cpp
+    assert estimate_seconds(no_floor, recipes, 70.0) == baseline + variants - 180 - 130 + 4 * 41 + 150
     assert estimate_seconds(no_floor, [], 70.0) == baseline - 130
     small = RunConfig.model_validate({"eval": {"max_items": 30, "fidelity_max_prompts": 48}})
     assert evaluate_seconds(small, baseline=True) == round(20 + 30 * 0.2 + 48 * 0.35)

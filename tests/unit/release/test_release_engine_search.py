@@ -13,6 +13,7 @@ from unit.release.test_release_loop import install_fakes, make_cfg, make_inputs,
 
 def _cfg(inputs, **search):
     search.setdefault("scope", "variant")  # both variants are vLLM's: searched each (scope engine: see the last)
+    search.setdefault("only_passing", False)  # searched before the bento (after the gate: see test_deferred_search)
     return make_cfg(inputs, recipes=["w8a8-int8"], engine_search={"engines": ["vllm"], "probe_duration_s": 1,
                                                                   "warmup_s": 0.5, **search},
                     eval={"suite": str(inputs.suite), "behaviour_suite": None, "perplexity": False,
@@ -200,3 +201,82 @@ def test_a_trial_that_measured_nothing_after_its_warm_up_is_an_error(tmp_path, m
     assert empty.output_tokens_per_s is None and "no request started after the 8 s warm-up" in empty.error
     measured = _trial(ctx, cand, EngineConfig(), 16, 1)
     assert measured.error is None and measured.output_tokens_per_s == 50.0 and measured.meets_slo is True
+
+
+# ------------------------------------------------------------------ only_passing: the search waits for the gate
+
+@pytest.fixture(scope="module")
+def deferred(tmp_path_factory):
+    """A release whose variants are searched only once the gate passes them: w8a8-int8 answers as the baseline
+    does (passes), poor-int4 one token of four (recovery 40%, rejected). Then a rerun of the same directory."""
+    import packager.engines.select as select_mod
+    from unit.release import test_release_loop as loop
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(loop.SERVER_SETTINGS, "poor-int4", {"ttft_ms": 5, "itl_ms": 1, "output_tokens": 1})
+        f = install_fakes(mp)
+        engines: list[str] = []
+        fake = select_mod.server_for_model
+        mp.setattr(select_mod, "server_for_model",
+                   lambda *a, **k: engines.append(k["served_name"]) or fake(*a, **k))
+        inputs = make_inputs(tmp_path_factory.mktemp("deferred"))
+        cfg = make_cfg(inputs, recipes=["w8a8-int8", "poor-int4"],
+                       engine_search={"engines": ["vllm"], "probe_duration_s": 1, "warmup_s": 0.5,
+                                      "scope": "variant", "budget_s": 600},
+                       eval={"suite": str(inputs.suite), "behaviour_suite": None, "perplexity": False,
+                             "concurrency": 4})
+        first = release(cfg)
+        first.calls, first.engines = f.take(), list(engines)
+        engines.clear()
+        cfg2 = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).with_name("deferred-rerun"))})
+        shutil.copytree(cfg.output_dir, cfg2.output_dir)
+        second = release(cfg2)
+        second.calls, second.engines = f.take(), list(engines)
+    return cfg, first, second
+
+
+def test_deferred_search_runs_for_a_passing_variant_after_its_evaluation(deferred):
+    from packager.engines.tune import EngineSearch, apply
+
+    cfg, first, _ = deferred
+    rows = {v.name: v for v in first.report.variants}
+    assert rows["w8a8-int8"].recovery == 1.0 and rows["poor-int4"].recovery < cfg.quality_floor
+    s = EngineSearch.model_validate(rows["w8a8-int8"].engine_search)
+    assert s.trials and s.chosen is not None and s.reused_from is None
+    # evaluated through a bento with packager's own arguments, then load-tested through one with the chosen ones
+    builds = [c["engine"] for c in first.calls["build"] if c["name"] == "w8a8-int8"]
+    assert builds == [cfg.engine, apply(cfg.engine, s.chosen)]
+    assert rows["w8a8-int8"].eval["engine"] == cfg.engine.model_dump(mode="json")
+    served = [c["name"] for c in first.calls["serve"] if c["via"] == "bento"]
+    assert served.count("w8a8-int8") == 2
+    order = [(c["name"], c["out"]) for c in first.calls["evaluate"] if c["name"] == "w8a8-int8"]
+    assert order == [("w8a8-int8", "eval")]  # one evaluation, before the search
+    assert first.engines.count("w8a8-int8") == len(s.trials)  # the trials' bare engines
+    assert "w8a8-int8/engine_search" in first.report.timings_s
+    # the shipped bento is the one with the chosen arguments
+    assert rows["w8a8-int8"].bento_tag == "packager-w8a8-int8:fake"
+
+
+def test_deferred_search_is_dropped_for_a_variant_the_gate_rejects(deferred):
+    cfg, first, _ = deferred
+    rows = {v.name: v for v in first.report.variants}
+    assert rows["poor-int4"].engine_search is None and "poor-int4" not in first.engines
+    builds = [c["engine"] for c in first.calls["build"] if c["name"] == "poor-int4"]
+    assert builds == [cfg.engine]  # served once, with packager's own arguments, for its evaluation and load test
+    assert [c["name"] for c in first.calls["loadtest"]].count("poor-int4") == 1
+    assert "poor-int4/engine_search" not in first.report.timings_s
+    note = [n for n in first.report.notes if n.startswith("poor-int4: its engine arguments were not searched")]
+    assert len(note) == 1 and "quality gate rejects it" in note[0]
+    assert any("poor-int4: engine arguments not searched, the quality gate rejects it (" in ln for ln in first.lines)
+    # the baseline is never held back: searched before its bento, as without only_passing
+    assert rows["baseline"].engine_search is not None and "baseline" in first.engines
+
+
+def test_deferred_search_rerun_serves_nothing_and_keeps_every_verdict(deferred):
+    _, first, second = deferred
+    assert second.engines == [] and second.calls["serve"] == [] and second.calls["evaluate"] == []
+    assert second.calls["loadtest"] == []
+    assert [v.engine_search for v in second.report.variants] == [v.engine_search for v in first.report.variants]
+    assert [v.bento_tag for v in second.report.variants] == [v.bento_tag for v in first.report.variants]
+    # the rejected variant's note is given again, from the cached evaluation
+    assert any(n.startswith("poor-int4: its engine arguments were not searched") for n in second.report.notes)
