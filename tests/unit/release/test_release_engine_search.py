@@ -20,6 +20,21 @@ def _cfg(inputs, **search):
                           "concurrency": 4})
 
 
+def _recorded(cfg, fakes, engines: list):
+    """One release, with the fakes' calls and the bare engines it served (both cleared for the next release)."""
+    out = release(cfg)
+    out.calls, out.engines = fakes.take(), list(engines)
+    engines.clear()
+    return out
+
+
+def _copied(cfg, name: str):
+    """The configuration with its run directory copied beside it as `name`: a rerun finds every result there."""
+    copy = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).with_name(name))})
+    shutil.copytree(cfg.output_dir, copy.output_dir)
+    return copy
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     import packager.engines.select as select_mod
@@ -36,23 +51,14 @@ def searched(tmp_path_factory):
         mp.setattr(select_mod, "server_for_model", server_for_model)
         inputs = make_inputs(tmp_path_factory.mktemp("search"))
         cfg = _cfg(inputs, budget_s=600)
-        first = release(cfg)
-        first.calls, first.engines = f.take(), list(engines)
-        engines.clear()
-        cfg2 = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).with_name("rerun"))})
-        shutil.copytree(cfg.output_dir, cfg2.output_dir)
-        second = release(cfg2)
-        second.calls, second.engines = f.take(), list(engines)
-        engines.clear()
+        first = _recorded(cfg, f, engines)
+        second = _recorded(_copied(cfg, "rerun"), f, engines)
         tight = _cfg(inputs, budget_s=0.001).model_copy(
             update={"output_dir": str(Path(cfg.output_dir).with_name("tight"))})
-        third = release(tight)
-        third.calls, third.engines = f.take(), list(engines)
-        engines.clear()
+        third = _recorded(tight, f, engines)
         per_engine = _cfg(inputs, budget_s=600, scope="engine").model_copy(
             update={"output_dir": str(Path(cfg.output_dir).with_name("per-engine"))})
-        fourth = release(per_engine)
-        fourth.calls, fourth.engines = f.take(), list(engines)
+        fourth = _recorded(per_engine, f, engines)
     return cfg, first, second, third, fourth
 
 
@@ -225,13 +231,8 @@ def deferred(tmp_path_factory):
                                       "scope": "variant", "budget_s": 600},
                        eval={"suite": str(inputs.suite), "behaviour_suite": None, "perplexity": False,
                              "concurrency": 4})
-        first = release(cfg)
-        first.calls, first.engines = f.take(), list(engines)
-        engines.clear()
-        cfg2 = cfg.model_copy(update={"output_dir": str(Path(cfg.output_dir).with_name("deferred-rerun"))})
-        shutil.copytree(cfg.output_dir, cfg2.output_dir)
-        second = release(cfg2)
-        second.calls, second.engines = f.take(), list(engines)
+        first = _recorded(cfg, f, engines)
+        second = _recorded(_copied(cfg, "deferred-rerun"), f, engines)
     return cfg, first, second
 
 
