@@ -18,6 +18,14 @@ the reference dtype (float32) is scored on the suite as a variant: the recovery 
 shows what the suite can resolve. Results: benchmarks/results/quality.json.
 
     flock /tmp/packager-heavy.lock .venv/bin/python benchmarks/bench_quality.py
+
+A held-out check: `--suite FILE` scores another suite instead of the default one, and `--no-fidelity` leaves the
+fidelity corpus and the noise floor out (they do not depend on the suite; quality.json has them), so the gate
+judges recovery alone. With benchmarks/suites/heldout.jsonl (written apart from the default suite) it tells
+whether a verdict reached on the default suite holds on tasks nobody tuned on:
+
+    .venv/bin/python benchmarks/bench_quality.py --suite benchmarks/suites/heldout.jsonl --no-fidelity \
+        --noise-floor-recovery --out benchmarks/results/quality_heldout.json
 """
 from __future__ import annotations
 
@@ -39,6 +47,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/quality.json"))
     ap.add_argument("--max-items", type=int, default=None)
+    ap.add_argument("--suite", default="default", help="the task suite: default, or a JSONL suite file")
+    ap.add_argument("--no-fidelity", action="store_true",
+                    help="no fidelity corpus and no noise floor: the gate judges recovery alone")
     ap.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     ap.add_argument("--recipes", nargs="*", default=None, help="recipes to run (default: all of RECIPES; none "
                                                                  "given: none, e.g. with --merge to judge kept rows)")
@@ -65,8 +76,9 @@ def main() -> None:
     from packager.report.quality_gate import quality_failure
 
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-quality-"))
-    cfg = RunConfig.model_validate({"eval": {"perplexity": False, "max_items": a.max_items,
-                                             "behaviour_suite": None},
+    cfg = RunConfig.model_validate({"eval": {"perplexity": False, "max_items": a.max_items, "suite": a.suite,
+                                             "behaviour_suite": None,
+                                             **({"fidelity_corpus": None} if a.no_fidelity else {})},
                                     "engine": {"enforce_eager": True}})
     source = ensure_default_model()
     served = serving_dtype(cfg.engine.dtype, cfg.engine.target)
@@ -82,7 +94,10 @@ def main() -> None:
     corpus_items = baseline_corpus_items(base) or items
     base_s = time.monotonic() - t0
     old = json.loads(Path(a.out).read_text()) if a.merge else None
-    if old is not None:
+    nf: "NoiseFloor | None"
+    if a.no_fidelity:
+        nf, nf_s = None, None
+    elif old is not None:
         nf = NoiseFloor.model_validate({k: v for k, v in old["noise_floor"].items()
                                         if k in NoiseFloor.model_fields})
         nf_s = old["noise_floor"].get("wall_s") or old["noise_floor"].get("measure_s_approx")
@@ -91,8 +106,9 @@ def main() -> None:
         nf = measure_noise_floor(source.path, cfg, served, corpus_items, log_path=work / "noise_floor.log",
                                  max_items=cfg.gate.noise_floor_items)
         nf_s = time.monotonic() - t0
-    (work / "noise_floor.json").write_text(nf.model_dump_json(indent=2))  # kept: a stopped run loses nothing
-    gate = quality_gate(cfg, nf.model_dump(mode="json"))
+    if nf is not None:
+        (work / "noise_floor.json").write_text(nf.model_dump_json(indent=2))  # kept: a stopped run loses nothing
+    gate = quality_gate(cfg, nf.model_dump(mode="json") if nf is not None else None)
     out = {"model": source.name, "suite": base.suite, "items": base.n_items, "served_dtype": served,
            "baseline": {"score": base.score, "score_ci": [base.stats.score.low, base.stats.score.high]
                         if base.stats else None,
@@ -102,22 +118,24 @@ def main() -> None:
                                                           for r in items.values())),
                         "fidelity_source": base.fidelity_source, "fidelity_prompts": base.fidelity_prompts,
                         "fidelity_prompts_skipped": base.fidelity_prompts_skipped},
-           "noise_floor": {**(old["noise_floor"] if old else nf.model_dump(mode="json")),
-                           "wall_s": round(nf_s, 1) if nf_s else None},
+           "noise_floor": None if nf is None else {**(old["noise_floor"] if old else nf.model_dump(mode="json")),
+                                                   "wall_s": round(nf_s, 1) if nf_s else None},
            "gate": {"floor": gate.floor, "use_lower_bound": gate.use_lower_bound,
                     "lower_bound_floor": gate.lower_bound_floor, "max_kl": gate.max_kl,
                     "max_kl_vs_noise": cfg.gate.max_kl_vs_noise},
            "variants": []}
     previous = {v["recipe"]: v for v in (old or {}).get("variants", [])}
     if old is not None:
+        run_now = RECIPES if a.recipes is None else a.recipes
         out["earlier_run"] = old.get("earlier_run") or {
-            "baseline": old["baseline"], "variants": [v for v in previous if v not in (RECIPES if a.recipes is None else a.recipes)],
+            "baseline": old["baseline"], "variants": [v for v in previous if v not in run_now],
             "note": "variants kept from an earlier run, and every 'before' entry, are relative to this baseline"}
     out["variants"] = [v for v in previous.values()]
     if old is not None and "noise_floor_recovery" in old:
         out["noise_floor_recovery"] = old["noise_floor_recovery"]
     if a.noise_floor_recovery:
-        out["noise_floor_recovery"] = _same_model_recovery(source.path, cfg, nf.reference_dtype, base, items, work)
+        ref_dtype = nf.reference_dtype if nf is not None else "float32"
+        out["noise_floor_recovery"] = _same_model_recovery(source.path, cfg, ref_dtype, base, items, work)
         print(json.dumps({"noise_floor_recovery": out["noise_floor_recovery"]}), flush=True)
     _judge_again(out["variants"], gate)
     for r in RECIPES if a.recipes is None else a.recipes:
@@ -143,7 +161,8 @@ def main() -> None:
                "recovery_ci": list(vr.recovery_ci) if vr.recovery_ci else None,
                "p_value": st.p_value if st else None,
                "mean_kl": s.fidelity_mean_kl, "p95_kl": s.fidelity_p95_kl,
-               "kl_vs_noise_floor": (s.fidelity_mean_kl / nf.mean_kl) if s.fidelity_mean_kl and nf.mean_kl else None,
+               "kl_vs_noise_floor": (s.fidelity_mean_kl / nf.mean_kl)
+               if nf is not None and s.fidelity_mean_kl and nf.mean_kl else None,
                "top1_agreement": s.fidelity_top1_agreement, "greedy_agreement": s.fidelity_agreement,
                "prefix_match_mean": s.fidelity_prefix_match_mean, "prefix_match_share": s.fidelity_prefix_match_share,
                "fidelity_source": s.fidelity_source, "fidelity_prompts": s.fidelity_prompts,

@@ -136,6 +136,11 @@ class QualityGateConfig(Strict):
     noise_floor_items: int = Field(48, ge=1, description="baseline answers the noise floor is measured on (spread "
                                                          "over the fidelity corpus, else the suite)")
 
+    @property
+    def kl_test(self) -> bool:
+        """Whether the gate has a KL test: a noise floor is measured and a multiple of it is the limit."""
+        return self.noise_floor and self.max_kl_vs_noise is not None
+
 
 def _llamacpp_only() -> list[Literal["vllm", "llamacpp"]]:
     return ["llamacpp"]

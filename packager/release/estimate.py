@@ -107,7 +107,7 @@ def step_seconds(recipe: str | None, loadtest_s: float, cfg: RunConfig | None = 
     the noise floor; `searched`: whether its engine-argument search runs, see `searches`): the up-front estimate
     and the weights of the release's progress bar."""
     gate = cfg.gate if cfg is not None else None
-    floor = recipe is None and gate is not None and gate.noise_floor and gate.max_kl_vs_noise is not None
+    floor = recipe is None and gate is not None and gate.kl_test
     return {"compress": _compress_seconds(recipe) if recipe else 0.0, "register": _ESTIMATE_S["register"],
             "tune": _search_seconds(recipe, cfg) if searched else 0.0,
             "measure": _ESTIMATE_S["serve_start"][_served_engine(recipe)] + loadtest_s
@@ -144,7 +144,7 @@ def _reading_may_stop(cfg: RunConfig) -> bool:
     """Whether a variant's fidelity reading may stop once settled: a limit given, or the gate's own (a KL test
     against a measured noise floor, with gate.settle_fidelity)."""
     g = cfg.gate
-    return bool(cfg.eval.fidelity_stop_kl) or (g.settle_fidelity and g.noise_floor and g.max_kl_vs_noise is not None)
+    return bool(cfg.eval.fidelity_stop_kl) or (g.settle_fidelity and g.kl_test)
 
 
 def _compress_seconds(recipe: str) -> float:

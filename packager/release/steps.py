@@ -361,7 +361,7 @@ def noise_floor(ctx: VariantContext) -> None:
     what the KL limit of the quality gate is a multiple of. Once per baseline content, suite and settings (cached);
     a failure is a note, and the gate then has no KL test."""
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
-    if v.recipe is not None or not cfg.gate.noise_floor or cfg.gate.max_kl_vs_noise is None:
+    if v.recipe is not None or not cfg.gate.kl_test:
         return
     from packager.errors import PackagerError
 
