@@ -155,13 +155,13 @@ def measure(ctx: VariantContext) -> None:
 
     v, served = ctx.v, False
     rejected = rejected_by_gate(ctx)
-    if ctx.summary_d is None or (ctx.lt_d is None and not (ctx.search_deferred and rejected is None)):
+    if ctx.summary_d is None or _load_test_here(ctx, rejected):
         with serve(ctx) as url:
             served = True
             if ctx.summary_d is None:
                 evaluate(ctx, url)
                 rejected = rejected_by_gate(ctx)
-            if ctx.lt_d is None and not (ctx.search_deferred and rejected is None):
+            if _load_test_here(ctx, rejected):
                 load_test(ctx, url, rejected=rejected)
     if ctx.search_deferred and rejected:
         not_searched(ctx, rejected)
@@ -179,6 +179,13 @@ def measure(ctx: VariantContext) -> None:
     if v.bento_tag:
         ctx.cache.put("bento", v.digest or "", v.bento_tag)
     ctx.vr.bento_tag = v.bento_tag
+
+
+def _load_test_here(ctx: VariantContext, rejected: str | None) -> bool:
+    """Whether the variant's load test runs on the server it is evaluated on: its result is not cached, and it is
+    not one whose deferred engine search the gate lets run (that one is load-tested on a server started with the
+    arguments the search chose)."""
+    return ctx.lt_d is None and not (ctx.search_deferred and rejected is None)
 
 
 def serve(ctx: VariantContext):

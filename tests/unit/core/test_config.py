@@ -60,6 +60,9 @@ def test_quality_gate_section():
     assert cfg.gate.max_kl_vs_noise is None and cfg.gate.noise_floor and not cfg.gate.use_lower_bound
     assert RunConfig().quality_floor == 0.97 and RunConfig().gate.max_kl_vs_noise == 15.0
     assert RunConfig().gate.lower_bound_margin == 0.04
+    # the gate has a KL test only with a noise floor measured and a multiple of it as the limit
+    assert RunConfig().gate.kl_test and not cfg.gate.kl_test
+    assert not load_config(None, {"gate": {"noise_floor": False}}).gate.kl_test
 
 
 @pytest.mark.parametrize("margin", [-0.01, 1.0])
