@@ -32,6 +32,28 @@ _DEFAULT_SIZES = {"suite": 430, "fidelity_corpus": 557}
 # 100 answers and looks again every 50: the estimate takes 150 (the default release's four readings all settled
 # at 100, benchmarks/results/release_cpu_default.json; one near the KL limit reads more, up to the whole corpus).
 _SETTLED_READS = 150
+# The steps above were measured on the bundled model (134,515,008 parameters). For another model the steps whose
+# work grows with the weights (compression, the evaluation's items and answers, the noise floor) are scaled by its
+# parameter count against this (`model_scale`); an engine start, a search's budget and a load test are not.
+_BUNDLED_PARAMS = 134_515_008
+
+
+def model_scale(model: str) -> float:
+    """How much more work a step that grows with the weights does for `model` than for the bundled model: the
+    ratio of parameter counts (read from a checkpoint directory's safetensors headers), 1 for the bundled model
+    or a model not yet on disk (a registry reference), or when the headers cannot be read."""
+    from pathlib import Path
+
+    from packager.compress.checkpoint import parameter_count_from_headers
+
+    d = Path(model).expanduser()
+    if model == "default" or not d.is_dir():
+        return 1.0
+    try:
+        n = parameter_count_from_headers(d)
+    except Exception:  # noqa: BLE001  (an estimate: an unreadable checkpoint is reported where it is loaded)
+        return 1.0
+    return n / _BUNDLED_PARAMS if n > 0 else 1.0
 
 
 def default_loadtest() -> dict[str, Any]:
@@ -82,9 +104,9 @@ def check_expected_load(expected_load: float | None, lt_cfg) -> None:
                           "loadtest.profile.values.")
 
 
-def estimate_seconds(cfg: RunConfig, recipes: list[str], loadtest_s: float) -> float:
+def estimate_seconds(cfg: RunConfig, recipes: list[str], loadtest_s: float, scale: float = 1.0) -> float:
     order: list[str | None] = [None, *recipes]
-    return sum(sum(step_seconds(r, loadtest_s, cfg, searched=s).values())
+    return sum(sum(step_seconds(r, loadtest_s, cfg, searched=s, scale=scale).values())
                for r, s in zip(order, searches(cfg, order)))
 
 
@@ -102,17 +124,18 @@ def searches(cfg: RunConfig | None, recipes: list[str | None]) -> list[bool]:
 
 
 def step_seconds(recipe: str | None, loadtest_s: float, cfg: RunConfig | None = None,
-                 searched: bool = True) -> dict[str, float]:
+                 searched: bool = True, scale: float = 1.0) -> dict[str, float]:
     """The estimated seconds of one variant's steps (the baseline's compress is free; only the baseline measures
-    the noise floor; `searched`: whether its engine-argument search runs, see `searches`): the up-front estimate
-    and the weights of the release's progress bar."""
+    the noise floor; `searched`: whether its engine-argument search runs, see `searches`; `scale`: the model's
+    size against the bundled model's, see `model_scale`): the up-front estimate and the weights of the release's
+    progress bar."""
     gate = cfg.gate if cfg is not None else None
     floor = recipe is None and gate is not None and gate.kl_test
-    return {"compress": _compress_seconds(recipe) if recipe else 0.0, "register": _ESTIMATE_S["register"],
+    return {"compress": scale * _compress_seconds(recipe) if recipe else 0.0, "register": _ESTIMATE_S["register"],
             "tune": _search_seconds(recipe, cfg) if searched else 0.0,
             "measure": _ESTIMATE_S["serve_start"][_served_engine(recipe)] + loadtest_s
-            + evaluate_seconds(cfg, baseline=recipe is None, gguf=_served_engine(recipe) == "llamacpp"),
-            "noise_floor": _ESTIMATE_S["noise_floor"] if floor else 0.0}
+            + evaluate_seconds(cfg, baseline=recipe is None, gguf=_served_engine(recipe) == "llamacpp", scale=scale),
+            "noise_floor": scale * _ESTIMATE_S["noise_floor"] if floor else 0.0}
 
 
 def _search_seconds(recipe: str | None, cfg: RunConfig | None) -> float:
@@ -126,7 +149,7 @@ def _served_engine(recipe: str | None) -> str:
     return "llamacpp" if recipe is not None and "gguf" in recipe else "vllm"
 
 
-def evaluate_seconds(cfg: RunConfig | None, baseline: bool, gguf: bool = False) -> float:
+def evaluate_seconds(cfg: RunConfig | None, baseline: bool, gguf: bool = False, scale: float = 1.0) -> float:
     """Estimated seconds of one evaluation: the suite's items, then the fidelity corpus (answered by the baseline,
     read by a variant: a GGUF's more slowly; a variant's reading that may stop once settled, as if it stopped after
     _SETTLED_READS answers), from the configured sizes (the default suite and corpus when not capped)."""
@@ -137,7 +160,7 @@ def evaluate_seconds(cfg: RunConfig | None, baseline: bool, gguf: bool = False) 
     if not baseline and _reading_may_stop(cfg or RunConfig()):
         prompts = min(prompts, _SETTLED_READS)
     per_prompt = _EVAL_S["answer"] if baseline else _EVAL_S["read_gguf" if gguf else "read"]
-    return round(_EVAL_S["fixed"] + items * _EVAL_S["item"] + prompts * per_prompt)
+    return round(_EVAL_S["fixed"] + scale * (items * _EVAL_S["item"] + prompts * per_prompt))
 
 
 def _reading_may_stop(cfg: RunConfig) -> bool:

@@ -25,6 +25,7 @@ from packager.release.estimate import (
     default_loadtest,
     estimate_seconds,
     loadtest_seconds,
+    model_scale,
     searches,
     step_seconds,
 )
@@ -60,6 +61,7 @@ class ReleaseRunner:
                                   show_progress=show_progress, log=log or print_to_console)
         order: list[str | None] = [None, *cfg.recipes]  # the variants' recipes, as _variants lists them
         self._searched = dict(zip(order, searches(cfg, order)))  # recipe -> whether its engine search runs
+        self._scale = model_scale(cfg.model)  # the model's size against the bundled one's, for the estimates
 
     def run(self) -> "Report":
         """The variants one by one, then the report. Library logs (HTTP requests, vLLM, MLflow, ...) go to
@@ -99,7 +101,8 @@ class ReleaseRunner:
         return loadtest_seconds(self.run_ctx.lt_cfg)
 
     def _weights(self, v: Variant) -> dict[str, float]:
-        return step_seconds(v.recipe, self._loadtest_seconds(), self.run_ctx.cfg, searched=self._searched[v.recipe])
+        return step_seconds(v.recipe, self._loadtest_seconds(), self.run_ctx.cfg, searched=self._searched[v.recipe],
+                            scale=self._scale)
 
     def _say_done(self, v: Variant, i: int, n: int, took_s: float) -> None:
         """`w8a8-int8 done in 4.2 min (2/4 variants; about 9 min left)`: the time left is the mean time of the
@@ -118,11 +121,13 @@ class ReleaseRunner:
         run.price  # a bad price or unknown instance fails here, before any work or file
         run.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.run_dir / "config.yaml", dump_config(cfg))
-        est = estimate_seconds(cfg, cfg.recipes, self._loadtest_seconds())
+        est = estimate_seconds(cfg, cfg.recipes, self._loadtest_seconds(), scale=self._scale)
+        sized = "" if self._scale == 1.0 else (f", its compute-bound steps scaled {self._scale:.2g}x from the bundled "
+                                               "model's by parameter count")
         run.log(f"[bold]packager release[/]: model {cfg.model}, variants: baseline + "
                 f"{', '.join(cfg.recipes) or 'none'}; serving via {run.serve_via}; "
-                f"estimated {est / 60:.0f} min on this machine (time budget {cfg.time_budget_s / 60:.0f} min). "
-                f"Results: {run.run_dir}")
+                f"estimated {est / 60:.0f} min (from timings on 2 CPU cores{sized}; time budget "
+                f"{cfg.time_budget_s / 60:.0f} min). Results: {run.run_dir}")
         if est > cfg.time_budget_s:
             run.log("[yellow]The estimate exceeds the time budget: variants that do not fit are skipped and "
                     "named in the report. Raise time_budget_s or drop recipes to run them all.[/]")

@@ -71,6 +71,12 @@ def test_estimate_and_default_loadtest():
     # scope engine (the default): the first variant of each engine only, here the baseline (vLLM) and the GGUF
     per_engine = RunConfig.model_validate({"engine_search": {"engines": ["llamacpp", "vllm"], "budget_s": 30}})
     assert estimate_seconds(per_engine, recipes, 70.0) == baseline + variants - 180 + 30 * 2
+    # a model 10x the bundled one's size: compression, the evaluation's items and answers and the noise floor
+    # take 10x as long; engine starts, searches, load tests and the fixed parts do not
+    ten = 10 + 110 + 70 + (20 + 10 * 281) + 10 * 130
+    assert estimate_seconds(RunConfig(), [], 70.0, scale=10.0) == ten
+    assert estimate_seconds(RunConfig(), ["w8a8-int8"], 70.0, scale=10.0) == \
+        ten + 10 * 330 + 10 + 110 + 70 + (20 + 10 * 101)
     two_gguf = ["gguf-q8_0", "w8a8-int8", "gguf-q4_k_m"]
     assert searches(RunConfig(), [None, *two_gguf]) == [False, True, False, False]
     assert searches(every, [None, *two_gguf]) == [True] * 4
@@ -143,3 +149,23 @@ def test_compress_estimate_by_recipe_kind():
     assert _compress_seconds("gptq-w4a16") == 660.0
     assert _compress_seconds("w8a8-int8") == 330.0
     assert _compress_seconds("my-own") == 120.0
+
+
+def test_model_scale_is_the_parameter_ratio_to_the_bundled_model(tmp_path):
+    """The estimate's size factor: parameters read from a checkpoint's safetensors headers against the bundled
+    model's 134,515,008; 1 for the bundled model, a reference not on disk, or unreadable headers."""
+    import torch
+    from safetensors.torch import save_file
+
+    from packager.release.estimate import model_scale
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    save_file({"a.weight": torch.zeros(1000, 1000), "b.weight": torch.zeros(500)}, str(d / "model.safetensors"))
+    assert model_scale(str(d)) == 1_000_500 / 134_515_008
+    assert model_scale("default") == 1.0 and model_scale(str(tmp_path / "missing")) == 1.0
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"\xff" * 16)  # no header to read
+    assert model_scale(str(broken)) == 1.0
