@@ -71,9 +71,8 @@ def main() -> None:
     from packager.evaluate.noise_floor import NoiseFloor, measure_noise_floor
     from packager.evaluate.runner import baseline_corpus_items, evaluate_model, load_items, load_summary
     from packager.hardware import serving_dtype
-    from packager.release.runner import quality_gate
     from packager.report.model import VariantResult
-    from packager.report.quality_gate import quality_failure
+    from packager.report.quality_gate import quality_failure, quality_gate
 
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-quality-"))
     cfg = RunConfig.model_validate({"eval": {"perplexity": False, "max_items": a.max_items, "suite": a.suite,

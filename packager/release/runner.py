@@ -179,7 +179,7 @@ class ReleaseRunner:
         """The recommendation, the engine comparison and the report (JSON, Markdown, HTML) in the run directory."""
         from packager.report.analysis import compare_engines, pareto_frontier, recommend
         from packager.report.model import Recommendation, Report
-        from packager.report.quality_gate import bound_floor
+        from packager.report.quality_gate import bound_floor, quality_gate
         from packager.report.render import write_report
 
         run, cfg = self.run_ctx, self.run_ctx.cfg
@@ -221,18 +221,6 @@ def quality_notes(results: list["VariantResult"], gate: "QualityGate") -> list[s
             out.append(f"{v.name}: {caveat}")
     return out
 
-
-def quality_gate(cfg: RunConfig, noise_floor: dict | None) -> "QualityGate":
-    """The release's quality tests: the recovery interval's lower bound (when configured) and a KL limit of
-    `gate.max_kl_vs_noise` times the baseline's noise floor (when it was measured and is above zero)."""
-    from packager.report.quality_gate import QualityGate
-
-    nf_kl = (noise_floor or {}).get("mean_kl")
-    mult = cfg.gate.max_kl_vs_noise
-    max_kl = mult * nf_kl if mult is not None and nf_kl else None
-    return QualityGate(cfg.quality_floor, use_lower_bound=cfg.gate.use_lower_bound,
-                       lower_bound_floor=max(cfg.quality_floor - cfg.gate.lower_bound_margin, 0.0), max_kl=max_kl,
-                       noise_floor_kl=nf_kl if max_kl is not None else None)
 
 
 def _import_what_the_steps_need() -> None:

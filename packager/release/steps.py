@@ -79,7 +79,7 @@ def _loadtest_key(ctx: VariantContext) -> str:
 def _kl_stop(ctx: VariantContext) -> float | None:
     """The KL limit a variant's fidelity reading may stop at once settled (gate.settle_fidelity): the gate's own
     limit, known once the baseline's noise floor is; None for the baseline, without a KL test, or when off."""
-    from packager.release.runner import quality_gate
+    from packager.report.quality_gate import quality_gate
 
     if ctx.v.recipe is None:
         return None
@@ -278,9 +278,8 @@ def rejected_by_gate(ctx: VariantContext) -> str | None:
     """Why the release's quality gate rejects this variant, judged from its evaluation before its load test, or
     None: the baseline, a variant without an evaluation, or one that passes."""
     from packager.evaluate.runner import EvalSummary
-    from packager.release.runner import quality_gate
     from packager.report.model import VariantResult
-    from packager.report.quality_gate import quality_failure
+    from packager.report.quality_gate import quality_failure, quality_gate
 
     if ctx.v.recipe is None or ctx.summary_d is None:
         return None

@@ -27,10 +27,13 @@ The baseline is judged on its recovery of 1 alone (it has no interval and no KL 
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from packager.core.formatting import fmt_pair, fmt_pct_pair
 from packager.report.model import VariantResult
+
+if TYPE_CHECKING:
+    from packager.config import RunConfig
 
 
 class QualityGate(NamedTuple):
@@ -39,6 +42,18 @@ class QualityGate(NamedTuple):
     lower_bound_floor: float | None = None  # what the interval's lower bound must reach; None: `floor`
     max_kl: float | None = None  # None: no fidelity test
     noise_floor_kl: float | None = None  # what max_kl is a multiple of (for the sentences)
+
+
+def quality_gate(cfg: "RunConfig", noise_floor: dict | None) -> QualityGate:
+    """A release's quality tests, from its configuration: the recovery interval's lower bound (when configured)
+    and a KL limit of `gate.max_kl_vs_noise` times the baseline's noise floor (when it was measured and is above
+    zero). The release judges with it before a load test, at the end, and for the report's sentences."""
+    nf_kl = (noise_floor or {}).get("mean_kl")
+    mult = cfg.gate.max_kl_vs_noise
+    max_kl = mult * nf_kl if mult is not None and nf_kl else None
+    return QualityGate(cfg.quality_floor, use_lower_bound=cfg.gate.use_lower_bound,
+                       lower_bound_floor=max(cfg.quality_floor - cfg.gate.lower_bound_margin, 0.0), max_kl=max_kl,
+                       noise_floor_kl=nf_kl if max_kl is not None else None)
 
 
 def bound_floor(gate: QualityGate) -> float:

@@ -72,7 +72,7 @@ def test_a_lower_bound_margin_outside_0_1_is_refused(margin):
 
 
 def test_the_release_gate_holds_the_lower_bound_to_the_floor_less_the_margin():
-    from packager.release.runner import quality_gate
+    from packager.report.quality_gate import quality_gate
 
     gate = quality_gate(load_config(None, {"quality_floor": 0.9, "gate": {"lower_bound_margin": 0.05}}),
                         {"mean_kl": 0.001})

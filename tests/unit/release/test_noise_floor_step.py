@@ -14,7 +14,7 @@ from packager.evaluate.noise_floor import NoiseFloor, reference_dtype
 from packager.release import steps
 from packager.release.cache import StepCache
 from packager.release.context import RunContext, Variant, VariantContext
-from packager.release.runner import quality_gate
+from packager.report.quality_gate import quality_gate
 from packager.report.model import VariantResult
 
 
