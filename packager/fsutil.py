@@ -208,3 +208,12 @@ def refuse_pickled_weights(model_dir: Path, allow_pickle: bool = False) -> None:
             "Convert them to safetensors where you trust their origin (load them with transformers, then "
             "save_pretrained(..., safe_serialization=True)) and remove the pickles; packager loads safetensors only."
         )
+
+
+def tail(path: Path, n: int = 40) -> str:
+    """The last `n` lines of a log file, for an error message; "(no log)" when there is none."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(lines[-n:])

@@ -258,3 +258,11 @@ def format_support(target: Literal["cpu", "gpu"], gpu_type: str | None = None,
             notes = advisories(fmt, target, gpu_type, cpu)
         rows.append({"format": fmt, "runs": not problems, "problems": problems, "notes": notes})
     return rows
+
+
+def cpu_threads() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

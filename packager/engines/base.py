@@ -13,20 +13,13 @@ from pathlib import Path
 import httpx
 
 from packager.errors import ServerError
+from packager.fsutil import tail
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def tail(path: Path, n: int = 40) -> str:
-    try:
-        lines = Path(path).read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return "(no log)"
-    return "\n".join(lines[-n:])
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None, log: Path | None, timeout_s: float,

@@ -34,6 +34,7 @@ from packager.engines.base import LocalServer
 from packager.errors import ServerError
 from packager.gguf.amx import llama_server_flags
 from packager.gguf.artifact import gguf_path
+from packager.hardware import cpu_threads
 
 READINESS_PATH = "/health"
 METRICS_PATH = "/metrics"
@@ -42,14 +43,6 @@ BINARY = "llama-server"
 # Slots of a server packager starts for itself (evaluation, the release on the bare engine): the engine's
 # max_num_seqs, at most this many (the evaluator sends 8 at a time; the load test's default sweep tops at 16).
 LOCAL_MAX_SLOTS = 16
-
-
-def cpu_threads() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def find_binary(environ: Mapping[str, str] | None = None) -> Path | None:

@@ -133,9 +133,9 @@ def local_topk(model_dir: str | Path | None, engine: "EngineConfig") -> "GgufTop
     serve, or there is no local artifact). Loads nothing until first called."""
     if model_dir is None or engine_for(model_dir) != LLAMACPP:
         return None
-    from packager.engines.llamacpp import cpu_threads
     from packager.gguf.artifact import gguf_path
     from packager.gguf.topk import GgufTopk
+    from packager.hardware import cpu_threads
 
     return GgufTopk(gguf_path(model_dir), n_ctx=engine.max_model_len, threads=cpu_threads())
 

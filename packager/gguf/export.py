@@ -337,9 +337,9 @@ def export_gguf(variant_dir: str | Path, out_dir: str | Path, quants: Iterable[s
     `calibration_texts`, the types of `imatrix_types` (default: those of 4 bits and fewer) are quantized with an
     importance matrix computed on them (packager.gguf.imatrix)."""
     from packager.core.prompt_format import read_chat_template
-    from packager.engines.llamacpp import cpu_threads
     from packager.gguf.imatrix import IMATRIX_QUANTS
     from packager.gguf.modelfile import detect_chat_template, generation_parameters
+    from packager.hardware import cpu_threads
 
     log = log or (print if progress else (lambda _m: None))
     qtypes = parse_quants(list(quants))

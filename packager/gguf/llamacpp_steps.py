@@ -48,7 +48,7 @@ class _Progress:
 def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], on_line: Callable[[str], None],
                 what: str) -> None:
     """Run cmd with its output in log_path, calling on_line for each line; raise with the log's tail on failure."""
-    from packager.engines.base import tail
+    from packager.fsutil import tail
 
     with open(log_path, "w") as logf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,

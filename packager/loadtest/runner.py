@@ -148,7 +148,8 @@ def run_locust(plan_path: Path, records_path: Path, work_dir: Path, target_url: 
 
     Returns {"returncode", "timed_out", "processes": [GeneratorProcess...], "cpu_monitor", "logs"}.
     """
-    from packager.engines.base import free_port, stop_process, tail
+    from packager.engines.base import free_port, stop_process
+    from packager.fsutil import tail
 
     if importlib.util.find_spec("locust") is None:
         raise ServerError("locust is not installed: install packager with the 'cpu' or 'gpu' extra (locust==2.47.0).")
@@ -320,7 +321,7 @@ def _finalize(run_dir: Path, plan: dict, cfg: LoadTestConfig, slo: SLOConfig, pr
                             f"max_duration_s={cfg.max_duration_s:g} s and were not sent")
     reqs, sums, errs = read_records(records_path)
     if not reqs and not sums:
-        from packager.engines.base import tail
+        from packager.fsutil import tail
 
         where = "" if run is None else (f" (locust exit code {run['returncode']}"
                                         f"{', timed out' if run['timed_out'] else ''})")

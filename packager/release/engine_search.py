@@ -74,8 +74,8 @@ def _take(ctx: "VariantContext", search: "EngineSearch") -> None:
 
 def _searched(ctx: "VariantContext") -> "EngineSearch":
     """The variant's own search: from the step cache, or its trials run now."""
-    from packager.engines.llamacpp import cpu_threads
     from packager.engines.tune import EngineSearch, candidates, choose, search_load
+    from packager.hardware import cpu_threads
 
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     es, lt = cfg.engine_search, run.lt_cfg

@@ -13,9 +13,9 @@ import yaml
 
 from packager.config import EngineConfig
 from packager.core.prompt_format import read_chat_template
-from packager.engines.base import tail
 from packager.engines.select import select_engine
 from packager.errors import ConfigError, PackagerError
+from packager.fsutil import tail
 from packager.serve.args import BentoArgs, bento_name, parse_args
 from packager.serve.store import bentoml_env, bentoml_home, import_model, read_variant
 
