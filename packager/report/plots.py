@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from packager.report.analysis import effective_recovery
 from packager.report.content import categories, load_or_empty, sweep_label
@@ -325,14 +325,89 @@ def plot_categories(report: Report) -> str | None:
         return _fig_to_svg(fig, "plot-categories")
 
 
+def plot_gate(report: Report) -> str | None:
+    """The quality gate at a glance, one row per compressed variant: its recovery with the 95% interval against
+    the floor and the interval's bound, and its mean KL to the baseline against the noise floor and the KL limit
+    (log scale). A filled marker passes the gate, a hollow one does not."""
+    shown = [v for v in report.variants if not v.is_baseline and effective_recovery(v) is not None]
+    if not shown:
+        return None
+    gate, colors = report.gate or {}, _variant_colors(report)
+    floor = report.quality_floor * 100.0
+    bound = gate.get("lower_bound_floor") if gate.get("use_lower_bound") else None
+    nf, max_kl = (report.noise_floor or {}).get("mean_kl"), gate.get("max_kl")
+    with_kl = any(v.fidelity_mean_kl for v in shown)
+    rows = list(range(len(shown)))[::-1]  # the first variant on top
+
+    def mark(ax, x: float, y: int, v: VariantResult) -> None:
+        ax.scatter([x], [y], s=70, zorder=3, linewidth=1.4, edgecolor=colors[v.name],
+                   facecolor=colors[v.name] if v.meets_quality_floor else "white")
+
+    with _rc():
+        fig = _new_figure(7.2, 1.6 + 0.45 * len(shown))
+        axes = fig.subplots(1, 2 if with_kl else 1, sharey=True, squeeze=False)[0]
+        ax = axes[0]
+        xs = [floor] + ([bound * 100.0] if bound is not None else [])
+        for y, v in zip(rows, shown):
+            r = cast(float, effective_recovery(v)) * 100.0
+            if v.recovery_ci is not None:
+                lo, hi = v.recovery_ci[0] * 100.0, v.recovery_ci[1] * 100.0
+                ax.plot([lo, hi], [y, y], color=colors[v.name], linewidth=2.0, solid_capstyle="butt", zorder=2)
+                xs += [lo, hi]
+            mark(ax, r, y, v)
+            xs.append(r)
+        ax.axvline(floor, color="#c0392b", linestyle=":", linewidth=1.5, label=f"floor {floor:g}%")
+        if bound is not None:
+            ax.axvline(bound * 100.0, color="#e67e22", linestyle="--", linewidth=1.2,
+                       label=f"interval's lower bound ≥ {bound * 100.0:g}%")
+        pad = max((max(xs) - min(xs)) * 0.08, 1.0)
+        ax.set_xlim(min(xs) - pad, max(xs) + pad)
+        ax.set_yticks(rows, [v.name for v in shown])
+        ax.set_ylim(-0.7, len(shown) - 0.3)
+        ax.set_xlabel("recovery, % of the baseline's score (bar: 95% interval)")
+        if with_kl:
+            ax2 = axes[1]
+            kls = [k for k in (nf, max_kl) if k]
+            for y, v in zip(rows, shown):
+                if v.fidelity_mean_kl:
+                    mark(ax2, v.fidelity_mean_kl, y, v)
+                    kls.append(v.fidelity_mean_kl)
+            ax2.set_xscale("log")
+            ax2.set_xlim(min(kls) / 2.0, max(kls) * 2.0)
+            if nf:
+                ax2.axvline(nf, color="#7f7f7f", linestyle="--", linewidth=1.2, label=f"noise floor {nf:.2g}")
+            if max_kl:
+                ax2.axvline(max_kl, color="#8e44ad", linestyle=":", linewidth=1.5, label=f"KL limit {max_kl:.2g}")
+            ax2.set_xlabel("mean KL to the baseline (log scale)")
+        handles, labels = [], []
+        for a in axes:
+            h, lab = a.get_legend_handles_labels()
+            handles += h
+            labels += lab
+        from matplotlib.lines import Line2D
+
+        for filled, text in ((True, "passes the gate"), (False, "rejected")):
+            handles.append(Line2D([], [], linestyle="none", marker="o", markersize=8, markeredgecolor="#333333",
+                                  markerfacecolor="#333333" if filled else "white"))
+            labels.append(text)
+        fig.suptitle("Quality gate", x=0.02, ha="left", fontsize=11)
+        fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
+        return _fig_to_svg(fig, "plot-gate")
+
+
 # (id, title, draw, caption, what to say when there is nothing to plot)
 PlotSpec = tuple[str, str, Callable[[Report], str | None], str, str]
-PLOT_IDS = ("plot-pareto", "plot-latency", "plot-sweep", "plot-categories")
+PLOT_IDS = ("plot-pareto", "plot-gate", "plot-latency", "plot-sweep", "plot-categories")
 PLOTS: list[PlotSpec] = [
     ("plot-pareto", "Quality vs cost", plot_pareto,
      "Each point is a variant. The dashed line joins the Pareto frontier (no other variant is both better and "
      "cheaper); the star marks the recommendation; the dotted line is the quality floor.",
      "No variant has both a quality score and a cost figure."),
+    ("plot-gate", "Quality gate", plot_gate,
+     "Each row is a compressed variant: its recovery with the 95% interval against the floor and the bound the "
+     "interval must reach, and its mean KL to the baseline against the baseline's noise floor and the KL limit. "
+     "A filled marker passes the gate; a hollow one is rejected.",
+     "No compressed variant has a recovery figure."),
     ("plot-latency", "Latency distributions", plot_latency,
      "Per-request TTFT and TPOT at the tested load; dashed lines are the SLO limits.",
      "No per-request latency samples were recorded (no load test completed)."),

@@ -1,5 +1,5 @@
 """The HTML release report in a real headless Chromium (Debian's `chromium` package; `make test` installs it):
-no console errors, the four plot containers hold rendered <svg> elements after load, and a screenshot of the page
+no console errors, the five plot containers hold rendered <svg> elements after load, and a screenshot of the page
 is not blank and shows the plots' colours. Chromium is driven from its command line (--dump-dom, --screenshot):
 no Selenium or Playwright."""
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_no_console_errors_on_load(rendered):
     assert console_problems(rendered["shot_stderr"]) == []
 
 
-def test_dom_after_load_holds_four_plot_svgs(rendered):
+def test_dom_after_load_holds_every_plot_svg(rendered):
     dom = rendered["dom"]
     assert dom.lstrip().lower().startswith("<!doctype html>") or dom.lstrip().startswith("<html")
     for pid in PLOT_IDS:

@@ -1,4 +1,4 @@
-"""Renderers: JSON round-trip, Markdown content, and a self-contained HTML page with four inline SVG plots."""
+"""Renderers: JSON round-trip, Markdown content, and a self-contained HTML page with five inline SVG plots."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from packager.report.model import LoadSummary, Recommendation, Report, VariantRe
 from packager.report.render import (
     PLOT_IDS,
     plot_categories,
+    plot_gate,
     plot_latency,
     plot_pareto,
     plot_sweep,
@@ -162,7 +163,7 @@ def test_markdown_says_when_nothing_is_recommended_and_over_budget():
 
 
 # ------------------------------------------------------------------------------------------------------------ HTML
-def test_html_parses_with_four_plot_containers_each_holding_an_svg(page):
+def test_html_parses_with_a_container_per_plot_each_holding_an_svg(page):
     p = parse(page)
     for pid in PLOT_IDS:
         assert pid in p.inside, f"no element with id={pid}"
@@ -178,7 +179,7 @@ def test_html_is_self_contained_and_escaped(page):
     # the only URLs are XML namespace names of the inline SVGs (never fetched)
     urls = set(re.findall(r"https?://[^\"'\s)]+", page))
     assert urls <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
-    # ids are unique across the four inline SVGs
+    # ids are unique across the inline SVGs
     ids = re.findall(r'\bid="([^"]+)"', page)
     dupes = {i for i in ids if ids.count(i) > 1}
     assert not dupes, sorted(dupes)[:5]
@@ -238,7 +239,7 @@ def minimal_report(**variant_kw) -> Report:
 
 def test_empty_data_renders_without_plots_and_says_why():
     r = minimal_report()
-    for fn in (plot_pareto, plot_latency, plot_sweep, plot_categories):
+    for fn in (plot_pareto, plot_gate, plot_latency, plot_sweep, plot_categories):
         assert fn(r) is None
     page = render_html(r)
     p = parse(page)
@@ -294,3 +295,31 @@ def test_write_report_leaves_old_files_when_rendering_fails(tmp_path, report, mo
     with pytest.raises(RuntimeError):
         render.write_report(report, tmp_path)
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
+
+
+def test_gate_plot_marks_each_variant_passed_or_rejected_and_shows_kl_only_when_measured():
+    """One row per compressed variant: filled marker when it passes the gate, hollow (white) when rejected, in its
+    own colour; a KL panel beside the recovery panel only when some variant has a KL."""
+    from packager.report.plots import _variant_colors
+
+    r = sample_report().model_copy(deep=True)
+    r.gate = {"use_lower_bound": True, "lower_bound_floor": 0.93, "max_kl": 0.01}
+    r.noise_floor = {"mean_kl": 0.001}
+    compressed = [v for v in r.variants if not v.is_baseline]
+    assert len(compressed) >= 2
+    for i, v in enumerate(compressed):
+        v.meets_quality_floor = i == 0
+        v.recovery_ci = (v.recovery - 0.05, v.recovery + 0.05)
+    colors = _variant_colors(r)
+    svg = plot_gate(r)
+    assert svg is not None and svg.count('<g id="plot-gate-axes_') == 2
+    passed, rejected = colors[compressed[0].name], colors[compressed[1].name]
+    assert f"fill: {passed}; stroke: {passed}" in svg
+    assert f"fill: #ffffff; stroke: {rejected}" in svg and f"fill: {rejected}; stroke: {rejected}" not in svg
+    for v in r.variants:
+        v.fidelity_mean_kl = None
+    svg = plot_gate(r)
+    assert svg is not None and svg.count('<g id="plot-gate-axes_') == 1
+    for v in compressed:
+        v.recovery, v.score = None, None
+    assert plot_gate(r) is None
