@@ -74,4 +74,4 @@ def apply_gguf(args: GgufArgs, ctx: StageContext) -> dict:
     return {"quant": rec.quant, "gguf_sha256": rec.sha256, "gguf_size_bytes": rec.size_bytes,
             "intermediate_outtype": rec.intermediate_outtype, "convert_wall_time_s": rec.convert_wall_time_s,
             "quantize_wall_time_s": rec.quantize_wall_time_s, "llama_cpp": rec.versions.get("llama_cpp_python"),
-            "imatrix": rec.imatrix}
+            "imatrix": rec.imatrix, "tensor_types": rec.tensor_types}

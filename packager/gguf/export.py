@@ -57,7 +57,7 @@ from packager.gguf.export_source import (  # noqa: F401  (re-exported: other mod
     lineage_of,
 )
 from packager.gguf.llamacpp_steps import CONVERT_SCRIPT, convert_to_gguf, quantize_gguf
-from packager.gguf.quant import QUANT_TYPES, QuantType, parse_quants
+from packager.gguf.quant import QUANT_TYPES, QuantType, k_quant_fallback, parse_quants, tensor_type_counts
 
 EXPORT_SCHEMA_VERSION = 1
 ENV_LLAMA_CPP_DIR = "PACKAGER_LLAMA_CPP_DIR"
@@ -97,6 +97,7 @@ class ExportRecord(BaseModel):
     versions: dict[str, str]
     created_at: str
     imatrix: dict[str, Any] | None = None  # the importance matrix it was quantized with (packager.gguf.imatrix)
+    tensor_types: dict[str, int] | None = None  # matrices per stored type (packager.gguf.quant.tensor_type_counts)
 
 
 class GgufArtifact(BaseModel):
@@ -268,6 +269,9 @@ def _assemble_artifact(job: _ExportJob, q: QuantType, tmp: Path, inter: _Interme
         quant_s = quantize_gguf(inter.path, tmp / GGUF_FILE, q, job.threads, work / f"quantize-{q.name}.log",
                                 progress=job.progress, imatrix=im[0] if im else None)
     size, sha = (tmp / GGUF_FILE).stat().st_size, sha256_file(tmp / GGUF_FILE)
+    types = tensor_type_counts(tmp / GGUF_FILE)
+    if (fallback := k_quant_fallback(q, types)) is not None:
+        job.log(fallback)
     atomic_write_text(tmp / MODELFILE, render_modelfile(
         job.chat, title=f"{name}: {q.description}; exported by packager from {job.base_name}",
         parameters=job.gen_params))
@@ -282,7 +286,7 @@ def _assemble_artifact(job: _ExportJob, q: QuantType, tmp: Path, inter: _Interme
         quantize_wall_time_s=round(quant_s, 3),
         wall_time_s=round(inter.convert_s + (time.perf_counter() - t_q), 3), threads=job.threads,
         versions=_versions(job.llama_cpp_version), created_at=_now(),
-        imatrix=inter.imatrix[1] if inter.imatrix and job.imatrix_sha256(q) else None,
+        imatrix=inter.imatrix[1] if inter.imatrix and job.imatrix_sha256(q) else None, tensor_types=types,
     )
     atomic_write_json(tmp / EXPORT_RECORD_NAME, rec.model_dump(mode="json"))
     kinds = [{"kind": s.get("method"), "label": s.get("label")} for s in job.lineage]

@@ -8,6 +8,7 @@ Types that need an importance matrix (IQ*) are not offered; the 4-bit and lower 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from packager.core.plugins import Registry
 from packager.errors import ConfigError
@@ -72,3 +73,35 @@ def parse_quants(names: list[str] | tuple[str, ...]) -> list[QuantType]:
         if q not in out:
             out.append(q)
     return out
+
+
+# Types that keep no super-blocks: a K-quant export holds them only where llama.cpp fell back from a K type
+_LEGACY_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+_FLOAT_TENSOR_TYPES = ("F32", "F16", "BF16")
+
+
+def tensor_type_counts(gguf_path: Path) -> dict[str, int]:
+    """How many of a GGUF file's matrices (tensors of two or more dimensions) each type stores, the most used
+    first: {"Q5_0": 166, "Q4_K": 16, ...}."""
+    from collections import Counter
+
+    from gguf import GGUFReader
+
+    counts = Counter(t.tensor_type.name for t in GGUFReader(str(gguf_path)).tensors if len(t.shape) >= 2)
+    return dict(counts.most_common())
+
+
+def k_quant_fallback(q: QuantType, counts: dict[str, int]) -> str | None:
+    """A sentence when an export of a K-quant type stores matrices in legacy types: llama.cpp's K-quants pack rows
+    in super-blocks of 256 columns, and quantizes a matrix whose rows are not a multiple of 256 with a legacy type
+    instead (Q5_0 for Q4_K, Q8_0 for Q6_K, ...), whose size and error differ. None otherwise."""
+    if "_k" not in q.name:
+        return None
+    legacy = {t: n for t, n in counts.items() if t in _LEGACY_TYPES}
+    quantized = sum(n for t, n in counts.items() if t not in _FLOAT_TENSOR_TYPES)
+    if not legacy:
+        return None
+    kinds = ", ".join(f"{n} {t}" for t, n in legacy.items())
+    return (f"gguf {q.name}: {sum(legacy.values())} of its {quantized} quantized matrices are stored in legacy types "
+            f"({kinds}): llama.cpp's K-quants need rows whose width is a multiple of 256, and this model's are not; "
+            "its size and fidelity are those of the types used (the export record's tensor_types lists them)")

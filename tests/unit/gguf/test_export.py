@@ -137,6 +137,9 @@ def test_real_export_of_the_tiny_llama(tiny_llama_dir, tmp_path):
     assert types["blk.0.attn_q.weight"] == "Q8_0"
     q4 = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(out / "q4_0" / GGUF_FILE)).tensors}
     assert q4["blk.0.attn_q.weight"] == "Q4_0"
+    # the record counts the matrices per stored type: every 2-D tensor of the file, once
+    matrices = [t for t in reader.tensors if len(t.shape) >= 2]
+    assert sum(rec["tensor_types"].values()) == len(matrices) and rec["tensor_types"]["Q8_0"] >= 1
 
     # the same export again reuses the verified artifacts (no conversion); a damaged one is not reused
     again = ex.export_gguf(src, out, quants=["q8_0"], progress=False)
@@ -144,3 +147,17 @@ def test_real_export_of_the_tiny_llama(tiny_llama_dir, tmp_path):
     (out / "q4_0" / MODELFILE).write_text("FROM ./other.gguf\n")
     args = (rec["source_digest"], "q4_0", rec["converter"], "f32", "0.3.36")
     assert ex._reusable(out / "q4_0", *args) is None and ex._reusable(out / "q8_0", *args[:1], "q8_0", *args[2:])
+
+
+def test_a_k_quant_export_that_fell_back_to_legacy_types_says_so():
+    """Rows not a multiple of 256 columns cannot take K-quants: llama.cpp stores them in legacy types, which the
+    export's log names (the bundled model's Q4_K_M: 166 Q5_0 and 15 Q8_0 matrices besides 16 Q4_K, 14 Q6_K)."""
+    from packager.gguf.quant import QUANT_TYPES, k_quant_fallback
+
+    q4km, q8 = QUANT_TYPES.get("q4_k_m"), QUANT_TYPES.get("q8_0")
+    counts = {"Q5_0": 166, "Q4_K": 16, "Q8_0": 15, "Q6_K": 14, "F32": 1}
+    msg = k_quant_fallback(q4km, counts)
+    assert msg is not None and msg.startswith("gguf q4_k_m: 181 of its 211 quantized matrices are stored in legacy "
+                                              "types (166 Q5_0, 15 Q8_0)")
+    assert k_quant_fallback(q4km, {"Q4_K": 180, "Q6_K": 30, "F32": 1}) is None  # rows of 4096: no fallback
+    assert k_quant_fallback(q8, {"Q8_0": 210}) is None  # a legacy type asked for
