@@ -49,6 +49,23 @@ def _sequences(model, tok, prompts: list[str], answer_tokens: int):
     return out
 
 
+def reference_answers(src: Path, n_prompts: int, answer_tokens: int):
+    """The float model's (transformers, float32) greedy answers to `n_prompts` fidelity-corpus prompts, rendered
+    with its chat template, as `_sequences` gives them, and the context a GGUF needs to read the longest."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from packager.evaluate.fidelity_corpus import load_fidelity_corpus, spread
+
+    tok = AutoTokenizer.from_pretrained(str(src))
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
+    corpus = spread(load_fidelity_corpus("default").prompts, n_prompts)
+    prompts = [str(tok.apply_chat_template(c.chat_messages(), tokenize=False, add_generation_prompt=True))
+               for c in corpus]
+    seqs = _sequences(model, tok, prompts, answer_tokens)
+    return seqs, max(len(s[0]) for s in seqs) + 8
+
+
 def _fidelity(gguf_path: Path, seqs, n_ctx: int) -> dict:
     import numpy as np
     from llama_cpp import Llama
@@ -81,13 +98,9 @@ def main() -> None:
     ap.add_argument("--answer-tokens", type=int, default=32)
     a = ap.parse_args()
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from packager.compress.calibration import load_calibration
     from packager.compress.recipe import chat_renderer
     from packager.core.sources import ensure_default_model
-    from packager.evaluate.fidelity_corpus import load_fidelity_corpus, spread
     from packager.gguf.export import export_gguf
 
     work = Path(tempfile.mkdtemp(prefix="bench-imatrix-"))
@@ -102,15 +115,9 @@ def main() -> None:
     weighted_s = time.monotonic() - t0
     im = weighted[0].record.imatrix or {}
 
-    tok = AutoTokenizer.from_pretrained(str(src))
-    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
-    corpus = spread(load_fidelity_corpus("default").prompts, a.prompts)
-    prompts = [str(tok.apply_chat_template(c.chat_messages(), tokenize=False, add_generation_prompt=True))
-               for c in corpus]
     t0 = time.monotonic()
-    seqs = _sequences(model, tok, prompts, a.answer_tokens)
+    seqs, n_ctx = reference_answers(src, a.prompts, a.answer_tokens)
     ref_s = time.monotonic() - t0
-    n_ctx = max(len(s[0]) for s in seqs) + 8
     out: dict = {"model": "SmolLM2-135M-Instruct", "how": __doc__.strip().splitlines()[0],
                  "calibration": {"source": label, "sha256": sha, "samples": len(texts), "seq_len": 512},
                  "imatrix": {k: v for k, v in im.items() if k != "skipped"} | {"skipped": len(im.get("skipped", []))},

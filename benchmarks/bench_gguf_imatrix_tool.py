@@ -50,14 +50,11 @@ def main() -> None:
     ap.add_argument("--answer-tokens", type=int, default=32)
     a = ap.parse_args()
 
-    import torch
-    from bench_gguf_imatrix import _fidelity, _sequences
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from bench_gguf_imatrix import _fidelity, reference_answers
 
     from packager.compress.calibration import load_calibration
     from packager.compress.recipe import chat_renderer
     from packager.core.sources import ensure_default_model
-    from packager.evaluate.fidelity_corpus import load_fidelity_corpus, spread
     from packager.gguf.export import export_gguf
     from packager.hardware import cpu_threads
 
@@ -80,13 +77,7 @@ def main() -> None:
     _run([str(a.bin_dir / "llama-quantize"), "--imatrix", str(work / "imatrix.gguf"), f32, str(tool_q), "Q4_K_M",
           threads], work / "quantize.log", 3600)
 
-    tok = AutoTokenizer.from_pretrained(str(src))
-    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
-    corpus = spread(load_fidelity_corpus("default").prompts, a.prompts)
-    prompts = [str(tok.apply_chat_template(c.chat_messages(), tokenize=False, add_generation_prompt=True))
-               for c in corpus]
-    seqs = _sequences(model, tok, prompts, a.answer_tokens)
-    n_ctx = max(len(s[0]) for s in seqs) + 8
+    seqs, n_ctx = reference_answers(src, a.prompts, a.answer_tokens)
     rows = {"plain": _fidelity(Path(plain["q4_k_m"].gguf_path), seqs, n_ctx),
             "packager_imatrix": _fidelity(Path(ours.gguf_path), seqs, n_ctx),
             "llama_imatrix_tool": _fidelity(tool_q, seqs, n_ctx)}

@@ -68,7 +68,7 @@ def main() -> None:
     from packager.config import RunConfig
     from packager.core.sources import ensure_default_model
     from packager.errors import HardwareError
-    from packager.evaluate.noise_floor import NoiseFloor, measure_noise_floor
+    from packager.evaluate.noise_floor import NoiseFloor, measure_noise_floor, reference_dtype
     from packager.evaluate.runner import baseline_corpus_items, evaluate_model, load_items, load_summary
     from packager.hardware import serving_dtype
     from packager.report.model import VariantResult
@@ -133,7 +133,7 @@ def main() -> None:
     if old is not None and "noise_floor_recovery" in old:
         out["noise_floor_recovery"] = old["noise_floor_recovery"]
     if a.noise_floor_recovery:
-        ref_dtype = nf.reference_dtype if nf is not None else "float32"
+        ref_dtype = nf.reference_dtype if nf is not None else reference_dtype(served)
         out["noise_floor_recovery"] = _same_model_recovery(source.path, cfg, ref_dtype, base, items, work)
         print(json.dumps({"noise_floor_recovery": out["noise_floor_recovery"]}), flush=True)
     _judge_again(out["variants"], gate)

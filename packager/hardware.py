@@ -94,12 +94,8 @@ def detect_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> CPUInfo:
             model, flags = parse_cpuinfo(f.read())
     except OSError:
         model, flags = "", set()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
     return CPUInfo(model=model or platform.processor() or "unknown", arch=platform.machine(),
-                   logical_cores=os.cpu_count() or 1, usable_cores=usable,
+                   logical_cores=os.cpu_count() or 1, usable_cores=cpu_threads(),
                    flags=[f for f in CPU_FLAGS_OF_INTEREST if f in flags])
 
 

@@ -150,6 +150,17 @@ def parameter_count(model_dir: Path) -> int:
         return parameter_count_from_headers(model_dir)
 
 
+def parameter_count_or_none(model_dir: str | Path | None) -> int | None:
+    """parameter_count_from_headers, or None when there is no directory or its headers cannot be read (for records
+    and estimates: an unreadable checkpoint is reported where it is loaded)."""
+    if model_dir is None:
+        return None
+    try:
+        return parameter_count_from_headers(Path(model_dir))
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def parameter_count_from_headers(model_dir: Path) -> int:
     qcfg = read_config(model_dir).get("quantization_config") or {}
     bits = int(qcfg.get("bits", 4)) if qcfg.get("quant_method") in ("gptq", "awq") else None

@@ -44,16 +44,13 @@ def model_scale(model: str) -> float:
     or a model not yet on disk (a registry reference), or when the headers cannot be read."""
     from pathlib import Path
 
-    from packager.compress.checkpoint import parameter_count_from_headers
+    from packager.compress.checkpoint import parameter_count_or_none
 
     d = Path(model).expanduser()
     if model == "default" or not d.is_dir():
         return 1.0
-    try:
-        n = parameter_count_from_headers(d)
-    except Exception:  # noqa: BLE001  (an estimate: an unreadable checkpoint is reported where it is loaded)
-        return 1.0
-    return n / _BUNDLED_PARAMS if n > 0 else 1.0
+    n = parameter_count_or_none(d)
+    return n / _BUNDLED_PARAMS if n else 1.0
 
 
 def default_loadtest() -> dict[str, Any]:

@@ -222,7 +222,6 @@ def quality_notes(results: list["VariantResult"], gate: "QualityGate") -> list[s
     return out
 
 
-
 def _import_what_the_steps_need() -> None:
     """Import, before any work, what the steps and the report import later: a broken installation fails at once,
     not after an hour of compression and load tests."""

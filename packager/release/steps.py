@@ -415,11 +415,6 @@ def _gguf_quant(model_dir: Path) -> str | None:
 
 
 def _param_count(model_dir: Path | None) -> int | None:
-    if model_dir is None:
-        return None
-    try:
-        from packager.compress.checkpoint import parameter_count_from_headers
+    from packager.compress.checkpoint import parameter_count_or_none
 
-        return parameter_count_from_headers(Path(model_dir))
-    except Exception:
-        return None
+    return parameter_count_or_none(model_dir)
