@@ -48,9 +48,10 @@ def reference_dtype(served: str) -> str:
 
 def measure_noise_floor(model_dir: str | Path, cfg: RunConfig, served_dtype: str,
                         baseline_items: dict[str, ItemResult], log_path: Path | None = None,
-                        max_items: int | None = None) -> NoiseFloor:
+                        max_items: int | None = None, show_progress: bool = False) -> NoiseFloor:
     """Serve `model_dir` (the baseline, on vLLM) in the other dtype and measure its fidelity to `baseline_items`
-    (`max_items` of those that carry top-k logprobs, spread evenly in their order; all when None)."""
+    (`max_items` of those that carry top-k logprobs, spread evenly in their order; all when None), under a
+    progress bar when `show_progress`."""
     from packager.engines.select import capabilities, select_engine, server_for_model
 
     other = reference_dtype(served_dtype)
@@ -68,7 +69,8 @@ def measure_noise_floor(model_dir: str | Path, cfg: RunConfig, served_dtype: str
         client = OpenAIClient(srv.base_url, timeout_s=cfg.eval.request_timeout_s)
         try:
             f = teacher_forced_fidelity(usable, client, client.model_id(), cfg.eval.fidelity_top_k,
-                                        cfg.eval.concurrency)
+                                        cfg.eval.concurrency,
+                                        progress=f"noise floor ({other})" if show_progress else None)
         finally:
             client.close()
     return NoiseFloor(served_dtype=served_dtype, reference_dtype=other, mean_kl=f.mean_kl, p95_kl=f.p95_kl,

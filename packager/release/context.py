@@ -8,12 +8,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rich.console import Console
 
 from packager.config import RunConfig
 from packager.release.cache import StepCache
+
+if TYPE_CHECKING:
+    from packager.report.quality_gate import QualityGate
 
 # soft_wrap: messages are never broken across lines (paths stay whole for grep and copy); tables still fit the width
 console = Console(stderr=True, soft_wrap=True)
@@ -70,6 +73,13 @@ class RunContext:
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.output_dir)
+
+    @property
+    def gate(self) -> "QualityGate":
+        """The quality gate of this run: its KL limit follows the baseline's noise floor once that is measured."""
+        from packager.report.quality_gate import quality_gate
+
+        return quality_gate(self.cfg, self.noise_floor)
 
     @cached_property
     def price(self) -> Any:

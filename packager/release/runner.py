@@ -179,12 +179,12 @@ class ReleaseRunner:
         """The recommendation, the engine comparison and the report (JSON, Markdown, HTML) in the run directory."""
         from packager.report.analysis import compare_engines, pareto_frontier, recommend
         from packager.report.model import Recommendation, Report
-        from packager.report.quality_gate import bound_floor, quality_gate
+        from packager.report.quality_gate import bound_floor
         from packager.report.render import write_report
 
         run, cfg = self.run_ctx, self.run_ctx.cfg
         rec_floor = cfg.quality_floor
-        gate = quality_gate(cfg, run.noise_floor)
+        gate = run.gate
         rec = recommend(results, rec_floor, cfg.slo.ttft_ms, cfg.slo.tpot_ms,
                         min_goodput_fraction=run.lt_cfg.slo_attainment_target, expected_load=cfg.expected_load,
                         gate=gate)

@@ -79,13 +79,11 @@ def _loadtest_key(ctx: VariantContext) -> str:
 def _kl_stop(ctx: VariantContext) -> float | None:
     """The KL limit a variant's fidelity reading may stop at once settled (gate.settle_fidelity): the gate's own
     limit, known once the baseline's noise floor is; None for the baseline, without a KL test, or when off."""
-    from packager.report.quality_gate import quality_gate
-
     if ctx.v.recipe is None:
         return None
     if ctx.cfg.eval.fidelity_stop_kl or not ctx.cfg.gate.settle_fidelity:
         return ctx.cfg.eval.fidelity_stop_kl
-    return quality_gate(ctx.cfg, ctx.run.noise_floor).max_kl
+    return ctx.run.gate.max_kl
 
 
 # ------------------------------------------------------------------ registry
@@ -279,13 +277,13 @@ def rejected_by_gate(ctx: VariantContext) -> str | None:
     None: the baseline, a variant without an evaluation, or one that passes."""
     from packager.evaluate.runner import EvalSummary
     from packager.report.model import VariantResult
-    from packager.report.quality_gate import quality_failure, quality_gate
+    from packager.report.quality_gate import quality_failure
 
     if ctx.v.recipe is None or ctx.summary_d is None:
         return None
     vr = VariantResult(name=ctx.v.name, recipe=ctx.v.recipe)
     _fill_quality(vr, EvalSummary.model_validate(ctx.summary_d))
-    return quality_failure(vr, quality_gate(ctx.cfg, ctx.run.noise_floor))
+    return quality_failure(vr, ctx.run.gate)
 
 
 def load_test(ctx: VariantContext, url: str, rejected: str | None = None) -> None:
@@ -386,7 +384,7 @@ def noise_floor(ctx: VariantContext) -> None:
             with run.timed(f"{v.name}/noise_floor"):
                 nf = measure_noise_floor(cast(Path, v.model_dir), cfg, ctx.vr.dtype or "float32",
                                          items, log_path=v.root / "noise_floor.log",
-                                         max_items=cfg.gate.noise_floor_items)
+                                         max_items=cfg.gate.noise_floor_items, show_progress=run.show_progress)
         except PackagerError as e:
             run.notes.append(f"noise floor not measured ({e}); no KL test")
             run.log(f"[yellow]noise floor not measured:[/] {e}")

@@ -13,6 +13,7 @@ from packager.evaluate.runner import EvalSummary
 from packager.loadtest.config import parse_loadtest_config
 from packager.release import steps
 from packager.release.estimate import default_loadtest
+from packager.report.quality_gate import quality_gate
 
 
 def _summary(recovery: float, kl: float | None) -> dict:
@@ -27,7 +28,8 @@ def _ctx(tmp_path, *, recipe="w8a8-int8", summary=None, only_passing=True):
     cfg = RunConfig.model_validate({"model": "default", "quality_floor": 0.97, "gate": {"max_kl_vs_noise": 10}})
     logs: list[str] = []
     run = SimpleNamespace(lt_cfg=parse_loadtest_config(raw, "loadtest"), log=logs.append, notes=[],
-                          timed=lambda name: nullcontext(), noise_floor={"mean_kl": 0.001})
+                          timed=lambda name: nullcontext(), noise_floor={"mean_kl": 0.001},
+                          gate=quality_gate(cfg, {"mean_kl": 0.001}))
     ctx = SimpleNamespace(run=run, cfg=cfg, v=SimpleNamespace(name="v", recipe=recipe, root=tmp_path),
                           summary_d=summary, cache=SimpleNamespace(put=lambda *a: None), lt_key="k")
     return ctx, logs

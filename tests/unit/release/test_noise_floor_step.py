@@ -32,7 +32,7 @@ def ctx_for(tmp_path: Path, recipe: str | None = None, **cfg) -> VariantContext:
 def measured(monkeypatch):
     calls = []
 
-    def fake(model_dir, cfg, served, items, log_path=None, max_items=None):
+    def fake(model_dir, cfg, served, items, log_path=None, max_items=None, show_progress=False):
         calls.append(served)
         assert max_items == cfg.gate.noise_floor_items == 48
         return NoiseFloor(served_dtype=served, reference_dtype=reference_dtype(served), mean_kl=0.0004,
