@@ -10,7 +10,7 @@ import re
 from typing import Any, Callable, Sequence, cast
 
 from packager.report.analysis import effective_recovery
-from packager.report.content import categories, load_or_empty, sweep_label
+from packager.report.content import categories, load_or_empty, sweep_label, timing_total
 from packager.report.model import Report, VariantResult
 
 
@@ -395,9 +395,55 @@ def plot_gate(report: Report) -> str | None:
         return _fig_to_svg(fig, "plot-gate")
 
 
+# step name -> the kind it is drawn as (in this order); anything else is "other" (register, build, ...)
+_STEP_KINDS = {"compress": "compression", "engine_search": "engine search", "serve_start": "engine start",
+               "evaluate": "evaluation", "evaluate_behaviour": "evaluation", "noise_floor": "noise floor",
+               "loadtest": "load test"}
+
+
+def timing_bars(report: Report) -> dict[str, dict[str, float]]:
+    """Seconds per row and kind of step: a row per variant, in report order, from the "variant/step" timings (a
+    step without a variant goes to a row "run"); the total is left out."""
+    rows: dict[str, dict[str, float]] = {v.name: {} for v in report.variants}
+    for key, sec in report.timings_s.items():
+        if key == "total":
+            continue
+        who, _, step = key.rpartition("/")
+        kind = _STEP_KINDS.get(step, "other")
+        row = rows.setdefault(who or "run", {})
+        row[kind] = row.get(kind, 0.0) + sec
+    return {who: kinds for who, kinds in rows.items() if kinds}
+
+
+def plot_timings(report: Report) -> str | None:
+    """Where the run's time went: one stacked bar per variant, a segment per kind of step, its total at the end."""
+    bars = timing_bars(report)
+    if not bars:
+        return None
+    kinds = [k for k in dict.fromkeys([*_STEP_KINDS.values(), "other"]) if any(k in b for b in bars.values())]
+    palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#8c8c8c"]
+    names = list(bars)[::-1]  # the first variant on top
+    with _rc():
+        fig = _new_figure(7.2, 1.4 + 0.42 * len(names))
+        ax = fig.add_subplot()
+        left = [0.0] * len(names)
+        for i, kind in enumerate(kinds):
+            width = [bars[n].get(kind, 0.0) / 60.0 for n in names]
+            ax.barh(names, width, left=left, color=palette[i % len(palette)], label=kind, edgecolor="white",
+                    linewidth=0.5)
+            left = [a + b for a, b in zip(left, width)]
+        for y, total in enumerate(left):
+            ax.text(total, y, f" {total:.1f} min", va="center", fontsize=8.5)
+        ax.set_xlim(0, max(left) * 1.15)
+        ax.set_xlabel("minutes")
+        ax.set_title(f"Where the time went ({timing_total(report) / 60.0:.1f} min in all)", loc="left")
+        fig.legend(loc="outside lower center", ncols=min(len(kinds), 4), fontsize=8)
+        return _fig_to_svg(fig, "plot-timings")
+
+
 # (id, title, draw, caption, what to say when there is nothing to plot)
 PlotSpec = tuple[str, str, Callable[[Report], str | None], str, str]
-PLOT_IDS = ("plot-pareto", "plot-gate", "plot-latency", "plot-sweep", "plot-categories")
+PLOT_IDS = ("plot-pareto", "plot-gate", "plot-latency", "plot-sweep", "plot-categories", "plot-timings")
 PLOTS: list[PlotSpec] = [
     ("plot-pareto", "Quality vs cost", plot_pareto,
      "Each point is a variant. The dashed line joins the Pareto frontier (no other variant is both better and "
@@ -418,6 +464,10 @@ PLOTS: list[PlotSpec] = [
     ("plot-categories", "Scores by category", plot_categories,
      "Task score per category of the suite, per variant.",
      "No per-category scores were recorded."),
+    ("plot-timings", "Where the time went", plot_timings,
+     "One bar per variant: the minutes of each kind of step (compression, engine start, evaluation, load test, "
+     "...); the baseline's bar holds the noise floor. Steps a cache answered take no time.",
+     "No timings were recorded."),
 ]
 
 

@@ -35,6 +35,7 @@ from packager.report.plots import (  # noqa: F401
     plot_latency,
     plot_pareto,
     plot_sweep,
+    plot_timings,
     render_plots,
     render_plots_safely,
 )
@@ -48,7 +49,7 @@ def to_json(report: Report) -> str:
 
 
 def render_html(report: Report, plots: dict[str, Any] | None = None) -> str:
-    """One self-contained HTML page: the same content as the Markdown, plus five inline SVG plots (each in a
+    """One self-contained HTML page: the same content as the Markdown, plus six inline SVG plots (each in a
     <figure id="plot-..."> container; a plot without data shows why instead). `plots`: plot id -> <svg>, None or
     an exception, drawn here from PLOTS when not given (a plot that raises is shown as its error)."""
     if plots is None:

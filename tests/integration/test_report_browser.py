@@ -1,5 +1,5 @@
 """The HTML release report in a real headless Chromium (Debian's `chromium` package; `make test` installs it):
-no console errors, the five plot containers hold rendered <svg> elements after load, and a screenshot of the page
+no console errors, the six plot containers hold rendered <svg> elements after load, and a screenshot of the page
 is not blank and shows the plots' colours. Chromium is driven from its command line (--dump-dom, --screenshot):
 no Selenium or Playwright."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Renderers: JSON round-trip, Markdown content, and a self-contained HTML page with five inline SVG plots."""
+"""Renderers: JSON round-trip, Markdown content, and a self-contained HTML page with six inline SVG plots."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,7 @@ from packager.report.render import (
     plot_latency,
     plot_pareto,
     plot_sweep,
+    plot_timings,
     render_html,
     render_markdown,
     to_json,
@@ -239,7 +240,7 @@ def minimal_report(**variant_kw) -> Report:
 
 def test_empty_data_renders_without_plots_and_says_why():
     r = minimal_report()
-    for fn in (plot_pareto, plot_gate, plot_latency, plot_sweep, plot_categories):
+    for fn in (plot_pareto, plot_gate, plot_latency, plot_sweep, plot_categories, plot_timings):
         assert fn(r) is None
     page = render_html(r)
     p = parse(page)
@@ -323,3 +324,25 @@ def test_gate_plot_marks_each_variant_passed_or_rejected_and_shows_kl_only_when_
     for v in compressed:
         v.recovery, v.score = None, None
     assert plot_gate(r) is None
+
+
+def test_timings_plot_stacks_each_variants_steps_by_kind():
+    """One bar per variant with a segment per kind of step (behaviour checks count as evaluation; register and
+    build as other); steps without a variant form a row "run"; the total is not a segment."""
+    from packager.report.plots import timing_bars
+
+    r = sample_report().model_copy(deep=True)
+    first, second = r.variants[0].name, r.variants[1].name
+    r.timings_s = {f"{first}/serve_start": 120.0, f"{first}/evaluate": 200.0, f"{first}/evaluate_behaviour": 10.0,
+                   f"{first}/noise_floor": 90.0, f"{second}/compress": 300.0, f"{second}/register": 1.0,
+                   f"{second}/build": 4.0, f"{second}/loadtest": 130.0, "report": 2.0, "total": 900.0}
+    bars = timing_bars(r)
+    assert list(bars)[:2] == [first, second] and bars["run"] == {"other": 2.0}
+    assert bars[first] == {"engine start": 120.0, "evaluation": 210.0, "noise floor": 90.0}
+    assert bars[second] == {"compression": 300.0, "other": 5.0, "load test": 130.0}
+    svg = plot_timings(r)
+    # the title carries the run's recorded total; each bar ends with its own sum (text as paths, its source in a comment)
+    assert svg is not None and "(15.0 min in all)" in svg and " 7.0 min" in svg
+    assert svg.count('<g id="plot-timings-patch_') >= 7 + 1  # seven segments (and the axes' background)
+    r.timings_s = {"total": 5.0}
+    assert plot_timings(r) is None
