@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 if TYPE_CHECKING:
@@ -56,6 +57,25 @@ class ProgressBar:
         self.total = total
         self.completed = completed
         self._lock = threading.Lock()
+        # on a console that is not a terminal (a CI log, redirected output) rich draws the bar only when it ends:
+        # a plain line every `_log_every_s` seconds says the work goes on (None: no such lines)
+        self._log_every_s: float | None = None
+        self._description = ""
+        self._t0 = self._last_log = _now()
+
+    def _log_line(self) -> None:
+        """A plain progress line, when lines are due (see _log_every_s)."""
+        if self._log_every_s is None or self._progress is None:
+            return
+        now = _now()
+        with self._lock:
+            if now - self._last_log < self._log_every_s:
+                return
+            self._last_log = now
+            done, total = self.completed, self.total
+        of = f"/{total:g} ({done / total:.0%})" if total else ""
+        self._progress.console.print(f"{self._description}: {done:g}{of}, {_clock(now - self._t0)} elapsed",
+                                     highlight=False, markup=False)
 
     @property
     def enabled(self) -> bool:
@@ -68,6 +88,7 @@ class ProgressBar:
             self.completed += n
         if self._progress is not None:
             self._progress.update(self._task, advance=n, **fields)
+            self._log_line()
 
     def update(self, *, completed: float | None = None, total: float | None = None, description: str | None = None,
                **fields: Any) -> None:
@@ -81,8 +102,10 @@ class ProgressBar:
             kw["total"] = total
         if description is not None:
             kw["description"] = _escape(description)
+            self._description = description
         if self._progress is not None:
             self._progress.update(self._task, **kw)
+            self._log_line()
 
     def finish(self) -> None:
         """Show the bar full (when it has a total), e.g. after a loop that did not count every step."""
@@ -95,6 +118,15 @@ class ProgressBar:
             self._progress.console.print(*objects, **kwargs)
 
 
+def _now() -> float:
+    return time.monotonic()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 
@@ -105,7 +137,7 @@ def _escape(text: str) -> str:
 def progress_bar(description: str, total: float | None = None, *, enabled: bool = True,
                  console: Console | None = None, completed: float = 0, fields: Mapping[str, Any] | None = None,
                  text: Sequence[str] = (), count: bool = True, eta: bool = True, transient: bool = False,
-                 terminal_only: bool = False) -> Iterator[ProgressBar]:
+                 terminal_only: bool = False, log_every_s: float = 30.0) -> Iterator[ProgressBar]:
     """A rich progress bar for one task while the block runs; yields a `ProgressBar` (advance/update/finish).
 
     description    shown in bold at the left (taken literally: no rich markup)
@@ -119,6 +151,8 @@ def progress_bar(description: str, total: float | None = None, *, enabled: bool 
     eta            show the time-remaining column
     transient      remove the bar when the block ends (default: leave its final state on screen)
     terminal_only  draw only when the console is a terminal (no bar in CI logs and redirected output)
+    log_every_s    on a console that is not a terminal, where rich draws the bar only once it ends: a plain line
+                   "description: M/N (P%), H:MM:SS elapsed" at most this often, as the work advances
     """
     bar = ProgressBar(total=total, completed=completed)
     if not enabled:
@@ -164,6 +198,9 @@ def progress_bar(description: str, total: float | None = None, *, enabled: bool 
         if completed:
             progress.update(task, completed=completed)
         bar._progress, bar._task = progress, task
+        bar._description = description
+        if not console.is_terminal:
+            bar._log_every_s = log_every_s
         try:
             yield bar
         finally:

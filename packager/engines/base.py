@@ -47,8 +47,15 @@ def wait_ready(url: str, proc: subprocess.Popen | None, log: Path | None, timeou
 
 
 def stop_process(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM to the process group of `proc`, SIGKILL after `grace_s`; then every process it had started, inside
+    its group or not, is given what is left of `grace_s` to end and is killed after. Why the second part: a child
+    in a session of its own is out of reach of the group's signals. BentoML's worker is one. When its arbiter was
+    killed while the worker was still draining (a release interrupted during a load test), the worker and the
+    vLLM engine under it were left running, holding their memory and ports."""
     if proc.poll() is not None:
         return
+    deadline = time.monotonic() + grace_s
+    tree = _descendants(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -61,6 +68,33 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+    _end_strays(tree, deadline)
+
+
+def _descendants(pid: int) -> list:
+    """psutil handles of every process under `pid` now (a handle knows its process's start time: a pid reused
+    later is never signalled)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _end_strays(tree: list, deadline: float) -> None:
+    """Wait until `deadline` for the processes of `tree` to end by themselves, then SIGKILL those still running."""
+    import psutil
+
+    if not tree:
+        return
+    _, alive = psutil.wait_procs(tree, timeout=max(0.0, deadline - time.monotonic()))
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
 
 
 class LocalServer:

@@ -78,3 +78,34 @@ def test_advance_from_threads():
         for t in threads:
             t.join()
     assert bar.completed == 800
+
+
+def test_on_a_pipe_a_plain_line_says_the_work_goes_on_at_most_every_log_every_s(monkeypatch):
+    """Where rich draws a bar only once it ends (a CI log, redirected output), plain lines report the count as the
+    work advances; never more often than log_every_s (a fake clock: 10 s per advance, a line every 25 s)."""
+    import packager.core.progress as P
+
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(P, "_now", lambda: float(next(clock)))
+    con = plain_console(terminal=False)
+    with progress_bar("fidelity corpus", total=8, console=con, log_every_s=25) as bar:
+        for _ in range(8):
+            bar.advance()
+    lines = [ln for ln in con.file.getvalue().splitlines() if "elapsed" in ln]  # type: ignore[attr-defined]
+    assert lines == ["fidelity corpus: 3/8 (38%), 0:00:30 elapsed", "fidelity corpus: 6/8 (75%), 0:01:00 elapsed"]
+
+
+def test_plain_lines_follow_the_description_and_an_unknown_total():
+    con = plain_console(terminal=False)
+    with progress_bar("export", total=None, console=con, log_every_s=0) as bar:
+        bar.advance(2)
+        bar.update(description="export q8_0", total=4, completed=3)
+    lines = [ln for ln in con.file.getvalue().splitlines() if "elapsed" in ln]  # type: ignore[attr-defined]
+    assert [ln.split(", ")[0] for ln in lines] == ["export: 2", "export q8_0: 3/4 (75%)"]
+
+
+def test_a_terminal_gets_the_live_bar_and_no_plain_lines():
+    con = plain_console(terminal=True)
+    with progress_bar("evaluate", total=3, console=con, log_every_s=0) as bar:
+        bar.advance(3)
+    assert "elapsed" not in con.file.getvalue()  # type: ignore[attr-defined]
