@@ -83,18 +83,36 @@ def _descendants(pid: int) -> list:
 
 
 def _end_strays(tree: list, deadline: float) -> None:
-    """Wait until `deadline` for the processes of `tree` to end by themselves, then SIGKILL those still running."""
+    """Wait until `deadline` for the processes of `tree` to end by themselves, then SIGKILL those still running and
+    wait up to 10 s more. A zombie counts as ended (its parent may never reap it)."""
     import psutil
 
-    if not tree:
-        return
-    _, alive = psutil.wait_procs(tree, timeout=max(0.0, deadline - time.monotonic()))
+    alive = _running(tree)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = _running(alive)
     for p in alive:
         try:
             p.kill()
+        except psutil.Error:  # it ended meanwhile
+            pass
+    until = time.monotonic() + 10
+    while alive and time.monotonic() < until:
+        time.sleep(0.1)
+        alive = _running(alive)
+
+
+def _running(procs: list) -> list:
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=10)
+    return out
 
 
 class LocalServer:

@@ -16,9 +16,10 @@ if TYPE_CHECKING:  # pragma: no cover
 # 285 s; gptq: the built-in recipe, 256 samples and its mixed-precision search; gguf: conversion and quantization,
 # 63 s with the importance matrix of a 4-bit type; awq: the built-in awq-w4a16, 374 s in
 # benchmarks/results/quality_awq.json). Serving starts with the bento: vLLM's engine takes most of it
-# (86-90 s), llama-server a few seconds.
+# (86-90 s), llama-server a few seconds. The noise floor's float32 engine runs eager: 52 s on 2 AMD EPYC cores
+# (benchmarks/results/release_cpu_default_epyc.json), 148 s when it was compiled.
 _ESTIMATE_S: dict[str, Any] = {"serve_start": {"vllm": 110.0, "llamacpp": 15.0}, "register": 10.0,
-                               "noise_floor": 130.0,
+                               "noise_floor": 60.0,
                                "compress": {"gptq": 660.0, "awq": 450.0, "w8a8_int8": 330.0, "fp8": 30.0, "prune": 60.0,
                                             "distill": 300.0, "gguf": 70.0}}
 # Evaluation, per unit of work (2 cores, concurrency 8; measured: 0.10 s a suite item through vLLM, 0.19 through

@@ -57,8 +57,8 @@ def test_estimate_and_default_loadtest():
     assert evaluate_seconds(given, baseline=False) == 121
     capped = RunConfig.model_validate({"eval": {"fidelity_max_prompts": 60}})
     assert evaluate_seconds(capped, baseline=False) == round(20 + 86 + 60 * 0.1)
-    # baseline: register 10 + vLLM start 110 + load test 70 + evaluation 301 + noise floor 130
-    baseline = 10 + 110 + 70 + 301 + 130
+    # baseline: register 10 + vLLM start 110 + load test 70 + evaluation 301 + noise floor 60
+    baseline = 10 + 110 + 70 + 301 + 60
     assert estimate_seconds(RunConfig(), [], 70.0) == baseline
     # each variant: compression (w8a8 330, gptq 660, gguf 70, unknown 120, fp8 30) + register 10 + start (llama.cpp
     # 15, vLLM 110) + load test 70 + evaluation; the GGUF one also its engine-argument search (180 s budget)
@@ -73,7 +73,7 @@ def test_estimate_and_default_loadtest():
     assert estimate_seconds(per_engine, recipes, 70.0) == baseline + variants - 180 + 30 * 2
     # a model 10x the bundled one's size: compression, the evaluation's items and answers and the noise floor
     # take 10x as long; engine starts, searches, load tests and the fixed parts do not
-    ten = 10 + 110 + 70 + (20 + 10 * 281) + 10 * 130
+    ten = 10 + 110 + 70 + (20 + 10 * 281) + 10 * 60
     assert estimate_seconds(RunConfig(), [], 70.0, scale=10.0) == ten
     assert estimate_seconds(RunConfig(), ["w8a8-int8"], 70.0, scale=10.0) == \
         ten + 10 * 330 + 10 + 110 + 70 + (20 + 10 * 101)
@@ -84,8 +84,8 @@ def test_estimate_and_default_loadtest():
     assert estimate_seconds(off, recipes, 70.0) == baseline + variants - 180
     no_floor = RunConfig.model_validate({"gate": {"noise_floor": False}, "engine_search": {"enabled": False}})
     # and without a noise floor every variant reads the whole corpus: 41 s more through vLLM, 150 s through llama.cpp
-    assert estimate_seconds(no_floor, recipes, 70.0) == baseline + variants - 180 - 130 + 4 * 41 + 150
-    assert estimate_seconds(no_floor, [], 70.0) == baseline - 130
+    assert estimate_seconds(no_floor, recipes, 70.0) == baseline + variants - 180 - 60 + 4 * 41 + 150
+    assert estimate_seconds(no_floor, [], 70.0) == baseline - 60
     small = RunConfig.model_validate({"eval": {"max_items": 30, "fidelity_max_prompts": 48}})
     assert evaluate_seconds(small, baseline=True) == round(20 + 30 * 0.2 + 48 * 0.35)
     no_corpus = RunConfig.model_validate({"eval": {"fidelity_corpus": None}})
