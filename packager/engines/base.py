@@ -87,19 +87,22 @@ def _end_strays(tree: list, deadline: float) -> None:
     wait up to 10 s more. A zombie counts as ended (its parent may never reap it)."""
     import psutil
 
-    alive = _running(tree)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = _running(alive)
+    alive = _wait_ended(tree, deadline)
     for p in alive:
         try:
             p.kill()
         except psutil.Error:  # it ended meanwhile
             pass
-    until = time.monotonic() + 10
-    while alive and time.monotonic() < until:
+    _wait_ended(alive, time.monotonic() + 10)
+
+
+def _wait_ended(procs: list, deadline: float) -> list:
+    """Poll until every process of `procs` has ended or `deadline` passes; those still running."""
+    alive = _running(procs)
+    while alive and time.monotonic() < deadline:
         time.sleep(0.1)
         alive = _running(alive)
+    return alive
 
 
 def _running(procs: list) -> list:

@@ -443,7 +443,6 @@ def plot_timings(report: Report) -> str | None:
 
 # (id, title, draw, caption, what to say when there is nothing to plot)
 PlotSpec = tuple[str, str, Callable[[Report], str | None], str, str]
-PLOT_IDS = ("plot-pareto", "plot-gate", "plot-latency", "plot-sweep", "plot-categories", "plot-timings")
 PLOTS: list[PlotSpec] = [
     ("plot-pareto", "Quality vs cost", plot_pareto,
      "Each point is a variant. The dashed line joins the Pareto frontier (no other variant is both better and "
@@ -469,6 +468,7 @@ PLOTS: list[PlotSpec] = [
      "...); the baseline's bar holds the noise floor. Steps a cache answered take no time.",
      "No timings were recorded."),
 ]
+PLOT_IDS = tuple(pid for pid, *_ in PLOTS)
 
 
 def render_plots(report: Report) -> dict[str, str | None]:
