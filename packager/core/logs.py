@@ -6,7 +6,8 @@ gptqmodel, filelock, matplotlib ... log their own chatter) must not fill the con
 * the console (stderr) shows WARNING and above, from packager and from every library; with `verbose=True`
   (`packager --verbose ...`) it shows INFO too;
 * a log file, when there is one (`configure_logging(log_file=...)`, or `attach_run_log(run_dir)` for the
-  duration of a run), receives INFO and above from everything, libraries included.
+  duration of a run), receives INFO and above from everything, libraries included (but for the few in
+  MIN_LEVELS, whose INFO is a trace: SQLAlchemy's is every SQL statement).
 
     configure_logging(verbose, log_file=None)   the CLI calls it once at start (the root callback, --verbose/-v)
     attach_run_log(path)                         context manager: also log into PATH (a file, or
@@ -38,6 +39,9 @@ LIBRARY_LOGGERS: tuple[str, ...] = (
     "sqlalchemy", "huey", "filelock", "asyncio", "matplotlib", "PIL", "locust", "gevent", "llama_cpp", "gguf",
     "opentelemetry", "git", "numexpr", "prometheus_client", "multipart", "python_multipart",
 )
+# Libraries whose INFO is a trace, not news: SQLAlchemy logs every SQL statement and ORM mapper step at INFO
+# (its INFO level is `echo=True`), about 5,000 lines of a release's log. They log from WARNING up everywhere.
+MIN_LEVELS: dict[str, int] = {"sqlalchemy": logging.WARNING}
 RUN_LOG_NAME = "packager.log"  # attach_run_log(directory) writes here
 CONSOLE_FORMAT = "%(levelname)s %(name)s: %(message)s"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -156,7 +160,7 @@ def quiet_library_loggers() -> None:
         for name in LIBRARY_LOGGERS:
             lg = logging.getLogger(name)
             _install(lg, handlers)
-            lg.setLevel(level)
+            lg.setLevel(max(level, MIN_LEVELS.get(name, logging.NOTSET)))
             lg.propagate = False  # a console handler added to the root logger later never sees them
             lg.disabled = False
 

@@ -58,6 +58,29 @@ def test_simulation_is_exact_in_float_and_resumes_at_a_layer(tiny_llama_dir):
     sim.close()
 
 
+def test_samples_of_one_length_run_as_one_batch_with_the_same_kl(tiny_llama_dir):
+    """stack_equal_lengths: one [k, n] batch per length, in first-seen order; the simulator's KL over the stacked
+    batches is the one over the samples one at a time (no padding; every token counted once)."""
+    model, batches = S._load(tiny_llama_dir, TEXTS, 48, "cpu")
+    cut = [b[:, :n] for b, n in zip(batches, (16, 16, 12, 16))]
+    stacked = S.stack_equal_lengths(cut)
+    assert [tuple(b.shape) for b in stacked] == [(3, 16), (1, 12)]
+    assert torch.equal(stacked[0][1], cut[1][0]) and torch.equal(stacked[1][0], cut[2][0])
+    quant, _ = select_linears(tiny_llama_dir, ["lm_head"])
+    one = {"model.layers.1.mlp.down_proj", "model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"}
+    figures = []
+    for bs in (cut, stacked):
+        sim = S.Simulator(model, bs, quant, set())
+        sim.smooth({})
+        figures.append((sim.kl(set(quant)), sim.kl(one, start=1)))
+        assert sim.resumable
+        sim.kl(set())  # the float weights back in the model the next simulator starts from
+        sim.close()
+    assert figures[1][0] > 1e-9 and figures[1][1] > 1e-9
+    assert figures[1][0] == pytest.approx(figures[0][0], rel=1e-4)
+    assert figures[1][1] == pytest.approx(figures[0][1], rel=1e-4)
+
+
 def test_auto_strength_is_the_lowest_calibration_kl(tiny_llama_dir):
     quant, _ = select_linears(tiny_llama_dir, ["lm_head"])
     res = S.search(tiny_llama_dir, TEXTS, alpha="auto", alpha_candidates=[0.2, 0.5, 0.8], mixed=None,

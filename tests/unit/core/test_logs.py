@@ -162,3 +162,18 @@ def test_mlflow_console_handlers_are_replaced(capsys, monkeypatch):
     assert own not in lib.handlers
     logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
     assert "Context impl" not in capsys.readouterr().err
+
+
+def test_sqlalchemy_statements_stay_out_of_the_log_file(tmp_path):
+    """SQLAlchemy's INFO is its SQL echo (MLflow's registry runs thousands of statements in a release)."""
+    log = tmp_path / "run.log"
+    logs.configure_logging(verbose=True, log_file=log)
+    engine = logging.getLogger("sqlalchemy.engine.Engine")
+    assert not engine.isEnabledFor(logging.INFO)  # SQLAlchemy checks this to decide whether to echo
+    engine.info("SELECT registered_models.name FROM registered_models")
+    engine.warning("a pool warning")
+    logging.getLogger("httpx").info("HTTP Request: GET http://x/metrics")
+    text = log.read_text()
+    assert "SELECT registered_models" not in text
+    assert "WARNING sqlalchemy.engine.Engine: a pool warning" in text and "HTTP Request" in text
+    logs.configure_logging(verbose=False)
