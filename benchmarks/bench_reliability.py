@@ -1,10 +1,13 @@
 """Reliability figures: overload, backend kill, graceful shutdown, bad input and fuzzing, against real bentos.
 
 The measurements live in the integration tests that prove the properties (tests/integration/
-test_reliability_faults.py on a tiny bento, test_reliability_api.py on the bundled model's bento); each writes
-its section of benchmarks/results/reliability.json. This script runs them and prints the figures:
+test_reliability_faults.py on a tiny bento, test_reliability_api.py on the bundled model's bento,
+test_serve_bento_security.py); each writes
+its section of the JSON that PACKAGER_RELIABILITY_RESULTS names. This script points it at
+benchmarks/results/reliability.json, runs them and prints the figures (a plain test run writes to the system's temp
+directory, so `make test` leaves the committed figures alone):
 
-    flock /tmp/packager-heavy.lock .venv/bin/python benchmarks/bench_reliability.py [--only faults|api]
+    flock /tmp/packager-heavy.lock .venv/bin/python benchmarks/bench_reliability.py [--only faults|api|security]
 
 It starts real servers (vLLM, bentoml serve): minutes on 2 cores.
 """
@@ -19,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reliability.json"
-MODULES = {"faults": "tests/integration/test_reliability_faults.py", "api": "tests/integration/test_reliability_api.py"}
+MODULES = {"faults": "tests/integration/test_reliability_faults.py", "api": "tests/integration/test_reliability_api.py",
+           "security": "tests/integration/test_serve_bento_security.py"}
 
 
 def main() -> int:

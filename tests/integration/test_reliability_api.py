@@ -6,7 +6,8 @@ request answers right after each one. Then the OpenAI subset the bento serves is
 no OpenAPI document for its /v1 routes); inputs that once found a problem are kept in reliability_corpus/*.json
 and replayed by test_corpus_replays.
 
-Figures go to benchmarks/results/reliability.json (sections bad_input and fuzz).
+Figures go to benchmarks/results/reliability.json (sections bad_input and fuzz), when
+benchmarks/bench_reliability.py runs it (conftest.record_reliability).
 Run under the heavy-job lock: flock /tmp/packager-heavy.lock .venv/bin/pytest -m slow tests/integration/test_reliability_api.py
 """
 from __future__ import annotations

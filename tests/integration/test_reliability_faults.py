@@ -12,7 +12,8 @@ concurrency limit (MAX_CONCURRENCY in-flight inference requests), and serves it 
    does on its own is observed (restart the backend, exit non-zero, or neither).
 3. Graceful shutdown: SIGTERM to `bentoml serve` while streams are in flight: they complete, then it exits.
 
-Figures go to benchmarks/results/reliability.json (sections overload, backend_kill, graceful_shutdown).
+Figures go to benchmarks/results/reliability.json (sections overload, backend_kill, graceful_shutdown), when
+benchmarks/bench_reliability.py runs it (conftest.record_reliability).
 Run under the heavy-job lock: flock /tmp/packager-heavy.lock .venv/bin/pytest -m slow tests/integration/test_reliability_faults.py
 """
 from __future__ import annotations

@@ -7,7 +7,8 @@ bento already running from the same store (the session bento's packager_* series
 file ran first and started the session bento early).
 
 Figures (status codes seen, /metrics size before and after 10,000 random paths, the work counted for `n` and
-prompt lists, the time to refuse a slow body) go to benchmarks/results/reliability.json, section "security".
+prompt lists, the time to refuse a slow body) go to benchmarks/results/reliability.json, section "security", when
+benchmarks/bench_reliability.py runs it (conftest.record_reliability).
 """
 from __future__ import annotations
 
