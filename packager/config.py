@@ -69,6 +69,9 @@ class EvalConfig(Strict):
     suite: str = Field("default", description="task suite: default, behaviour, or a JSONL suite file")
     behaviour_suite: str | None = "behaviour"  # scored next to the task suite by `packager release`; None: skip
     concurrency: int = Field(8, ge=1, le=256, description="concurrent evaluation requests")
+    reproducible: bool = Field(True, description="send an engine whose greedy answers depend on what it decodes "
+                               "together (llama.cpp) one request at a time, so that a rerun scores the same; "
+                               "false: eval.concurrency for every engine")
     max_items: int | None = Field(None, ge=1, description="score only the first N suite items")
     perplexity: bool = Field(True, description="score perplexity on the held-out corpus")
     perplexity_max_chunks: int = Field(24, ge=1)

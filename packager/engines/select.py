@@ -39,6 +39,8 @@ class EngineCapabilities:
     # the top-k KL to the baseline is read from its artifact in this process instead (`local_topk`)
     local_topk: bool = False
     eval_notes: tuple[str, ...] = ()  # figures an evaluation through it cannot measure, and why
+    # the most concurrent requests at which its greedy answers repeat from run to run (None: any number)
+    reproducible_concurrency: int | None = None
 
 
 ENGINES: dict[str, EngineCapabilities] = {
@@ -48,7 +50,11 @@ ENGINES: dict[str, EngineCapabilities] = {
         eval_notes=("perplexity: not measured: llama.cpp's server (llama-server) returns no prompt logprobs",
                     "top-k KL to the baseline: read from the same GGUF by llama.cpp in the evaluating process "
                     "(llama-cpp-python, the llama.cpp source llama-server is built from), since the server gives "
-                    "no prompt logprobs")),
+                    "no prompt logprobs"),
+        # llama-server's greedy answers depend on which requests decode together: two runs of the 430-item suite
+        # on one Q8_0 server differed in 6 and 10 answers at 8 concurrent requests, in none one at a time, and
+        # one at a time took as long on 2 cores (70 s against 57-91 s)
+        reproducible_concurrency=1),
 }
 
 
@@ -115,16 +121,26 @@ def check_target(backend: str, target: str) -> None:
 def evaluation_config(backend: str, cfg: "RunConfig") -> tuple["RunConfig", list[str]]:
     """(run configuration, notes) for evaluating through `backend`: without prompt logprobs there is no
     perplexity pass (its requests would carry nothing to measure), nor a fidelity corpus unless the top-k is read
-    in-process (`local_topk`), and the notes say what is measured otherwise or not at all."""
+    in-process (`local_topk`); an engine whose answers repeat only at a lower concurrency is sent that many
+    requests at a time (unless eval.reproducible is off); the notes say what is measured otherwise or not at
+    all."""
     caps = capabilities(backend)
-    if caps.prompt_logprobs:
-        return cfg, []
-    update: dict[str, object] = {"perplexity": False}
-    if not caps.local_topk:
-        update["fidelity_corpus"] = None
-    ev = cfg.eval.model_copy(update=update)
-    run_cfg = cfg.model_copy(update={"eval": ev})
-    return run_cfg, list(caps.eval_notes)
+    update: dict[str, object] = {}
+    notes: list[str] = []
+    if not caps.prompt_logprobs:
+        update["perplexity"] = False
+        if not caps.local_topk:
+            update["fidelity_corpus"] = None
+        notes.extend(caps.eval_notes)
+    n = caps.reproducible_concurrency
+    if cfg.eval.reproducible and n is not None and cfg.eval.concurrency > n:
+        update["concurrency"] = n
+        notes.append(f"answers: {n} request(s) at a time, not eval.concurrency {cfg.eval.concurrency}: "
+                     f"{caps.label}'s greedy answers depend on which requests it decodes together "
+                     "(eval.reproducible: false uses eval.concurrency)")
+    if not update:
+        return cfg, notes
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update=update)}), notes
 
 
 def local_topk(model_dir: str | Path | None, engine: "EngineConfig") -> "GgufTopk | None":

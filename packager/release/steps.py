@@ -264,8 +264,9 @@ def _evaluate_behaviour(ctx: VariantContext, url: str) -> dict[str, float]:
 
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     with run.timed(f"{v.name}/evaluate_behaviour"):
+        ev_cfg, _ = evaluation_config(ctx.vr.engine, cfg)  # the concurrency its answers repeat at
         # scored alone: a fidelity corpus here would be answered again as if by a baseline (2.5 min a variant)
-        b = evaluate_model(None, cfg.model_copy(update={"eval": cfg.eval.model_copy(
+        b = evaluate_model(None, cfg.model_copy(update={"eval": ev_cfg.eval.model_copy(
             update={"suite": cfg.eval.behaviour_suite, "perplexity": False, "fidelity_corpus": None,
                     "max_items": None})}), url=url, out_dir=v.root / "behaviour",
             name=v.name, show_progress=run.show_progress)

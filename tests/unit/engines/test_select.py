@@ -64,10 +64,26 @@ def test_evaluation_without_prompt_logprobs_skips_perplexity_and_says_why():
     assert run_cfg.eval.perplexity is False and cfg.eval.perplexity is True  # the caller's config is untouched
     # the KL is read from the GGUF in-process, so the corpus it is measured along stays
     assert run_cfg.eval.fidelity_corpus == cfg.eval.fidelity_corpus == "default"
-    assert run_cfg.eval.model_dump(exclude={"perplexity"}) == cfg.eval.model_dump(exclude={"perplexity"})
-    assert notes == list(ENGINES[LLAMACPP].eval_notes)
+    changed = {"perplexity", "concurrency"}
+    assert run_cfg.eval.model_dump(exclude=changed) == cfg.eval.model_dump(exclude=changed)
+    assert notes[:2] == list(ENGINES[LLAMACPP].eval_notes)
     assert notes[0] == "perplexity: not measured: llama.cpp's server (llama-server) returns no prompt logprobs"
     assert "read from the same GGUF by llama.cpp in the evaluating process" in notes[1]
+
+
+def test_llamacpp_answers_one_request_at_a_time_unless_told_otherwise():
+    """llama-server's greedy answers depend on which requests decode together: evaluated one at a time by
+    default, so that a rerun scores the same; eval.reproducible false keeps eval.concurrency."""
+    cfg = RunConfig()
+    run_cfg, notes = evaluation_config(LLAMACPP, cfg)
+    assert cfg.eval.concurrency == 8 and run_cfg.eval.concurrency == 1
+    assert notes[-1].startswith("answers: 1 request(s) at a time, not eval.concurrency 8")
+    fast = RunConfig.model_validate({"eval": {"reproducible": False}})
+    run_fast, notes_fast = evaluation_config(LLAMACPP, fast)
+    assert run_fast.eval.concurrency == 8 and notes_fast == list(ENGINES[LLAMACPP].eval_notes)
+    one = RunConfig.model_validate({"eval": {"concurrency": 1}})
+    assert evaluation_config(LLAMACPP, one)[0].eval.concurrency == 1 and len(evaluation_config(LLAMACPP, one)[1]) == 2
+    assert evaluation_config(VLLM, cfg)[0].eval.concurrency == 8  # vLLM's answers repeat at any concurrency
 
 
 def test_an_engine_without_logprobs_or_local_reader_drops_the_fidelity_corpus(monkeypatch):
