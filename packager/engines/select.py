@@ -51,9 +51,10 @@ ENGINES: dict[str, EngineCapabilities] = {
                     "top-k KL to the baseline: read from the same GGUF by llama.cpp in the evaluating process "
                     "(llama-cpp-python, the llama.cpp source llama-server is built from), since the server gives "
                     "no prompt logprobs"),
-        # llama-server's greedy answers depend on which requests decode together: two runs of the 430-item suite
-        # on one Q8_0 server differed in 6 and 10 answers at 8 concurrent requests, in none one at a time, and
-        # one at a time took as long on 2 cores (70 s against 57-91 s)
+        # llama-server's greedy answers depend on which requests decode together: two passes of the 430-item
+        # suite on one Q8_0 server differed in 19 answers at 8 concurrent requests (11 without the prompt cache),
+        # in none one at a time, which took no longer on 2 cores (69-70 s against 72-82 s;
+        # benchmarks/results/llamacpp_repeat.json)
         reproducible_concurrency=1),
 }
 
