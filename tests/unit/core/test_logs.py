@@ -164,11 +164,20 @@ def test_mlflow_console_handlers_are_replaced(capsys, monkeypatch):
     assert "Context impl" not in capsys.readouterr().err
 
 
-def test_sqlalchemy_statements_stay_out_of_the_log_file(tmp_path):
+def test_sqlalchemy_statements_stay_out_of_the_log_file(tmp_path, monkeypatch):
     """SQLAlchemy's INFO is its SQL echo (MLflow's registry runs thousands of statements in a release)."""
+    # An earlier test in the same process may have run MLflow, whose logging setup gives "sqlalchemy.engine" a
+    # handler of its own and stops it propagating: start both loggers from their default state, children that
+    # inherit from "sqlalchemy".
+    for name in ("sqlalchemy.engine", "sqlalchemy.engine.Engine"):
+        lg = logging.getLogger(name)
+        monkeypatch.setattr(lg, "disabled", False)
+        monkeypatch.setattr(lg, "level", logging.NOTSET)
+        monkeypatch.setattr(lg, "propagate", True)
+        monkeypatch.setattr(lg, "handlers", [])
+    engine = logging.getLogger("sqlalchemy.engine.Engine")
     log = tmp_path / "run.log"
     logs.configure_logging(verbose=True, log_file=log)
-    engine = logging.getLogger("sqlalchemy.engine.Engine")
     assert not engine.isEnabledFor(logging.INFO)  # SQLAlchemy checks this to decide whether to echo
     engine.info("SELECT registered_models.name FROM registered_models")
     engine.warning("a pool warning")
