@@ -26,6 +26,8 @@ Steps keep their state in --work so they can be split over several commands on o
     PYTHONPATH=/tmp/site:. VLLM_USE_FLASHINFER_SAMPLER=0 python3 benchmarks/gpu_speed_8b.py \
         --work /tmp/g8 --out "$OUT/gpu_speed_8b.json" --steps model,quantize
     ... --steps serve:bf16        (then serve:w4a16, serve:fp8, serve:w8a8-int8; quantize:FORMAT writes one format)
+    ... --steps serve:bf16@api4,serve:fp8@api4   (each behind 4 vLLM API server processes, engine.api_server_count;
+                                                  its ratios are taken against bf16@api4)
 
 Wiring check without a GPU (tiny architecture, fake OpenAI server; its numbers mean nothing):
     .venv/bin/python benchmarks/gpu_speed_8b.py --work /tmp/g8 --arch tiny --device cpu --fake-engine \
@@ -204,14 +206,24 @@ def write_format(src: Path, dst: Path, fmt: str, device: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- serving
-def engine_config(int4_kernel: str = "auto"):
+def engine_config(int4_kernel: str = "auto", api_server_count: int = 1, max_num_seqs: int = 256):
     from packager.config import EngineConfig
 
-    return EngineConfig(target="gpu", dtype="bfloat16", max_model_len=4096, max_num_seqs=256,
-                        gpu_memory_utilization=0.85, startup_timeout_s=560.0, gpu_int4_kernel=int4_kernel)
+    return EngineConfig(target="gpu", dtype="bfloat16", max_model_len=4096, max_num_seqs=max_num_seqs,
+                        gpu_memory_utilization=0.85, startup_timeout_s=560.0, gpu_int4_kernel=int4_kernel,
+                        api_server_count=api_server_count)
 
 
-def sweep_config(budget_s: float, users: tuple[int, ...] = SWEEP_USERS):
+def split_served(name: str) -> tuple[str, int]:
+    """A served variant's name -> (format or kernel variant, API server processes): "fp8@api4" serves fp8 behind
+    4 API server processes; a name without "@apiN" behind one."""
+    fmt, _, tag = name.partition("@")
+    if tag and not (tag.startswith("api") and tag[3:].isdigit() and int(tag[3:]) >= 1):
+        raise ValueError(f"served variant {name!r}: the part after '@' must be apiN (N API server processes)")
+    return fmt, int(tag[3:]) if tag else 1
+
+
+def sweep_config(budget_s: float, users: tuple[int, ...] = SWEEP_USERS, workers: int = 4):
     from packager.loadtest.config import (
         KneeSearch,
         LengthDistribution,
@@ -225,7 +237,7 @@ def sweep_config(budget_s: float, users: tuple[int, ...] = SWEEP_USERS):
         prompts=SyntheticPrompts(input_tokens=LengthDistribution(mean=128),
                                  output_tokens=LengthDistribution(dist="uniform", mean=128, min=64, max=192),
                                  unique_prompts=4096),
-        max_duration_s=600.0, max_requests=1_000_000, drain_timeout_s=30.0, request_timeout_s=120.0, workers=4,
+        max_duration_s=600.0, max_requests=1_000_000, drain_timeout_s=30.0, request_timeout_s=120.0, workers=workers,
         warmup_s=WARMUP_S, seed=2, prompt_format="chat",
         knee=KneeSearch(enabled=budget_s > 0, precision=0.15, budget_s=max(budget_s, 1.0), probe_duration_s=STEP_S,
                         max_probes=4, extend_factor=2.0))
@@ -314,8 +326,10 @@ class Bench:
     def server(self, fmt: str, v: dict[str, Any]):
         from packager.engines.vllm import vllm_env
 
-        ckpt, kernel = KERNEL_VARIANTS.get(fmt, (fmt, "auto"))
-        cfg = engine_config(kernel)
+        base, api = split_served(fmt)
+        ckpt, kernel = KERNEL_VARIANTS.get(base, (base, "auto"))
+        cfg = engine_config(kernel, api, self.a.max_num_seqs)
+        v["api_server_count"], v["max_num_seqs"] = api, self.a.max_num_seqs
         v["vllm_disabled_kernels"] = vllm_env(cfg, base={}).get("VLLM_DISABLED_KERNELS", "")
         if self.a.fake_engine:
             sys.path.insert(0, str(ROOT / "tests"))
@@ -341,7 +355,9 @@ class Bench:
             log(f"serve {fmt}: ready after {v['engine_startup_s']} s")
             slo, price = SLOConfig(**SLO), PricingConfig(instance=INSTANCE)
             v["sweep_users"] = list(self.a.users)
-            r = run_loadtest(srv.base_url, sweep_config(self.a.knee_budget_s, self.a.users), slo, price,
+            v["loadgen_workers"] = self.a.lt_workers
+            r = run_loadtest(srv.base_url, sweep_config(self.a.knee_budget_s, self.a.users, self.a.lt_workers), slo,
+                             price,
                              self.work / "lt" / fmt, model=fmt)
             v.update(load_summary(r))
             log(f"serve {fmt}: one stream {v['one_stream']['output_tokens_per_s']} tok/s; goodput at the SLO "
@@ -359,11 +375,12 @@ class Bench:
 
     def ratios(self) -> None:
         f = self.data["formats"]
-        base = f.get("bf16", {})
         out: dict[str, Any] = {}
         for fmt, v in f.items():
-            if fmt == "bf16":
+            name, api = split_served(fmt)
+            if name == "bf16":
                 continue
+            base = f.get("bf16" if api == 1 else f"bf16@api{api}", {})  # against bf16 behind as many API servers
             one = (v.get("one_stream", {}).get("output_tokens_per_s"),
                    base.get("one_stream", {}).get("output_tokens_per_s"))
             kn = ((v.get("at_slo") or {}).get("goodput_output_tokens_per_s"),
@@ -402,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--knee-budget-s", type=float, default=0.0, help="capacity search after the sweep; 0: none")
     ap.add_argument("--users", type=lambda t: tuple(int(x) for x in t.split(",")), default=SWEEP_USERS,
                     help="the sweep's concurrency steps, comma-separated (default 1,32,128,256)")
+    ap.add_argument("--max-num-seqs", type=int, default=256, help="the engine's batch (default 256)")
+    ap.add_argument("--lt-workers", type=int, default=4, help="locust worker processes (default 4)")
     ap.add_argument("--fake-engine", action="store_true")
     a = ap.parse_args(argv)
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")

@@ -56,6 +56,13 @@ class EngineConfig(Strict):
         "auto", description="GPU target: the kernel for int4 weights (W4A16): auto (vLLM's choice; Machete on "
                             "Hopper) or marlin (disables Machete: faster at few concurrent streams, slower under "
                             "load)")
+    # One API server process tokenizes, detokenizes and streams every request; at thousands of output tokens a
+    # second (a GPU at hundreds of streams) it is the bottleneck, not the GPU (benchmarks/results/
+    # gpu_speed_8b_frontends.json). vLLM then runs N of them in front of one engine (`vllm serve
+    # --api-server-count N`).
+    api_server_count: int = Field(1, ge=1, le=64, description="vLLM API server processes in front of the engine "
+                                  "(`--api-server-count`): more than 1 for hundreds of concurrent streams on a GPU, "
+                                  "where one process's tokenizing and streaming caps the throughput")
     startup_timeout_s: float = Field(900.0, gt=0)
     # vLLM: no torch.compile / CUDA graphs (`--enforce-eager`). Starts in a third of the time on a 2-core CPU at
     # lower throughput (benchmarks/results/vllm_cpu_dtype.json): for short-lived engines (evaluation, CI).

@@ -1,5 +1,5 @@
-"""vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`): its command line, environment and
-launcher (EngineServer)."""
+"""vLLM's OpenAI server (`python -m vllm.entrypoints.openai.api_server`, or `vllm serve` for several API server
+processes): its command line, environment and launcher (EngineServer)."""
 from __future__ import annotations
 
 import os
@@ -15,8 +15,7 @@ from packager.hardware import serving_dtype
 def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: str | None = None,
                  host: str = "127.0.0.1") -> list[str]:
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir),
+        *server_entry(engine, str(model_dir)),
         "--host", host, "--port", str(port),
         "--dtype", serving_dtype(engine.dtype, engine.target),
         "--max-model-len", str(engine.max_model_len),
@@ -35,8 +34,19 @@ def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: s
     if engine.target == "gpu":
         cmd += ["--tensor-parallel-size", str(engine.tensor_parallel_size),
                 "--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
+    if engine.api_server_count > 1:
+        cmd += ["--api-server-count", str(engine.api_server_count)]
     cmd += list(engine.extra_args)
     return cmd
+
+
+def server_entry(engine: EngineConfig, model_dir: str) -> list[str]:
+    """The module that starts the server, and the model. Its own module runs one API server in its process;
+    several API servers in front of one engine are started only by the CLI's `serve` (vllm.entrypoints.cli.serve),
+    which takes the same arguments, the model as its positional argument."""
+    if engine.api_server_count > 1:
+        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model_dir]
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
 
 
 def vllm_env(engine: EngineConfig, base: dict[str, str] | None = None) -> dict[str, str]:

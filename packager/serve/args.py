@@ -65,6 +65,7 @@ class BentoArgs(BaseModel):
     gpu_type: str | None = None  # BentoML gpu_type, e.g. nvidia-l4, nvidia-h100-80gb
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     gpu_int4_kernel: Literal["auto", "marlin"] = "auto"  # int4 (W4A16) weights on a GPU: vLLM's choice or Marlin
+    api_server_count: int = Field(1, ge=1, le=64)  # vLLM API server processes in front of the engine
     cpu_kvcache_space_gib: int = Field(1, ge=1)
     cpu_omp_threads_bind: str = "auto"
     enforce_eager: bool = False
@@ -148,7 +149,7 @@ class BentoArgs(BaseModel):
             max_num_seqs=self.max_num_seqs, cpu_kvcache_space_gib=self.cpu_kvcache_space_gib,
             cpu_omp_threads_bind=self.cpu_omp_threads_bind, tensor_parallel_size=self.tensor_parallel_size,
             gpu_type=self.gpu_type, gpu_memory_utilization=self.gpu_memory_utilization,
-            gpu_int4_kernel=self.gpu_int4_kernel,
+            gpu_int4_kernel=self.gpu_int4_kernel, api_server_count=self.api_server_count,
             enforce_eager=self.enforce_eager, extra_args=list(self.extra_args), chat_template=self.chat_template,
         )
 

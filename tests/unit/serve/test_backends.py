@@ -129,3 +129,49 @@ def test_a_chat_template_travels_as_text_into_the_bento_and_the_vllm_command(tmp
     with pytest.raises(ConfigError, match="is not a file"):
         make_args(model_tag="m:v1", model_digest="d" * 64, engine=EngineConfig(chat_template=str(tmp_path / "x")),
                   service_name="packager-m", model_name="m")
+
+
+def test_several_api_servers_start_through_vllm_serve_with_the_same_arguments():
+    from packager.config import EngineConfig
+    from packager.serve.build import make_args
+
+    # from the run configuration into the bento's arguments, and back into the engine settings
+    args = make_args(model_tag="m:v1", model_digest="d" * 64, service_name="packager-m", model_name="m",
+                     engine=EngineConfig(target="gpu", api_server_count=4, max_num_seqs=256,
+                                         extra_args=["--stream-interval", "4"]))
+    assert args.api_server_count == 4 and args.engine_config().api_server_count == 4
+    cmd = BACKENDS.get("vllm").command(Path("/store/m/v1/model"), args)
+    # `vllm serve MODEL`: the server's own module starts one API server only, whatever it is told
+    assert cmd[:5] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", "/store/m/v1/model"]
+    assert "--model" not in cmd
+    assert opt(cmd, "--api-server-count") == "4" and opt(cmd, "--max-num-seqs") == "256"
+    assert (opt(cmd, "--host"), opt(cmd, "--port")) == ("127.0.0.1", "8000")
+    assert cmd[-2:] == ["--stream-interval", "4"]  # the deployment's own arguments still come last
+
+
+def test_one_api_server_keeps_the_servers_own_module_and_no_count_flag():
+    cmd = BACKENDS.get("vllm").command(Path("/m"), parse_args({**BASE, "target": "gpu", "api_server_count": 1}))
+    assert cmd[:5] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "/m"]
+    assert "--api-server-count" not in cmd
+    for bad in (0, -1, 65):
+        with pytest.raises(ConfigError):
+            parse_args({**BASE, "api_server_count": bad})
+
+
+def test_the_vllm_command_parses_with_vllms_own_serve_arguments():
+    """The argv the product builds is read by the installed vLLM's `serve` parser (no engine starts): every flag
+    exists there and lands where it should."""
+    pytest.importorskip("vllm")
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from packager.config import EngineConfig
+    from packager.engines.vllm import vllm_command
+
+    parser = FlexibleArgumentParser()
+    ServeSubcommand().subparser_init(parser.add_subparsers(dest="sub"))
+    cmd = vllm_command("/m", 18123, EngineConfig(target="gpu", api_server_count=3, max_num_seqs=200,
+                                                 max_model_len=4096), served_name="svc")
+    a = parser.parse_args(cmd[3:])
+    assert (a.model_tag, a.api_server_count, a.max_num_seqs, a.max_model_len) == ("/m", 3, 200, 4096)
+    assert (a.port, a.served_model_name, a.load_format) == (18123, ["svc"], "safetensors")
