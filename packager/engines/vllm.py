@@ -41,11 +41,11 @@ def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: s
 
 
 def server_entry(engine: EngineConfig, model_dir: str) -> list[str]:
-    """The module that starts the server, and the model. Its own module runs one API server in its process;
-    several API servers in front of one engine are started only by the CLI's `serve` (vllm.entrypoints.cli.serve),
-    which takes the same arguments, the model as its positional argument."""
+    """The module that starts the server, and the model. The server's own module runs one API server in its
+    process; several in front of one engine are started by vLLM's `serve` (packager.engines.vllm_serve), which
+    takes the same arguments, the model as its positional argument."""
     if engine.api_server_count > 1:
-        return [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model_dir]
+        return [sys.executable, "-m", "packager.engines.vllm_serve", model_dir]
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
 
 

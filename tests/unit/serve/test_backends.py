@@ -142,7 +142,7 @@ def test_several_api_servers_start_through_vllm_serve_with_the_same_arguments():
     assert args.api_server_count == 4 and args.engine_config().api_server_count == 4
     cmd = BACKENDS.get("vllm").command(Path("/store/m/v1/model"), args)
     # `vllm serve MODEL`: the server's own module starts one API server only, whatever it is told
-    assert cmd[:5] == [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", "/store/m/v1/model"]
+    assert cmd[:4] == [sys.executable, "-m", "packager.engines.vllm_serve", "/store/m/v1/model"]
     assert "--model" not in cmd
     assert opt(cmd, "--api-server-count") == "4" and opt(cmd, "--max-num-seqs") == "256"
     assert (opt(cmd, "--host"), opt(cmd, "--port")) == ("127.0.0.1", "8000")
@@ -159,19 +159,16 @@ def test_one_api_server_keeps_the_servers_own_module_and_no_count_flag():
 
 
 def test_the_vllm_command_parses_with_vllms_own_serve_arguments():
-    """The argv the product builds is read by the installed vLLM's `serve` parser (no engine starts): every flag
-    exists there and lands where it should."""
+    """The argv the product builds is read by the installed vLLM's own `serve` parser, as the launcher reads it (no
+    engine starts): every flag exists there and lands where it should."""
     pytest.importorskip("vllm")
-    from vllm.entrypoints.cli.serve import ServeSubcommand
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
     from packager.config import EngineConfig
+    from packager.engines import vllm_serve
     from packager.engines.vllm import vllm_command
 
-    parser = FlexibleArgumentParser()
-    ServeSubcommand().subparser_init(parser.add_subparsers(dest="sub"))
     cmd = vllm_command("/m", 18123, EngineConfig(target="gpu", api_server_count=3, max_num_seqs=200,
                                                  max_model_len=4096), served_name="svc")
-    a = parser.parse_args(cmd[3:])
+    assert cmd[1:3] == ["-m", vllm_serve.__name__]
+    _, a = vllm_serve.parse(cmd[3:])
     assert (a.model_tag, a.api_server_count, a.max_num_seqs, a.max_model_len) == ("/m", 3, 200, 4096)
     assert (a.port, a.served_model_name, a.load_format) == (18123, ["svc"], "safetensors")
