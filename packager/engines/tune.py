@@ -9,7 +9,8 @@ as far as the time budget goes:
   llama.cpp's default is 512), flash attention on (llama.cpp picks it by itself otherwise), micro-batches of 128;
 * vLLM (minutes per start on a small CPU, so searched only when `engine_search.engines` names it): half and twice
   the sequences it batches (`max_num_seqs`), and a token budget per scheduler step (`--max-num-batched-tokens`)
-  of 2048 and 8192.
+  of 2048 and 8192; on a GPU host with 8 CPUs or more, also several API server processes in front of the engine
+  (`api_server_count`, a quarter of the CPUs, at most 4).
 
 Each trial starts the engine with the candidate's arguments, runs one short load test at the search load (the same
 locust load test and SLO judgement as a step of the release's sweep; fresh prompts per trial), and stops it
@@ -35,6 +36,7 @@ class EngineCandidate(BaseModel):
 
     label: str
     max_num_seqs: int | None = None
+    api_server_count: int | None = None
     extra_args: list[str] = Field(default_factory=list)
 
 
@@ -85,16 +87,23 @@ def candidates(backend: str, engine: "EngineConfig", cpus: int) -> list[EngineCa
         for tokens in (2048, 8192):
             out.append(EngineCandidate(label=f"--max-num-batched-tokens {tokens}",
                                        extra_args=["--max-num-batched-tokens", str(tokens)]))
+        # On a GPU one API server process can be what limits hundreds of streams; a CPU engine shares its few
+        # cores with them, so there it is not tried.
+        servers = min(4, cpus // 4)
+        if engine.target == "gpu" and servers > engine.api_server_count:
+            out.append(EngineCandidate(label=f"api_server_count {servers}", api_server_count=servers))
     return out
 
 
 def apply(engine: "EngineConfig", cand: EngineCandidate | None) -> "EngineConfig":
     """The engine settings with the candidate's changes (the same settings for None or packager's own)."""
-    if cand is None or (cand.max_num_seqs is None and not cand.extra_args):
+    if cand is None or (cand.max_num_seqs is None and cand.api_server_count is None and not cand.extra_args):
         return engine
     update: dict[str, object] = {"extra_args": [*engine.extra_args, *cand.extra_args]}
     if cand.max_num_seqs is not None:
         update["max_num_seqs"] = cand.max_num_seqs
+    if cand.api_server_count is not None:
+        update["api_server_count"] = cand.api_server_count
     return engine.model_copy(update=update)
 
 

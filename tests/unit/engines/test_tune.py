@@ -36,6 +36,18 @@ def test_vllm_candidates_vary_the_batch():
     assert candidates("other", EngineConfig(), cpus=2) == [EngineCandidate(label=DEFAULTS_LABEL)]
 
 
+def test_several_api_servers_are_tried_on_a_gpu_host_with_the_cpus_for_them():
+    gpu = EngineConfig(target="gpu", max_num_seqs=256)
+    last = candidates("vllm", gpu, cpus=16)[-1]
+    assert (last.label, last.api_server_count, last.extra_args) == ("api_server_count 4", 4, [])
+    assert candidates("vllm", gpu, cpus=8)[-1].api_server_count == 2
+    # not with 4 CPUs, not on a CPU target, not when the deployment already runs as many
+    for eng, cpus in ((gpu, 4), (EngineConfig(), 16), (gpu.model_copy(update={"api_server_count": 4}), 16)):
+        assert all(c.api_server_count is None for c in candidates("vllm", eng, cpus=cpus))
+    got = apply(gpu, last)  # the bento is built with the winner's settings
+    assert got.api_server_count == 4 and got.max_num_seqs == 256 and gpu.api_server_count == 1
+
+
 def test_apply_adds_after_the_users_own_arguments_and_leaves_the_input_alone():
     eng = EngineConfig(extra_args=["--seed", "1"], max_num_seqs=64)
     assert apply(eng, None) is eng and apply(eng, EngineCandidate(label=DEFAULTS_LABEL)) is eng
