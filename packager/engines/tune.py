@@ -7,10 +7,10 @@ as far as the time budget goes:
 * llama.cpp (`llama-server`, restarts in seconds): one thread fewer than the CPUs where there are 4 or more
   (the bento's gateway and the HTTP server share them), micro-batches of 256 and 1024 tokens (prompt processing:
   llama.cpp's default is 512), flash attention on (llama.cpp picks it by itself otherwise), micro-batches of 128;
-* vLLM (minutes per start on a small CPU, so searched only when `engine_search.engines` names it): half and twice
-  the sequences it batches (`max_num_seqs`), and a token budget per scheduler step (`--max-num-batched-tokens`)
-  of 2048 and 8192; on a GPU host with 8 CPUs or more, also several API server processes in front of the engine
-  (`api_server_count`, a quarter of the CPUs, at most 4).
+* vLLM (minutes per start on a small CPU, so searched only when `engine_search.engines` names it): on a GPU host
+  with 8 CPUs or more, first several API server processes in front of the engine (`api_server_count`, a quarter
+  of the CPUs, at most 4); then half and twice the sequences it batches (`max_num_seqs`), and a token budget per
+  scheduler step (`--max-num-batched-tokens`) of 2048 and 8192.
 
 Each trial starts the engine with the candidate's arguments, runs one short load test at the search load (the same
 locust load test and SLO judgement as a step of the release's sweep; fresh prompts per trial), and stops it
@@ -80,6 +80,12 @@ def candidates(backend: str, engine: "EngineConfig", cpus: int) -> list[EngineCa
                             ("--ubatch-size 128", ["--ubatch-size", "128"])):
             out.append(EngineCandidate(label=label, extra_args=args))
     elif backend == "vllm":
+        # On a GPU one API server process was the knee (an 8B model on an H100: TTFT past the SLO at about 200
+        # users, met up to 512 behind 4; benchmarks/results/gpu_speed_8b_frontends.json), so it is tried first.
+        # A CPU engine shares its few cores with them: not tried there.
+        servers = min(4, cpus // 4)
+        if engine.target == "gpu" and servers > engine.api_server_count:
+            out.append(EngineCandidate(label=f"api_server_count {servers}", api_server_count=servers))
         seqs = engine.max_num_seqs
         for n in (max(1, seqs // 2), seqs * 2):
             if n != seqs:
@@ -87,11 +93,6 @@ def candidates(backend: str, engine: "EngineConfig", cpus: int) -> list[EngineCa
         for tokens in (2048, 8192):
             out.append(EngineCandidate(label=f"--max-num-batched-tokens {tokens}",
                                        extra_args=["--max-num-batched-tokens", str(tokens)]))
-        # On a GPU one API server process can be what limits hundreds of streams; a CPU engine shares its few
-        # cores with them, so there it is not tried.
-        servers = min(4, cpus // 4)
-        if engine.target == "gpu" and servers > engine.api_server_count:
-            out.append(EngineCandidate(label=f"api_server_count {servers}", api_server_count=servers))
     return out
 
 
