@@ -34,8 +34,6 @@ def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: s
     if engine.target == "gpu":
         cmd += ["--tensor-parallel-size", str(engine.tensor_parallel_size),
                 "--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
-    if engine.api_server_count > 1:
-        cmd += ["--api-server-count", str(engine.api_server_count)]
     cmd += list(engine.extra_args)
     return cmd
 
@@ -43,9 +41,10 @@ def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: s
 def server_entry(engine: EngineConfig, model_dir: str) -> list[str]:
     """The module that starts the server, and the model. The server's own module runs one API server in its
     process; several in front of one engine are started by vLLM's `serve` (packager.engines.vllm_serve), which
-    takes the same arguments, the model as its positional argument."""
+    takes the same arguments, the model as its positional argument, and `--api-server-count`."""
     if engine.api_server_count > 1:
-        return [sys.executable, "-m", "packager.engines.vllm_serve", model_dir]
+        return [sys.executable, "-m", "packager.engines.vllm_serve", model_dir,
+                "--api-server-count", str(engine.api_server_count)]
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
 
 
