@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import yaml
@@ -31,9 +32,17 @@ class _Tags(HTMLParser):
 @pytest.fixture(scope="module")
 def release_run(tmp_path_factory, default_model):
     out = tmp_path_factory.mktemp("release")
+    # the built-in w8a8-int8 recipe (its SmoothQuant strength search, mixed precision and GPTQ rounding) on less
+    # calibration data: the full calibration takes 4-5 minutes of this run on 2 cores and is the recipe's own
+    # concern (tests/integration/test_compress_vllm.py, benchmarks/bench_quality.py)
+    w8 = yaml.safe_load((Path(__file__).resolve().parents[2] / "packager/recipes/w8a8-int8.yaml").read_text())
+    w8["stages"][0].update(n_samples=8, seq_len=128, search_samples=2, search_seq_len=64,
+                           alpha_candidates=[0.45, 0.75])
+    (out / "w8a8-int8.yaml").write_text(yaml.safe_dump(w8))
     cfg = {
         "model": "default",
-        "recipes": ["w8a8-int8", "gguf-q4_k_m"],  # vLLM int8 and a llama.cpp GGUF: two engines compared
+        # vLLM int8 and a llama.cpp GGUF: two engines compared
+        "recipes": ["w8a8-int8.yaml", "gguf-q4_k_m"],  # the file, relative to the release's directory
         "output_dir": str(out / "run"),
         # a slice of the suite: the e2e checks structure and consistency, not quality (the behaviour suite is
         # covered by tests/unit/release against the fake server)
@@ -58,7 +67,7 @@ def release_run(tmp_path_factory, default_model):
     }
     cfg_path = out / "release.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    cp = run_cli("release", "--config", str(cfg_path), timeout_s=3000)
+    cp = run_cli("release", "--config", str(cfg_path), timeout_s=3000, cwd=out)
     assert cp.returncode == 0, (cp.stdout[-3000:], cp.stderr[-5000:])
     return out / "run", cp
 
@@ -246,7 +255,7 @@ def test_rerun_reuses_every_finished_step(release_run):
     expected load is not an input of any step), only the recommendation is read at the 1-user step."""
     run, _ = release_run
     cfg_path = run.parent / "release.yaml"
-    cp = run_cli("release", "--config", str(cfg_path), "--expected-load", "1", timeout_s=900)
+    cp = run_cli("release", "--config", str(cfg_path), "--expected-load", "1", timeout_s=900, cwd=run.parent)
     assert cp.returncode == 0, cp.stderr[-3000:]
     assert cp.stderr.count("reused from the cache") == 3
     doc = json.loads((run / "report.json").read_text())
