@@ -95,6 +95,8 @@ def test_the_shipped_gpu_config_loads_as_a_gpu_release():
     cfg = load_config(Path(__file__).parents[3] / "configs" / "gpu.yaml", environ={})
     assert cfg.engine.target == "gpu" and cfg.engine.backend == "vllm"
     assert cfg.engine.api_server_count == 4  # one API server process was the knee on an H100 (the README)
+    # 512 sequences met the SLO on an H100 behind 4 API servers (benchmarks/results/gpu_ceiling.json)
+    assert cfg.engine.max_num_seqs == 512
     assert tuple(cfg.recipes) == DEFAULT_RECIPES["gpu"]
     assert cfg.loadtest is not None and cfg.loadtest.knee.enabled and cfg.loadtest.workers >= 1
     assert max(cfg.loadtest.profile.values) <= cfg.loadtest.profile.max_in_flight
