@@ -32,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +40,9 @@ for p in (str(ROOT), str(ROOT / "benchmarks")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from gpu_proof import atomic_json, device_facts, log, now_utc, versions  # noqa: E402
-from gpu_speed_8b import SLO, engine_config, write_format, write_random_model  # noqa: E402
-
-VLLM_BENCH_ENTRY = (
-    "import sys\n"
-    "from vllm.benchmarks.serve import add_cli_args, main\n"
-    "from vllm.utils.argparse_utils import FlexibleArgumentParser\n"
-    "p = FlexibleArgumentParser(description='vllm bench serve')\n"
-    "add_cli_args(p)\n"
-    "main(p.parse_args(sys.argv[1:]))\n")
+from bench_vs_vllm_bench import VLLM_BENCH_ENTRY  # noqa: E402
+from gpu_proof import log, now_utc  # noqa: E402
+from gpu_speed_8b import SLO, Bench, engine_config, engine_server, write_format  # noqa: E402
 
 
 def parse_variant(name: str) -> tuple[str, int, int]:
@@ -214,44 +206,22 @@ def bench_phase(url: str, model_dir: Path, work: Path, users: int, phase_s: floa
 
 
 # ---------------------------------------------------------------------------------------------- driver
-class Ceiling:
-    def __init__(self, a: argparse.Namespace):
-        self.a, self.work = a, a.work
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.state = self.work / "ceiling.json"
-        self.data: dict[str, Any] = (json.loads(self.state.read_text()) if self.state.is_file() else {
-            "benchmark": "gpu_ceiling", "weights": "RANDOM (normal, std 0.02): speed only, no quality",
-            "started_utc": now_utc(), "slo": SLO, "variants": {}, "errors": []})
+class Ceiling(Bench):
+    """gpu_speed_8b's steps (model, and the state in --work) with its own serve step; no ratios."""
 
-    def save(self) -> None:
-        atomic_json(self.state, self.data)
-        if self.a.out:
-            atomic_json(self.a.out, self.data)
+    STATE = "ceiling.json"
 
-    def step_model(self) -> None:
-        self.data["device"] = device_facts() if not self.a.fake_engine else {"fake": True}
-        self.data["versions"] = versions()
-        self.data["model"] = write_random_model(self.work / "bf16", self.a.arch, self.a.device)
+    def fresh(self) -> dict[str, Any]:
+        return {"benchmark": "gpu_ceiling", "weights": "RANDOM (normal, std 0.02): speed only, no quality",
+                "started_utc": now_utc(), "slo": SLO, "variants": {}, "errors": []}
 
-    def step_quantize(self, fmt: str) -> None:
+    def ratios(self) -> None:
+        """None: the phases are read side by side (benchmarks/results/gpu_ceiling.json)."""
+
+    def step_quantize(self, only: str | None = None) -> None:
+        fmt = only or "fp8"
         self.data.setdefault("checkpoints", {})[fmt] = write_format(self.work / "bf16", self.work / fmt, fmt,
                                                                      self.a.device)
-
-    def server(self, name: str):
-        fmt, api, si = parse_variant(name)
-        cfg = engine_config("auto", api, self.a.max_num_seqs)
-        if si > 1:
-            cfg = cfg.model_copy(update={"extra_args": ["--stream-interval", str(si)]})
-        if self.a.fake_engine:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from fakes.fake_openai import FakeOpenAIServer
-
-            return FakeOpenAIServer(model=name, ttft_ms=5, itl_ms=2, output_tokens=64)
-        from packager.engines.vllm import EngineServer
-
-        (self.work / "logs").mkdir(exist_ok=True)
-        return EngineServer(str(self.work / fmt), cfg, served_name=name,
-                            log_path=self.work / "logs" / f"vllm-{name}.log")
 
     def step_serve(self, name: str) -> None:
         fmt, api, si = parse_variant(name)
@@ -260,48 +230,39 @@ class Ceiling:
         key = f"{name} seqs{self.a.max_num_seqs}"
         v = self.data["variants"].setdefault(key, {"format": fmt, "api_server_count": api, "stream_interval": si,
                                                     "max_num_seqs": self.a.max_num_seqs, "phases": {}})
-        srv = self.server(name)
+        cfg = engine_config("auto", api, self.a.max_num_seqs)
+        if si > 1:
+            cfg = cfg.model_copy(update={"extra_args": ["--stream-interval", str(si)]})
+        srv = engine_server(self.a, fmt, cfg, name)
         t0 = time.perf_counter()
         srv.start()
         try:
             v["engine_startup_s"] = round(time.perf_counter() - t0, 1)
             for ph in self.a.phases:
-                log(f"{name}: phase {ph} at {self.a.users} users")
-                try:
-                    with Sampler(gpu=not self.a.fake_engine) as s:
-                        d = self.work / "runs" / name / ph
-                        if ph.startswith("locust"):
-                            res = locust_phase(srv.base_url, d, self.a.users, int(ph[6:]), self.a.phase_s, name)
-                        elif ph == "bench":
-                            res = bench_phase(srv.base_url, self.work / fmt, d, self.a.users, self.a.phase_s, name)
-                        else:
-                            raise ValueError(f"unknown phase {ph!r}: locustN or bench")
-                    res.update(s.summary())
-                    v["phases"][f"{ph}@{self.a.users}"] = res
-                    log(f"{name} {ph}: {json.dumps(res)}")
-                except Exception as e:  # recorded; the next phase still runs
-                    v["phases"][f"{ph}@{self.a.users}"] = {"error": repr(e)}
-                    log(f"{name} {ph} FAILED: {e!r}")
+                self.phase(srv.base_url, name, fmt, ph, v)
                 self.save()
         finally:
             srv.stop()
 
-    def run(self, steps: list[str]) -> None:
-        for step in steps:
-            t0 = time.perf_counter()
-            log(f"step {step}")
-            try:
-                if step.startswith("serve:"):
-                    self.step_serve(step.split(":", 1)[1])
-                elif step.startswith("quantize:"):
-                    self.step_quantize(step.split(":", 1)[1])
+    def phase(self, url: str, name: str, fmt: str, ph: str, v: dict[str, Any]) -> None:
+        """One load phase on the running engine, recorded in v["phases"]; an error is recorded, not raised."""
+        log(f"{name}: phase {ph} at {self.a.users} users")
+        key = f"{ph}@{self.a.users}"
+        try:
+            with Sampler(gpu=not self.a.fake_engine) as s:
+                d = self.work / "runs" / name / ph
+                if ph.startswith("locust"):
+                    res = locust_phase(url, d, self.a.users, int(ph[6:]), self.a.phase_s, name)
+                elif ph == "bench":
+                    res = bench_phase(url, self.work / fmt, d, self.a.users, self.a.phase_s, name)
                 else:
-                    getattr(self, f"step_{step}")()
-            except Exception as e:
-                self.data["errors"].append({"step": step, "error": repr(e), "trace": traceback.format_exc()[-3000:]})
-                log(f"step {step} FAILED: {e!r}")
-            self.data.setdefault("step_wall_s", {})[step] = round(time.perf_counter() - t0, 1)
-            self.save()
+                    raise ValueError(f"unknown phase {ph!r}: locustN or bench")
+            res.update(s.summary())
+            v["phases"][key] = res
+            log(f"{name} {ph}: {json.dumps(res)}")
+        except Exception as e:  # recorded; the next phase still runs
+            v["phases"][key] = {"error": repr(e)}
+            log(f"{name} {ph} FAILED: {e!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -294,15 +294,36 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
+def engine_server(a: argparse.Namespace, ckpt: str, cfg, name: str):
+    """The engine serving the checkpoint `ckpt` of a.work as `name` (its log in a.work/logs), or with
+    --fake-engine a fake OpenAI server (the wiring check without a GPU)."""
+    if a.fake_engine:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from fakes.fake_openai import FakeOpenAIServer
+
+        return FakeOpenAIServer(model=name, ttft_ms=5, itl_ms=2, output_tokens=64)
+    from packager.engines.vllm import EngineServer
+
+    (a.work / "logs").mkdir(exist_ok=True)
+    return EngineServer(str(a.work / ckpt), cfg, served_name=name, log_path=a.work / "logs" / f"vllm-{name}.log")
+
+
 class Bench:
+    """Steps run in order, each recorded (an error does not stop the next), the state kept in --work/STATE so the
+    steps can be split over several commands on one machine."""
+
+    STATE = "results.json"
+
     def __init__(self, a: argparse.Namespace):
         self.a = a
         self.work: Path = a.work
         self.work.mkdir(parents=True, exist_ok=True)
-        self.state = self.work / "results.json"
-        self.data: dict[str, Any] = (json.loads(self.state.read_text()) if self.state.is_file() else {
-            "benchmark": "gpu_speed_8b", "weights": "RANDOM (normal, std 0.02): speed only, no quality",
-            "started_utc": now_utc(), "slo": SLO, "instance_for_prices": INSTANCE, "formats": {}, "errors": []})
+        self.state = self.work / self.STATE
+        self.data: dict[str, Any] = json.loads(self.state.read_text()) if self.state.is_file() else self.fresh()
+
+    def fresh(self) -> dict[str, Any]:
+        return {"benchmark": "gpu_speed_8b", "weights": "RANDOM (normal, std 0.02): speed only, no quality",
+                "started_utc": now_utc(), "slo": SLO, "instance_for_prices": INSTANCE, "formats": {}, "errors": []}
 
     def save(self) -> None:
         atomic_json(self.state, self.data)
@@ -331,16 +352,7 @@ class Bench:
         cfg = engine_config(kernel, api, self.a.max_num_seqs)
         v["api_server_count"], v["max_num_seqs"] = api, self.a.max_num_seqs
         v["vllm_disabled_kernels"] = vllm_env(cfg, base={}).get("VLLM_DISABLED_KERNELS", "")
-        if self.a.fake_engine:
-            sys.path.insert(0, str(ROOT / "tests"))
-            from fakes.fake_openai import FakeOpenAIServer
-
-            return FakeOpenAIServer(model=fmt, ttft_ms=5, itl_ms=2, output_tokens=64)
-        from packager.engines.vllm import EngineServer
-
-        (self.work / "logs").mkdir(exist_ok=True)
-        return EngineServer(str(self.work / ckpt), cfg, served_name=fmt,
-                            log_path=self.work / "logs" / f"vllm-{fmt}.log")
+        return engine_server(self.a, ckpt, cfg, fmt)
 
     def step_serve(self, fmt: str) -> None:
         from packager.config import PricingConfig, SLOConfig

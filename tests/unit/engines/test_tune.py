@@ -39,15 +39,15 @@ def test_vllm_candidates_vary_the_batch():
 def test_several_api_servers_are_tried_on_a_gpu_host_with_the_cpus_for_them():
     gpu = EngineConfig(target="gpu", max_num_seqs=256)
     c = candidates("vllm", gpu, cpus=16)
-    last = c[1]  # the first change tried: it was the knee on a GPU
-    assert (last.label, last.api_server_count, last.extra_args) == ("api_server_count 4", 4, [])
+    first = c[1]  # the first change tried: it was the knee on a GPU
+    assert (first.label, first.api_server_count, first.extra_args) == ("api_server_count 4", 4, [])
     assert [x.label for x in c[2:]] == ["max_num_seqs 128", "max_num_seqs 512", "--max-num-batched-tokens 2048",
                                         "--max-num-batched-tokens 8192"]
     assert candidates("vllm", gpu, cpus=8)[1].api_server_count == 2
     # not with 4 CPUs, not on a CPU target, not when the deployment already runs as many
     for eng, cpus in ((gpu, 4), (EngineConfig(), 16), (gpu.model_copy(update={"api_server_count": 4}), 16)):
         assert all(c.api_server_count is None for c in candidates("vllm", eng, cpus=cpus))
-    got = apply(gpu, last)  # the bento is built with the winner's settings
+    got = apply(gpu, first)  # the bento is built with the winner's settings
     assert got.api_server_count == 4 and got.max_num_seqs == 256 and gpu.api_server_count == 1
 
 
