@@ -512,8 +512,11 @@ def test_backend_killed_under_load_fails_cleanly(tiny_bento):
     probes: dict[str, Any] = {}
 
     def kill_and_probe() -> float:
-        os.kill(backend_pid, signal.SIGKILL)
+        # The time is read before the signal: the streams' event loop runs while this thread waits, and may see a
+        # stream cut by the kill before a clock read after os.kill returns (a stream ending exactly at the kill
+        # then looked as if it had ended before it).
         t_kill = time.perf_counter()
+        os.kill(backend_pid, signal.SIGKILL)
         probes["readyz_503_after_s"] = probes["livez_503_after_s"] = None
         while time.perf_counter() - t_kill < 30 and (probes["readyz_503_after_s"] is None
                                                      or probes["livez_503_after_s"] is None):
