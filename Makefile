@@ -21,6 +21,7 @@ LLAMA_CPP_PYTHON_VERSION := 0.3.36
 LLAMA_CPP_TOOLS := $(VENV)/share/packager/llama.cpp
 LLAMA_CPP_SDIST := build/llama-cpp-sdist/llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION).tar.gz
 LLAMA_SERVER := $(VENV)/bin/llama-server
+LLAMA_SERVER_BUILD_ARGS ?=
 
 .PHONY: install llama-cpp-tools llama-server cpu-preloads system-deps release lint typecheck test test-unit test-fast bench clean
 
@@ -57,13 +58,15 @@ $(LLAMA_CPP_TOOLS)/convert_hf_to_gguf.py:
 
 # llama.cpp's own server, the llamacpp backend (packager/engines/llamacpp.py): compiled with cmake for this
 # machine's CPU (GGML_NATIVE=ON), 5 minutes on the 2 cores it was measured on (packager/engines/llama_server_build.py).
+# The build is kept in $$PACKAGER_HOME/build-cache/ (default ~/.cache/packager) and reused by a later install with the
+# same source, flags, compiler and CPU; LLAMA_SERVER_BUILD_ARGS=--no-cache builds afresh.
 llama-server: $(LLAMA_SERVER)
 
 $(LLAMA_SERVER): | $(VENV)/.installed
 	$(MAKE) $(LLAMA_CPP_SDIST)
 	rm -rf build/llama-cpp-src && mkdir -p build/llama-cpp-src
 	tar -xzf $(LLAMA_CPP_SDIST) -C build/llama-cpp-src --strip-components=3 llama_cpp_python-$(LLAMA_CPP_PYTHON_VERSION)/vendor/llama.cpp
-	$(PY) -m packager.engines.llama_server_build build/llama-cpp-src $(dir $(LLAMA_SERVER)) --build-dir build/llama-server
+	$(PY) -m packager.engines.llama_server_build build/llama-cpp-src $(dir $(LLAMA_SERVER)) --build-dir build/llama-server $(LLAMA_SERVER_BUILD_ARGS)
 	rm -rf build/llama-cpp-src build/llama-server
 
 # vLLM CPU runs best with tcmalloc and Intel OpenMP preloaded (packager/engines/cpu_preload.py). Intel OpenMP comes

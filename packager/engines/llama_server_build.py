@@ -11,11 +11,20 @@ One recipe for the two places that build it:
 The flags turn off everything that would download at build time or that the server does not need: the web UI
 (its prebuilt assets come from a remote bucket), OpenSSL, libcurl (model downloads), tests and examples. The
 binary is linked statically (BUILD_SHARED_LIBS=OFF): one file, no library path to set.
+
+A finished build is kept in packager's home (`$PACKAGER_HOME/build-cache/llama-server/KEY/`), keyed by what
+decides the binary: the source tree's content, the cmake flags, the compiler's and cmake's versions, the
+architecture and the CPU's instruction-set flags (`-march=native`). A later install with the same key (a new
+venv, `make clean install`, another checkout on the same machine) copies it after checking its sha256 and that it
+runs, instead of compiling for 5 minutes; anything else builds afresh. `--no-cache` always builds.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -69,13 +78,25 @@ def image_commands(dest: str = "/usr/local/bin") -> list[str]:
     ]
 
 
-def build(src: Path, dest: Path, build_dir: Path, jobs: int, log=print) -> Path:
-    """Run the steps; each one's output goes to build_dir/NAME.log, and a failed or hung step shows its tail."""
+def build(src: Path, dest: Path, build_dir: Path, jobs: int, log=print, cache: Path | None = None) -> Path:
+    """Install the binary into `dest`: from the build cache (`cache`, the folder of this build's key; None: no
+    cache) if it holds this build, else by running the steps (each one's output goes to build_dir/NAME.log, a
+    failed or hung step shows its tail) and then keeping the result there."""
     if not (src / "tools" / "server").is_dir():
         raise SystemExit(f"{src} is not llama.cpp's source tree (no tools/server): pass the sdist's vendor/llama.cpp")
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
             raise SystemExit(f"building {BINARY} needs {tool}: install cmake and a C++ compiler (e.g. g++)")
+    if cache is not None and (reused := from_cache(cache, dest, log)) is not None:
+        return reused
+    binary = compile_and_install(src, dest, build_dir, jobs, log)
+    if cache is not None:
+        store(cache, binary, log)
+    return binary
+
+
+def compile_and_install(src: Path, dest: Path, build_dir: Path, jobs: int, log=print) -> Path:
+    """Configure, compile and install, each step bounded by BUILD_TIMEOUT_S."""
     build_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
     for name, cmd in zip(("configure", "compile", "install"), build_commands(src, build_dir, dest, jobs)):
@@ -112,6 +133,103 @@ def _last_progress(path: Path) -> str:
     return "compiling"
 
 
+# ----------------------------------------------------------------------------------------------- build cache
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    return (out.strip().splitlines() or ["unavailable"])[0]
+
+
+def _cpu_flags() -> str:
+    """The CPU's instruction-set flags (what -march=native compiles for); the processor's name where Linux's
+    /proc/cpuinfo is absent."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def tree_digest(src: Path) -> str:
+    """sha256 over every file's path and content under `src`, in a fixed order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        h.update(path.relative_to(src).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def cache_inputs(src: Path) -> dict[str, str]:
+    """Everything that decides the compiled binary."""
+    return {"source_sha256": tree_digest(src), "cmake_flags": " ".join(CMAKE_FLAGS), "target": BINARY,
+            "compiler": _first_line(["c++", "--version"]), "cmake": _first_line(["cmake", "--version"]),
+            "machine": platform.machine(), "cpu_flags": _cpu_flags()}
+
+
+def cache_dir_for(inputs: dict[str, str], root: Path | None = None) -> Path:
+    from packager.core.sources import packager_home
+
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
+    return (root or packager_home() / "build-cache" / BINARY) / key
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def from_cache(cache: Path, dest: Path, log=print) -> Path | None:
+    """Copy the cached binary into `dest` if it is there whole (its sha256 as recorded) and runs (`--version`);
+    None (and a line saying why, where something was there) otherwise."""
+    binary, record = cache / BINARY, cache / "build.json"
+    if not (binary.is_file() and record.is_file()):
+        return None
+    try:
+        want = json.loads(record.read_text())["binary_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        want = None
+    if want != _file_sha256(binary):
+        log(f"{BINARY}: the cached build in {cache} does not match its record; building afresh")
+        return None
+    try:
+        ok = subprocess.run([str(binary), "--version"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        log(f"{BINARY}: the cached build in {cache} does not run here; building afresh")
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".{BINARY}.partial"
+    shutil.copyfile(binary, tmp)
+    tmp.chmod(0o755)
+    tmp.replace(dest / BINARY)
+    log(f"{BINARY}: reused the build in {cache} (same source, flags, compiler and CPU) -> {dest / BINARY}")
+    return dest / BINARY
+
+
+def store(cache: Path, binary: Path, log=print) -> None:
+    """Keep a finished build for later installs; a cache that cannot be written costs only the next build."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{BINARY}.partial"
+        shutil.copyfile(binary, tmp)
+        tmp.chmod(0o755)
+        tmp.replace(cache / BINARY)
+        (cache / "build.json").write_text(json.dumps({"binary_sha256": _file_sha256(cache / BINARY),
+                                                      "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    except OSError as e:
+        log(f"{BINARY}: could not keep the build in {cache} ({e}); the next install builds again")
+        return
+    log(f"{BINARY}: kept the build in {cache} for later installs")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m packager.engines.llama_server_build", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,8 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--build-dir", type=Path, default=Path("build/llama-server"))
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                    else (os.cpu_count() or 2))
+    p.add_argument("--no-cache", action="store_true", help="build even if packager's build cache holds this build")
     a = p.parse_args(argv)
-    build(a.src.resolve(), a.dest.resolve(), a.build_dir.resolve(), a.jobs, log=lambda m: print(m, flush=True))
+    src = a.src.resolve()
+    cache = None if a.no_cache or not (src / "tools" / "server").is_dir() else cache_dir_for(cache_inputs(src))
+    build(src, a.dest.resolve(), a.build_dir.resolve(), a.jobs, log=lambda m: print(m, flush=True), cache=cache)
     return 0
 
 
