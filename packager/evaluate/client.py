@@ -16,6 +16,7 @@ class OpenAIClient:
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[:-3]
         self.retries = retries
+        self.has_tokenize = True  # False once the endpoint said it has no /tokenize route (a bento, llama.cpp)
         self.http = httpx.Client(timeout=timeout_s, **http_options(),
                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
@@ -66,7 +67,10 @@ class OpenAIClient:
 
     def tokenize(self, model: str, *, messages: list[dict] | None = None, prompt: str | None = None,
                  add_special_tokens: bool = True) -> list[int] | None:
-        """Token ids through vLLM's /tokenize; None where the endpoint has no such route."""
+        """Token ids through vLLM's /tokenize; None where the endpoint has no such route (asked once: a 404 or 405
+        is remembered, so hundreds of corpus prompts do not each ask again)."""
+        if not self.has_tokenize:
+            return None
         body: dict[str, Any] = {"model": model}
         if messages is not None:
             body.update(messages=messages, add_generation_prompt=True)
@@ -76,6 +80,8 @@ class OpenAIClient:
             r = self.http.post(f"{self.base_url}/tokenize", json=body)
         except httpx.HTTPError:
             return None
+        if r.status_code in (404, 405):
+            self.has_tokenize = False
         if r.status_code != 200:
             return None
         return r.json().get("tokens")
