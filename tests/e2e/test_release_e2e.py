@@ -39,10 +39,15 @@ def release_run(tmp_path_factory, default_model):
     w8["stages"][0].update(n_samples=8, seq_len=128, search_samples=2, search_seq_len=64,
                            alpha_candidates=[0.45, 0.75])
     (out / "w8a8-int8.yaml").write_text(yaml.safe_dump(w8))
+    # the built-in gguf-q4_k_m, its importance matrix on 8 x 128 calibration tokens instead of 128 x 512 (about a
+    # minute of this run on 2 cores; tests/unit/gguf/test_imatrix.py covers the matrix itself)
+    q4 = yaml.safe_load((Path(__file__).resolve().parents[2] / "packager/recipes/gguf-q4_k_m.yaml").read_text())
+    q4["stages"][0].update(n_samples=8, seq_len=128)
+    (out / "gguf-q4_k_m.yaml").write_text(yaml.safe_dump(q4))
     cfg = {
         "model": "default",
         # vLLM int8 and a llama.cpp GGUF: two engines compared
-        "recipes": ["w8a8-int8.yaml", "gguf-q4_k_m"],  # the file, relative to the release's directory
+        "recipes": ["w8a8-int8.yaml", "gguf-q4_k_m.yaml"],  # files, relative to the release's directory
         "output_dir": str(out / "run"),
         # a slice of the suite: the e2e checks structure and consistency, not quality (the behaviour suite is
         # covered by tests/unit/release against the fake server)
