@@ -14,9 +14,10 @@ binary is linked statically (BUILD_SHARED_LIBS=OFF): one file, no library path t
 
 A finished build is kept in packager's home (`$PACKAGER_HOME/build-cache/llama-server/KEY/`), keyed by what
 decides the binary: the source tree's content, the cmake flags, the compiler's and cmake's versions, the
-architecture and the CPU's instruction-set flags (`-march=native`). A later install with the same key (a new
-venv, `make clean install`, another checkout on the same machine) copies it after checking its sha256 and that it
-runs, instead of compiling for 5 minutes; anything else builds afresh. `--no-cache` always builds.
+architecture, the CPU's instruction-set flags (`-march=native`) and the compilers and flags set in the
+environment (CC, CXX, CFLAGS, CXXFLAGS, LDFLAGS). A later install with the same key (a new venv, `make clean
+install`, another checkout on the same machine) copies it after checking its sha256 and that it runs, instead of
+compiling for 5 minutes; anything else builds afresh. `--no-cache` always builds.
 """
 from __future__ import annotations
 
@@ -163,11 +164,17 @@ def tree_digest(src: Path) -> str:
     return h.hexdigest()
 
 
-def cache_inputs(src: Path) -> dict[str, str]:
+# what cmake reads from the environment when it configures: the compilers and their flags
+_BUILD_ENV = ("CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS")
+
+
+def cache_inputs(src: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Everything that decides the compiled binary."""
+    env = dict(os.environ if environ is None else environ)
     return {"source_sha256": tree_digest(src), "cmake_flags": " ".join(CMAKE_FLAGS), "target": BINARY,
-            "compiler": _first_line(["c++", "--version"]), "cmake": _first_line(["cmake", "--version"]),
-            "machine": platform.machine(), "cpu_flags": _cpu_flags()}
+            "build_env": " ".join(f"{k}={env.get(k, '')}" for k in _BUILD_ENV),
+            "compiler": _first_line([env.get("CXX") or "c++", "--version"]),
+            "cmake": _first_line(["cmake", "--version"]), "machine": platform.machine(), "cpu_flags": _cpu_flags()}
 
 
 def cache_dir_for(inputs: dict[str, str], root: Path | None = None) -> Path:

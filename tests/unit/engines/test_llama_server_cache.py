@@ -48,6 +48,15 @@ def test_the_key_changes_with_each_input_and_only_then(tmp_path):
     assert lsb.tree_digest(src) != base["source_sha256"]  # so does a new file
 
 
+def test_the_compilers_from_the_environment_are_part_of_the_key(tmp_path):
+    src = _src(tmp_path)
+    plain = lsb.cache_inputs(src, environ={})
+    assert plain == lsb.cache_inputs(src, environ={"UNRELATED": "1"})
+    for var in ("CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS"):
+        changed = lsb.cache_inputs(src, environ={var: "x"})
+        assert lsb.cache_dir_for(changed, tmp_path) != lsb.cache_dir_for(plain, tmp_path), var
+
+
 def test_a_cached_build_is_installed_without_compiling(tmp_path, monkeypatch, no_tools_needed):
     src, dest, cache = _src(tmp_path), tmp_path / "venv" / "bin", tmp_path / "cache" / "k"
     built = _fake_binary(tmp_path / "first" / lsb.BINARY)
