@@ -16,7 +16,6 @@ times and whether the two gave the same top-k rows, value for value.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -28,15 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from packager.fsutil import sha256_file  # noqa: E402
 from packager.gguf.topk import GgufTopk  # noqa: E402
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class FreshTopk(GgufTopk):
@@ -67,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     items = [json.loads(ln) for ln in a.items.read_text().splitlines() if ln.strip()]
     items = [it for it in items if it.get("prompt_token_ids") and it.get("output_token_ids")]
     threads = min(2, os.cpu_count() or 1)
-    result: dict[str, Any] = {"benchmark": "gguf_topk_prefix", "gguf_sha256": sha256(a.gguf),
-                              "gguf_bytes": a.gguf.stat().st_size, "items_sha256": sha256(a.items),
+    result: dict[str, Any] = {"benchmark": "gguf_topk_prefix", "gguf_sha256": sha256_file(a.gguf),
+                              "gguf_bytes": a.gguf.stat().st_size, "items_sha256": sha256_file(a.items),
                               "answers": len(items), "top_k": a.top_k, "positions_per_answer": a.positions,
                               "threads": threads, "cpu_count": os.cpu_count(), "platform": platform.platform(),
                               "runs": {}}

@@ -22,7 +22,6 @@ compiling for 5 minutes; anything else builds afresh. `--no-cache` always builds
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -32,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from packager.fsutil import atomic_write_json, sha256_bytes, sha256_file
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # keep equal to the Makefile's and pyproject's pin (a unit test checks)
 BINARY = "llama-server"
@@ -155,13 +156,11 @@ def _cpu_flags() -> str:
     return platform.processor() or "unknown"
 
 
-def tree_digest(src: Path) -> str:
-    """sha256 over every file's path and content under `src`, in a fixed order."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        h.update(path.relative_to(src).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
+def source_digest(src: Path) -> str:
+    """One sha256 over every source file's path and content (packager.fsutil's manifest hashing)."""
+    from packager.fsutil import hash_tree, tree_digest
+
+    return tree_digest(hash_tree(src, exclude=()))
 
 
 # what cmake reads from the environment when it configures: the compilers and their flags
@@ -171,7 +170,7 @@ _BUILD_ENV = ("CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS")
 def cache_inputs(src: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
     """Everything that decides the compiled binary."""
     env = dict(os.environ if environ is None else environ)
-    return {"source_sha256": tree_digest(src), "cmake_flags": " ".join(CMAKE_FLAGS), "target": BINARY,
+    return {"source_sha256": source_digest(src), "cmake_flags": " ".join(CMAKE_FLAGS), "target": BINARY,
             "build_env": " ".join(f"{k}={env.get(k, '')}" for k in _BUILD_ENV),
             "compiler": _first_line([env.get("CXX") or "c++", "--version"]),
             "cmake": _first_line(["cmake", "--version"]), "machine": platform.machine(), "cpu_flags": _cpu_flags()}
@@ -180,16 +179,17 @@ def cache_inputs(src: Path, environ: dict[str, str] | None = None) -> dict[str, 
 def cache_dir_for(inputs: dict[str, str], root: Path | None = None) -> Path:
     from packager.core.sources import packager_home
 
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
+    key = sha256_bytes(json.dumps(inputs, sort_keys=True).encode())[:24]
     return (root or packager_home() / "build-cache" / BINARY) / key
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _copy_executable(binary: Path, folder: Path) -> Path:
+    """Copy `binary` into `folder` under its name, executable, never half-written (a partial copy is renamed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{BINARY}.partial"
+    shutil.copyfile(binary, tmp)
+    tmp.chmod(0o755)
+    return tmp.replace(folder / BINARY)
 
 
 def from_cache(cache: Path, dest: Path, log=print) -> Path | None:
@@ -202,7 +202,7 @@ def from_cache(cache: Path, dest: Path, log=print) -> Path | None:
         want = json.loads(record.read_text())["binary_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         want = None
-    if want != _file_sha256(binary):
+    if want != sha256_file(binary):
         log(f"{BINARY}: the cached build in {cache} does not match its record; building afresh")
         return None
     try:
@@ -212,11 +212,7 @@ def from_cache(cache: Path, dest: Path, log=print) -> Path | None:
     if not ok:
         log(f"{BINARY}: the cached build in {cache} does not run here; building afresh")
         return None
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / f".{BINARY}.partial"
-    shutil.copyfile(binary, tmp)
-    tmp.chmod(0o755)
-    tmp.replace(dest / BINARY)
+    _copy_executable(binary, dest)
     log(f"{BINARY}: reused the build in {cache} (same source, flags, compiler and CPU) -> {dest / BINARY}")
     return dest / BINARY
 
@@ -224,13 +220,9 @@ def from_cache(cache: Path, dest: Path, log=print) -> Path | None:
 def store(cache: Path, binary: Path, log=print) -> None:
     """Keep a finished build for later installs; a cache that cannot be written costs only the next build."""
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".{BINARY}.partial"
-        shutil.copyfile(binary, tmp)
-        tmp.chmod(0o755)
-        tmp.replace(cache / BINARY)
-        (cache / "build.json").write_text(json.dumps({"binary_sha256": _file_sha256(cache / BINARY),
-                                                      "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+        kept = _copy_executable(binary, cache)
+        atomic_write_json(cache / "build.json", {"binary_sha256": sha256_file(kept),
+                                                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     except OSError as e:
         log(f"{BINARY}: could not keep the build in {cache} ({e}); the next install builds again")
         return

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from packager.engines import llama_server_build as lsb
+from packager.fsutil import sha256_file
 
 
 def _src(tmp_path: Path) -> Path:
@@ -32,20 +33,20 @@ def no_tools_needed(monkeypatch):
 
 def test_the_key_changes_with_each_input_and_only_then(tmp_path):
     src = _src(tmp_path)
-    base = {"source_sha256": lsb.tree_digest(src), "cmake_flags": " ".join(lsb.CMAKE_FLAGS), "target": lsb.BINARY,
+    base = {"source_sha256": lsb.source_digest(src), "cmake_flags": " ".join(lsb.CMAKE_FLAGS), "target": lsb.BINARY,
             "compiler": "c++ 12.2.0", "cmake": "cmake 3.25.1", "machine": "x86_64", "cpu_flags": "avx avx2"}
     root = tmp_path / "cache"
     key = lsb.cache_dir_for(base, root)
     assert key == lsb.cache_dir_for(dict(base), root) and key.parent == root
-    assert lsb.tree_digest(src) == base["source_sha256"]  # the same tree, the same digest
+    assert lsb.source_digest(src) == base["source_sha256"]  # the same tree, the same digest
     for field, other in (("cmake_flags", "-DGGML_NATIVE=OFF"), ("compiler", "c++ 13.1.0"), ("cmake", "cmake 3.28"),
                          ("machine", "aarch64"), ("cpu_flags", "avx avx2 avx512f")):
         assert lsb.cache_dir_for({**base, field: other}, root) != key, field
     (src / "tools" / "server" / "server.cpp").write_text("int main() { return 1; }\n")
-    assert lsb.tree_digest(src) != base["source_sha256"]  # one changed source file changes the key
+    assert lsb.source_digest(src) != base["source_sha256"]  # one changed source file changes the key
     (src / "tools" / "server" / "server.cpp").write_text("int main() { return 0; }\n")
     (src / "tools" / "server" / "renamed.cpp").write_text("")
-    assert lsb.tree_digest(src) != base["source_sha256"]  # so does a new file
+    assert lsb.source_digest(src) != base["source_sha256"]  # so does a new file
 
 
 def test_the_compilers_from_the_environment_are_part_of_the_key(tmp_path):
@@ -61,7 +62,7 @@ def test_a_cached_build_is_installed_without_compiling(tmp_path, monkeypatch, no
     src, dest, cache = _src(tmp_path), tmp_path / "venv" / "bin", tmp_path / "cache" / "k"
     built = _fake_binary(tmp_path / "first" / lsb.BINARY)
     lsb.store(cache, built, log=lambda m: None)
-    assert json.loads((cache / "build.json").read_text())["binary_sha256"] == lsb._file_sha256(built)
+    assert json.loads((cache / "build.json").read_text())["binary_sha256"] == sha256_file(built)
 
     def must_not_compile(*a, **k):
         raise AssertionError("compiled although the cache holds this build")
@@ -83,7 +84,7 @@ def test_a_damaged_cache_entry_is_rebuilt_and_replaced(tmp_path, monkeypatch, no
         _fake_binary(cache / lsb.BINARY, text="changed after it was kept")
     elif damage == "does_not_run":
         _fake_binary(cache / lsb.BINARY, exit_code=3)
-        (cache / "build.json").write_text(json.dumps({"binary_sha256": lsb._file_sha256(cache / lsb.BINARY)}))
+        (cache / "build.json").write_text(json.dumps({"binary_sha256": sha256_file(cache / lsb.BINARY)}))
     else:
         (cache / "build.json").unlink()
     compiled: list[Path] = []
@@ -99,7 +100,7 @@ def test_a_damaged_cache_entry_is_rebuilt_and_replaced(tmp_path, monkeypatch, no
     assert "new" in out.read_text()
     # the fresh build replaced the damaged entry, and the next install takes it from there
     assert (cache / lsb.BINARY).read_bytes() == out.read_bytes()
-    assert json.loads((cache / "build.json").read_text())["binary_sha256"] == lsb._file_sha256(out)
+    assert json.loads((cache / "build.json").read_text())["binary_sha256"] == sha256_file(out)
     if damage != "no_record":
         assert any("building afresh" in m for m in lines), lines
     monkeypatch.setattr(lsb, "compile_and_install", lambda *a, **k: pytest.fail("compiled twice"))
