@@ -216,7 +216,21 @@ class Ceiling(Bench):
                 "started_utc": now_utc(), "slo": SLO, "variants": {}, "errors": []}
 
     def ratios(self) -> None:
-        """None: the phases are read side by side (benchmarks/results/gpu_ceiling.json)."""
+        """Each format's best goodput among its locust phases that met the SLO, and its ratio to bf16's."""
+        best: dict[str, dict[str, Any]] = {}
+        for vname, v in self.data["variants"].items():
+            for key, ph in v["phases"].items():
+                if not key.startswith("locust") or not ph.get("meets_slo"):
+                    continue
+                cur = best.get(v["format"])
+                if cur is None or ph["goodput_output_tokens_per_s"] > cur["goodput_output_tokens_per_s"]:
+                    best[v["format"]] = {"variant": vname, "phase": key, "users": ph["users"],
+                                         "goodput_output_tokens_per_s": ph["goodput_output_tokens_per_s"]}
+        self.data["best_goodput_meeting_slo"] = best
+        base = best.get("bf16", {}).get("goodput_output_tokens_per_s")
+        if base:
+            self.data["best_goodput_meeting_slo_vs_bf16"] = {
+                f: round(b["goodput_output_tokens_per_s"] / base, 3) for f, b in best.items() if f != "bf16"}
 
     def step_quantize(self, only: str | None = None) -> None:
         fmt = only or "fp8"
@@ -238,23 +252,29 @@ class Ceiling(Bench):
         srv.start()
         try:
             v["engine_startup_s"] = round(time.perf_counter() - t0, 1)
-            for ph in self.a.phases:
-                self.phase(srv.base_url, name, fmt, ph, v)
-                self.save()
+            for users in self.a.users:
+                for ph in self.a.phases:
+                    self.phase(srv.base_url, name, fmt, ph, v, users)
+                    self.save()
         finally:
             srv.stop()
 
-    def phase(self, url: str, name: str, fmt: str, ph: str, v: dict[str, Any]) -> None:
-        """One load phase on the running engine, recorded in v["phases"]; an error is recorded, not raised."""
-        log(f"{name}: phase {ph} at {self.a.users} users")
-        key = f"{ph}@{self.a.users}"
+    def phase(self, url: str, name: str, fmt: str, ph: str, v: dict[str, Any], users: int) -> None:
+        """One load phase on the running engine, recorded in v["phases"]; an error is recorded, not raised. A
+        load measured again on the same engine is kept as a repeat ("locust8@768#2")."""
+        log(f"{name}: phase {ph} at {users} users")
+        key = f"{ph}@{users}"
+        n = 1
+        while (key if n == 1 else f"{key}#{n}") in v["phases"]:
+            n += 1
+        key = key if n == 1 else f"{key}#{n}"
         try:
             with Sampler(gpu=not self.a.fake_engine) as s:
-                d = self.work / "runs" / name / ph
+                d = self.work / "runs" / name / key.replace("@", "_").replace("#", "_")
                 if ph.startswith("locust"):
-                    res = locust_phase(url, d, self.a.users, int(ph[6:]), self.a.phase_s, name)
+                    res = locust_phase(url, d, users, int(ph[6:]), self.a.phase_s, name)
                 elif ph == "bench":
-                    res = bench_phase(url, self.work / fmt, d, self.a.users, self.a.phase_s, name)
+                    res = bench_phase(url, self.work / fmt, d, users, self.a.phase_s, name)
                 else:
                     raise ValueError(f"unknown phase {ph!r}: locustN or bench")
             res.update(s.summary())
@@ -272,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", required=True, help="model, quantize:FORMAT, serve:FORMAT[@apiN][+siK], ...")
     ap.add_argument("--arch", default="llama-3.1-8b")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--users", type=int, default=512)
+    ap.add_argument("--users", type=lambda t: [int(x) for x in t.split(",") if x], default=[512],
+                    help="closed-loop users, one phase set per value in this order, on the same engine: 512,768")
     ap.add_argument("--max-num-seqs", type=int, default=512)
     ap.add_argument("--phases", type=lambda t: [x for x in t.split(",") if x], default=["locust8", "locust12", "bench"])
     ap.add_argument("--phase-s", type=float, default=16.0)

@@ -53,6 +53,8 @@ class PhaseResult(_Strict):
     e2e: LatencySummary
     dispatch_lag: LatencySummary  # open loop: actual send time - scheduled arrival time (generator health)
     goodput_requests_per_s: float  # successful requests meeting every SLO / duration_s
+    # tokens of those requests / duration_s, plus what the warm-up's requests that met every SLO generated inside
+    # the measured time (as the token throughputs count the warm-up's): equal to the throughput when all met it
     goodput_output_tokens_per_s: float
     goodput_input_tokens_per_s: float
     slo_attainment_fraction: float  # requests meeting every SLO / (sent + dropped arrivals)

@@ -113,6 +113,27 @@ def test_warmup_requests_are_left_out_and_retries_counted():
     assert whole.meets_slo is False
 
 
+def test_goodput_counts_the_warmups_good_requests_as_the_throughput_does():
+    """Every request meets the SLO: goodput in tokens equals the output throughput, the warm-up's requests
+    counted by the tokens they generated inside the measured time; one that misses the SLO is not counted."""
+    slo = SLOConfig(ttft_ms=200, tpot_ms=50)
+    warm = [_req(100, 1000, 10, t0=t) for t in (0.2, 0.5)]  # TPOT 100 ms: misses the TPOT limit
+    warm[1]["e2e_ms"], warm[1]["t_end_unix"] = 460, 0.5 + 0.46  # TPOT 40 ms, but over before 1.0 s
+    warm_good = [_req(100, 460, 10, t0=0.8)]  # first token at 0.9 s, end at 1.26 s: 10 x 0.26 / 0.36 after 1.0 s
+    steady = [_req(100, 190, 10, t0=1.0 + i * 0.5) for i in range(6)]
+    share = [{"start_unix": 0.0, "dispatch_end_unix": 4.0, "dropped_arrivals": 0, "request_cap_reached": False,
+              "cancelled_at_drain_timeout": 0}]
+    ph = summarize_phase(0, "x", {"users": 2}, warm + warm_good + steady, share, slo, 0.9, 4.0, warmup_s=1.0)
+    in_window_good = 10 * 0.26 / 0.36
+    in_window_bad = 10 * (1.2 - 1.0) / 0.9  # the slow one's first token at 0.3 s, end at 1.2 s
+    assert ph.requests_sent == 6 and ph.duration_s == pytest.approx(3.0)
+    assert ph.output_token_throughput_per_s == pytest.approx((60 + in_window_good + in_window_bad) / 3.0)
+    assert ph.goodput_output_tokens_per_s == pytest.approx((60 + in_window_good) / 3.0)
+    assert ph.goodput_requests_per_s == pytest.approx(6 / 3.0)  # requests: the measured ones alone
+    every_good = summarize_phase(0, "x", {"users": 2}, warm_good + steady, share, slo, 0.9, 4.0, warmup_s=1.0)
+    assert every_good.goodput_output_tokens_per_s == pytest.approx(every_good.output_token_throughput_per_s)
+
+
 def test_tokens_between_two_times_spread_over_each_request_decode():
     from packager.loadtest.metrics import tokens_between
 
