@@ -6,9 +6,10 @@ then 4-bit group rounding) and writes the AWQ GEMM checkpoint format (quant_meth
 serves through the same mixed-precision CPU kernel (cpu_gemm_wna16) as GPTQ, and GPUs through AWQ Marlin. It is a
 method of this stage rather than a stage of its own because everything around the rounding is the same: the
 group-size check, the calibration samples, the serving kernel and so the hardware checks. AWQ here is 4-bit
-with zero points only (vLLM's AWQ path loads 4-bit; sym defaults to false for it), has no act-order and no mixed
-precision (its checkpoint would need `modules_to_not_convert`, which this stage does not write); those settings
-are refused.
+with zero points only (vLLM's AWQ path loads 4-bit; sym defaults to false for it) and has no act-order; those
+settings are refused. Its mixed precision keeps the units in float as GPTQ's does (GPTQModel's AWQ skips the
+`dynamic` negative rules too) and lists them in the checkpoint's `modules_to_not_convert`, which vLLM's AWQ
+loader reads to serve them unquantized.
 
 The group size must divide the input dimension of every quantized Linear; it is checked from config.json
 (and the safetensors headers) before the model is even loaded, with an error naming the dimension and
@@ -86,9 +87,6 @@ class GPTQArgs(StageArgs):
         elif self.sym:
             raise ValueError("method awq is asymmetric here (zero points, the AWQ GEMM checkpoint vLLM was checked "
                              "with); set sym: false or leave it out")
-        if self.mixed_precision is not None:
-            raise ValueError("method awq has no mixed precision here (its checkpoint would need "
-                             "modules_to_not_convert); drop mixed_precision or use method gptq")
         return self
 
     def validate_for(self, model_dir: Path) -> None:
@@ -245,6 +243,8 @@ def apply_gptq(args: GPTQArgs, ctx: StageContext) -> dict[str, Any]:
     model.quantize(examples, batch_size=args.batch_size, **quantize_backend_kwargs(args, device))
     model.save(str(ctx.output_dir))
     del model
+    if args.method == "awq" and mixed is not None:
+        mark_awq_float_modules(Path(ctx.output_dir), mixed["kept_modules"])
     ensure_tokenizer_files(ctx.input_dir, ctx.output_dir)
     weight_files(ctx.output_dir)  # safetensors only; raises on pickles
     losses = _read_quant_log(Path(ctx.output_dir) / "quant_log.csv")
@@ -267,8 +267,25 @@ def quantize_config_kwargs(args: GPTQArgs, dynamic: dict[str, dict]) -> dict[str
     common: dict[str, Any] = {"bits": args.bits, "group_size": args.group_size, "sym": args.sym,
                               "offload_to_disk": False}
     if args.method == "awq":
-        return {**common, "method": "awq", "format": "gemm"}
+        return {**common, "method": "awq", "format": "gemm", **({"dynamic": dynamic} if dynamic else {})}
     return {**common, "desc_act": args.desc_act, "damp_percent": args.damp_percent, "dynamic": dynamic or None}
+
+
+def mark_awq_float_modules(model_dir: Path, modules: list[str]) -> None:
+    """Write the units mixed precision kept in float as the AWQ checkpoint's `modules_to_not_convert` (vLLM's AWQ
+    loader serves a Linear whose name contains one unquantized). Each must be in the checkpoint as a float
+    weight, not packed: a kept module GPTQModel quantized anyway would otherwise load as garbage."""
+    from packager.compress.checkpoint import read_config, tensor_shapes, write_config
+
+    names = set(tensor_shapes(model_dir))
+    packed = sorted(m for m in modules if f"{m}.qweight" in names or f"{m}.weight" not in names)
+    if packed:
+        raise RuntimeError(f"AWQ mixed precision: GPTQModel did not keep {packed[:4]} in float (no float weight "
+                           f"in the checkpoint); the checkpoint is not written as mixed precision")
+    cfg = read_config(model_dir)
+    q = cfg.setdefault("quantization_config", {})
+    q["modules_to_not_convert"] = sorted(set(q.get("modules_to_not_convert") or []) | set(modules))
+    write_config(model_dir, cfg)
 
 
 def quantize_backend_kwargs(args: GPTQArgs, device: str) -> dict[str, Any]:

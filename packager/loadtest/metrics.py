@@ -10,7 +10,8 @@ Definitions (docs/architecture.md, Metrics): TTFT = request sent -> first conten
 consecutive content
 chunks; TPOT = (E2E - TTFT) / (output tokens - 1); goodput = successful requests meeting every SLO (TTFT
 and TPOT limits) per second, as DistServe and `vllm bench serve --goodput` (a request with one output token
-has no TPOT and is judged on TTFT alone).
+has no TPOT and is judged on TTFT alone). After a warm-up, the token throughputs and the goodput in tokens also
+count what the warm-up's requests (those meeting every SLO, for the goodput) generated inside the measured time.
 """
 from __future__ import annotations
 

@@ -44,7 +44,6 @@ def test_awq_defaults_to_zero_points():
     ({"bits": 8}, "4-bit weights only"),
     ({"desc_act": True}, "no act-order"),
     ({"sym": True}, "asymmetric"),
-    ({"mixed_precision": {"target_kl": 0.05, "max_float_share": 0.25}}, "no mixed precision"),
 ])
 def test_awq_settings_it_cannot_write_are_refused_in_the_recipe(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -57,9 +56,52 @@ def test_unknown_method_is_refused():
 
 
 def test_awq_quantize_config_is_the_gemm_format_without_gptq_only_fields():
-    kw = quantize_config_kwargs(_awq(group_size=64), {"-:^x$": {}})
+    kw = quantize_config_kwargs(_awq(group_size=64), {})
     assert kw == {"bits": 4, "group_size": 64, "sym": False, "offload_to_disk": False, "method": "awq",
                   "format": "gemm"}
+    # mixed precision's skip rules go to GPTQModel's AWQ as they go to its GPTQ
+    assert quantize_config_kwargs(_awq(group_size=64), {"-:^x$": {}})["dynamic"] == {"-:^x$": {}}
+
+
+def test_awq_accepts_mixed_precision():
+    a = _awq(mixed_precision={"target_kl": 0.05, "max_float_share": 0.25})
+    assert a.mixed_precision is not None and a.mixed_precision.target_kl == 0.05
+
+
+def _awq_checkpoint(d: Path, float_modules: list[str], packed_modules: list[str]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    t = {f"{m}.weight": torch.zeros(8, 8, dtype=torch.bfloat16) for m in float_modules}
+    for m in packed_modules:
+        t |= {f"{m}.qweight": torch.zeros(8, 1, dtype=torch.int32), f"{m}.qzeros": torch.zeros(1, 1, dtype=torch.int32),
+              f"{m}.scales": torch.zeros(1, 8, dtype=torch.float16)}
+    save_file(t, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
+        "quant_method": "awq", "bits": 4, "modules_to_not_convert": ["lm_head"]}}))
+
+
+def test_awq_mixed_precision_lists_the_float_units_for_vllm(tmp_path):
+    from packager.compress.gptq import mark_awq_float_modules
+
+    kept = ["model.layers.1.mlp.down_proj", "model.layers.0.self_attn.q_proj"]
+    _awq_checkpoint(tmp_path, kept, ["model.layers.0.mlp.down_proj"])
+    mark_awq_float_modules(tmp_path, kept)
+    q = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert q["modules_to_not_convert"] == ["lm_head", "model.layers.0.self_attn.q_proj",
+                                           "model.layers.1.mlp.down_proj"]
+    assert q["quant_method"] == "awq" and q["bits"] == 4
+
+
+@pytest.mark.parametrize("kept", [["model.layers.0.mlp.down_proj"], ["model.layers.9.mlp.down_proj"]])
+def test_awq_mixed_precision_refuses_a_kept_unit_that_is_packed_or_missing(tmp_path, kept):
+    from packager.compress.gptq import mark_awq_float_modules
+
+    _awq_checkpoint(tmp_path, ["model.layers.1.mlp.down_proj"], ["model.layers.0.mlp.down_proj"])
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(RuntimeError, match="did not keep"):
+        mark_awq_float_modules(tmp_path, kept)
+    assert (tmp_path / "config.json").read_text() == before
 
 
 def test_gptq_quantize_config_keeps_act_order_damping_and_skip_rules():
