@@ -49,7 +49,7 @@ class GPTQArgs(StageArgs):
     kind: Literal["gptq"] = "gptq"
     requires_calibration_data: ClassVar[bool] = True
     method: Literal["gptq", "awq"] = Field("gptq", description="gptq (GPTQ format) or awq (AWQ GEMM format; 4-bit, "
-                                                              "no desc_act, no mixed_precision)")
+                                                              "zero points, no desc_act)")
     bits: Literal[4, 8] = Field(4, description="weight bits: 4 (W4A16) or 8 (W8A16)")
     group_size: int = Field(64, description="weights per quantization group along the input dimension; "
                                             "-1 = one group per row")
