@@ -42,7 +42,7 @@ for p in (str(ROOT), str(ROOT / "benchmarks")):
 
 from bench_vs_vllm_bench import VLLM_BENCH_ENTRY  # noqa: E402
 from gpu_proof import log, now_utc  # noqa: E402
-from gpu_speed_8b import SLO, Bench, engine_config, engine_server, write_format  # noqa: E402
+from gpu_speed_8b import SLO, Bench, engine_config, engine_server, ratio, write_format  # noqa: E402
 
 
 def parse_variant(name: str) -> tuple[str, int, int]:
@@ -230,7 +230,7 @@ class Ceiling(Bench):
         base = best.get("bf16", {}).get("goodput_output_tokens_per_s")
         if base:
             self.data["best_goodput_meeting_slo_vs_bf16"] = {
-                f: round(b["goodput_output_tokens_per_s"] / base, 3) for f, b in best.items() if f != "bf16"}
+                f: ratio(b["goodput_output_tokens_per_s"], base) for f, b in best.items() if f != "bf16"}
 
     def step_quantize(self, only: str | None = None) -> None:
         fmt = only or "fp8"
