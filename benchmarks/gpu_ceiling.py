@@ -9,6 +9,8 @@ served variant, at one fixed load (--users closed-loop users, 128 input tokens, 
     `vllm bench serve` (phase "bench": asyncio, one process, random dataset, same lengths, --ignore-eos);
   * the frontend: the variant name's "@apiN" (API server processes) and "+siK" (`--stream-interval K`: the engine
     sends every K-th token, so the API servers and the client handle K times fewer stream events);
+  * the KV cache: "+kv8" serves the variant with an FP8 KV cache (packager's engine.kv_cache_dtype: fp8), half
+    the bytes a decode step reads per cached token;
   * the GPU: nvidia-smi's utilization (share of time a kernel ran), sampled every 0.5 s during each phase.
 
 Each phase also records the CPU time every process group used (locust master, locust workers, vLLM API servers,
@@ -45,14 +47,23 @@ from gpu_proof import log, now_utc  # noqa: E402
 from gpu_speed_8b import SLO, Bench, engine_config, engine_server, ratio, write_format  # noqa: E402
 
 
-def parse_variant(name: str) -> tuple[str, int, int]:
-    """"fp8@api4+si8" -> ("fp8", 4 API servers, stream interval 8); missing parts are 1."""
-    head, _, si = name.partition("+")
+def parse_variant(name: str) -> tuple[str, int, int, str]:
+    """"fp8@api4+si8+kv8" -> ("fp8", 4 API servers, stream interval 8, KV cache "fp8"); missing parts are 1 and
+    "auto" (the KV cache in the model's dtype)."""
+    head, *tail = name.split("+")
     fmt, _, api = head.partition("@")
-    if (api and not (api.startswith("api") and api[3:].isdigit())) or (si and not (si.startswith("si")
-                                                                                      and si[2:].isdigit())):
-        raise ValueError(f"variant {name!r}: expected FORMAT[@apiN][+siK]")
-    return fmt, int(api[3:]) if api else 1, int(si[2:]) if si else 1
+    si, kv = 1, "auto"
+    ok = not api or (api.startswith("api") and api[3:].isdigit())
+    for t in tail:
+        if t.startswith("si") and t[2:].isdigit():
+            si = int(t[2:])
+        elif t == "kv8":
+            kv = "fp8"
+        else:
+            ok = False
+    if not ok:
+        raise ValueError(f"variant {name!r}: expected FORMAT[@apiN][+siK][+kv8]")
+    return fmt, int(api[3:]) if api else 1, si, kv
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -222,9 +233,11 @@ class Ceiling(Bench):
             for key, ph in v["phases"].items():
                 if not key.startswith("locust") or not ph.get("meets_slo"):
                     continue
-                cur = best.get(v["format"])
+                # weights and KV cache: "fp8" and "fp8+kv8" (FP8 weights, FP8 KV cache) are told apart
+                fkey = v["format"] + ("+kv8" if v.get("kv_cache_dtype", "auto") != "auto" else "")
+                cur = best.get(fkey)
                 if cur is None or ph["goodput_output_tokens_per_s"] > cur["goodput_output_tokens_per_s"]:
-                    best[v["format"]] = {"variant": vname, "phase": key, "users": ph["users"],
+                    best[fkey] = {"variant": vname, "phase": key, "users": ph["users"],
                                          "goodput_output_tokens_per_s": ph["goodput_output_tokens_per_s"]}
         self.data["best_goodput_meeting_slo"] = best
         base = best.get("bf16", {}).get("goodput_output_tokens_per_s")
@@ -238,13 +251,14 @@ class Ceiling(Bench):
                                                                      self.a.device)
 
     def step_serve(self, name: str) -> None:
-        fmt, api, si = parse_variant(name)
+        fmt, api, si, kv = parse_variant(name)
         # one record per served variant and engine batch; its phases keyed by load generator and users, so runs
         # with other --max-num-seqs or --users in the same --work add to the state instead of replacing it
         key = f"{name} seqs{self.a.max_num_seqs}"
         v = self.data["variants"].setdefault(key, {"format": fmt, "api_server_count": api, "stream_interval": si,
-                                                    "max_num_seqs": self.a.max_num_seqs, "phases": {}})
-        cfg = engine_config("auto", api, self.a.max_num_seqs)
+                                                    "kv_cache_dtype": kv, "max_num_seqs": self.a.max_num_seqs,
+                                                    "phases": {}})
+        cfg = engine_config("auto", api, self.a.max_num_seqs).model_copy(update={"kv_cache_dtype": kv})
         if si > 1:
             cfg = cfg.model_copy(update={"extra_args": ["--stream-interval", str(si)]})
         srv = engine_server(self.a, fmt, cfg, name)
@@ -289,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--steps", required=True, help="model, quantize:FORMAT, serve:FORMAT[@apiN][+siK], ...")
+    ap.add_argument("--steps", required=True, help="model, quantize:FORMAT, serve:FORMAT[@apiN][+siK][+kv8], ...")
     ap.add_argument("--arch", default="llama-3.1-8b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--users", type=lambda t: [int(x) for x in t.split(",") if x], default=[512],

@@ -99,6 +99,11 @@ def select_engine(model_dir: str | Path, engine: "EngineConfig",
                 log(f"{model_dir} is a GGUF artifact: serving it with backend llamacpp (llama.cpp), not "
                     f"{engine.backend}")
             engine = engine.model_copy(update={"backend": LLAMACPP})
+        if engine.kv_cache_dtype != "auto":  # a vLLM setting: llama-server keeps the GGUF's own cache type
+            if log is not None:
+                log(f"{model_dir} is a GGUF artifact: kv_cache_dtype {engine.kv_cache_dtype} is a vLLM setting; "
+                    "llama-server keeps its own cache type")
+            engine = engine.model_copy(update={"kv_cache_dtype": "auto"})
         return engine
     if engine.backend == LLAMACPP:
         raise ConfigError(

@@ -29,6 +29,8 @@ def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: s
         cmd += ["--served-model-name", served_name]
     if engine.enforce_eager:
         cmd.append("--enforce-eager")
+    if engine.kv_cache_dtype != "auto":
+        cmd += ["--kv-cache-dtype", engine.kv_cache_dtype]
     if engine.chat_template:  # a file or the template's text: vLLM takes either
         cmd += ["--chat-template", engine.chat_template]
     if engine.target == "gpu":

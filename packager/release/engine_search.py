@@ -81,6 +81,8 @@ def _searched(ctx: "VariantContext") -> "EngineSearch":
     es, lt = cfg.engine_search, run.lt_cfg
     prof = lt.profile
     base_engine = cfg.engine.model_copy(update={"backend": ctx.vr.engine})
+    if ctx.vr.engine != "vllm":  # llama-server keeps the GGUF's own KV cache type
+        base_engine = base_engine.model_copy(update={"kv_cache_dtype": "auto"})
     single = getattr(prof, "users", None) or getattr(prof, "requests_per_s", None)
     load = search_load(es.load, list(prof.values), 1.0) if prof.kind == "sweep" else float(single or 1.0)
     cands = candidates(ctx.vr.engine, base_engine, cpu_threads())

@@ -66,6 +66,7 @@ class BentoArgs(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     gpu_int4_kernel: Literal["auto", "marlin"] = "auto"  # int4 (W4A16) weights on a GPU: vLLM's choice or Marlin
     api_server_count: int = Field(1, ge=1, le=64)  # vLLM API server processes in front of the engine
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"  # vLLM's --kv-cache-dtype
     cpu_kvcache_space_gib: int = Field(1, ge=1)
     cpu_omp_threads_bind: str = "auto"
     enforce_eager: bool = False
@@ -134,6 +135,9 @@ class BentoArgs(BaseModel):
                 f"backend {self.backend!r} is not available; known backends: {', '.join(sorted(ENGINES))}"
             )
         check_target(self.backend, self.target)
+        if self.kv_cache_dtype != "auto" and self.backend != "vllm":
+            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is a vLLM setting; backend {self.backend!r} "
+                             "does not take it (kv_cache_dtype=auto)")
         if self.target == "cpu" and self.tensor_parallel_size != 1:
             raise ValueError(
                 f"tensor_parallel_size={self.tensor_parallel_size} needs target=gpu; a CPU replica uses one "
@@ -150,6 +154,7 @@ class BentoArgs(BaseModel):
             cpu_omp_threads_bind=self.cpu_omp_threads_bind, tensor_parallel_size=self.tensor_parallel_size,
             gpu_type=self.gpu_type, gpu_memory_utilization=self.gpu_memory_utilization,
             gpu_int4_kernel=self.gpu_int4_kernel, api_server_count=self.api_server_count,
+            kv_cache_dtype=self.kv_cache_dtype,
             enforce_eager=self.enforce_eager, extra_args=list(self.extra_args), chat_template=self.chat_template,
         )
 

@@ -51,7 +51,7 @@ def make_args(*, model_tag: str, model_digest: str, engine: EngineConfig, servic
         "max_model_len": engine.max_model_len, "max_num_seqs": engine.max_num_seqs,
         "tensor_parallel_size": engine.tensor_parallel_size, "gpu_type": engine.gpu_type,
         "gpu_memory_utilization": engine.gpu_memory_utilization, "gpu_int4_kernel": engine.gpu_int4_kernel,
-        "api_server_count": engine.api_server_count,
+        "api_server_count": engine.api_server_count, "kv_cache_dtype": engine.kv_cache_dtype,
         "cpu_kvcache_space_gib": engine.cpu_kvcache_space_gib, "cpu_omp_threads_bind": engine.cpu_omp_threads_bind,
         "enforce_eager": engine.enforce_eager, "extra_args": list(engine.extra_args), "backend_port": backend_port,
         # the template's text, not its path: the bento carries it wherever it is deployed

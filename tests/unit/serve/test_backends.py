@@ -167,8 +167,39 @@ def test_the_vllm_command_parses_with_vllms_own_serve_arguments():
     from packager.engines.vllm import vllm_command
 
     cmd = vllm_command("/m", 18123, EngineConfig(target="gpu", api_server_count=3, max_num_seqs=200,
-                                                 max_model_len=4096), served_name="svc")
+                                                 max_model_len=4096, kv_cache_dtype="fp8"), served_name="svc")
     assert cmd[1:3] == ["-m", vllm_serve.__name__]
     _, a = vllm_serve.parse(cmd[3:])
     assert (a.model_tag, a.api_server_count, a.max_num_seqs, a.max_model_len) == ("/m", 3, 200, 4096)
+    assert a.kv_cache_dtype == "fp8"
     assert (a.port, a.served_model_name, a.load_format) == (18123, ["svc"], "safetensors")
+
+
+def test_an_fp8_kv_cache_travels_from_the_run_configuration_into_the_bento_and_the_vllm_command():
+    from packager.config import EngineConfig
+    from packager.serve.build import make_args
+
+    args = make_args(model_tag="m:v1", model_digest="d" * 64, service_name="packager-m", model_name="m",
+                     engine=EngineConfig(target="gpu", kv_cache_dtype="fp8"))
+    assert args.kv_cache_dtype == "fp8" and args.engine_config().kv_cache_dtype == "fp8"
+    vllm = BACKENDS.get("vllm")
+    assert opt(vllm.command(Path("/models/m"), args), "--kv-cache-dtype") == "fp8"
+    # the default leaves vLLM's choice (the model's dtype) alone: no flag at all
+    assert "--kv-cache-dtype" not in vllm.command(Path("/models/m"), parse_args(BASE))
+
+
+def test_an_fp8_kv_cache_is_refused_for_llama_cpp_but_a_gguf_in_a_vllm_release_keeps_its_own_cache(tmp_path):
+    from packager.config import EngineConfig
+    from packager.engines.select import select_engine
+
+    with pytest.raises(ValueError, match="kv_cache_dtype='fp8' is a vLLM setting"):
+        EngineConfig(backend="llamacpp", kv_cache_dtype="fp8")
+    with pytest.raises(ConfigError, match="kv_cache_dtype"):
+        parse_args({**BASE, "backend": "llamacpp", "kv_cache_dtype": "fp8"})
+    with pytest.raises(ConfigError):
+        parse_args({**BASE, "kv_cache_dtype": "int8"})
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    said: list[str] = []
+    eng = select_engine(tmp_path, EngineConfig(kv_cache_dtype="fp8"), log=said.append)
+    assert (eng.backend, eng.kv_cache_dtype) == ("llamacpp", "auto")
+    assert any("kv_cache_dtype fp8 is a vLLM setting" in m for m in said)
