@@ -69,7 +69,8 @@ class EngineConfig(Strict):
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
         "auto", description="vLLM's KV cache dtype (`--kv-cache-dtype`): auto (the model's dtype) or fp8, "
                             "fp8_e4m3, fp8_e5m2 (half the cache memory; scored through the engine like any "
-                            "compression). A GGUF served by llama-server keeps its own cache type")
+                            "compression; vLLM CPU needs AVX-512 or AMX for it). A GGUF served by llama-server "
+                            "keeps its own cache type")
     startup_timeout_s: float = Field(900.0, gt=0)
     # vLLM: no torch.compile / CUDA graphs (`--enforce-eager`). Starts in a third of the time on a 2-core CPU at
     # lower throughput (benchmarks/results/vllm_cpu_dtype.json): for short-lived engines (evaluation, CI).

