@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from packager.core.validation import format_validation_error, parse_model  # noqa: F401  (re-exported)
+from packager.engines.select import check_kv_cache
 from packager.errors import ConfigError
 from packager.loadtest.config import LoadTestConfig
 
@@ -81,9 +82,7 @@ class EngineConfig(Strict):
 
     @model_validator(mode="after")
     def _kv_cache_dtype_needs_vllm(self) -> "EngineConfig":
-        if self.kv_cache_dtype != "auto" and self.backend != "vllm":
-            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is a vLLM setting; backend "
-                             f"{self.backend!r} does not take it (set backend: vllm, or kv_cache_dtype: auto)")
+        check_kv_cache(self.backend, self.kv_cache_dtype)
         return self
 
 

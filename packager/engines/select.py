@@ -98,19 +98,32 @@ def select_engine(model_dir: str | Path, engine: "EngineConfig",
             if log is not None:
                 log(f"{model_dir} is a GGUF artifact: serving it with backend llamacpp (llama.cpp), not "
                     f"{engine.backend}")
-            engine = engine.model_copy(update={"backend": LLAMACPP})
-        if engine.kv_cache_dtype != "auto":  # a vLLM setting: llama-server keeps the GGUF's own cache type
-            if log is not None:
-                log(f"{model_dir} is a GGUF artifact: kv_cache_dtype {engine.kv_cache_dtype} is a vLLM setting; "
-                    "llama-server keeps its own cache type")
-            engine = engine.model_copy(update={"kv_cache_dtype": "auto"})
-        return engine
+        if engine.kv_cache_dtype != "auto" and log is not None:
+            log(f"{model_dir} is a GGUF artifact: kv_cache_dtype {engine.kv_cache_dtype} is a vLLM setting; "
+                "llama-server keeps its own cache type")
+        return for_backend(engine, LLAMACPP)
     if engine.backend == LLAMACPP:
         raise ConfigError(
             f"backend llamacpp serves GGUF artifacts, and {model_dir} has no model.gguf. Export it first "
             f"(`packager gguf export {model_dir} --quant q8_0 --out DIR`) and use DIR/q8_0, or use backend vllm."
         )
     return engine
+
+
+def check_kv_cache(backend: str, kv_cache_dtype: str) -> None:
+    """ValueError (for pydantic validators) when `backend` cannot take this KV cache dtype: only vLLM has one."""
+    if kv_cache_dtype != "auto" and backend != VLLM:
+        raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} is a vLLM setting; backend {backend!r} does not take "
+                         "it (set backend: vllm, or kv_cache_dtype: auto)")
+
+
+def for_backend(engine: "EngineConfig", backend: str) -> "EngineConfig":
+    """`engine` served by `backend`, without the settings that backend does not take: llama-server keeps the
+    GGUF's own KV cache type, so a vLLM kv_cache_dtype falls back to auto. The same object when nothing changes."""
+    kv = engine.kv_cache_dtype if backend == VLLM else "auto"
+    if (engine.backend, engine.kv_cache_dtype) == (backend, kv):
+        return engine
+    return engine.model_copy(update={"backend": backend, "kv_cache_dtype": kv})
 
 
 def check_target(backend: str, target: str) -> None:

@@ -112,7 +112,7 @@ class EngineServer(LocalServer):
             from packager.hardware import detect_cpu
 
             cpu = detect_cpu()
-            if cpu.arch in ("x86_64", "AMD64") and not ({"avx512f", "amx_tile"} & set(cpu.flags)):
+            if cpu.arch in ("x86_64", "AMD64") and not ("avx512f" in cpu.flags or cpu.has_amx):
                 raise ServerError(f"kv_cache_dtype {self.engine.kv_cache_dtype}: vLLM CPU keeps an FP8 KV cache "
                                   "only on x86 with AVX-512 or AMX, and this CPU has neither (set "
                                   "engine.kv_cache_dtype: auto)")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from packager.engines.select import for_backend
 from packager.release.cache import cache_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,9 +81,7 @@ def _searched(ctx: "VariantContext") -> "EngineSearch":
     run, v, cfg = ctx.run, ctx.v, ctx.cfg
     es, lt = cfg.engine_search, run.lt_cfg
     prof = lt.profile
-    base_engine = cfg.engine.model_copy(update={"backend": ctx.vr.engine})
-    if ctx.vr.engine != "vllm":  # llama-server keeps the GGUF's own KV cache type
-        base_engine = base_engine.model_copy(update={"kv_cache_dtype": "auto"})
+    base_engine = for_backend(cfg.engine, ctx.vr.engine)
     single = getattr(prof, "users", None) or getattr(prof, "requests_per_s", None)
     load = search_load(es.load, list(prof.values), 1.0) if prof.kind == "sweep" else float(single or 1.0)
     cands = candidates(ctx.vr.engine, base_engine, cpu_threads())

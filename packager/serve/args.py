@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from packager.config import EngineConfig
 from packager.core.validation import format_validation_error, parse_model
-from packager.engines.select import ENGINES, check_target
+from packager.engines.select import ENGINES, check_kv_cache, check_target
 from packager.errors import ConfigError
 from packager.serve.bounds import RequestLimits
 
@@ -135,9 +135,7 @@ class BentoArgs(BaseModel):
                 f"backend {self.backend!r} is not available; known backends: {', '.join(sorted(ENGINES))}"
             )
         check_target(self.backend, self.target)
-        if self.kv_cache_dtype != "auto" and self.backend != "vllm":
-            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is a vLLM setting; backend {self.backend!r} "
-                             "does not take it (kv_cache_dtype=auto)")
+        check_kv_cache(self.backend, self.kv_cache_dtype)
         if self.target == "cpu" and self.tensor_parallel_size != 1:
             raise ValueError(
                 f"tensor_parallel_size={self.tensor_parallel_size} needs target=gpu; a CPU replica uses one "
