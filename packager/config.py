@@ -42,6 +42,11 @@ class EngineConfig(Strict):
     cpu_kvcache_space_gib: int = Field(1, ge=1, description="CPU target: KV cache space in GiB "
                                                              "(VLLM_CPU_KVCACHE_SPACE)")
     cpu_omp_threads_bind: str = Field("auto", description="CPU target: VLLM_CPU_OMP_THREADS_BIND (auto, 0-3, ...)")
+    cpu_reserved_cpus: Optional[int] = Field(None, ge=0, description="CPU target: CPUs vLLM keeps free of its "
+                                             "OpenMP threads for its scheduler and API server "
+                                             "(VLLM_CPU_NUM_OF_RESERVED_CPU, with cpu_omp_threads_bind: auto); "
+                                             "null: none on a host of at most 4 CPUs, vLLM's own (one) above "
+                                             "(packager.engines.vllm.reserved_cpus)")
     cpu_preload: bool = Field(True, description="CPU target: preload tcmalloc and Intel OpenMP into vLLM "
                                                 "(LD_PRELOAD), as its CPU docs advise; one not found is left out "
                                                 "with a warning (packager.engines.cpu_preload)")

@@ -34,6 +34,7 @@ def build(
     gpu_memory_utilization: Optional[float] = config_flag("engine.gpu_memory_utilization"),
     kvcache_gib: Optional[int] = config_flag("engine.cpu_kvcache_space_gib", "--kvcache-gib"),
     omp_threads_bind: Optional[str] = config_flag("engine.cpu_omp_threads_bind", "--omp-threads-bind"),
+    reserved_cpus: Optional[int] = config_flag("engine.cpu_reserved_cpus", "--reserved-cpus"),
     chat_template: Optional[str] = config_flag("engine.chat_template", extra="; its text is stored in the bento"),
     max_concurrency: Optional[int] = typer.Option(None, help="in-flight inference requests before 429 (default: "
                                                   "max_num_seqs)"),
@@ -80,7 +81,8 @@ def build(
             "engine.max_model_len": max_model_len, "engine.max_num_seqs": max_num_seqs,
             "engine.tensor_parallel_size": gpus, "engine.gpu_type": gpu_type,
             "engine.gpu_memory_utilization": gpu_memory_utilization, "engine.cpu_kvcache_space_gib": kvcache_gib,
-            "engine.cpu_omp_threads_bind": omp_threads_bind, "engine.chat_template": chat_template}))
+            "engine.cpu_omp_threads_bind": omp_threads_bind, "engine.cpu_reserved_cpus": reserved_cpus,
+            "engine.chat_template": chat_template}))
         if release:
             msg = _release_gate(registry_name, registry_version, quality_floor if quality_floor is not None
                                 else cfg.quality_floor, registry_uri, variant_dir)

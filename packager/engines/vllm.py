@@ -59,6 +59,9 @@ def vllm_env(engine: EngineConfig, base: dict[str, str] | None = None) -> dict[s
     if engine.target == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(engine.cpu_kvcache_space_gib)
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", engine.cpu_omp_threads_bind)
+        reserved = reserved_cpus(engine)
+        if reserved is not None:
+            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
         # vllm-cpu 0.32 saves its AOT-compiled model but cannot load it back ("'function' object has no attribute
         # 'finalize_loading'"), so every start compiled again. Its older compile cache loads: measured on the
         # bundled model, 2 cores, a second start took 41 s against 74 s with the AOT cache.
@@ -72,6 +75,24 @@ def vllm_env(engine: EngineConfig, base: dict[str, str] | None = None) -> dict[s
         if engine.gpu_int4_kernel == "marlin":
             disable_kernel(env, "MacheteLinearKernel")
     return env
+
+
+# At most this many CPUs, vLLM CPU's OpenMP threads get them all (engine.cpu_reserved_cpus: null)
+SMALL_HOST_CPUS = 4
+
+
+def reserved_cpus(engine: EngineConfig, host_cpus: int | None = None) -> int | None:
+    """CPUs vLLM CPU keeps free of its OpenMP threads (VLLM_CPU_NUM_OF_RESERVED_CPU), or None for vLLM's own
+    choice. vLLM reserves one CPU per rank for its scheduler and API server processes; on a host of 2 CPUs that is
+    half the compute, and the bundled model made 1.45x the output tokens/s at 16 streams with none reserved (the
+    scheduler then shares the CPUs; benchmarks/results/vllm_cpu_threads.json). So: the setting when given, else
+    none on a host of at most SMALL_HOST_CPUS CPUs (`host_cpus`: this process's, where the engine starts), else
+    vLLM's own."""
+    if engine.cpu_reserved_cpus is not None:
+        return engine.cpu_reserved_cpus
+    from packager.hardware import cpu_threads
+
+    return 0 if (host_cpus or cpu_threads()) <= SMALL_HOST_CPUS else None
 
 
 def disable_kernel(env: dict[str, str], kernel: str) -> None:

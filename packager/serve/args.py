@@ -69,6 +69,7 @@ class BentoArgs(BaseModel):
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"  # vLLM's --kv-cache-dtype
     cpu_kvcache_space_gib: int = Field(1, ge=1)
     cpu_omp_threads_bind: str = "auto"
+    cpu_reserved_cpus: int | None = Field(None, ge=0)  # None: decided on the serving host (vllm.reserved_cpus)
     enforce_eager: bool = False
     extra_args: list[str] = Field(default_factory=list)
     # A Jinja chat template's text (`packager build --chat-template FILE`), for a model without one or to replace
@@ -149,7 +150,8 @@ class BentoArgs(BaseModel):
         return EngineConfig(
             backend=self.backend, target=self.target, dtype=self.dtype, max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs, cpu_kvcache_space_gib=self.cpu_kvcache_space_gib,
-            cpu_omp_threads_bind=self.cpu_omp_threads_bind, tensor_parallel_size=self.tensor_parallel_size,
+            cpu_omp_threads_bind=self.cpu_omp_threads_bind, cpu_reserved_cpus=self.cpu_reserved_cpus,
+            tensor_parallel_size=self.tensor_parallel_size,
             gpu_type=self.gpu_type, gpu_memory_utilization=self.gpu_memory_utilization,
             gpu_int4_kernel=self.gpu_int4_kernel, api_server_count=self.api_server_count,
             kv_cache_dtype=self.kv_cache_dtype,

@@ -53,6 +53,7 @@ def make_args(*, model_tag: str, model_digest: str, engine: EngineConfig, servic
         "gpu_memory_utilization": engine.gpu_memory_utilization, "gpu_int4_kernel": engine.gpu_int4_kernel,
         "api_server_count": engine.api_server_count, "kv_cache_dtype": engine.kv_cache_dtype,
         "cpu_kvcache_space_gib": engine.cpu_kvcache_space_gib, "cpu_omp_threads_bind": engine.cpu_omp_threads_bind,
+        "cpu_reserved_cpus": engine.cpu_reserved_cpus,
         "enforce_eager": engine.enforce_eager, "extra_args": list(engine.extra_args), "backend_port": backend_port,
         # the template's text, not its path: the bento carries it wherever it is deployed
         "chat_template": read_chat_template(engine.chat_template) if engine.chat_template else None,

@@ -42,6 +42,7 @@ def test_overrides_drop_unset_flags_and_nest_the_rest():
     (["evaluate"], "--concurrency", "eval.concurrency"),
     (["evaluate"], "--dtype", "engine.dtype"),
     (["build"], "--kvcache-gib", "engine.cpu_kvcache_space_gib"),
+    (["build"], "--reserved-cpus", "engine.cpu_reserved_cpus"),
     (["compress"], "--target", "engine.target"),
 ])
 def test_every_config_flag_shows_its_settings_help(command, flag, setting):
