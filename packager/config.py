@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from packager.core.validation import format_validation_error, parse_model  # noqa: F401  (re-exported)
-from packager.engines.select import check_kv_cache
 from packager.errors import ConfigError
 from packager.loadtest.config import LoadTestConfig
 
@@ -23,6 +22,14 @@ SCHEMA_VERSION = 1
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def check_kv_cache(backend: str, kv_cache_dtype: str) -> None:
+    """ValueError (for pydantic validators: EngineConfig's and the bento's arguments') when `backend` cannot take
+    this KV cache dtype: only vLLM has one."""
+    if kv_cache_dtype != "auto" and backend != "vllm":
+        raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} is a vLLM setting; backend {backend!r} does not take "
+                         "it (set backend: vllm, or kv_cache_dtype: auto)")
 
 
 class EngineConfig(Strict):

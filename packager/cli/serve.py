@@ -13,6 +13,13 @@ from packager.cli.options import config_flag, overrides
 # `packager build` flags that are bento arguments of the same name (access and bounds, packager/serve/args.py)
 ACCESS_FLAGS = ("require_api_key", "require_approved", "registry_name", "max_body_bytes", "max_tokens_limit",
                 "max_tokens_default", "max_stream_s")
+# `packager build` flags -> the run configuration's engine settings they override
+ENGINE_FLAGS = {"backend": "engine.backend", "target": "engine.target", "dtype": "engine.dtype",
+                "max_model_len": "engine.max_model_len", "max_num_seqs": "engine.max_num_seqs",
+                "gpus": "engine.tensor_parallel_size", "gpu_type": "engine.gpu_type",
+                "gpu_memory_utilization": "engine.gpu_memory_utilization",
+                "kvcache_gib": "engine.cpu_kvcache_space_gib", "omp_threads_bind": "engine.cpu_omp_threads_bind",
+                "reserved_cpus": "engine.cpu_reserved_cpus", "chat_template": "engine.chat_template"}
 
 
 def build(
@@ -76,13 +83,7 @@ def build(
     def go():
         from packager.serve.build import build_bento
 
-        cfg = load_config(config, overrides({
-            "engine.backend": backend, "engine.target": target, "engine.dtype": dtype,
-            "engine.max_model_len": max_model_len, "engine.max_num_seqs": max_num_seqs,
-            "engine.tensor_parallel_size": gpus, "engine.gpu_type": gpu_type,
-            "engine.gpu_memory_utilization": gpu_memory_utilization, "engine.cpu_kvcache_space_gib": kvcache_gib,
-            "engine.cpu_omp_threads_bind": omp_threads_bind, "engine.cpu_reserved_cpus": reserved_cpus,
-            "engine.chat_template": chat_template}))
+        cfg = load_config(config, overrides({setting: flags[flag] for flag, setting in ENGINE_FLAGS.items()}))
         if release:
             msg = _release_gate(registry_name, registry_version, quality_floor if quality_floor is not None
                                 else cfg.quality_floor, registry_uri, variant_dir)

@@ -110,13 +110,6 @@ def select_engine(model_dir: str | Path, engine: "EngineConfig",
     return engine
 
 
-def check_kv_cache(backend: str, kv_cache_dtype: str) -> None:
-    """ValueError (for pydantic validators) when `backend` cannot take this KV cache dtype: only vLLM has one."""
-    if kv_cache_dtype != "auto" and backend != VLLM:
-        raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} is a vLLM setting; backend {backend!r} does not take "
-                         "it (set backend: vllm, or kv_cache_dtype: auto)")
-
-
 def for_backend(engine: "EngineConfig", backend: str) -> "EngineConfig":
     """`engine` served by `backend`, without the settings that backend does not take: llama-server keeps the
     GGUF's own KV cache type, so a vLLM kv_cache_dtype falls back to auto. The same object when nothing changes."""

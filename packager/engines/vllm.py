@@ -84,7 +84,7 @@ SMALL_HOST_CPUS = 4
 def reserved_cpus(engine: EngineConfig, host_cpus: int | None = None) -> int | None:
     """CPUs vLLM CPU keeps free of its OpenMP threads (VLLM_CPU_NUM_OF_RESERVED_CPU), or None for vLLM's own
     choice. vLLM reserves one CPU per rank for its scheduler and API server processes; on a host of 2 CPUs that is
-    half the compute, and the bundled model made 1.45x the output tokens/s at 16 streams with none reserved (the
+    half the compute, and the bundled model made 1.30x the output tokens/s at 16 streams with none reserved (the
     scheduler then shares the CPUs; benchmarks/results/vllm_cpu_threads.json). So: the setting when given, else
     none on a host of at most SMALL_HOST_CPUS CPUs (`host_cpus`: this process's, where the engine starts), else
     vLLM's own."""

@@ -23,9 +23,9 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from packager.config import EngineConfig
+from packager.config import EngineConfig, check_kv_cache
 from packager.core.validation import format_validation_error, parse_model
-from packager.engines.select import ENGINES, check_kv_cache, check_target
+from packager.engines.select import ENGINES, check_target
 from packager.errors import ConfigError
 from packager.serve.bounds import RequestLimits
 

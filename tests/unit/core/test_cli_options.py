@@ -51,3 +51,27 @@ def test_every_config_flag_shows_its_settings_help(command, flag, setting):
     flat = re.sub(r"[\s│]+", " ", r.output)
     assert flag in flat and f"(setting {setting}; default:" in flat
     assert config_help(setting).split(" (setting")[0] in flat
+
+
+def test_build_flags_reach_the_engine_settings_of_the_bento(monkeypatch):
+    import inspect
+    from types import SimpleNamespace
+
+    import packager.serve.build as B
+    from packager.cli.serve import ENGINE_FLAGS, build
+
+    assert set(ENGINE_FLAGS) <= set(inspect.signature(build).parameters)  # each key is a flag of `packager build`
+    seen = {}
+
+    def fake_build_bento(variant_dir, *, engine, **kw):
+        seen["engine"] = engine
+        return SimpleNamespace(bento_tag="packager-m:v1", model_tag="m:v1")
+
+    monkeypatch.setattr(B, "build_bento", fake_build_bento)
+    r = CliRunner().invoke(app, ["build", "default", "--kvcache-gib", "3", "--reserved-cpus", "0",
+                                 "--omp-threads-bind", "0-1", "--max-num-seqs", "8", "--dtype", "float32"])
+    assert r.exit_code == 0, r.output
+    e = seen["engine"]
+    assert (e.cpu_kvcache_space_gib, e.cpu_reserved_cpus, e.cpu_omp_threads_bind, e.max_num_seqs, e.dtype) == \
+        (3, 0, "0-1", 8, "float32")
+    assert e.backend == "vllm" and e.chat_template is None  # flags not given keep the configuration's values
