@@ -68,16 +68,18 @@ def dequantize(q, scale):
     return q.to(torch.float32) * scale
 
 
-def quantization_config(scheme: Scheme, ignore: list[str]) -> dict[str, Any]:
+def quantization_config(scheme: Scheme, ignore: list[str], symmetric_activations: bool = True) -> dict[str, Any]:
     """The config.json `quantization_config` for W8A8 with per-channel weights and dynamic per-token
-    activations, built with the compressed-tensors library so vLLM reads exactly what it expects."""
+    activations (symmetric, or with a zero point), built with the compressed-tensors library so vLLM reads
+    exactly what it expects."""
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
     typ = "int" if scheme == "int8" else "float"
     qscheme = QuantizationScheme(
         targets=["Linear"],
         weights=QuantizationArgs(num_bits=8, type=typ, symmetric=True, strategy="channel", dynamic=False),
-        input_activations=QuantizationArgs(num_bits=8, type=typ, symmetric=True, strategy="token", dynamic=True),
+        input_activations=QuantizationArgs(num_bits=8, type=typ, symmetric=symmetric_activations, strategy="token",
+                                           dynamic=True),
     )
     cfg = QuantizationConfig(
         config_groups={"group_0": qscheme},
@@ -134,9 +136,11 @@ def select_linears(model_dir: Path, ignore: list[str]) -> tuple[list[str], list[
 def write_w8a8(src: Path, dst: Path, scheme: Scheme, ignore: list[str], dtype: str,
                pre_transform: Callable[[str, Any], Any] | None = None,
                progress: Callable | None = None,
-               rounded: dict[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
+               rounded: dict[str, tuple[Any, Any]] | None = None,
+               symmetric_activations: bool = True) -> dict[str, Any]:
     """Quantize every selected Linear of src into dst (compressed-tensors W8A8); returns a report dict.
-    `rounded`: int8 weights already rounded (e.g. by GPTQ), {weight tensor name: (q, scale)}, used as given."""
+    `rounded`: int8 weights already rounded (e.g. by GPTQ), {weight tensor name: (q, scale)}, used as given.
+    `symmetric_activations`: False has the engine quantize each token's activations with a zero point."""
     import torch
 
     validate_ignore(ignore)
@@ -175,7 +179,7 @@ def write_w8a8(src: Path, dst: Path, scheme: Scheme, ignore: list[str], dtype: s
     copy_non_weight_files(src, dst)
     stream_shards(src, dst, transform, progress=progress)
     cfg = read_config(src)
-    cfg["quantization_config"] = quantization_config(scheme, ignore)
+    cfg["quantization_config"] = quantization_config(scheme, ignore, symmetric_activations)
     cfg["dtype"] = dtype
     cfg.pop("torch_dtype", None)
     write_config(dst, cfg)

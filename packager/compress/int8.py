@@ -2,8 +2,13 @@
 
 Weights: symmetric, one scale per output channel, rounded to nearest or (`weight_rounding: gptq`) by GPTQ on
 calibration inputs (packager.compress.gptq_int8, with the reasons it is own code). Activations: quantized by the engine
-per token at run time (dynamic), so no calibration is needed unless SmoothQuant is on. vLLM runs this on
-x86 CPUs through oneDNN (fast with VNNI/AMX) and on NVIDIA GPUs from Turing.
+per token at run time (dynamic), so no calibration is needed unless SmoothQuant is on; symmetric (scale max|x| / 127),
+or with `activations: asymmetric` each token's own range [min x, max x] in 255 steps with an integer zero point, which
+vLLM computes in the same kernels (ops.scaled_int8_quant, and a weight-sum correction in the GEMM). A token's
+activations rarely centre on 0 (after SmoothQuant even less), so the zero point spends the int8 range on the values
+present: on the bundled model the simulated KL of every Linear in int8 fell from 0.0148 to 0.0082. vLLM runs both on
+x86 CPUs through oneDNN (fast with VNNI; with AMX, symmetric activations take vLLM's own AMX kernel instead) and on
+NVIDIA GPUs from Turing.
 
 SmoothQuant (`smoothquant_alpha`, Xiao et al. 2023) moves activation outliers into the weights before
 quantizing: for each group of Linears that read the same input (q/k/v after input_layernorm; gate/up after
@@ -61,6 +66,9 @@ class W8A8Int8Args(StageArgs):
                                "rounded by the inverse Hessian of calibration inputs, with act order)")
     gptq_damp: float = Field(0.01, gt=0.0, lt=1.0, description="GPTQ Hessian dampening, a fraction of its mean "
                                                                 "diagonal")
+    activations: Literal["symmetric", "asymmetric"] = Field(
+        "symmetric", description="the engine's per-token int8 activations: symmetric (scale max|x| / 127) or "
+                                 "asymmetric (a zero point per token, scale (max x - min x) / 255)")
 
     def searches(self) -> bool:
         return self.smoothquant_alpha == "auto" or self.mixed_precision is not None
@@ -81,7 +89,8 @@ def apply_w8a8_int8(args: W8A8Int8Args, ctx: StageContext) -> dict[str, Any]:
     from packager.compress.int8_search import SearchResult, search
 
     args.validate_for(ctx.input_dir)
-    report: dict[str, Any] = {"smoothquant_alpha": args.smoothquant_alpha, "weight_rounding": args.weight_rounding}
+    report: dict[str, Any] = {"smoothquant_alpha": args.smoothquant_alpha, "weight_rounding": args.weight_rounding,
+                              "activations": args.activations}
     ignore = list(args.ignore)
     res = SearchResult(None, {}, [])
     if args.needs_calibration():
@@ -93,11 +102,13 @@ def apply_w8a8_int8(args: W8A8Int8Args, ctx: StageContext) -> dict[str, Any]:
                      mixed=args.mixed_precision, quantizable=quantizable,
                      seq_len=args.seq_len, search_samples=args.search_samples, search_seq_len=args.search_seq_len,
                      device=ctx.device, show_progress=ctx.show_progress, log=ctx.log,
-                     weight_rounding=args.weight_rounding, gptq_damp=args.gptq_damp)
+                     weight_rounding=args.weight_rounding, gptq_damp=args.gptq_damp,
+                     activations=args.activations)
         ignore += res.keep_float
         report.update(smoothquant_alpha=res.alpha, smoothed_tensors=len(res.factors), calibration_samples=len(texts),
                       **res.record)
     pre = apply_factors(res.factors) if res.factors else None
     report.update(write_w8a8(ctx.input_dir, ctx.output_dir, "int8", ignore, args.dtype, pre_transform=pre,
-                             rounded={f"{n}.weight": qs for n, qs in res.weights.items()}))
+                             rounded={f"{n}.weight": qs for n, qs in res.weights.items()},
+                             symmetric_activations=args.activations == "symmetric"))
     return report

@@ -6,7 +6,8 @@ on plain torch and transformers. The output format is the same compressed-tensor
 
 How it works, all on calibration text and the float32 model in memory:
   1. Simulate what the engine computes: every quantized Linear sees its input rounded to int8 per token
-     (symmetric, scale = max|x| / 127, as vLLM's dynamic per-token activations) and its weight rounded to
+     (as vLLM's dynamic per-token activations: symmetric, scale = max|x| / 127, or with `activations:
+     asymmetric` a zero point and scale = (max x - min x) / 255) and its weight rounded to
      int8 per output channel. The simulated model's next-token distributions are compared with the float
      model's by KL over the whole vocabulary, at every position of every calibration sample.
   2. SmoothQuant strength: for each candidate alpha (and "no smoothing") the smoothed, simulated model's
@@ -61,6 +62,24 @@ def fake_quant_tokens(x):
     return torch.round(x / s).clamp_(-127, 127) * s
 
 
+def fake_quant_tokens_asymmetric(x):
+    """Asymmetric per-token int8 round trip, as vLLM quantizes dynamic activations with a zero point
+    (ops.scaled_int8_quant, symmetric=False): each token's range [min x, max x] in 255 steps, and an integer
+    zero point, round(-128 - min x / scale)."""
+    import torch
+
+    lo = x.amin(dim=-1, keepdim=True)
+    hi = x.amax(dim=-1, keepdim=True)
+    s = ((hi - lo) / 255.0).clamp(min=torch.finfo(torch.float32).tiny)
+    zp = torch.round(-128.0 - lo / s)
+    return (torch.round(x / s + zp).clamp_(-128, 127) - zp) * s
+
+
+def activation_round_trip(activations: str) -> Callable[[Any], Any]:
+    """The per-token activation round trip of `activations` ("symmetric" or "asymmetric")."""
+    return fake_quant_tokens_asymmetric if activations == "asymmetric" else fake_quant_tokens
+
+
 def int8_per_channel_round_trip(w):
     """Symmetric int8 per output channel, dequantized (the W8A8 weights)."""
     from packager.compress.ct_format import dequantize, quantize_int8_per_channel
@@ -92,10 +111,11 @@ class Simulator:
 
     def __init__(self, model, batches, quantizable: list[str], smooth_tensors: set[str],
                  weight_quant: Callable[[Any], Any] = int8_per_channel_round_trip,
-                 quantize_activations: bool = True):
+                 quantize_activations: bool = True, activation_quant: Callable[[Any], Any] = fake_quant_tokens):
         import torch
 
         self.weight_quant, self.quantize_activations = weight_quant, quantize_activations
+        self.activation_quant = activation_quant
         self.model = model
         self.batches = batches
         self.modules = dict(model.named_modules())
@@ -151,7 +171,7 @@ class Simulator:
     def _hook(self, name: str):
         def fn(_mod, args):
             if self.quantize_activations and name in self.active:
-                return (fake_quant_tokens(args[0]),) + tuple(args[1:])
+                return (self.activation_quant(args[0]),) + tuple(args[1:])
             return None
         return fn
 
@@ -252,7 +272,7 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
            mixed: MixedPrecisionArgs | None, quantizable: list[str], seq_len: int, search_samples: int,
            search_seq_len: int, device: str = "cpu", show_progress: bool = True,
            log: Callable[[str], None] = print, weight_rounding: str = "nearest",
-           gptq_damp: float = 0.01) -> SearchResult:
+           gptq_damp: float = 0.01, activations: str = "symmetric") -> SearchResult:
     """Choose the smoothing strength and the Linears kept in float (see the module docstring); with
     weight_rounding "gptq", round the weights by GPTQ (packager.compress.gptq_int8) before the mixed-precision
     search, which then simulates the weights the checkpoint will hold."""
@@ -270,7 +290,8 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
                           "layer names, or norms of another form); set smoothquant_alpha: null or auto.")
     act_max = activation_maxima(model, batches, groups, show_progress) if groups else {}
     w_max = weight_maxima(modules, groups)
-    sim = Simulator(model, search_batches, quantizable, smoothed_tensors(groups))
+    sim = Simulator(model, search_batches, quantizable, smoothed_tensors(groups),
+                    activation_quant=activation_round_trip(activations))
     record: dict[str, Any] = {"search_samples": sum(int(b.shape[0]) for b in search_batches),
                               "search_tokens": int(sum(b.numel() for b in search_batches))}
     try:

@@ -35,6 +35,37 @@ def test_fake_quant_tokens_is_per_token_int8():
     assert float((q - x).abs().max()) <= 100.0 / 127 / 2 + 1e-5
 
 
+def test_asymmetric_tokens_use_a_zero_point_and_the_whole_int8_range():
+    x = torch.tensor([[[0.0, 1.0, 2.0, 4.0], [-3.0, 0.0, 0.5, 1.0], [5.0, 6.0, 7.0, 9.0]]])
+    q = S.fake_quant_tokens_asymmetric(x)
+    # every value within half a step of its token's own range in 255 steps, and 0 exact inside that range
+    step = (x.amax(dim=-1, keepdim=True) - x.amin(dim=-1, keepdim=True)) / 255
+    assert bool(((q - x).abs() <= step / 2 + 1e-6).all())
+    assert float(q[0, 0, 0]) == 0.0 and float(q[0, 1, 1]) == 0.0
+    # a token of one sign loses about half the step of the symmetric scheme
+    skewed = torch.linspace(0.0, 1.0, 97).reshape(1, 1, -1)
+    err_asym = float((S.fake_quant_tokens_asymmetric(skewed) - skewed).abs().max())
+    err_sym = float((S.fake_quant_tokens(skewed) - skewed).abs().max())
+    assert err_asym <= 1.0 / 255 / 2 + 1e-6 < err_sym
+    assert S.activation_round_trip("asymmetric") is S.fake_quant_tokens_asymmetric
+    assert S.activation_round_trip("symmetric") is S.fake_quant_tokens
+
+
+def test_the_simulation_rounds_activations_as_the_engine_does():
+    """The simulated per-token rounding equals vLLM's own int8 quantization kernel, value for value, in both
+    schemes (rows of mixed signs, of one sign, and of different scales)."""
+    ops = pytest.importorskip("vllm._custom_ops")
+    torch.manual_seed(0)
+    x = torch.randn(6, 64) * torch.tensor([1.0, 2.0, 0.5, 3.0, 0.1, 40.0]).unsqueeze(1) \
+        + torch.tensor([0.0, 1.0, -0.3, 2.0, 0.05, 0.0]).unsqueeze(1)
+    x[4] = x[4].abs() + 0.2  # all positive: the zero point lies outside int8
+    q, s, azp = ops.scaled_int8_quant(x, symmetric=False)
+    engine = (q.float() - azp.float().view(-1, 1)) * s.view(-1, 1)
+    assert torch.equal(engine, S.fake_quant_tokens_asymmetric(x))
+    q, s, _ = ops.scaled_int8_quant(x, symmetric=True)
+    assert torch.equal(q.float() * s.view(-1, 1), S.fake_quant_tokens(x))
+
+
 def test_units_group_the_linears_the_engine_fuses(tiny_llama_dir):
     model, sim, quant = _sim(tiny_llama_dir)
     units = dict(S.units_of(dict(model.named_modules()), quant))
@@ -133,7 +164,37 @@ def test_mixed_precision_keeps_nothing_when_int8_already_meets_the_target(tiny_l
     assert rep["float_linear_layers"] == ["lm_head"]
 
 
+def test_asymmetric_activations_are_simulated_and_written_for_the_engine(tiny_llama_dir, tmp_path, monkeypatch):
+    calls = {"symmetric": 0, "asymmetric": 0}
+
+    def spy(kind, fn):
+        def wrapped(x):
+            calls[kind] += 1
+            return fn(x)
+        return wrapped
+
+    monkeypatch.setattr(S, "fake_quant_tokens", spy("symmetric", S.fake_quant_tokens))
+    monkeypatch.setattr(S, "fake_quant_tokens_asymmetric", spy("asymmetric", S.fake_quant_tokens_asymmetric))
+    for acts in ("symmetric", "asymmetric"):
+        before = dict(calls)
+        args = W8A8Int8Args(smoothquant_alpha=None, search_samples=2, seq_len=48, search_seq_len=48,
+                            mixed_precision={"target_kl": 5.0, "max_float_share": 0.5}, activations=acts)
+        out = tmp_path / acts
+        out.mkdir()
+        rep = apply_w8a8_int8(args, StageContext(tiny_llama_dir, out, calibration_texts=TEXTS, show_progress=False,
+                                                 log=lambda _m: None))
+        # the search simulated the scheme the checkpoint asks the engine for, and only that one
+        other = "asymmetric" if acts == "symmetric" else "symmetric"
+        assert calls[acts] > before[acts] and calls[other] == before[other]
+        qc = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
+        assert qc["input_activations"]["symmetric"] is (acts == "symmetric")
+        assert qc["input_activations"]["dynamic"] is True and qc["input_activations"]["strategy"] == "token"
+        assert qc["weights"]["symmetric"] is True  # the engine's int8 kernels take symmetric weights only
+        assert rep["activations"] == acts
+
+
 @pytest.mark.parametrize("bad", [{"smoothquant_alpha": 1.5}, {"smoothquant_alpha": "best"},
+                                 {"activations": "per-tensor"},
                                  {"alpha_candidates": [0.5, -0.1]},
                                  {"mixed_precision": {"target_kl": 0}},
                                  {"mixed_precision": {"max_float_share": 1.2}},
