@@ -1,0 +1,117 @@
+"""The built-in W8A8's asymmetric activations on a GPU: do vLLM's CUDA kernels serve them, and at what cost?
+
+The checkpoint of the built-in `w8a8-int8` (asymmetric per-token activations) and a copy of it whose config asks for
+symmetric activations (the same int8 weights: the activation scheme is only a quantization_config flag, which
+decides whether vLLM quantizes each token with a zero point, cutlass_scaled_mm_azp, or without one) are served one
+after the other by vLLM on one GPU (packager.engines.vllm.EngineServer, target gpu, bfloat16), the order reversed in
+the second round. Measured: greedy answers to a few prompts (the two schemes need not agree token for token), the
+kernel vLLM chose (its log), and output tokens/s at 1, 16 and 64 streams with the client of
+benchmarks/bench_compression.py (64 output tokens per request, ignore_eos). Results: benchmarks/results/
+gpu_int8_activations.json.
+
+    python3 benchmarks/gpu_int8_activations.py --model DIR_OF_THE_W8A8_INT8_STAGE --out OUT.json
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+STREAMS = (1, 16, 64)
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of",
+           "The three primary colours are", "In 1969, the first humans", "To make a cup of tea, first"]
+
+
+def symmetric_copy(src: Path, dst: Path) -> Path:
+    """The same checkpoint with symmetric per-token activations asked for in its config."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    for group in cfg["quantization_config"]["config_groups"].values():
+        group["input_activations"]["symmetric"] = True
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    return dst
+
+
+def answers(url: str) -> list[str]:
+    import httpx
+
+    out = []
+    for p in PROMPTS:
+        r = httpx.post(f"{url}/v1/completions", timeout=120,
+                       json={"model": "m", "prompt": p, "max_tokens": 24, "temperature": 0})
+        r.raise_for_status()
+        out.append(r.json()["choices"][0]["text"])
+    return out
+
+
+def kernel_lines(log: Path) -> list[str]:
+    keys = ("ScaledMM", "scaled_mm", "azp", "Using kernel", "W8A8", "int8")
+    return sorted({ln.split("]", 1)[-1].strip()[:200] for ln in log.read_text(errors="replace").splitlines()
+                   if any(k in ln for k in keys) and "command" not in ln.lower()})[:8]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/gia"))
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--requests-per-stream", type=int, default=4)
+    a = ap.parse_args()
+
+    import torch
+    from bench_compression import _throughput
+
+    from packager.config import EngineConfig
+    from packager.engines.vllm import EngineServer
+
+    a.work.mkdir(parents=True, exist_ok=True)
+    models = {"asymmetric": a.model, "symmetric": symmetric_copy(a.model, a.work / "symmetric")}
+    engine = EngineConfig(target="gpu", dtype="bfloat16", max_model_len=2048, max_num_seqs=64,
+                          gpu_memory_utilization=0.8, startup_timeout_s=420.0)
+    out: dict[str, Any] = {"benchmark": "gpu_int8_activations", "how": __doc__.strip().splitlines()[0],
+                           "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                           "client": {"max_tokens": 64, "ignore_eos": True,
+                                      "requests_per_stream": a.requests_per_stream},
+                           "rounds": [], "answers": {}, "kernels": {}}
+    for r in range(a.rounds):
+        order = list(models.items()) if r % 2 == 0 else list(reversed(models.items()))
+        for name, d in order:
+            log = a.work / f"{name}_{r}.log"
+            t = time.perf_counter()
+            with EngineServer(d, engine, served_name="m", log_path=log) as srv:
+                row: dict[str, Any] = {"round": r, "model": name, "server_start_s": round(time.perf_counter() - t, 1)}
+                if r == 0:
+                    out["answers"][name] = answers(srv.base_url)
+                for s in STREAMS:
+                    row[f"{s}_streams"] = asyncio.run(_throughput(srv.base_url, "m", s, a.requests_per_stream, 64))
+            out["kernels"].setdefault(name, kernel_lines(log))
+            out["rounds"].append(row)
+            print({"round": r, "model": name, **{s: row[f"{s}_streams"]["output_tokens_per_s"] for s in STREAMS}},
+                  flush=True)
+            a.out.write_text(json.dumps(out, indent=2) + "\n")
+    out["summary"] = {}
+    for s in STREAMS:
+        med = {n: statistics.median(x[f"{s}_streams"]["output_tokens_per_s"] for x in out["rounds"] if x["model"] == n)
+               for n in models}
+        ratio = round(med["asymmetric"] / med["symmetric"], 3)
+        out["summary"][f"{s}_streams"] = {**{f"{n}_median_tok_s": v for n, v in med.items()},
+                                          "ratio_asymmetric_to_symmetric": ratio}
+    out["answers_equal"] = [x == y for x, y in zip(out["answers"]["asymmetric"], out["answers"]["symmetric"])]
+    a.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out["summary"], indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
