@@ -56,7 +56,7 @@ def answers(url: str) -> list[str]:
 
 
 def kernel_lines(log: Path) -> list[str]:
-    keys = ("ScaledMM", "scaled_mm", "azp", "Using kernel", "W8A8", "int8")
+    keys = ("ScaledMM", "scaled_mm", "azp")
     return sorted({ln.split("]", 1)[-1].strip()[:200] for ln in log.read_text(errors="replace").splitlines()
                    if any(k in ln for k in keys) and "command" not in ln.lower()})[:8]
 
@@ -68,6 +68,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/gia"))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--requests-per-stream", type=int, default=4)
+    ap.add_argument("--previous", type=Path, default=None,
+                    help="an earlier call's JSON: its rounds are kept and this call runs the rounds after them (a "
+                         "call is limited to minutes, and each round starts two servers)")
     a = ap.parse_args()
 
     import torch
@@ -85,14 +88,19 @@ def main() -> None:
                            "client": {"max_tokens": 64, "ignore_eos": True,
                                       "requests_per_stream": a.requests_per_stream},
                            "rounds": [], "answers": {}, "kernels": {}}
-    for r in range(a.rounds):
+    start = 0
+    if a.previous is not None:
+        prev = json.loads(a.previous.read_text())
+        out.update({k: prev[k] for k in ("rounds", "answers", "kernels")})
+        start = max(x["round"] for x in prev["rounds"]) + 1
+    for r in range(start, start + a.rounds):
         order = list(models.items()) if r % 2 == 0 else list(reversed(models.items()))
         for name, d in order:
             log = a.work / f"{name}_{r}.log"
             t = time.perf_counter()
             with EngineServer(d, engine, served_name="m", log_path=log) as srv:
                 row: dict[str, Any] = {"round": r, "model": name, "server_start_s": round(time.perf_counter() - t, 1)}
-                if r == 0:
+                if name not in out["answers"]:
                     out["answers"][name] = answers(srv.base_url)
                 for s in STREAMS:
                     row[f"{s}_streams"] = asyncio.run(_throughput(srv.base_url, "m", s, a.requests_per_stream, 64))
