@@ -65,7 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--work", type=Path, default=Path("/tmp/gia"))
+    ap.add_argument("--work", type=Path, default=None, help="working directory (default: a new temporary one)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--requests-per-stream", type=int, default=4)
     ap.add_argument("--previous", type=Path, default=None,
@@ -79,6 +79,10 @@ def main() -> None:
     from packager.config import EngineConfig
     from packager.engines.vllm import EngineServer
 
+    if a.work is None:
+        import tempfile
+
+        a.work = Path(tempfile.mkdtemp(prefix="gpu-int8-acts-"))
     a.work.mkdir(parents=True, exist_ok=True)
     models = {"asymmetric": a.model, "symmetric": symmetric_copy(a.model, a.work / "symmetric")}
     engine = EngineConfig(target="gpu", dtype="bfloat16", max_model_len=2048, max_num_seqs=64,
