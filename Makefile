@@ -104,8 +104,14 @@ test: install system-deps lint
 test-unit: install
 	$(VENV)/bin/pytest -ra -m "not slow and not gpu" tests/unit
 
+# Benchmarks that compare checkpoints or tools made by another run take them as arguments (each one's docstring says
+# how); `make bench` runs every other benchmarks/bench_*.py, one after the other (hours on 2 cores).
+BENCH_WITH_ARGS := benchmarks/bench_gguf_imatrix_tool.py benchmarks/bench_gguf_topk_prefix.py \
+	benchmarks/bench_int8_activations.py benchmarks/bench_int8_speed.py benchmarks/bench_kv_cache_quality.py
+
 bench: install
-	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+	for b in $(filter-out $(BENCH_WITH_ARGS),$(wildcard benchmarks/bench_*.py)); do $(PY) $$b || exit 1; done
+	@echo "not run (they need arguments, see each docstring): $(BENCH_WITH_ARGS)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,24 +1,21 @@
-"""What asymmetric per-token activations cost in speed: W8A8 int8 checkpoints of the bundled model that differ in
-their activation scheme (and so in the units kept in float) served by vLLM CPU, side by side in one run.
+"""What a W8A8 scheme costs in speed: W8A8 int8 checkpoints of the bundled model that differ in their activation
+scheme, or in down_proj's run-time rotation (and so in the units kept in float), served by vLLM CPU, side by side in
+one run.
 
-Each checkpoint is served by the bare engine (packager.engines.vllm.EngineServer, the default engine settings:
-compiled, dtype auto, preloads on), one after the other, the order reversed every other round so that drift on the
-machine hits every model alike, and measured with the same client as benchmarks/bench_vllm_cpu_threads.py (greedy,
-64 output tokens per request, ignore_eos) at 1, 4 and 16 streams. Reported: each round, and per model the median
-over rounds with its ratio to the first model's. The quality of the same recipes is in
-benchmarks/results/quality_asym.json (bench_quality.py).
+Each checkpoint is served by the bare engine with the default engine settings (compiled, dtype auto, preloads on),
+one after the other, the order reversed every other round, and measured at 1, 4 and 16 streams
+(benchmarks/side_by_side.py: the loop bench_vllm_cpu_threads.py uses too). Reported: each round, and per model the
+median over rounds with its ratio to the first model's. The quality of the same recipes is in
+benchmarks/results/quality_asym.json and quality_rot.json (bench_quality.py).
 
     .venv/bin/python benchmarks/bench_int8_activations.py --model symmetric=DIR --model asymmetric=DIR
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,30 +29,10 @@ def _describe(model_dir: Path) -> dict[str, Any]:
     """The checkpoint's activation scheme, its Linears kept in float, and its size."""
     qc = json.loads((model_dir / "config.json").read_text())["quantization_config"]
     acts = qc["config_groups"]["group_0"]["input_activations"]
-    return {"input_activations_symmetric": acts["symmetric"],
+    block = ((qc.get("transform_config") or {}).get("config_groups", {}).get("down_hadamard") or {}).get("head_dim")
+    return {"input_activations_symmetric": acts["symmetric"], "down_rotation_block": block,
             "linears_in_float": len([n for n in qc["ignore"] if n != "lm_head"]),
             "size_bytes": sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))}
-
-
-def rounds(models: dict[str, Path], work: Path, n_rounds: int, per_stream: int) -> list[dict[str, Any]]:
-    from bench_compression import _throughput
-
-    from packager.config import EngineConfig
-    from packager.engines.vllm import EngineServer
-
-    rows = []
-    for r in range(n_rounds):
-        order = list(models.items()) if r % 2 == 0 else list(reversed(models.items()))
-        for name, src in order:
-            t = time.perf_counter()
-            with EngineServer(src, EngineConfig(), served_name="m", log_path=work / f"{name}_{r}.log") as srv:
-                row: dict[str, Any] = {"round": r, "model": name, "server_start_s": round(time.perf_counter() - t, 1)}
-                for s in STREAMS:
-                    row[f"{s}_streams"] = asyncio.run(_throughput(srv.base_url, "m", s, per_stream, 64))
-            rows.append(row)
-            print({"round": r, "model": name, **{s: row[f"{s}_streams"]["output_tokens_per_s"] for s in STREAMS}},
-                  flush=True)
-    return rows
 
 
 def main() -> None:
@@ -67,6 +44,9 @@ def main() -> None:
     ap.add_argument("--requests-per-stream", type=int, default=4)
     a = ap.parse_args()
 
+    from side_by_side import Contender, medians, serve_rounds
+
+    from packager.config import EngineConfig
     from packager.hardware import cpu_threads
     from packager.provenance import now_iso, package_versions
 
@@ -83,15 +63,9 @@ def main() -> None:
                            "client": {"max_tokens": 64, "ignore_eos": True,
                                       "requests_per_stream": a.requests_per_stream},
                            "checkpoints": {n: _describe(d) for n, d in models.items()}}
-    out["rounds"] = rounds(models, work, a.rounds, a.requests_per_stream)
-    first = next(iter(models))
-    summary: dict[str, Any] = {}
-    for s in STREAMS:
-        key = f"{s}_streams"
-        med = {n: statistics.median(x[key]["output_tokens_per_s"] for x in out["rounds"] if x["model"] == n)
-               for n in models}
-        summary[key] = {**{f"{n}_median_tok_s": v for n, v in med.items()},
-                        **{f"ratio_{n}_to_{first}": round(med[n] / med[first], 3) for n in models if n != first}}
+    contenders = {n: Contender(d, EngineConfig()) for n, d in models.items()}
+    out["rounds"] = serve_rounds(contenders, work, range(a.rounds), STREAMS, a.requests_per_stream)
+    summary = medians(out["rounds"], models, STREAMS, reference=next(iter(models)))
     out["summary"] = summary
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=1), flush=True)

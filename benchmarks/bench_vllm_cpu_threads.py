@@ -16,9 +16,7 @@ The ratios are computed from the same run. Each engine's log lines on its OpenMP
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -44,26 +42,15 @@ def _binding_line(ln: str) -> bool:
 
 
 def bare_rounds(src: Path, work: Path, rounds: int, per_stream: int) -> list[dict[str, Any]]:
-    from bench_compression import _throughput
+    from side_by_side import Contender, serve_rounds
 
     from packager.config import EngineConfig
-    from packager.engines.vllm import EngineServer
 
-    rows = []
-    for r in range(rounds):
-        order = list(SETTINGS.items()) if r % 2 == 0 else list(reversed(SETTINGS.items()))
-        for name, reserved in order:
-            log = work / f"bare_{name}_{r}.log"
-            t = time.perf_counter()
-            with EngineServer(src, EngineConfig(cpu_reserved_cpus=reserved), served_name="m", log_path=log) as srv:
-                row: dict[str, Any] = {"round": r, "setting": name, "server_start_s": round(time.perf_counter() - t, 1)}
-                for s in STREAMS:
-                    row[f"{s}_streams"] = asyncio.run(_throughput(srv.base_url, "m", s, per_stream, 64))
-            row["binding"] = _binding_lines(log)
-            rows.append(row)
-            print({"round": r, "setting": name, **{s: row[f"{s}_streams"]["output_tokens_per_s"] for s in STREAMS}},
-                  flush=True)
-    return rows
+    def binding(_name: str, log: Path, row: dict[str, Any]) -> None:
+        row["binding"] = _binding_lines(log)
+
+    contenders = {name: Contender(src, EngineConfig(cpu_reserved_cpus=reserved)) for name, reserved in SETTINGS.items()}
+    return serve_rounds(contenders, work, range(rounds), STREAMS, per_stream, label="setting", after=binding)
 
 
 def bento_loadtests(src: Path, work: Path) -> dict[str, Any]:
@@ -121,13 +108,9 @@ def main() -> None:
                            "client": {"max_tokens": 64, "ignore_eos": True,
                                       "requests_per_stream": a.requests_per_stream}}
     out["bare"] = bare_rounds(src, work, a.rounds, a.requests_per_stream)
-    summary = {}
-    for s in STREAMS:
-        key = f"{s}_streams"
-        med = {n: statistics.median(x[key]["output_tokens_per_s"] for x in out["bare"] if x["setting"] == n)
-               for n in SETTINGS}
-        summary[key] = {**{f"{n}_median_tok_s": v for n, v in med.items()},
-                        "ratio_none_to_one": round(med["reserved_0"] / med["reserved_1"], 3)}
+    from side_by_side import medians
+
+    summary = medians(out["bare"], SETTINGS, STREAMS, reference="reserved_1", label="setting")
     out["bare_summary"] = summary
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=1), flush=True)

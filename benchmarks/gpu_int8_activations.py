@@ -10,16 +10,17 @@ benchmarks/bench_compression.py (64 output tokens per request, ignore_eos). Resu
 gpu_int8_activations.json.
 
     python3 benchmarks/gpu_int8_activations.py --model DIR_OF_THE_W8A8_INT8_STAGE --out OUT.json
+
+`--also NAME=DIR` serves other checkpoints beside them in the same rounds (e.g. one whose down_proj input the engine
+rotates, packager.compress.rotation), and `--no-symmetric-copy` leaves the symmetric copy out. Ratios are to the
+first model (`--model`, "asymmetric").
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,8 @@ def kernel_lines(log: Path) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, type=Path)
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=DIR", help="another checkpoint to serve")
+    ap.add_argument("--no-symmetric-copy", action="store_true")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--work", type=Path, default=None, help="working directory (default: a new temporary one)")
     ap.add_argument("--rounds", type=int, default=2)
@@ -74,17 +77,21 @@ def main() -> None:
     a = ap.parse_args()
 
     import torch
-    from bench_compression import _throughput
+    from side_by_side import Contender, medians, serve_rounds
 
     from packager.config import EngineConfig
-    from packager.engines.vllm import EngineServer
 
     if a.work is None:
         import tempfile
 
         a.work = Path(tempfile.mkdtemp(prefix="gpu-int8-acts-"))
     a.work.mkdir(parents=True, exist_ok=True)
-    models = {"asymmetric": a.model, "symmetric": symmetric_copy(a.model, a.work / "symmetric")}
+    models = {"asymmetric": a.model}
+    if not a.no_symmetric_copy:
+        models["symmetric"] = symmetric_copy(a.model, a.work / "symmetric")
+    for spec in a.also:
+        name, _, d = spec.partition("=")
+        models[name] = Path(d)
     engine = EngineConfig(target="gpu", dtype="bfloat16", max_model_len=2048, max_num_seqs=64,
                           gpu_memory_utilization=0.8, startup_timeout_s=420.0)
     out: dict[str, Any] = {"benchmark": "gpu_int8_activations", "how": __doc__.strip().splitlines()[0],
@@ -97,30 +104,25 @@ def main() -> None:
         prev = json.loads(a.previous.read_text())
         out.update({k: prev[k] for k in ("rounds", "answers", "kernels")})
         start = max(x["round"] for x in prev["rounds"]) + 1
-    for r in range(start, start + a.rounds):
-        order = list(models.items()) if r % 2 == 0 else list(reversed(models.items()))
-        for name, d in order:
-            log = a.work / f"{name}_{r}.log"
-            t = time.perf_counter()
-            with EngineServer(d, engine, served_name="m", log_path=log) as srv:
-                row: dict[str, Any] = {"round": r, "model": name, "server_start_s": round(time.perf_counter() - t, 1)}
-                if name not in out["answers"]:
-                    out["answers"][name] = answers(srv.base_url)
-                for s in STREAMS:
-                    row[f"{s}_streams"] = asyncio.run(_throughput(srv.base_url, "m", s, a.requests_per_stream, 64))
-            out["kernels"].setdefault(name, kernel_lines(log))
-            out["rounds"].append(row)
-            print({"round": r, "model": name, **{s: row[f"{s}_streams"]["output_tokens_per_s"] for s in STREAMS}},
-                  flush=True)
-            a.out.write_text(json.dumps(out, indent=2) + "\n")
-    out["summary"] = {}
-    for s in STREAMS:
-        med = {n: statistics.median(x[f"{s}_streams"]["output_tokens_per_s"] for x in out["rounds"] if x["model"] == n)
-               for n in models}
-        ratio = round(med["asymmetric"] / med["symmetric"], 3)
-        out["summary"][f"{s}_streams"] = {**{f"{n}_median_tok_s": v for n, v in med.items()},
-                                          "ratio_asymmetric_to_symmetric": ratio}
-    out["answers_equal"] = [x == y for x, y in zip(out["answers"]["asymmetric"], out["answers"]["symmetric"])]
+    earlier = list(out["rounds"])
+
+    def while_served(name: str, srv: Any, _row: dict[str, Any]) -> None:
+        if name not in out["answers"]:
+            out["answers"][name] = answers(srv.base_url)
+
+    def after(name: str, log: Path, _row: dict[str, Any]) -> None:
+        out["kernels"].setdefault(name, kernel_lines(log))
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        out["rounds"] = earlier + rows
+        a.out.write_text(json.dumps(out, indent=2) + "\n")
+
+    contenders = {n: Contender(d, engine) for n, d in models.items()}
+    save(serve_rounds(contenders, a.work, range(start, start + a.rounds), STREAMS, a.requests_per_stream,
+                      while_served=while_served, after=after, on_row=save))
+    out["summary"] = medians(out["rounds"], models, STREAMS, reference="asymmetric")
+    out["answers_equal"] = {n: [x == y for x, y in zip(out["answers"]["asymmetric"], out["answers"][n])]
+                            for n in models if n != "asymmetric"}
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["summary"], indent=1), flush=True)
 

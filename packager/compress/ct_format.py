@@ -137,10 +137,12 @@ def write_w8a8(src: Path, dst: Path, scheme: Scheme, ignore: list[str], dtype: s
                pre_transform: Callable[[str, Any], Any] | None = None,
                progress: Callable | None = None,
                rounded: dict[str, tuple[Any, Any]] | None = None,
-               symmetric_activations: bool = True) -> dict[str, Any]:
+               symmetric_activations: bool = True, rotation: Any = None) -> dict[str, Any]:
     """Quantize every selected Linear of src into dst (compressed-tensors W8A8); returns a report dict.
     `rounded`: int8 weights already rounded (e.g. by GPTQ), {weight tensor name: (q, scale)}, used as given.
-    `symmetric_activations`: False has the engine quantize each token's activations with a zero point."""
+    `symmetric_activations`: False has the engine quantize each token's activations with a zero point.
+    `rotation` (a packager.compress.rotation.BlockHadamard): its transform tensors and config are written (the
+    weights it rotates must already be rotated by `pre_transform`)."""
     import torch
 
     validate_ignore(ignore)
@@ -152,6 +154,10 @@ def write_w8a8(src: Path, dst: Path, scheme: Scheme, ignore: list[str], dtype: s
     stats = {"quantized_tensors": 0, "float_tensors": 0}
 
     def transform(name: str, t):
+        extra = rotation.extra_tensors(name, out_dtype) if rotation is not None else {}
+        return {**quantized(name, t), **extra}
+
+    def quantized(name: str, t):
         if pre_transform is not None:
             t = pre_transform(name, t)
         if name in qset:
@@ -180,6 +186,8 @@ def write_w8a8(src: Path, dst: Path, scheme: Scheme, ignore: list[str], dtype: s
     stream_shards(src, dst, transform, progress=progress)
     cfg = read_config(src)
     cfg["quantization_config"] = quantization_config(scheme, ignore, symmetric_activations)
+    if rotation is not None:
+        cfg["quantization_config"]["transform_config"] = rotation.config()
     cfg["dtype"] = dtype
     cfg.pop("torch_dtype", None)
     write_config(dst, cfg)

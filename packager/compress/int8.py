@@ -69,13 +69,26 @@ class W8A8Int8Args(StageArgs):
     activations: Literal["symmetric", "asymmetric"] = Field(
         "symmetric", description="the engine's per-token int8 activations: symmetric (scale max|x| / 127) or "
                                  "asymmetric (a zero point per token, scale (max x - min x) / 255)")
+    down_rotation_block: int | None = Field(
+        None, description="rotate every mlp.down_proj's input by a random Hadamard matrix in blocks of this many "
+                          "channels (or of the largest power of 2 below it that divides the MLP width), applied by "
+                          "the engine at run time (packager.compress.rotation); replaces SmoothQuant there. Skipped, "
+                          "with the reason in the stage record, where it cannot apply. null = no rotation.")
+    rotation_seed: int = Field(0, ge=0, description="seed of the rotation's random signs")
+
+    @field_validator("down_rotation_block")
+    @classmethod
+    def _block(cls, v):
+        if v is not None and (v < 2 or v > 4096 or v & (v - 1)):
+            raise ValueError(f"down_rotation_block must be a power of 2 from 2 to 4096; got {v}")
+        return v
 
     def searches(self) -> bool:
         return self.smoothquant_alpha == "auto" or self.mixed_precision is not None
 
     def needs_calibration(self) -> bool:
         return (self.smoothquant_alpha is not None or self.mixed_precision is not None
-                or self.weight_rounding == "gptq")
+                or self.weight_rounding == "gptq" or self.down_rotation_block is not None)
 
     def validate_for(self, model_dir: Path) -> None:
         from packager.compress.ct_format import validate_ignore
@@ -93,6 +106,12 @@ def apply_w8a8_int8(args: W8A8Int8Args, ctx: StageContext) -> dict[str, Any]:
                               "activations": args.activations}
     ignore = list(args.ignore)
     res = SearchResult(None, {}, [])
+    rot, why_not = _rotation(args, ctx)
+    if rot is not None:
+        report["rotation"] = rot.record()
+    elif why_not:
+        report["rotation"] = {"skipped": why_not}
+        ctx.log(f"int8: down_proj's input not rotated: {why_not}")
     if args.needs_calibration():
         texts = ctx.calibration_texts[: args.n_samples]
         quantizable, _ = select_linears(ctx.input_dir, ignore)
@@ -103,12 +122,50 @@ def apply_w8a8_int8(args: W8A8Int8Args, ctx: StageContext) -> dict[str, Any]:
                      seq_len=args.seq_len, search_samples=args.search_samples, search_seq_len=args.search_seq_len,
                      device=ctx.device, show_progress=ctx.show_progress, log=ctx.log,
                      weight_rounding=args.weight_rounding, gptq_damp=args.gptq_damp,
-                     activations=args.activations)
+                     activations=args.activations, rotation=rot)
         ignore += res.keep_float
+        if rot is not None and not res.rotated:  # the float model changed when rotated: not this architecture
+            report["rotation"] = {"skipped": res.record.get("rotation_skipped")}
+            rot = None
         report.update(smoothquant_alpha=res.alpha, smoothed_tensors=len(res.factors), calibration_samples=len(texts),
                       **res.record)
-    pre = apply_factors(res.factors) if res.factors else None
+    pre = _compose(apply_factors(res.factors) if res.factors else None,
+                   rot.weight_transform() if rot is not None else None)
     report.update(write_w8a8(ctx.input_dir, ctx.output_dir, "int8", ignore, args.dtype, pre_transform=pre,
                              rounded={f"{n}.weight": qs for n, qs in res.weights.items()},
-                             symmetric_activations=args.activations == "symmetric"))
+                             symmetric_activations=args.activations == "symmetric", rotation=rot))
     return report
+
+
+def _rotation(args: W8A8Int8Args, ctx: StageContext):
+    """(The down_proj rotation over every mlp.down_proj Linear of the model, None) or (None, why it cannot apply;
+    "" when it is off). The block is the largest power of 2 up to the asked one that divides their input width."""
+    if args.down_rotation_block is None:
+        return None, ""
+    from packager.compress.checkpoint import linear_module_names, tensor_shapes
+    from packager.compress.rotation import MIN_BLOCK, BlockHadamard, block_for, down_linears
+
+    if ctx.engine.target == "gpu" and ctx.engine.tensor_parallel_size > 1:
+        return None, "vLLM applies run-time transforms only without tensor parallelism"
+    shapes = tensor_shapes(ctx.input_dir)
+    targets = [n for n in down_linears(linear_module_names(ctx.input_dir)) if f"{n}.weight" in shapes]
+    if not targets:
+        return None, "the model has no Linear named *.mlp.down_proj"
+    block = block_for([int(shapes[f"{n}.weight"][1][1]) for n in targets], args.down_rotation_block)
+    if block < MIN_BLOCK:
+        return None, f"no power of 2 from {MIN_BLOCK} to {args.down_rotation_block} divides the MLP width"
+    return BlockHadamard(block, args.rotation_seed, tuple(targets)), ""
+
+
+def _compose(*fns):
+    """The per-tensor transforms applied in order (None where none is given)."""
+    given = [f for f in fns if f is not None]
+    if not given:
+        return None
+
+    def pre(name: str, t):
+        for f in given:
+            t = f(name, t)
+        return t
+
+    return pre

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from packager.compress.mixed_precision import MixedPrecisionArgs, keep_in_float, units_of
+from packager.compress.rotation import install_checked
 from packager.compress.smoothing import (
     activation_maxima,
     apply_factors,
@@ -52,6 +53,7 @@ class SearchResult:
     record: dict[str, Any] = field(default_factory=dict)
     # GPTQ-rounded int8 weights (q, scale) by Linear name, of the smoothed model (weight_rounding: gptq)
     weights: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    rotated: bool = False  # the rotation asked for was simulated (its float check passed)
 
 
 def fake_quant_tokens(x):
@@ -272,7 +274,7 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
            mixed: MixedPrecisionArgs | None, quantizable: list[str], seq_len: int, search_samples: int,
            search_seq_len: int, device: str = "cpu", show_progress: bool = True,
            log: Callable[[str], None] = print, weight_rounding: str = "nearest",
-           gptq_damp: float = 0.01, activations: str = "symmetric") -> SearchResult:
+           gptq_damp: float = 0.01, activations: str = "symmetric", rotation: Any = None) -> SearchResult:
     """Choose the smoothing strength and the Linears kept in float (see the module docstring); with
     weight_rounding "gptq", round the weights by GPTQ (packager.compress.gptq_int8) before the mixed-precision
     search, which then simulates the weights the checkpoint will hold."""
@@ -284,7 +286,11 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
     model, batches = _load(model_dir, texts, seq_len, device)
     search_batches = stack_equal_lengths([b[:, :search_seq_len] for b in batches[:search_samples]])
     modules = dict(model.named_modules())
-    groups = smooth_groups(modules) if alpha is not None else []
+    record: dict[str, Any] = {}
+    if rotation is not None:  # rotated in the model itself: every pass below sees what the engine computes
+        rotation = rotation if install_checked(model, rotation, search_batches[0], record) is not None else None
+    groups = [g for g in (smooth_groups(modules) if alpha is not None else [])
+              if rotation is None or not set(g.lin) & set(rotation.targets)]  # rotation replaces smoothing there
     if isinstance(alpha, float) and not groups:
         raise ConfigError(f"{model_dir} has no norm/Linear group that SmoothQuant can smooth (fused or unknown "
                           "layer names, or norms of another form); set smoothquant_alpha: null or auto.")
@@ -292,8 +298,8 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
     w_max = weight_maxima(modules, groups)
     sim = Simulator(model, search_batches, quantizable, smoothed_tensors(groups),
                     activation_quant=activation_round_trip(activations))
-    record: dict[str, Any] = {"search_samples": sum(int(b.shape[0]) for b in search_batches),
-                              "search_tokens": int(sum(b.numel() for b in search_batches))}
+    record.update(search_samples=sum(int(b.shape[0]) for b in search_batches),
+                  search_tokens=int(sum(b.numel() for b in search_batches)))
     try:
         every = set(quantizable)
         groups = exact_kinds(sim, groups, act_max, w_max, record, log)
@@ -340,7 +346,7 @@ def search(model_dir: Path, texts: list[str], *, alpha: float | str | None, alph
             keep = keep_in_float(sim, modules, quantizable, mixed, kl_all, record, show_progress, log)
         record["search_s"] = round(time.monotonic() - t0, 1)
         record["simulated_passes"] = sim.passes
-        return SearchResult(chosen, factors, keep, record, weights)
+        return SearchResult(chosen, factors, keep, record, weights, rotated=rotation is not None)
     finally:
         sim.close()
         del model

@@ -43,11 +43,25 @@ def vllm_command(model_dir: str, port: int, engine: EngineConfig, served_name: s
 def server_entry(engine: EngineConfig, model_dir: str) -> list[str]:
     """The module that starts the server, and the model. The server's own module runs one API server in its
     process; several in front of one engine are started by vLLM's `serve` (packager.engines.vllm_serve), which
-    takes the same arguments, the model as its positional argument, and `--api-server-count`."""
-    if engine.api_server_count > 1:
+    takes the same arguments, the model as its positional argument, and `--api-server-count`. That launcher also
+    serves checkpoints with run-time transforms (packager.compress.rotation), which vLLM's CPU build cannot run
+    unaided (see packager.engines.vllm_serve)."""
+    if engine.api_server_count > 1 or _has_transforms(model_dir):
         return [sys.executable, "-m", "packager.engines.vllm_serve", model_dir,
                 "--api-server-count", str(engine.api_server_count)]
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir]
+
+
+def _has_transforms(model_dir: str) -> bool:
+    """Whether the checkpoint's compressed-tensors config asks for run-time transforms (`transform_config`)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # no readable config here (a model name, or a GGUF): the engine reports that itself
+    quant = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    return isinstance(quant, dict) and bool(quant.get("transform_config"))
 
 
 def vllm_env(engine: EngineConfig, base: dict[str, str] | None = None) -> dict[str, str]:

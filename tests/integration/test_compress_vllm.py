@@ -31,8 +31,9 @@ VARIANTS = {
                    "mixed_precision": {"target_kl": 1e-9, "max_float_share": 0.1}, "search_samples": 2,
                    "search_seq_len": 64},
     "w8a8-int8": {"kind": "w8a8_int8"},
-    # asymmetric per-token activations (the built-in recipe's): vLLM quantizes them with a zero point at run time
-    "w8a8-int8-asym": {"kind": "w8a8_int8", "activations": "asymmetric"},
+    # asymmetric per-token activations and down_proj's input rotated (the built-in recipe's): vLLM quantizes the
+    # activations with a zero point and applies the Hadamard transform at run time
+    "w8a8-int8-asym": {"kind": "w8a8_int8", "activations": "asymmetric", "down_rotation_block": 128},
 }
 # What this machine's vLLM CPU build can serve (vLLM's AVX2 library has no GPTQ kernel): those are compressed and
 # served; the others must be refused before any work.
@@ -98,6 +99,9 @@ def test_variant_loads_and_answers_in_vllm(name, compressed, default_model, tmp_
         assert q["quant_method"] == "compressed-tensors" and q["format"] == "int-quantized"
         acts = q["config_groups"]["group_0"]["input_activations"]
         assert acts["symmetric"] is (VARIANTS[name].get("activations", "symmetric") == "symmetric")
+        block = VARIANTS[name].get("down_rotation_block")
+        assert (q.get("transform_config") or {}).get("config_groups", {}).get("down_hadamard", {}).get(
+            "head_dim") == block
     # smaller on disk than the float32 source, and than a bf16 copy of it would be
     src_bytes = weights_bytes(default_model.path)
     assert weights_bytes(model_dir) < 0.5 * src_bytes * (0.55 if name.startswith("gptq") else 0.75), \

@@ -42,7 +42,8 @@ def test_w8a8_stage_record_is_complete(tiny, tmp_path):
                              "dtype": "bfloat16", "n_samples": 64, "seq_len": 512,
                              "alpha_candidates": [0.3, 0.45, 0.6, 0.75, 0.9], "mixed_precision": None,
                              "search_samples": 8, "search_seq_len": 128, "weight_rounding": "nearest",
-                             "gptq_damp": 0.01, "activations": "symmetric"}
+                             "gptq_damp": 0.01, "activations": "symmetric", "down_rotation_block": None,
+                             "rotation_seed": 0}
     assert rec.calibration_source is None and rec.calibration_sha256 is None  # RTN needs no data
     # every model file hashed, hashes right, size = sum of files
     files = sorted(p.name for p in stage_dir.iterdir() if p.name not in ("stage.json", MANIFEST_NAME))
