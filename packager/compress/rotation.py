@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 from packager.errors import ConfigError
@@ -91,13 +92,20 @@ class BlockHadamard:
             raise ConfigError(f"{name} reads {width} channels, which a Hadamard block of {self.block} does not "
                               "divide; choose a power of 2 that divides it, or down_rotation_block: null")
 
-    def rotate(self, t):
-        """t @ blockdiag(M) over the last dimension: a weight's input columns or an activation's channels."""
+    @cached_property
+    def _m32(self):
+        """M in float32, built once: `rotate` runs in a forward hook on every simulated pass."""
         import torch
 
-        m = self.matrix().to(device=t.device, dtype=torch.float32)
-        t32 = t.to(torch.float32)
-        return (t32.unflatten(-1, (-1, self.block)) @ m).flatten(-2).to(t.dtype)
+        return self.matrix().to(torch.float32)
+
+    def rotate(self, t, inverse: bool = False):
+        """t @ blockdiag(M) (or M^T, which undoes it) over the last dimension: a weight's input columns or an
+        activation's channels."""
+        import torch
+
+        m = (self._m32.T if inverse else self._m32).to(t.device)
+        return (t.to(torch.float32).unflatten(-1, (-1, self.block)) @ m).flatten(-2).to(t.dtype)
 
     def weight_transform(self) -> Callable[[str, Any], Any]:
         """A per-tensor transform for the checkpoint writer: each target's weight rotated."""
@@ -172,11 +180,6 @@ def install_checked(model, rot: BlockHadamard, batch, record: dict[str, Any]) ->
 
 def uninstall(model, rot: BlockHadamard) -> None:
     """Rotate the targets' weights back (M is orthogonal: W M M^T = W)."""
-    import torch
-
     modules = dict(model.named_modules())
-    m = rot.matrix().to(torch.float32)
     for n in rot.targets:
-        w = modules[n].weight.data
-        modules[n].weight.data = (w.to(torch.float32).unflatten(-1, (-1, rot.block)) @ m.T.to(w.device)).flatten(
-            -2).to(w.dtype)
+        modules[n].weight.data = rot.rotate(modules[n].weight.data, inverse=True)
