@@ -121,6 +121,10 @@ class EvalConfig(Strict):
                                            "order and stop once its mean KL lies 3 standard errors above or below "
                                            "this limit (at least 100 answers); a release sets it to its gate's KL "
                                            "limit (gate.settle_fidelity); null: read every answer")
+    skip_suite_above_kl: bool = Field(False, description="with fidelity_stop_kl and a baseline: read the fidelity "
+                                      "corpus first, and score no task suite when its mean KL settles above the "
+                                      "limit (the KL test already rejects the model); a release sets it from "
+                                      "gate.fail_fast")
     request_timeout_s: float = Field(120.0, gt=0)
     prompt_format: Literal["auto", "chat", "completion"] = Field(
         "auto", description="how prompts are sent: chat (the chat template, /v1/chat/completions), completion "
@@ -167,6 +171,12 @@ class QualityGateConfig(Strict):
     # a variant far from the KL limit is settled after a fraction of them (packager.evaluate.sequential).
     settle_fidelity: bool = Field(True, description="stop reading a variant's fidelity corpus once its mean KL has "
                                   "settled above or below the KL limit (false: read every answer)")
+    # A variant whose KL reading settles above the limit cannot pass, whatever its task score: on 2 cores its suite
+    # (about 2 min through llama.cpp, one request at a time) and its load test (1-2 min) would only describe a
+    # variant the release cannot recommend.
+    fail_fast: bool = Field(True, description="read a variant's fidelity corpus before its task suite, and score "
+                            "no suite and run no load test for a variant whose mean KL settles above the limit "
+                            "(false: measure every variant in full; needs settle_fidelity)")
     noise_floor: bool = Field(True, description="measure the baseline's noise floor in a release (the baseline "
                                                 "served once more in the other dtype, prompt logprobs only)")
     noise_floor_items: int = Field(48, ge=1, description="baseline answers the noise floor is measured on (spread "

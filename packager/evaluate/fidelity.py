@@ -110,6 +110,7 @@ class Fidelity(BaseModel):
     # with a KLStop: the answers there were to read, and why reading stopped before the last (None: it did not)
     answers_planned: int = 0
     stopped_early: str | None = None
+    settled: str | None = None  # with a KLStop: "above" / "below" its limit where the reading stopped there
 
 
 def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenAIClient, model: str, top_k: int,
@@ -143,6 +144,7 @@ def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenA
         chosen = reading_order(chosen)
     step = stop.chunk if stop is not None else max(1, len(chosen))
     stopped: str | None = None
+    settled: str | None = None
     with progress_bar(progress or "fidelity", total=len(chosen), enabled=progress is not None) as bar, \
             ThreadPoolExecutor(concurrency) as ex:
         for start in range(0, len(chosen), step):
@@ -158,6 +160,7 @@ def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenA
             if stop is not None and start + step < len(chosen):
                 lk = look(per_answer, len(chosen), stop)
                 if lk.settled:
+                    settled = lk.settled
                     stopped = (f"read {start + step} of {len(chosen)} answers: the mean KL {lk.mean_kl:.4g} "
                                f"(+/- {lk.half_width:.2g}, {stop.z:g} standard errors) lies {lk.settled} the limit "
                                f"{stop.limit:.4g}")
@@ -171,7 +174,7 @@ def teacher_forced_fidelity(baseline_items: dict[str, ItemResult], client: OpenA
                     prefix_match_mean=_mean([float(m) for m, _ in prefixes]),
                     prefix_match_share=_mean([m / n for m, n in prefixes]),
                     full_match=_mean([float(m == n) for m, n in prefixes]), answers=len(prefixes),
-                    answers_planned=len(chosen), stopped_early=stopped)
+                    answers_planned=len(chosen), stopped_early=stopped, settled=settled)
 
 
 def greedy_prefix_match(reference_ids: list[int], model_topk: list[dict[str, float]]) -> int:

@@ -57,7 +57,8 @@ class EvalSummary(BaseModel):
     suite_sha256: str
     n_items: int
     n_errors: int
-    score: float
+    score: float | None  # None: the suite was not scored (suite_skipped says why)
+    suite_skipped: str | None = None
     score_by_tag: dict[str, float]
     score_by_category: dict[str, float]
     perplexity: float | None = None
@@ -84,6 +85,7 @@ class EvalSummary(BaseModel):
     fidelity_prompts_failed: int = 0
     # why the reading of the corpus stopped before its last answer (eval.fidelity_stop_kl), or None
     fidelity_stopped_early: str | None = None
+    fidelity_settled: str | None = None  # "above" / "below" the limit where the reading stopped there
     fidelity_items_path: str | None = None  # the baseline's corpus answers with their top-k (baseline runs)
     # bootstrap intervals of score and recovery, paired with the baseline's items (packager.evaluate.stats)
     stats: PairedStats | None = None
@@ -309,28 +311,24 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
         # A baseline keeps the top-k along its suite answers only when fidelity is measured along them (no corpus).
         want_topk = cfg.eval.fidelity_top_k if baseline is None and not cfg.eval.fidelity_corpus else None
         reference: list[ItemResult] | None = None
-        results = _score_items(client, model, items, want_topk, fmt, f"evaluate {label}", cfg.eval.concurrency,
-                               show_progress)
+        progress = f"fidelity {label}" if show_progress else None
+        # A release reads a variant's fidelity first (eval.skip_suite_above_kl): one whose KL settles above the
+        # limit is rejected by the gate whatever its score, so its suite is not scored.
+        fid = _fidelity_fields([], baseline, baseline_items, client, model, cfg, topk_fn, progress) \
+            if baseline is not None and _fidelity_first(cfg, baseline) else None
+        skipped = _suite_skip_reason(fid, cfg.eval.fidelity_stop_kl)
+        results = [] if skipped else _score_items(client, model, items, want_topk, fmt, f"evaluate {label}",
+                                                  cfg.eval.concurrency, show_progress)
         errors = [r for r in results if r.error]
         if errors and len(errors) == len(results):
             raise ServerError(f"Every request to {url} failed; first error: {errors[0].error}")
         score, by_tag, by_cat = _aggregate(results)
-
-        ppl, ppl_tokens, corpus_digest = None, 0, None
-        if cfg.eval.perplexity:
-            from packager.evaluate.corpus import corpus_sha256, split_corpus
-
-            _, heldout = split_corpus()
-            try:
-                ppl, ppl_tokens = perplexity(client, model, heldout, cfg.eval.perplexity_chunk_tokens * 4,
-                                             cfg.eval.perplexity_max_chunks, cfg.eval.concurrency, show_progress)
-            except ServerError:
-                ppl, ppl_tokens = None, 0  # endpoints without prompt logprobs (e.g. llama.cpp) have no perplexity
-            corpus_digest = corpus_sha256()
-
+        ppl, ppl_tokens, corpus_digest = (None, 0, None) if skipped else _perplexity(client, model, cfg,
+                                                                                     show_progress)
         summary = EvalSummary(
             name=label, url=url, served_model=model, engine=cfg.engine.model_dump(mode="json"),
-            suite=suite.name, suite_sha256=suite.sha256, n_items=len(results), n_errors=len(errors), score=score,
+            suite=suite.name, suite_sha256=suite.sha256, n_items=len(results), n_errors=len(errors),
+            score=None if skipped else score, suite_skipped=skipped,
             score_by_tag=by_tag, score_by_category=by_cat, perplexity=ppl, perplexity_tokens=ppl_tokens,
             corpus_sha256=corpus_digest, behaviour=behaviour_metrics(results),
             wall_time_s=time.perf_counter() - t0, config=cfg.model_dump(mode="json"), prompt_format=fmt,
@@ -340,13 +338,15 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
         if baseline is not None:
             summary.baseline_name = baseline.name
             summary.baseline_score = baseline.score
-            summary.recovery = score / baseline.score if baseline.score > 0 else None
+            summary.recovery = score / baseline.score if baseline.score and not skipped else None
             summary.recovery_by_category = {c: by_cat[c] / s for c, s in baseline.score_by_category.items()
                                             if c in by_cat and s > 0}
             if baseline_items is None and baseline.items_path and Path(baseline.items_path).exists():
                 baseline_items = load_items(Path(baseline.items_path))
-            _measure_fidelity(summary, results, baseline, baseline_items, client, model, cfg, topk_fn,
-                              f"fidelity {label}" if show_progress else None)
+            if fid is None:
+                fid = _fidelity_fields(results, baseline, baseline_items, client, model, cfg, topk_fn, progress)
+            for k, v in fid.items():
+                setattr(summary, k, v)
         elif cfg.eval.fidelity_corpus:
             reference = _corpus_reference(client, model, cfg, summary, show_progress, fmt)
         summary.stats = quality_stats(results, baseline_items if baseline is not None else None)
@@ -355,35 +355,69 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
     return summary, results, reference
 
 
-def _measure_fidelity(summary: EvalSummary, results: list[ItemResult], baseline: EvalSummary,
-                      baseline_items: dict[str, ItemResult] | None, client: OpenAIClient, model: str, cfg: RunConfig,
-                      topk_fn: TopkFn | None, progress: str | None) -> None:
-    """The model's fidelity to the baseline, onto `summary`: along the baseline's fidelity-corpus answers when it
-    has them, else along its suite answers, else none. `progress`: a bar's title (None: no bar)."""
+def _fidelity_first(cfg: RunConfig, baseline: EvalSummary) -> bool:
+    """Whether the fidelity corpus is read before the suite: asked for, with a KL limit to settle against and the
+    baseline's corpus answers to read along."""
+    return bool(cfg.eval.skip_suite_above_kl and cfg.eval.fidelity_stop_kl and cfg.eval.fidelity_corpus
+                and baseline_corpus_items(baseline))
+
+
+def _suite_skip_reason(fid: dict[str, Any] | None, limit: float | None) -> str | None:
+    """Why the suite is not scored after a fidelity reading that came first (its mean KL lies above the limit, the
+    very figure the gate's KL test judges), or None."""
+    kl = (fid or {}).get("fidelity_mean_kl")
+    if kl is None or limit is None or kl <= limit:
+        return None
+    how = (fid or {}).get("fidelity_stopped_early") or f"all {(fid or {}).get('fidelity_prompts')} answers read"
+    return (f"not scored: its mean KL to the baseline, {kl:.4g}, lies above the limit {limit:.4g} ({how}), so the "
+            "quality gate rejects it whatever its score (eval.skip_suite_above_kl)")
+
+
+def _perplexity(client: OpenAIClient, model: str, cfg: RunConfig,
+                show_progress: bool) -> tuple[float | None, int, str | None]:
+    """Perplexity on the held-out corpus (None where not configured or the endpoint gives no prompt logprobs), its
+    token count and the corpus's digest."""
+    if not cfg.eval.perplexity:
+        return None, 0, None
+    from packager.evaluate.corpus import corpus_sha256, split_corpus
+
+    _, heldout = split_corpus()
+    try:
+        ppl, n = perplexity(client, model, heldout, cfg.eval.perplexity_chunk_tokens * 4,
+                            cfg.eval.perplexity_max_chunks, cfg.eval.concurrency, show_progress)
+    except ServerError:
+        ppl, n = None, 0  # endpoints without prompt logprobs (e.g. llama.cpp) have no perplexity
+    return ppl, n, corpus_sha256()
+
+
+def _fidelity_fields(results: list[ItemResult], baseline: EvalSummary, baseline_items: dict[str, ItemResult] | None,
+                     client: OpenAIClient, model: str, cfg: RunConfig, topk_fn: TopkFn | None,
+                     progress: str | None) -> dict[str, Any]:
+    """The model's fidelity to the baseline, as EvalSummary fields: along the baseline's fidelity-corpus answers
+    when it has them, else along its suite answers (`results` paired with `baseline_items`), else none.
+    `progress`: a bar's title (None: no bar)."""
     corpus_items = baseline_corpus_items(baseline) if cfg.eval.fidelity_corpus else None
     if progress and topk_fn is not None:
         progress += " (read by llama.cpp here)"  # a GGUF's answers, read in this process: slower than vLLM's
+    out: dict[str, Any] = {}
     if corpus_items:
         stop = KLStop(cfg.eval.fidelity_stop_kl) if cfg.eval.fidelity_stop_kl else None
         f = teacher_forced_fidelity(corpus_items, client, model, cfg.eval.fidelity_top_k, cfg.eval.concurrency,
                                     topk_fn=topk_fn, progress=progress, stop=stop)
         f.agreement = f.full_match
-        summary.fidelity_stopped_early = f.stopped_early
-        summary.fidelity_source = baseline.fidelity_source
-        summary.fidelity_corpus_sha256 = baseline.fidelity_corpus_sha256
-        summary.fidelity_prompts = f.answers
-        summary.fidelity_prompts_skipped = baseline.fidelity_prompts_skipped
+        out.update(fidelity_stopped_early=f.stopped_early, fidelity_settled=f.settled,
+                   fidelity_source=baseline.fidelity_source, fidelity_corpus_sha256=baseline.fidelity_corpus_sha256,
+                   fidelity_prompts=f.answers, fidelity_prompts_skipped=baseline.fidelity_prompts_skipped)
     elif baseline_items:
         f = fidelity(results, baseline_items, client, model, cfg.eval.fidelity_top_k, cfg.eval.concurrency,
                      topk_fn, progress=progress)
-        summary.fidelity_source = "suite"
+        out["fidelity_source"] = "suite"
     else:
         f = Fidelity()
-    summary.fidelity_agreement, summary.fidelity_mean_kl = f.agreement, f.mean_kl
-    summary.fidelity_p95_kl, summary.fidelity_top1_agreement = f.p95_kl, f.top1_agreement
-    summary.fidelity_kl_positions = f.positions
-    summary.fidelity_prefix_match_mean = f.prefix_match_mean
-    summary.fidelity_prefix_match_share = f.prefix_match_share
+    out.update(fidelity_agreement=f.agreement, fidelity_mean_kl=f.mean_kl, fidelity_p95_kl=f.p95_kl,
+               fidelity_top1_agreement=f.top1_agreement, fidelity_kl_positions=f.positions,
+               fidelity_prefix_match_mean=f.prefix_match_mean, fidelity_prefix_match_share=f.prefix_match_share)
+    return out
 
 
 def _corpus_reference(client: OpenAIClient, model: str, cfg: RunConfig, summary: EvalSummary,

@@ -62,7 +62,8 @@ def look_up(ctx: VariantContext) -> None:
     run, cfg = ctx.run, ctx.cfg
     base = run.baseline_summary
     ctx.kl_stop = _kl_stop(ctx)
-    settle = (ctx.kl_stop,) if ctx.kl_stop else ()  # keys without a stop stay those of earlier runs
+    # keys without a stop (or without failing fast) stay those of earlier runs
+    settle = ((ctx.kl_stop,) + (("fail_fast",) if _fail_fast(ctx) else ())) if ctx.kl_stop else ()
     ctx.eval_key = cache_key("eval", ctx.v.digest, run.suite.sha256, cfg.eval, ctx.served_engine,
                              base.model_dump(mode="json")["score"] if base else None,
                              capabilities(ctx.vr.engine).local_topk, *settle)
@@ -74,6 +75,17 @@ def look_up(ctx: VariantContext) -> None:
 def _loadtest_key(ctx: VariantContext) -> str:
     run, cfg = ctx.run, ctx.cfg
     return cache_key("loadtest", ctx.v.digest, run.lt_cfg, ctx.served_engine, cfg.slo, cfg.pricing)
+
+
+def _fail_fast(ctx: VariantContext) -> bool:
+    """Whether the variant's fidelity is read before its suite, which is skipped, with its load test, when the
+    reading settles above the KL limit (gate.fail_fast, with a limit to settle against)."""
+    return bool(ctx.kl_stop and ctx.cfg.gate.fail_fast)
+
+
+def suite_skipped(ctx: VariantContext) -> str | None:
+    """Why the variant's suite was not scored (its KL settled above the limit first), or None."""
+    return (ctx.summary_d or {}).get("suite_skipped")
 
 
 def _kl_stop(ctx: VariantContext) -> float | None:
@@ -148,7 +160,8 @@ def _record_results(ctx: VariantContext) -> None:
 def measure(ctx: VariantContext) -> None:
     """Serve the variant and evaluate and load-test it through the server, unless both results are cached. A
     variant whose engine search waits for the gate (ctx.search_deferred) is evaluated first; if the gate passes it,
-    it is searched and served again, with the arguments chosen, for its load test."""
+    it is searched and served again, with the arguments chosen, for its load test. One whose KL settled above
+    the limit before its suite (gate.fail_fast) gets no load test."""
     from packager.release.engine_search import not_searched, search_now
 
     v, served = ctx.v, False
@@ -183,7 +196,7 @@ def _load_test_here(ctx: VariantContext, rejected: str | None) -> bool:
     """Whether the variant's load test runs on the server it is evaluated on: its result is not cached, and it is
     not one whose deferred engine search the gate lets run (that one is load-tested on a server started with the
     arguments the search chose)."""
-    return ctx.lt_d is None and not (ctx.search_deferred and rejected is None)
+    return ctx.lt_d is None and not (ctx.search_deferred and rejected is None) and not suite_skipped(ctx)
 
 
 def serve(ctx: VariantContext):
@@ -240,7 +253,8 @@ def evaluate(ctx: VariantContext, url: str) -> None:
         # the settings it is served with (the engine search's arguments too): written into its summary
         ev_cfg, ev_notes = evaluation_config(ctx.vr.engine, cfg.model_copy(update={"engine": ctx.served_engine}))
         if ctx.kl_stop:
-            settle = ev_cfg.eval.model_copy(update={"fidelity_stop_kl": ctx.kl_stop})
+            settle = ev_cfg.eval.model_copy(update={"fidelity_stop_kl": ctx.kl_stop,
+                                                    "skip_suite_above_kl": _fail_fast(ctx)})
             ev_cfg = ev_cfg.model_copy(update={"eval": settle})
         # a GGUF's top-k for the KL, read from its file in this process (the bento's llama-server gives none)
         topk = local_topk(v.model_dir, ctx.served_engine) if run.baseline_summary is not None else None
@@ -253,7 +267,10 @@ def evaluate(ctx: VariantContext, url: str) -> None:
                 topk.close()
         s.notes.extend(ev_notes)
     s.model_dir = str(v.model_dir)
-    if cfg.eval.behaviour_suite:
+    if s.suite_skipped:
+        run.log(f"{v.name}: task suite, behaviour suite and load test skipped: its mean KL lies above the limit "
+                "(gate.fail_fast)")
+    elif cfg.eval.behaviour_suite:
         s.behaviour = _evaluate_behaviour(ctx, url)
     ctx.summary_d = s.model_dump(mode="json")
     ctx.cache.put("evaluate", ctx.eval_key, ctx.summary_d)
@@ -270,7 +287,7 @@ def _evaluate_behaviour(ctx: VariantContext, url: str) -> dict[str, float]:
             update={"suite": cfg.eval.behaviour_suite, "perplexity": False, "fidelity_corpus": None,
                     "max_items": None})}), url=url, out_dir=v.root / "behaviour",
             name=v.name, show_progress=run.show_progress)
-    return {**b.behaviour, "behaviour_score": b.score}
+    return {**b.behaviour, **({"behaviour_score": b.score} if b.score is not None else {})}
 
 
 def rejected_by_gate(ctx: VariantContext) -> str | None:
@@ -328,7 +345,11 @@ def collect(ctx: VariantContext) -> None:
     if summary.fidelity_stopped_early:
         run.notes.append(f"{v.name}: its fidelity figures come from part of the corpus, "
                          f"{summary.fidelity_stopped_early}")
-    ctx.vr.load = load_summary_from(ctx.lt_d or {}, v.root / "loadtest")
+    if summary.suite_skipped:
+        run.notes.append(f"{v.name}: task suite and load test skipped: its mean KL to the baseline, read first, "
+                         "lies above the limit, so the gate rejects it whatever its score (gate.fail_fast: false "
+                         "measures it in full)")
+    ctx.vr.load = load_summary_from(ctx.lt_d, v.root / "loadtest") if ctx.lt_d else None
 
 
 def _fill_quality(vr, s) -> None:

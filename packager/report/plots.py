@@ -328,8 +328,10 @@ def plot_categories(report: Report) -> str | None:
 def plot_gate(report: Report) -> str | None:
     """The quality gate at a glance, one row per compressed variant: its recovery with the 95% interval against
     the floor and the interval's bound, and its mean KL to the baseline against the noise floor and the KL limit
-    (log scale). A filled marker passes the gate, a hollow one does not."""
-    shown = [v for v in report.variants if not v.is_baseline and effective_recovery(v) is not None]
+    (log scale). A filled marker passes the gate, a hollow one does not. A variant whose suite was not scored (its
+    KL settled above the limit first) has its KL marker and no recovery marker."""
+    shown = [v for v in report.variants
+             if not v.is_baseline and (effective_recovery(v) is not None or v.fidelity_mean_kl)]
     if not shown:
         return None
     gate, colors = report.gate or {}, _variant_colors(report)
@@ -349,6 +351,8 @@ def plot_gate(report: Report) -> str | None:
         ax = axes[0]
         xs = [floor] + ([bound * 100.0] if bound is not None else [])
         for y, v in zip(rows, shown):
+            if effective_recovery(v) is None:
+                continue
             r = cast(float, effective_recovery(v)) * 100.0
             if v.recovery_ci is not None:
                 lo, hi = v.recovery_ci[0] * 100.0, v.recovery_ci[1] * 100.0
@@ -452,7 +456,7 @@ PLOTS: list[PlotSpec] = [
      "Each row is a compressed variant: its recovery with the 95% interval against the floor and the bound the "
      "interval must reach, and its mean KL to the baseline against the baseline's noise floor and the KL limit. "
      "A filled marker passes the gate; a hollow one is rejected.",
-     "No compressed variant has a recovery figure."),
+     "No compressed variant has a recovery or KL figure."),
     ("plot-latency", "Latency distributions", plot_latency,
      "Per-request TTFT and TPOT at the tested load; dashed lines are the SLO limits.",
      "No per-request latency samples were recorded (no load test completed)."),

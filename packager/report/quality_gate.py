@@ -71,7 +71,10 @@ def effective_recovery(v: VariantResult) -> float | None:
 def quality_failure(v: VariantResult, gate: QualityGate) -> str | None:
     """Why `v` does not keep the quality (one sentence), or None when it passes."""
     rec = effective_recovery(v)
+    kl = _kl_failure(v, gate)
     if rec is None:
+        if v.score is None and kl is not None:  # its KL settled above the limit before its suite (gate.fail_fast)
+            return f"{kl}; its task suite was not scored, the KL test rejects it whatever its score"
         if v.score is None:
             why = "has no task score"
             if v.errors:
@@ -88,13 +91,20 @@ def quality_failure(v: VariantResult, gate: QualityGate) -> str | None:
             a, b = fmt_pct_pair(low, bound_floor(gate))
             fails.append(f"the lower bound of its 95% recovery interval is {a} < {b} (recovery "
                          f"{rec * 100:.1f}%, interval {low * 100:.1f}-{high * 100:.1f}%)")
-    kl = v.fidelity_mean_kl
-    if gate.max_kl is not None and kl is not None and kl > gate.max_kl + 1e-15 and not v.is_baseline:
-        a, b = fmt_pair(kl, gate.max_kl)
-        times = f" ({kl / gate.noise_floor_kl:.0f}x the noise floor {gate.noise_floor_kl:.2g})" \
-            if gate.noise_floor_kl else ""
-        fails.append(f"its mean KL to the baseline is {a} > limit {b}{times}")
+    if kl is not None:
+        fails.append(kl)
     return ", and ".join(fails) or None
+
+
+def _kl_failure(v: VariantResult, gate: QualityGate) -> str | None:
+    """How `v` fails the KL test (its mean KL to the baseline above the limit), or None."""
+    kl = v.fidelity_mean_kl
+    if gate.max_kl is None or kl is None or kl <= gate.max_kl + 1e-15 or v.is_baseline:
+        return None
+    a, b = fmt_pair(kl, gate.max_kl)
+    times = f" ({kl / gate.noise_floor_kl:.0f}x the noise floor {gate.noise_floor_kl:.2g})" \
+        if gate.noise_floor_kl else ""
+    return f"its mean KL to the baseline is {a} > limit {b}{times}"
 
 
 def quality_caveat(v: VariantResult, gate: QualityGate) -> str | None:

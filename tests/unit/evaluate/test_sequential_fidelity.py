@@ -87,6 +87,7 @@ def test_the_reading_stops_once_settled(probs, side):
     assert f.answers == 100 and f.answers_planned == 300 and len(calls) == 101
     assert f.positions == 1000 and f.mean_kl == pytest.approx(per_position)
     assert f.stopped_early is not None and f"{side} the limit 0.01" in f.stopped_early and "100 of 300" in f.stopped_early
+    assert f.settled == side
 
 
 def test_without_a_stop_or_near_the_limit_every_answer_is_read():
@@ -103,4 +104,5 @@ def test_without_a_stop_or_near_the_limit_every_answer_is_read():
     assert full.answers == 300 and full.stopped_early is None
     at = teacher_forced_fidelity(items, None, "m", 3, 4, topk_fn=read,  # type: ignore[arg-type]
                                  stop=KLStop(limit=full.mean_kl))
+    assert full.settled is None and at.settled is None
     assert at.answers == 300 and at.stopped_early is None and at.mean_kl == pytest.approx(full.mean_kl)

@@ -77,3 +77,26 @@ def test_a_passing_variant_and_only_passing_off_keep_the_search(tmp_path, sent):
     steps.load_test(_ctx(tmp_path)[0], "http://127.0.0.1:1", rejected=None)
     steps.load_test(_ctx(tmp_path, only_passing=False)[0], "http://127.0.0.1:1", rejected="recovers 80%")
     assert [c.knee.enabled for c in sent] == [True, True]
+
+
+def _skipped_summary() -> dict:
+    return EvalSummary(name="v", served_model="v", suite="s", suite_sha256="0", n_items=0, n_errors=0, score=None,
+                       suite_skipped="not scored: its fidelity reading settled above the KL limit (...)",
+                       score_by_tag={}, score_by_category={}, baseline_name="baseline", baseline_score=0.5,
+                       fidelity_mean_kl=0.05, fidelity_settled="above", wall_time_s=1.0).model_dump(mode="json")
+
+
+@pytest.mark.parametrize("skipped", [True, False])
+def test_a_variant_whose_suite_was_skipped_gets_no_load_test(tmp_path, sent, monkeypatch, skipped):
+    """gate.fail_fast: the evaluation read the KL first and skipped the suite; the served session then runs no
+    load test (a variant scored in full, rejected on its KL, still gets its sweep)."""
+    ctx, _ = _ctx(tmp_path)
+    ctx.cache = SimpleNamespace(put=lambda *a: None, get=lambda *a: None)
+    ctx.v.bento_tag, ctx.vr, ctx.search_deferred, ctx.lt_d = None, SimpleNamespace(bento_tag=None), False, None
+    monkeypatch.setattr(steps, "serve", lambda c: nullcontext("http://127.0.0.1:1"))
+    monkeypatch.setattr(steps, "evaluate", lambda c, url: setattr(
+        c, "summary_d", _skipped_summary() if skipped else _summary(1.0, 0.05)))
+    steps.measure(ctx)
+    assert steps.rejected_by_gate(ctx) is not None and "mean KL" in steps.rejected_by_gate(ctx)
+    assert (steps.suite_skipped(ctx) is not None) == skipped
+    assert len(sent) == (0 if skipped else 1) and (ctx.lt_d is None) == skipped

@@ -61,6 +61,21 @@ def test_kl_limit_names_the_multiple_of_the_noise_floor():
     assert quality_failure(base, gate) is None and quality_caveat(base, gate) is None
 
 
+def test_a_variant_rejected_by_its_kl_before_its_suite_is_told_as_such():
+    """gate.fail_fast: no score, no recovery, no load test; the KL failure is the reason, and recommend passes
+    over it with that reason."""
+    gate = QualityGate(0.97, use_lower_bound=True, max_kl=0.0066, noise_floor_kl=0.00044)
+    q4 = VariantResult(name="q4", recipe="q4", fidelity_mean_kl=0.0235)
+    why = quality_failure(q4, gate)
+    assert why == ("its mean KL to the baseline is 0.02 > limit 0.01 (53x the noise floor 0.00044); its task suite "
+                   "was not scored, the KL test rejects it whatever its score")
+    # no score and a KL within the limit (or none) is still a variant without a task score
+    assert quality_failure(VariantResult(name="x", recipe="x", fidelity_mean_kl=0.001), gate) == "has no task score"
+    base = variant("baseline", 1.0, baseline=True, usd=3.0)
+    rec = recommend([base, q4], 0.97, 2000, 250, gate=gate)
+    assert rec.variant == "baseline" and rec.rejected["q4"].startswith("its mean KL to the baseline is 0.02")
+
+
 def test_recommend_takes_the_cheapest_variant_that_passes_both_tests():
     base = variant("baseline", 1.0, baseline=True, usd=3.0)
     cheap_moved = variant("rtn", 0.99, ci=(0.98, 1.0), kl=0.02, usd=1.0)
