@@ -28,15 +28,23 @@ TEXTS = ["The quick brown fox jumps over the lazy dog, and then it runs into the
          "Invoice 4411: three items at $12.50 each, total $37.50, paid on 2024-03-01 by card."]
 
 
-def build_float(out: Path, tokenizer: Path) -> Path:
+# the small random decoders the check can build: Llama, and (benchmarks/rotation_archs.py) other families vLLM
+# serves whose MLP ends in a down_proj Linear
+ARCHS = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "mistral": "MistralConfig", "phi3": "Phi3Config",
+         "qwen3": "Qwen3Config"}
+
+
+def build_float(out: Path, tokenizer: Path, arch: str = "llama") -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, initializer_range=0.08)
-    model = LlamaForCausalLM(cfg)
+    cfg = getattr(transformers, ARCHS[arch])(
+        vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=1,
+        eos_token_id=2, pad_token_id=2, initializer_range=0.08, **({"head_dim": 64} if arch == "qwen3" else {}))
+    model = AutoModelForCausalLM.from_config(cfg)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):

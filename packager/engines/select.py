@@ -145,6 +145,8 @@ def evaluation_config(backend: str, cfg: "RunConfig") -> tuple["RunConfig", list
             update["fidelity_corpus"] = None
         notes.extend(caps.eval_notes)
     n = caps.reproducible_concurrency
+    if cfg.eval.reproducible and n is not None and cfg.eval.reference_concurrency > n:
+        update["reference_concurrency"] = n
     if cfg.eval.reproducible and n is not None and cfg.eval.concurrency > n:
         update["concurrency"] = n
         notes.append(f"answers: {n} request(s) at a time, not eval.concurrency {cfg.eval.concurrency}: "

@@ -23,11 +23,12 @@ _ESTIMATE_S: dict[str, Any] = {"serve_start": {"vllm": 110.0, "llamacpp": 15.0},
                                "compress": {"gptq": 660.0, "awq": 450.0, "w8a8_int8": 330.0, "fp8": 30.0, "prune": 60.0,
                                             "distill": 300.0, "gguf": 70.0}}
 # Evaluation, per unit of work (2 cores, concurrency 8; measured: 0.10 s a suite item through vLLM, 0.19 through
-# llama-server, 0.28 s a corpus answer, 0.088 s a vLLM read, 0.39 s a GGUF read, 0.865 of that with the shared
+# llama-server, 0.36 s a corpus answer through the bento at 8 concurrent requests, 0.73 of that at 32
+# (eval.reference_concurrency, bare engine), 0.088 s a vLLM read, 0.39 s a GGUF read, 0.865 of that with the shared
 # prompt start kept, benchmarks/results/gguf_topk_prefix.json): a suite item; a fidelity prompt
 # answered by the baseline (32 greedy tokens and their top-k); the same answer read teacher-forced by a variant (one
 # prefill; a GGUF's read by llama.cpp in-process, packager.gguf.topk); perplexity and the behaviour suite together.
-_EVAL_S = {"item": 0.2, "answer": 0.35, "read": 0.1, "read_gguf": 0.37, "fixed": 20.0}
+_EVAL_S = {"item": 0.2, "answer": 0.3, "read": 0.1, "read_gguf": 0.37, "fixed": 20.0}
 _DEFAULT_SIZES = {"suite": 430, "fidelity_corpus": 557}
 # A variant's fidelity reading that may stop once its KL verdict is settled (gate.settle_fidelity) reads at least
 # 100 answers and looks again every 50: the estimate takes 150 (the default release's four readings all settled

@@ -64,7 +64,7 @@ def test_evaluation_without_prompt_logprobs_skips_perplexity_and_says_why():
     assert run_cfg.eval.perplexity is False and cfg.eval.perplexity is True  # the caller's config is untouched
     # the KL is read from the GGUF in-process, so the corpus it is measured along stays
     assert run_cfg.eval.fidelity_corpus == cfg.eval.fidelity_corpus == "default"
-    changed = {"perplexity", "concurrency"}
+    changed = {"perplexity", "concurrency", "reference_concurrency"}
     assert run_cfg.eval.model_dump(exclude=changed) == cfg.eval.model_dump(exclude=changed)
     assert notes[:2] == list(ENGINES[LLAMACPP].eval_notes)
     assert notes[0] == "perplexity: not measured: llama.cpp's server (llama-server) returns no prompt logprobs"
@@ -77,10 +77,11 @@ def test_llamacpp_answers_one_request_at_a_time_unless_told_otherwise():
     cfg = RunConfig()
     run_cfg, notes = evaluation_config(LLAMACPP, cfg)
     assert cfg.eval.concurrency == 8 and run_cfg.eval.concurrency == 1
+    assert cfg.eval.reference_concurrency == 32 and run_cfg.eval.reference_concurrency == 1  # its answers too
     assert notes[-1].startswith("answers: 1 request(s) at a time, not eval.concurrency 8")
     fast = RunConfig.model_validate({"eval": {"reproducible": False}})
     run_fast, notes_fast = evaluation_config(LLAMACPP, fast)
-    assert run_fast.eval.concurrency == 8 and notes_fast == list(ENGINES[LLAMACPP].eval_notes)
+    assert run_fast.eval.concurrency == 8 and run_fast.eval.reference_concurrency == 32 and notes_fast == list(ENGINES[LLAMACPP].eval_notes)
     one = RunConfig.model_validate({"eval": {"concurrency": 1}})
     assert evaluation_config(LLAMACPP, one)[0].eval.concurrency == 1 and len(evaluation_config(LLAMACPP, one)[1]) == 2
     assert evaluation_config(VLLM, cfg)[0].eval.concurrency == 8  # vLLM's answers repeat at any concurrency

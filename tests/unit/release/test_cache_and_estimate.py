@@ -42,23 +42,23 @@ def test_estimate_and_default_loadtest():
     from packager.release.estimate import evaluate_seconds, searches
 
     recipes = ["w8a8-int8", "gptq-w4a16", "gguf-q4_k_m", "recipes/mine.yaml", "fp8-dynamic"]
-    # baseline: evaluation 20 + 430 items x 0.2 + 557 corpus answers x 0.35; a variant reads the answers (x 0.1),
+    # baseline: evaluation 20 + 430 items x 0.2 + 557 corpus answers x 0.3; a variant reads the answers (x 0.1),
     # its reading stopping once settled (gate.settle_fidelity): taken as 150 answers
-    assert evaluate_seconds(RunConfig(), baseline=True) == 301 and evaluate_seconds(RunConfig(), baseline=False) == 121
+    assert evaluate_seconds(RunConfig(), baseline=True) == 273 and evaluate_seconds(RunConfig(), baseline=False) == 121
     # a GGUF's answers are read by llama.cpp in-process: 0.37 s a prompt instead of vLLM's 0.1
     assert evaluate_seconds(RunConfig(), baseline=False, gguf=True) == 162
     # a reading that cannot stop reads every answer: no KL test, settling off, or no noise floor to set the limit
     for gate in ({"max_kl_vs_noise": None}, {"settle_fidelity": False}, {"noise_floor": False}):
         whole = RunConfig.model_validate({"gate": gate})
-        assert evaluate_seconds(whole, baseline=False) == 162 and evaluate_seconds(whole, baseline=True) == 301
+        assert evaluate_seconds(whole, baseline=False) == 162 and evaluate_seconds(whole, baseline=True) == 273
         assert evaluate_seconds(whole, baseline=False, gguf=True) == 312
     # a limit given to the evaluation itself stops it too; a corpus capped below 150 is read whole
     given = RunConfig.model_validate({"gate": {"settle_fidelity": False}, "eval": {"fidelity_stop_kl": 0.01}})
     assert evaluate_seconds(given, baseline=False) == 121
     capped = RunConfig.model_validate({"eval": {"fidelity_max_prompts": 60}})
     assert evaluate_seconds(capped, baseline=False) == round(20 + 86 + 60 * 0.1)
-    # baseline: register 10 + vLLM start 110 + load test 70 + evaluation 301 + noise floor 60
-    baseline = 10 + 110 + 70 + 301 + 60
+    # baseline: register 10 + vLLM start 110 + load test 70 + evaluation 273 + noise floor 60
+    baseline = 10 + 110 + 70 + 273 + 60
     assert estimate_seconds(RunConfig(), [], 70.0) == baseline
     # each variant: compression (w8a8 330, gptq 660, gguf 70, unknown 120, fp8 30) + register 10 + start (llama.cpp
     # 15, vLLM 110) + load test 70 + evaluation; the GGUF one also its engine-argument search (180 s budget)
@@ -73,7 +73,7 @@ def test_estimate_and_default_loadtest():
     assert estimate_seconds(per_engine, recipes, 70.0) == baseline + variants - 180 + 30 * 2
     # a model 10x the bundled one's size: compression, the evaluation's items and answers and the noise floor
     # take 10x as long; engine starts, searches, load tests and the fixed parts do not
-    ten = 10 + 110 + 70 + (20 + 10 * 281) + 10 * 60
+    ten = 10 + 110 + 70 + round(20 + 10 * (430 * 0.2 + 557 * 0.3)) + 10 * 60
     assert estimate_seconds(RunConfig(), [], 70.0, scale=10.0) == ten
     assert estimate_seconds(RunConfig(), ["w8a8-int8"], 70.0, scale=10.0) == \
         ten + 10 * 330 + 10 + 110 + 70 + (20 + 10 * 101)
@@ -87,7 +87,7 @@ def test_estimate_and_default_loadtest():
     assert estimate_seconds(no_floor, recipes, 70.0) == baseline + variants - 180 - 60 + 4 * 41 + 150
     assert estimate_seconds(no_floor, [], 70.0) == baseline - 60
     small = RunConfig.model_validate({"eval": {"max_items": 30, "fidelity_max_prompts": 48}})
-    assert evaluate_seconds(small, baseline=True) == round(20 + 30 * 0.2 + 48 * 0.35)
+    assert evaluate_seconds(small, baseline=True) == round(20 + 30 * 0.2 + 48 * 0.3)
     no_corpus = RunConfig.model_validate({"eval": {"fidelity_corpus": None}})
     assert evaluate_seconds(no_corpus, baseline=True) == evaluate_seconds(no_corpus, baseline=False) == 106
     lt = parse_loadtest_config(default_loadtest(), "loadtest")
