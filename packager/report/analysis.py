@@ -25,7 +25,7 @@ from packager.core.formatting import fmt_pair, fmt_pct_pair, fmt_usd, load_words
 from packager.engines.select import engine_label
 from packager.report.loadsummary import usd_per_million
 from packager.report.model import EngineComparison, LoadSummary, Recommendation, Report, VariantResult
-from packager.report.quality_gate import QualityGate, bound_floor, effective_recovery, quality_failure
+from packager.report.quality_gate import QualityGate, bound_floor, effective_recovery, kl_failure, quality_failure
 
 # A variant meets the SLO at the tested load when at least this share of its requests met every SLO
 # (unless the caller asks for an absolute goodput in requests/s instead).
@@ -173,8 +173,12 @@ def _judge(variants: Sequence[VariantResult],
     at_load: dict[str, LoadSummary] = {}
     for v in variants:
         q_fail = quality_failure(v, c.gate)
-        v.meets_quality_floor = None if effective_recovery(v) is None else q_fail is None
+        # no recovery: unknown, unless its KL alone rejects it (its suite skipped once the KL test had, fail_fast)
+        v.meets_quality_floor = q_fail is None if effective_recovery(v) is not None else \
+            (False if kl_failure(v, c.gate) else None)
         s_fails, view = _slo_verdict(v, c)
+        if v.load is None and v.meets_quality_floor is False:
+            s_fails = []  # not load-tested because rejected: the quality verdict says all
         if view is not None:
             at_load[v.name] = view
         fails = ([q_fail] if q_fail else []) + s_fails

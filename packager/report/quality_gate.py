@@ -11,7 +11,7 @@ Two tests, each naming what it found and by how much when it rejects:
    Why two numbers: the interval's width is set by the suite's size and by how often a variant's greedy answers
    flip against the baseline's, and answers flip even when nothing but the serving dtype changes. On the bundled
    model's 430-item suite, the baseline served in float32 against bfloat16 (a variant that is the same model)
-   has a recovery interval ±4.75 points wide (benchmarks/results/quality.json, `noise_floor_recovery`), so a
+   has a recovery interval ±4.75 points wide (benchmarks/results/quality_earlier.json, `noise_floor_recovery`), so a
    variant that keeps all of the quality has its lower bound near 95% on average, and a bound held to 97% would
    refuse most such variants (that run, by chance, put this one at 100.2-109.7). The release's defaults hold the
    point estimate to 97% and the lower bound to 93%: a variant must look as good as the floor and be shown,
@@ -71,7 +71,7 @@ def effective_recovery(v: VariantResult) -> float | None:
 def quality_failure(v: VariantResult, gate: QualityGate) -> str | None:
     """Why `v` does not keep the quality (one sentence), or None when it passes."""
     rec = effective_recovery(v)
-    kl = _kl_failure(v, gate)
+    kl = kl_failure(v, gate)
     if rec is None:
         if v.score is None and kl is not None:  # its KL settled above the limit before its suite (gate.fail_fast)
             return f"{kl}; its task suite was not scored, the KL test rejects it whatever its score"
@@ -96,7 +96,7 @@ def quality_failure(v: VariantResult, gate: QualityGate) -> str | None:
     return ", and ".join(fails) or None
 
 
-def _kl_failure(v: VariantResult, gate: QualityGate) -> str | None:
+def kl_failure(v: VariantResult, gate: QualityGate) -> str | None:
     """How `v` fails the KL test (its mean KL to the baseline above the limit), or None."""
     kl = v.fidelity_mean_kl
     if gate.max_kl is None or kl is None or kl <= gate.max_kl + 1e-15 or v.is_baseline:
