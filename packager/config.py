@@ -105,7 +105,8 @@ class EvalConfig(Strict):
     # Generating answers batches well: on 2 EPYC cores vLLM answered 200 corpus prompts (32 greedy tokens and their
     # top-k each) in 68 s at 8 concurrent requests, 57 s at 16 and 50 s at 32 (2 rounds each, bare engine).
     reference_concurrency: int = Field(32, ge=1, le=256, description="concurrent requests of the baseline's answers "
-                                       "to the fidelity corpus (an engine answered one request at a time for "
+                                       "to the fidelity corpus, at most engine.max_num_seqs and at least "
+                                       "eval.concurrency (an engine answered one request at a time for "
                                        "reproducible answers, eval.reproducible, gets that here too)")
     reproducible: bool = Field(True, description="send an engine whose greedy answers depend on what it decodes "
                                "together (llama.cpp) one request at a time, so that a rerun scores the same; "

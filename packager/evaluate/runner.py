@@ -427,8 +427,10 @@ def _corpus_reference(client: OpenAIClient, model: str, cfg: RunConfig, summary:
 
     assert cfg.eval.fidelity_corpus is not None
     corpus = load_fidelity_corpus(cfg.eval.fidelity_corpus)
+    # no more at once than the engine batches (a bento refuses what is beyond its limit), nor fewer than the suite's
+    concurrency = min(cfg.eval.reference_concurrency, max(cfg.eval.concurrency, cfg.engine.max_num_seqs))
     ref = reference_outputs(client, model, corpus, max_tokens=cfg.eval.fidelity_max_tokens,
-                            top_k=cfg.eval.fidelity_top_k, concurrency=cfg.eval.reference_concurrency,
+                            top_k=cfg.eval.fidelity_top_k, concurrency=concurrency,
                             max_prompts=cfg.eval.fidelity_max_prompts, show_progress=show_progress, fmt=fmt)
     if ref.items:
         summary.fidelity_source = f"corpus:{corpus.name}"

@@ -92,3 +92,25 @@ def test_without_failing_fast_the_suite_is_scored_whatever_the_kl(monkeypatch, b
     s, reads = _run(monkeypatch, baseline, FAR, skip=False)
     assert FakeClient.posts == ["/v1/chat/completions"] * 3 and s.score is not None and s.suite_skipped is None
     assert s.fidelity_settled == "above"  # still read with its stop, after the suite
+
+
+@pytest.mark.parametrize("engine, ev, expected", [
+    ({}, {}, 32),  # the default: 32 at a time (max_num_seqs 64)
+    ({"max_num_seqs": 4}, {}, 8),  # no more than the engine batches, no fewer than the suite's eval.concurrency
+    ({"max_num_seqs": 16}, {}, 16),
+    ({}, {"reference_concurrency": 1, "concurrency": 1}, 1),  # one at a time (an engine evaluated reproducibly)
+])
+def test_the_baseline_answers_the_corpus_as_many_at_a_time_as_its_engine_batches(monkeypatch, engine, ev, expected):
+    import packager.evaluate.fidelity_corpus as FC
+
+    got = []
+
+    def fake_reference(client, model, corpus, **kw):
+        got.append(kw["concurrency"])
+        return FC.ReferenceRun(items=[])
+    monkeypatch.setattr(FC, "reference_outputs", fake_reference)
+    cfg = RunConfig.model_validate({"engine": engine, "eval": ev})
+    summary = R.EvalSummary(name="b", served_model="m", suite="default", suite_sha256="x", n_items=0, n_errors=0,
+                            score=0.5, score_by_tag={}, score_by_category={}, wall_time_s=1.0)
+    R._corpus_reference(FakeClient("u"), "m", cfg, summary, False)
+    assert got == [expected]
