@@ -1,6 +1,6 @@
 """What a W8A8 scheme costs in speed: W8A8 int8 checkpoints of the bundled model that differ in their activation
-scheme, or in down_proj's run-time rotation (and so in the units kept in float), served by vLLM CPU, side by side in
-one run.
+scheme, or in down_proj's run-time rotation (and so in the units kept in float), or the bfloat16 baseline beside
+them, served by vLLM CPU, side by side in one run.
 
 Each checkpoint is served by the bare engine with the default engine settings (compiled, dtype auto, preloads on),
 one after the other, the order reversed every other round, and measured at 1, 4 and 16 streams
@@ -26,8 +26,13 @@ STREAMS = (1, 4, 16)
 
 
 def _describe(model_dir: Path) -> dict[str, Any]:
-    """The checkpoint's activation scheme, its Linears kept in float, and its size."""
-    qc = json.loads((model_dir / "config.json").read_text())["quantization_config"]
+    """The checkpoint's activation scheme, its Linears kept in float, and its size (a float checkpoint, e.g. the
+    baseline: its dtype and size)."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    if "quantization_config" not in cfg:
+        return {"float": cfg.get("torch_dtype") or cfg.get("dtype"),
+                "size_bytes": sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))}
+    qc = cfg["quantization_config"]
     acts = qc["config_groups"]["group_0"]["input_activations"]
     block = ((qc.get("transform_config") or {}).get("config_groups", {}).get("down_hadamard") or {}).get("head_dim")
     return {"input_activations_symmetric": acts["symmetric"], "down_rotation_block": block,
