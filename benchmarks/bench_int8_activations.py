@@ -29,21 +29,21 @@ def _describe(model_dir: Path) -> dict[str, Any]:
     """The checkpoint's activation scheme, its Linears kept in float, and its size (a float checkpoint, e.g. the
     baseline: its dtype and size)."""
     cfg = json.loads((model_dir / "config.json").read_text())
+    size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     if "quantization_config" not in cfg:
-        return {"float": cfg.get("torch_dtype") or cfg.get("dtype"),
-                "size_bytes": sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))}
+        return {"float": cfg.get("torch_dtype") or cfg.get("dtype"), "size_bytes": size}
     qc = cfg["quantization_config"]
     acts = qc["config_groups"]["group_0"]["input_activations"]
     block = ((qc.get("transform_config") or {}).get("config_groups", {}).get("down_hadamard") or {}).get("head_dim")
     return {"input_activations_symmetric": acts["symmetric"], "down_rotation_block": block,
-            "linears_in_float": len([n for n in qc["ignore"] if n != "lm_head"]),
-            "size_bytes": sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))}
+            "linears_in_float": len([n for n in qc["ignore"] if n != "lm_head"]), "size_bytes": size}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", required=True, metavar="NAME=DIR",
-                    help="a W8A8 checkpoint (a w8a8_int8 stage's directory); the first is the reference")
+                    help="a W8A8 checkpoint (a w8a8_int8 stage's directory) or a float one (the baseline); the "
+                         "first is the reference")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/int8_activations.json")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests-per-stream", type=int, default=4)

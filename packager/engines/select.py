@@ -145,13 +145,14 @@ def evaluation_config(backend: str, cfg: "RunConfig") -> tuple["RunConfig", list
             update["fidelity_corpus"] = None
         notes.extend(caps.eval_notes)
     n = caps.reproducible_concurrency
-    if cfg.eval.reproducible and n is not None and cfg.eval.reference_concurrency > n:
-        update["reference_concurrency"] = n
-    if cfg.eval.reproducible and n is not None and cfg.eval.concurrency > n:
-        update["concurrency"] = n
-        notes.append(f"answers: {n} request(s) at a time, not eval.concurrency {cfg.eval.concurrency}: "
-                     f"{caps.label}'s greedy answers depend on which requests it decodes together "
-                     "(eval.reproducible: false uses eval.concurrency)")
+    if cfg.eval.reproducible and n is not None:
+        if cfg.eval.reference_concurrency > n:
+            update["reference_concurrency"] = n
+        if cfg.eval.concurrency > n:
+            update["concurrency"] = n
+            notes.append(f"answers: {n} request(s) at a time, not eval.concurrency {cfg.eval.concurrency}: "
+                         f"{caps.label}'s greedy answers depend on which requests it decodes together "
+                         "(eval.reproducible: false uses eval.concurrency)")
     if not update:
         return cfg, notes
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update=update)}), notes

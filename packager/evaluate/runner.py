@@ -314,8 +314,10 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
         progress = f"fidelity {label}" if show_progress else None
         # A release reads a variant's fidelity first (eval.skip_suite_above_kl): one whose KL settles above the
         # limit is rejected by the gate whatever its score, so its suite is not scored.
-        fid = _fidelity_fields([], baseline, baseline_items, client, model, cfg, topk_fn, progress) \
-            if baseline is not None and _fidelity_first(cfg, baseline) else None
+        # the baseline's corpus answers, read from disk once for both readings below
+        corpus_items = baseline_corpus_items(baseline) if baseline is not None and cfg.eval.fidelity_corpus else None
+        fid = _fidelity_fields([], baseline, baseline_items, corpus_items, client, model, cfg, topk_fn, progress) \
+            if baseline is not None and corpus_items and _fidelity_first(cfg) else None
         skipped = _suite_skip_reason(fid, cfg.eval.fidelity_stop_kl)
         results = [] if skipped else _score_items(client, model, items, want_topk, fmt, f"evaluate {label}",
                                                   cfg.eval.concurrency, show_progress)
@@ -344,7 +346,8 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
             if baseline_items is None and baseline.items_path and Path(baseline.items_path).exists():
                 baseline_items = load_items(Path(baseline.items_path))
             if fid is None:
-                fid = _fidelity_fields(results, baseline, baseline_items, client, model, cfg, topk_fn, progress)
+                fid = _fidelity_fields(results, baseline, baseline_items, corpus_items, client, model, cfg, topk_fn,
+                                       progress)
             for k, v in fid.items():
                 setattr(summary, k, v)
         elif cfg.eval.fidelity_corpus:
@@ -355,20 +358,20 @@ def _evaluate_endpoint(url: str, cfg: RunConfig, suite: Suite, label: str, basel
     return summary, results, reference
 
 
-def _fidelity_first(cfg: RunConfig, baseline: EvalSummary) -> bool:
-    """Whether the fidelity corpus is read before the suite: asked for, with a KL limit to settle against and the
-    baseline's corpus answers to read along."""
-    return bool(cfg.eval.skip_suite_above_kl and cfg.eval.fidelity_stop_kl and cfg.eval.fidelity_corpus
-                and baseline_corpus_items(baseline))
+def _fidelity_first(cfg: RunConfig) -> bool:
+    """Whether the fidelity corpus (where the baseline answered it) is read before the suite: asked for, with a KL
+    limit to settle against."""
+    return bool(cfg.eval.skip_suite_above_kl and cfg.eval.fidelity_stop_kl)
 
 
 def _suite_skip_reason(fid: dict[str, Any] | None, limit: float | None) -> str | None:
     """Why the suite is not scored after a fidelity reading that came first (its mean KL lies above the limit, the
     very figure the gate's KL test judges), or None."""
-    kl = (fid or {}).get("fidelity_mean_kl")
+    fid = fid or {}
+    kl = fid.get("fidelity_mean_kl")
     if kl is None or limit is None or kl <= limit:
         return None
-    how = (fid or {}).get("fidelity_stopped_early") or f"all {(fid or {}).get('fidelity_prompts')} answers read"
+    how = fid.get("fidelity_stopped_early") or f"all {fid.get('fidelity_prompts')} answers read"
     return (f"not scored: its mean KL to the baseline, {kl:.4g}, lies above the limit {limit:.4g} ({how}), so the "
             "quality gate rejects it whatever its score (eval.skip_suite_above_kl)")
 
@@ -391,12 +394,11 @@ def _perplexity(client: OpenAIClient, model: str, cfg: RunConfig,
 
 
 def _fidelity_fields(results: list[ItemResult], baseline: EvalSummary, baseline_items: dict[str, ItemResult] | None,
-                     client: OpenAIClient, model: str, cfg: RunConfig, topk_fn: TopkFn | None,
-                     progress: str | None) -> dict[str, Any]:
+                     corpus_items: dict[str, ItemResult] | None, client: OpenAIClient, model: str, cfg: RunConfig,
+                     topk_fn: TopkFn | None, progress: str | None) -> dict[str, Any]:
     """The model's fidelity to the baseline, as EvalSummary fields: along the baseline's fidelity-corpus answers
-    when it has them, else along its suite answers (`results` paired with `baseline_items`), else none.
-    `progress`: a bar's title (None: no bar)."""
-    corpus_items = baseline_corpus_items(baseline) if cfg.eval.fidelity_corpus else None
+    (`corpus_items`) when it has them, else along its suite answers (`results` paired with `baseline_items`), else
+    none. `progress`: a bar's title (None: no bar)."""
     if progress and topk_fn is not None:
         progress += " (read by llama.cpp here)"  # a GGUF's answers, read in this process: slower than vLLM's
     out: dict[str, Any] = {}

@@ -63,7 +63,7 @@ def look_up(ctx: VariantContext) -> None:
     base = run.baseline_summary
     ctx.kl_stop = _kl_stop(ctx)
     # keys without a stop (or without failing fast) stay those of earlier runs
-    settle = ((ctx.kl_stop,) + (("fail_fast",) if _fail_fast(ctx) else ())) if ctx.kl_stop else ()
+    settle = ((ctx.kl_stop,) if ctx.kl_stop else ()) + (("fail_fast",) if _fail_fast(ctx) else ())
     ctx.eval_key = cache_key("eval", ctx.v.digest, run.suite.sha256, cfg.eval, ctx.served_engine,
                              base.model_dump(mode="json")["score"] if base else None,
                              capabilities(ctx.vr.engine).local_topk, *settle)

@@ -151,6 +151,8 @@ def _slo_verdict(v: VariantResult, c: _Criteria) -> tuple[list[str], LoadSummary
         v.meets_slo = None
         if v.load is not None:
             return [f"load test failed: {lf}"], None
+        if v.meets_quality_floor is False:  # not load-tested because rejected: the quality verdict says all
+            return [], None
         if v.errors and v.score is not None:  # errors not already named by the quality verdict
             return [f"has no load-test result ({'; '.join(v.errors)})"], None
         return ["has no load-test result"], None
@@ -177,8 +179,6 @@ def _judge(variants: Sequence[VariantResult],
         v.meets_quality_floor = q_fail is None if effective_recovery(v) is not None else \
             (False if kl_failure(v, c.gate) else None)
         s_fails, view = _slo_verdict(v, c)
-        if v.load is None and v.meets_quality_floor is False:
-            s_fails = []  # not load-tested because rejected: the quality verdict says all
         if view is not None:
             at_load[v.name] = view
         fails = ([q_fail] if q_fail else []) + s_fails

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from typing import Any, Callable, Sequence, cast
+from typing import Any, Callable, Sequence
 
 from packager.report.analysis import effective_recovery
 from packager.report.content import categories, load_or_empty, sweep_label, timing_total
@@ -351,9 +351,10 @@ def plot_gate(report: Report) -> str | None:
         ax = axes[0]
         xs = [floor] + ([bound * 100.0] if bound is not None else [])
         for y, v in zip(rows, shown):
-            if effective_recovery(v) is None:
+            rec = effective_recovery(v)
+            if rec is None:
                 continue
-            r = cast(float, effective_recovery(v)) * 100.0
+            r = rec * 100.0
             if v.recovery_ci is not None:
                 lo, hi = v.recovery_ci[0] * 100.0, v.recovery_ci[1] * 100.0
                 ax.plot([lo, hi], [y, y], color=colors[v.name], linewidth=2.0, solid_capstyle="butt", zorder=2)
