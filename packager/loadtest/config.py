@@ -265,6 +265,12 @@ class LoadTestConfig(_Strict):
     # Requests started within the first warmup_s seconds of each phase are sent and recorded but left out of
     # its figures (connection pools, caches and the server's own warm-up); must be shorter than every phase.
     warmup_s: float = Field(0.0, ge=0, le=600)
+    # Closed loop: the users of a phase start evenly spread over this share of it (user i of N at i/N of the
+    # ramp), not all at once, and the phase's token throughput is read after the ramp, once all N are in. Users
+    # that start together queue their prompts together: on 2 cores, 16 prompts of 128 tokens took about 4 s to
+    # prefill on llama-server, so that burst, not the steady state of 16 users, decided a 10 s probe's TTFT p95
+    # (benchmarks/results/ramp.json). 0: every user starts at the phase's start.
+    ramp_fraction: float = Field(0.25, ge=0, lt=1)
     # chat: /v1/chat/completions; completion: the messages as one raw prompt to /v1/completions (a base model
     # without a chat template); auto: asks the target once (a one-token chat request) which it takes.
     prompt_format: Literal["auto", "chat", "completion"] = "auto"

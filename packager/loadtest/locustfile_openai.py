@@ -363,9 +363,11 @@ class _Driver:
         gevent.sleep(max(0.0, t0 - time.time()))
         _phase.Phase(self, ph, t0).run()
 
-    def one_request(self, body: dict, phase: int, scheduled: float | None) -> None:
+    def one_request(self, body: dict, phase: int, scheduled: float | None, first: bool = False) -> None:
         self.in_flight += 1
         rec = _req.new_record(body, phase, self.share, scheduled)
+        if first:  # a closed-loop user's first request, its warm-up (plan.closed_phase)
+            rec["first_of_user"] = True
         payload = json.dumps(body, separators=(",", ":")).encode()
         t0 = time.perf_counter()
         timing = _req.StreamTiming()

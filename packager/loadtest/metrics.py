@@ -106,39 +106,84 @@ def tokens_between(records: Iterable[dict[str, Any]], t0: float, t1: float) -> t
     return tin, tout
 
 
+Records = list[dict[str, Any]]
+
+
+def _measured(reqs: Records, t_start: float, warmup_s: float) -> tuple[Records, Records, Records]:
+    """(the requests judged, those started in the first `warmup_s` seconds, and each closed-loop user's first
+    request where the load test marked one, unless no user got past its first: then those are judged)."""
+    early = [r for r in reqs if r["t_start_unix"] < t_start + warmup_s] if warmup_s > 0 else []
+    judged = [r for r in reqs if not (warmup_s > 0 and r["t_start_unix"] < t_start + warmup_s)]
+    firsts = [r for r in judged if r.get("first_of_user")]
+    if firsts and len(firsts) < len(judged):
+        return [r for r in judged if not r.get("first_of_user")], early, firsts
+    return judged, early, []
+
+
+def _rates(judged: Records, early: Records, firsts: Records, slo: SLOConfig, t0: float, t1: float,
+           whole: bool) -> tuple[float, float, float, float, float, float]:
+    """(requests/s, good requests/s, input tokens/s, output tokens/s, good input and output tokens/s) between t0 and
+    t1. `whole`: the judged requests count whole (the time is the phase's), the warm-up's (`early`, `firsts`) by what
+    they generated in it, and the users' first requests in the requests/s; else every request by what it generated
+    in it, and a request when it ended in it."""
+    span = max(t1 - t0, 1e-9)
+    early = early + firsts
+    good_early = [r for r in early if meets_slo(r, slo)]
+    if whole:
+        use = [r for r in judged if r.get("ok") and r.get("usage_present")]
+        good = [r for r in judged if meets_slo(r, slo)]
+        e_in, e_out = tokens_between(early, t0, t1)
+        ge_in, ge_out = tokens_between(good_early, t0, t1)
+        n_ok = sum(1 for r in judged + firsts if r.get("ok"))
+        return (n_ok / span, len(good) / span,
+                (sum(int(r.get("input_tokens") or 0) for r in use) + e_in) / span,
+                (sum(int(r.get("output_tokens") or 0) for r in use) + e_out) / span,
+                (sum(int(r.get("input_tokens") or 0) for r in good if r.get("usage_present")) + ge_in) / span,
+                (sum(int(r.get("output_tokens") or 0) for r in good if r.get("usage_present")) + ge_out) / span)
+    every = judged + early
+    ended = [r for r in every if r.get("ok") and r.get("t_end_unix") is not None and t0 <= r["t_end_unix"] <= t1]
+    t_in, t_out = tokens_between(every, t0, t1)
+    g_in, g_out = tokens_between([r for r in every if meets_slo(r, slo)], t0, t1)
+    return (len(ended) / span, sum(1 for r in ended if meets_slo(r, slo)) / span,
+            t_in / span, t_out / span, g_in / span, g_out / span)
+
+
 def summarize_phase(index: int, label: str, load: dict[str, float], records: list[dict[str, Any]],
                     share_summaries: list[dict[str, Any]], slo: SLOConfig, slo_attainment_target: float,
-                    planned_dispatch_s: float, warmup_s: float = 0.0) -> PhaseResult:
-    """Every figure of one phase from its request records and its per-share summaries. Requests started in
-    the phase's first `warmup_s` seconds are left out, and the phase's time starts after them."""
+                    planned_dispatch_s: float, warmup_s: float = 0.0, ramp_s: float = 0.0) -> PhaseResult:
+    """Every figure of one phase from its request records and its per-share summaries.
+
+    Warm-up: requests started in the phase's first `warmup_s` seconds are left out, and the phase's time starts
+    after them; so is each closed-loop user's first request where the load test marked it (`first_of_user`,
+    plan.closed_phase), unless no user got past its first. What the warm-up's requests still generated inside
+    the measured time counts toward the token rates: the server spent that time on them (left out, a warm-up
+    would lower tokens/s by the first wave's tail), and the goodput counts those that met every SLO alike.
+
+    Ramp: where the phase's closed-loop users started one by one over its first `ramp_s` seconds, its rates are
+    read between the ramp's end and the end of its dispatch, while all of them were in: tokens by what every
+    request generated then, requests by when they ended."""
     reqs = [r for r in records if r.get("type", "request") == "request"]
     starts = [s["start_unix"] for s in share_summaries if s.get("start_unix") is not None]
     ends = [s["dispatch_end_unix"] for s in share_summaries if s.get("dispatch_end_unix") is not None]
     t_start = min(starts) if starts else min((r["t_start_unix"] for r in reqs), default=0.0)
-    n_all = len(reqs)
-    early: list[dict[str, Any]] = []
+    t_ramped = t_start + ramp_s
+    reqs, early, firsts = _measured(reqs, t_start, warmup_s)
     if warmup_s > 0:
         t_start += warmup_s
-        early = [r for r in reqs if r["t_start_unix"] < t_start]
-        reqs = [r for r in reqs if r["t_start_unix"] >= t_start]
         planned_dispatch_s = max(planned_dispatch_s - warmup_s, 0.0)
     ok = [r for r in reqs if r.get("ok")]
     t_end = max([r["t_end_unix"] for r in reqs if r.get("t_end_unix") is not None] + ends + [t_start])
     duration = max(t_end - t_start, 1e-9)
     dispatch_s = max(max(ends) - t_start, 0.0) if ends else planned_dispatch_s
-    # what the warm-up's requests still generated inside the measured time: the server spent it on them, so the
-    # throughput counts it (left out, a warm-up would lower tokens/s by the first wave's tail)
-    early_in, early_out = tokens_between(early, t_start, t_end)
     with_usage = [r for r in ok if r.get("usage_present")]
     in_tok = sum(int(r.get("input_tokens") or 0) for r in with_usage)
     out_tok = sum(int(r.get("output_tokens") or 0) for r in with_usage)
     good = [r for r in reqs if meets_slo(r, slo)]
-    # goodput counts the warm-up's requests that met every SLO as the throughput counts the warm-up's requests:
-    # by what they generated inside the measured time. Left out, a phase where every request met the SLO showed
-    # less goodput than throughput, by the first wave's tail: a fifth at 768 users with 4-5 s requests in 10 s
-    early_good_in, early_good_out = tokens_between([r for r in early if meets_slo(r, slo)], t_start, t_end)
-    good_out = sum(int(r.get("output_tokens") or 0) for r in good if r.get("usage_present")) + early_good_out
-    good_in = sum(int(r.get("input_tokens") or 0) for r in good if r.get("usage_present")) + early_good_in
+    window_end = max(ends) if ends else t_end
+    if t_ramped > t_start and window_end - t_ramped > 1e-9:
+        rates = _rates(reqs, early, firsts, slo, t_ramped, window_end, whole=False)
+    else:
+        rates = _rates(reqs, early, firsts, slo, t_start, t_end, whole=True)
     dropped = sum(int(s.get("dropped_arrivals", 0)) for s in share_summaries)
     cap_reached = any(bool(s.get("request_cap_reached")) for s in share_summaries)
     cancelled = sum(int(s.get("cancelled_at_drain_timeout", 0)) for s in share_summaries)
@@ -153,22 +198,22 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
         requests_sent=len(reqs), requests_ok=len(ok), requests_failed=len(reqs) - len(ok),
         requests_missing_usage=len(ok) - len(with_usage), dropped_arrivals=dropped, request_cap_reached=cap_reached,
         cancelled_at_drain_timeout=cancelled, errors_by_kind=dict(sorted(errors.items())),
-        request_throughput_per_s=len(ok) / duration,
+        request_throughput_per_s=rates[0],
         input_tokens_total=in_tok, output_tokens_total=out_tok,
         input_tokens_mean=in_tok / len(with_usage) if with_usage else None,
         output_tokens_mean=out_tok / len(with_usage) if with_usage else None,
-        input_token_throughput_per_s=(in_tok + early_in) / duration,
-        output_token_throughput_per_s=(out_tok + early_out) / duration,
+        input_token_throughput_per_s=rates[2], output_token_throughput_per_s=rates[3],
         ttft=summarize_latencies(r.get("ttft_ms") for r in ok),
         itl=summarize_latencies(itls),
         tpot=summarize_latencies(tpot_ms(r.get("e2e_ms"), r.get("ttft_ms"), r.get("output_tokens")) for r in ok),
         e2e=summarize_latencies(r.get("e2e_ms") for r in ok),
         dispatch_lag=summarize_latencies(r.get("dispatch_lag_ms") for r in reqs),
-        goodput_requests_per_s=len(good) / duration, goodput_output_tokens_per_s=good_out / duration,
-        goodput_input_tokens_per_s=good_in / duration,
+        goodput_requests_per_s=rates[1], goodput_output_tokens_per_s=rates[5],
+        goodput_input_tokens_per_s=rates[4],
         slo_attainment_fraction=attainment,
         meets_slo=bool(offered) and attainment >= slo_attainment_target,
-        requests_retried=sum(1 for r in reqs if r.get("retried")), requests_warmup_excluded=n_all - len(reqs),
+        requests_retried=sum(1 for r in reqs if r.get("retried")), requests_warmup_excluded=len(early),
+        requests_first_excluded=len(firsts),
         slo_ratio_at_target=slo_ratio_at_target((slo_ratio(r, slo) for r in reqs), dropped, slo_attainment_target),
     )
 

@@ -1,9 +1,10 @@
 """One phase of the locustfile's plan for one share (packager/loadtest/locustfile_openai.py).
 
-closed: `users` closed-loop greenlets; open: Poisson or evenly spaced arrivals, open loop, dropped (and
-counted) beyond `max_in_flight`; schedule: explicit arrival offsets, optionally over a Poisson background
-rate. The phase dispatches for `duration_s` (less when max_requests is reached), then waits at most
-`drain_timeout_s` for its in-flight requests, cancels those still running and records a phase summary.
+closed: `users` closed-loop greenlets, started evenly over the phase's `ramp_s`; open: Poisson or evenly spaced
+arrivals, open loop, dropped (and counted) beyond `max_in_flight`; schedule: explicit arrival offsets, optionally
+over a Poisson background rate. The phase dispatches for `duration_s` (less when max_requests is reached), then
+waits at most `drain_timeout_s` for its in-flight requests, cancels those still running and records a phase
+summary.
 
 Never import this module in the packager process or under pytest: it imports gevent. It imports nothing from
 packager either: `locust -f packager/loadtest/locustfile_openai.py` loads the locustfile as a top-level
@@ -61,8 +62,10 @@ class Phase:
         ph, w, s = self.ph, self.w, self.s
         kind = ph["kind"]
         if kind == "closed":
-            for _ in range(split_count(int(ph["users"]), s, w)):
-                self.group.spawn(self.closed_user)
+            # user g of N (this share holds g = s, s + W, ...) starts g/N of the ramp after the phase's start
+            users, ramp = int(ph["users"]), float(ph.get("ramp_s") or 0.0)
+            for g in range(s, users, w):
+                self.group.spawn(self.closed_user, self.t0 + g * ramp / users)
         elif kind == "open":
             rate = float(ph["rate_per_s"])
             # constant arrivals: share s of W fires at t0 + (s + j*W)/rate, interleaving the shares exactly
@@ -121,11 +124,17 @@ class Phase:
                 return
         gevent.sleep(max(0.0, self.end - time.time()))  # the phase lasts its whole window
 
-    def closed_user(self) -> None:
+    def closed_user(self, first_at: float) -> None:
         d, end = self.d, self.end
-        while time.time() < end:
+        warm_first = bool(self.ph.get("first_request_warmup"))
+        gevent.sleep(max(0.0, first_at - time.time()))
+        mine = 0
+        # with first_request_warmup, a user whose first request (its warm-up) outlasted the phase sends one
+        # more, to be judged: during the drain, which drain_timeout_s bounds
+        while time.time() < end or (warm_first and mine == 1):
             if d.sent >= d.cap:
                 self.stats["request_cap_reached"] = True
                 return
             d.sent += 1
-            d.one_request(d.next_body(), self.k, None)
+            mine += 1
+            d.one_request(d.next_body(), self.k, None, first=warm_first and mine == 1)

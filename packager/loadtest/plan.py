@@ -5,7 +5,9 @@ function returning phases; a prompt source kind maps to a function returning req
 requests without model/stream, which the locustfile sets).
 
 Phase kinds understood by the locustfile (packager/loadtest/locustfile_openai.py):
-  closed   {users, duration_s}
+  closed   {users, duration_s, ramp_s, first_request_warmup}: user i of N starts i/N of ramp_s after the phase's
+           start; with first_request_warmup, each user's first request is marked as its warm-up, and a user whose
+           first request outlasts the phase sends one more (during the drain), to be judged
   open     {rate_per_s, arrival: poisson|constant, max_in_flight, duration_s}
   schedule {arrivals: [[offset_s, request_index | null], ...], background_rate_per_s, max_in_flight, duration_s}
 Each phase also carries `index`, `label` and `load` ({"requests_per_s": x} or {"users": n} or {"burst_size": n}).
@@ -155,10 +157,17 @@ PROMPT_SOURCES.register("hf")(hf_requests)
 
 
 # --------------------------------------------------------------------------------------- profiles
+def closed_phase(users: int, duration_s: float, cfg: LoadTestConfig) -> dict:
+    """A closed-loop phase; its users start over the first `cfg.ramp_fraction` of it (none for one user), and with a
+    ramp each user's first request is its warm-up (packager.loadtest.metrics.summarize_phase)."""
+    ramp = round(cfg.ramp_fraction * duration_s, 6) if users > 1 else 0.0
+    return {"kind": "closed", "users": users, "duration_s": duration_s, "ramp_s": ramp,
+            "first_request_warmup": cfg.ramp_fraction > 0, "label": f"{users} users", "load": {"users": users}}
+
+
 @PROFILES.register("concurrency")
 def concurrency_phases(p: ConcurrencyProfile, cfg: LoadTestConfig, pool: list[RequestBody]) -> list[dict]:
-    return [{"kind": "closed", "users": p.users, "duration_s": p.duration_s,
-             "label": f"{p.users} users", "load": {"users": p.users}}]
+    return [closed_phase(p.users, p.duration_s, cfg)]
 
 
 @PROFILES.register("rate")
@@ -176,8 +185,7 @@ def sweep_phases(p: SweepProfile, cfg: LoadTestConfig, pool: list[RequestBody]) 
             out.append({"kind": "open", "rate_per_s": v, "arrival": p.arrival, "max_in_flight": p.max_in_flight,
                         "duration_s": p.step_duration_s, "label": f"{v:g} req/s", "load": {"requests_per_s": v}})
         else:
-            out.append({"kind": "closed", "users": int(v), "duration_s": p.step_duration_s,
-                        "label": f"{int(v)} users", "load": {"users": int(v)}})
+            out.append(closed_phase(int(v), p.step_duration_s, cfg))
     return out
 
 

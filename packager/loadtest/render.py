@@ -78,6 +78,11 @@ def summary_renderables(r: LoadTestResult) -> list:
     if warm:
         lines.append(f"Warm-up: {warm} request(s) started in the first {r.config.get('warmup_s', 0):g} s of a phase "
                      "were sent and left out of every figure.")
+    firsts = sum(p.requests_first_excluded for p in r.phases)
+    if firsts:
+        lines.append(f"Warm-up: the first request of each closed-loop user ({firsts} in all) was sent, counted in the "
+                     "token rates, and left out of the latencies and the SLO verdicts (the users start one by one "
+                     "over the first " f"{r.config.get('ramp_fraction', 0):.0%} of each phase).")
     if r.sweep is not None:
         unit = ("requests/s offered, open loop" if r.sweep.mode == "rate" else "concurrent users, closed loop")
         lines.append(f"Sweep mode {r.sweep.mode}: each step's load is {unit}.")

@@ -64,6 +64,9 @@ class PhaseResult(_Strict):
     requests_retried: int = 0
     # Started within the phase's first warmup_s seconds: sent, recorded, left out of every figure above.
     requests_warmup_excluded: int = 0
+    # Each closed-loop user's first request, its warm-up where the users start over a ramp: sent, recorded, left out
+    # of the latencies and the SLO verdict, counted in the token rates by what it generated in the measured time.
+    requests_first_excluded: int = 0
     # How near the SLO the phase ran: max(TTFT / slo.ttft_ms, TPOT / slo.tpot_ms) of the request at the attainment
     # target's rank (failed requests and dropped arrivals ranked last). At most 1 exactly when the phase meets the
     # SLOs; the capacity search interpolates it to place its probes. None: no such request finished.

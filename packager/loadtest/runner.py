@@ -238,7 +238,7 @@ def analyse(plan: dict, cfg: LoadTestConfig, slo: SLOConfig, quote: PriceQuote |
         phases.append(summarize_phase(k, ph["label"], {a: float(b) for a, b in ph["load"].items()},
                                       [r for r in reqs if r.get("phase") == k],
                                       [s for s in sums if s.get("phase") == k], slo, cfg.slo_attainment_target,
-                                      float(ph["duration_s"]), cfg.warmup_s))
+                                      float(ph["duration_s"]), cfg.warmup_s, float(ph.get("ramp_s") or 0.0)))
     is_sweep = cfg.profile.kind == "sweep"
     sweep = sweep_result(cfg.profile.mode, phases, cfg.slo_attainment_target) if is_sweep else None  # type: ignore[union-attr]
     if is_sweep:

@@ -63,7 +63,8 @@ def default_loadtest() -> dict[str, Any]:
 
     Why not exactly 64 out: closed-loop users that all start at once and all ask for the same lengths stay in
     lockstep, every wave's prompts prefilled together (benchmarks/results/lockstep.json). Lengths of 32-96 let them
-    drift apart after the first wave. That first wave, a burst, is still measured: leaving the first seconds out
+    drift apart after the first wave. That first wave is no burst: the users of a step start one by one over its
+    first quarter (`ramp_fraction`), and all of their requests are judged. Leaving the first seconds out instead
     (`warmup_s`) left probes at 22-64 users on llama-server with no request to judge, their first wave outlasting
     them, and a capacity read from the few requests that did start would be too high."""
     return {

@@ -249,7 +249,7 @@ def test_short_locust_run_through_the_bento(gguf_bento, tmp_path):
         "profile": {"kind": "concurrency", "users": 2, "duration_s": 40},
         "prompts": {"kind": "synthetic", "input_tokens": {"mean": 32}, "output_tokens": {"mean": 16}},
         "max_requests": 10, "max_duration_s": 40, "request_timeout_s": 60, "drain_timeout_s": 30,
-        "prompt_format": "chat"})  # no format probe: the bento's counters below see exactly the load's requests
+        "prompt_format": "chat", "ramp_fraction": 0})  # no format probe: the bento's counters below see exactly the load's requests
     with use_client_key(gguf_bento.api_key):  # locust sends the bento's key (PACKAGER_API_KEY)
         r = run_loadtest(gguf_bento.base_url, cfg, SLOConfig(), PricingConfig(usd_per_hour=USD_PER_HOUR),
                          tmp_path / "lt")

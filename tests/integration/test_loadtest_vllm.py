@@ -15,7 +15,8 @@ def test_loadtest_against_vllm(vllm_default_server, tmp_path):
     cfg = LoadTestConfig.model_validate({
         "profile": {"kind": "concurrency", "users": 2, "duration_s": 60},
         "prompts": {"kind": "synthetic", "input_tokens": {"mean": 32}, "output_tokens": {"mean": 16}},
-        "max_requests": 12, "max_duration_s": 60, "request_timeout_s": 120, "drain_timeout_s": 60})
+        "max_requests": 12, "max_duration_s": 60, "request_timeout_s": 120, "drain_timeout_s": 60,
+        "ramp_fraction": 0})  # both users at once, every request judged: the figures below are each request's
     out = tmp_path / "lt"
     r = run_loadtest(vllm_default_server.base_url, cfg, SLOConfig(), PricingConfig(instance="c7i.xlarge"), out)
     ph = r.phases[0]

@@ -123,6 +123,19 @@ def test_burst_and_sweep_phases():
         ("open", 1, 4, 0), ("open", 3, 4, 1)]
 
 
+
+def test_closed_loop_users_start_over_the_ramp():
+    sweep = {"kind": "sweep", "values": [1, 4, 16], "mode": "concurrency", "step_duration_s": 20}
+    plan = build_plan(LoadTestConfig.model_validate({"profile": sweep}), "http://127.0.0.1:1", "m")
+    # the default: a quarter of each step; one user has nothing to spread
+    assert [(p["kind"], p["users"], p["ramp_s"]) for p in plan["phases"]] == [
+        ("closed", 1, 0.0), ("closed", 4, 5.0), ("closed", 16, 5.0)]
+    plan = build_plan(LoadTestConfig.model_validate({"profile": {"kind": "concurrency", "users": 8, "duration_s": 10},
+                                                     "ramp_fraction": 0}), "http://127.0.0.1:1", "m")
+    assert plan["phases"][0]["ramp_s"] == 0.0
+    with pytest.raises(ConfigError, match="ramp_fraction"):
+        parse_loadtest_config({"ramp_fraction": 1.0})
+
 def test_replay_trace_speedup_and_truncation(tmp_path):
     t = tmp_path / "t.jsonl"
     t.write_text("\n".join(json.dumps({"timestamp_s": 100 + i, "input_tokens": 5 + i, "output_tokens": 3 + i})

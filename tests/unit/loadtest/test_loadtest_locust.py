@@ -54,12 +54,14 @@ def test_measured_percentiles_recover_the_set_delays(fake_server, run_lt, tmp_pa
     assert 80 + 5 * 20 <= ph.e2e.p50_ms <= _generous_max_ms(80 + 5 * 20)
     assert ph.ttft.p50_ms <= ph.ttft.p90_ms <= ph.ttft.p99_ms
     reqs = _requests(out)
-    assert len(reqs) == ph.requests_sent
+    assert len(reqs) == ph.requests_sent + ph.requests_first_excluded  # each user's first: its warm-up
     # per request, consistency between the measured figures (holds whatever the machine's speed)
     for q in reqs:
         assert 80 <= q["ttft_ms"] < q["e2e_ms"] and 80 + 5 * 20 <= q["e2e_ms"]  # the fake's sleeps, strictly
         assert sum(q["itl_ms"]) <= q["e2e_ms"] - q["ttft_ms"] + 1e-6  # the gaps lie between first and last token
-    # the summary's TPOT is (E2E - TTFT) / (tokens - 1) of each request, summarised
+    # the summary's TPOT is (E2E - TTFT) / (tokens - 1) of each request judged (not a user's first), summarised
+    assert sum(1 for q in reqs if q.get("first_of_user")) == ph.requests_first_excluded == 2
+    reqs = [q for q in reqs if not q.get("first_of_user")]
     tpots = [(q["e2e_ms"] - q["ttft_ms"]) / (q["output_tokens"] - 1) for q in reqs]
     assert ph.tpot.count == len(reqs) and ph.tpot.p50_ms == pytest.approx(statistics.median(tpots))
     assert ph.e2e.p50_ms == pytest.approx(statistics.median(q["e2e_ms"] for q in reqs))
@@ -201,6 +203,40 @@ def test_distributed_run_matches_single_process(fake_server, run_lt, tmp_path):
     assert [p.role for p in dist.generator.processes] == ["master", "worker", "worker"]
     assert dist.complete and (tmp_path / "w2" / "locust-worker-1.log").exists()
 
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_closed_loop_users_start_one_by_one_over_the_ramp(fake_server, run_lt, tmp_path, workers):
+    """4 users, a ramp of 1 s: user g starts no earlier than g/4 s into the phase (both shares together keep
+    the order), and every request of the ramp counts. Requests last over 1 s, so no user's second request comes
+    before the last user's first: the k-th start is at least k/4 s in. With every user started at once (the
+    default before the ramp) the 4 first starts lie within milliseconds of each other and this fails."""
+    fake_server.configure(ttft_ms=1000, itl_ms=20, output_tokens=5)
+    out = tmp_path / "lt"
+    r = run_lt(fake_server.base_url, out, workers=workers, ramp_fraction=0.5,
+               profile={"kind": "concurrency", "users": 4, "duration_s": 2.0},
+               prompts={"kind": "synthetic", "input_tokens": {"mean": 5}, "output_tokens": {"mean": 5}})
+    reqs, sums, _ = read_records(out / "records.jsonl")
+    t0 = min(s["start_unix"] for s in sums)
+    starts = sorted(q["t_start_unix"] - t0 for q in reqs)
+    assert len(starts) >= 4
+    for k in range(4):
+        assert starts[k] >= k * 0.25 - CLOCK_TOL_MS / 1000, (k, starts)
+    assert r.phases[0].requests_sent + r.phases[0].requests_first_excluded == len(reqs)
+    if workers:
+        assert {q["share"] for q in reqs} == {0, 1}
+
+def test_a_user_whose_first_request_outlasts_the_phase_sends_one_more_to_be_judged(fake_server, run_lt, tmp_path):
+    """Requests of over 1.2 s in a 1 s phase: each user's first (its warm-up) ends after the phase, so each sends
+    exactly one more, during the drain, and the phase is judged on those two."""
+    fake_server.configure(ttft_ms=1200, itl_ms=10, output_tokens=3)
+    out = tmp_path / "lt"
+    r = run_lt(fake_server.base_url, out, profile={"kind": "concurrency", "users": 2, "duration_s": 1.0},
+               prompts={"kind": "synthetic", "input_tokens": {"mean": 5}, "output_tokens": {"mean": 3}})
+    reqs = _requests(out)
+    assert len(reqs) == 4 and sum(1 for q in reqs if q.get("first_of_user")) == 2
+    ph = r.phases[0]
+    assert (ph.requests_sent, ph.requests_ok, ph.requests_first_excluded) == (2, 2, 2)
+    assert ph.ttft.count == 2 and ph.ttft.p50_ms >= 1200
 
 def test_suite_prompts_through_locust(fake_server, run_lt, tmp_path):
     fake_server.configure(ttft_ms=5, itl_ms=1, output_tokens=50)

@@ -224,3 +224,42 @@ def test_the_slo_ratio_at_the_target_says_whether_a_phase_meets_the_slo():
         v = slo_ratio_at_target(ratios, dropped, target)
         assert (v is not None and v <= 1) == attained
     assert slo_ratio_at_target([], 0, 0.9) is None
+
+
+def test_token_rates_are_read_after_the_ramp_and_latencies_from_every_request():
+    """Users started one by one over the first second: the token rates are those of the time after it, when every
+    user was in; each request, the ramp's too, is judged on its latencies."""
+    slo = SLOConfig(ttft_ms=200, tpot_ms=50)
+    ramp = [_req(100, 190, 10, t0=t) for t in (0.0, 0.5)]  # first tokens at 0.1 and 0.6 s: all before 1.0 s
+    ramp.append(_req(100, 1000, 10, t0=0.8))  # first token at 0.9 s, end at 1.8 s: 10 x 0.8 / 0.9 after 1.0 s
+    later = [_req(100, 190, 10, t0=1.0 + i * 0.5) for i in range(6)]
+    share = [{"start_unix": 0.0, "dispatch_end_unix": 4.0, "dropped_arrivals": 0, "request_cap_reached": False,
+              "cancelled_at_drain_timeout": 0}]
+    ph = summarize_phase(0, "x", {"users": 3}, ramp + later, share, slo, 0.9, 4.0, ramp_s=1.0)
+    assert ph.requests_sent == 9 and ph.requests_warmup_excluded == 0 and ph.duration_s == pytest.approx(4.0)
+    assert ph.output_token_throughput_per_s == pytest.approx((60 + 10 * 0.8 / 0.9) / 3.0)
+    assert ph.input_token_throughput_per_s == pytest.approx(6 * 10 / 3.0)  # prompts whose first token came after
+    # the slow one (TPOT 100 ms) is judged and counted out of the goodput, in tokens as in requests
+    assert ph.goodput_output_tokens_per_s == pytest.approx(60 / 3.0)
+    assert ph.slo_attainment_fraction == pytest.approx(8 / 9) and ph.ttft.max_ms == 100
+    flat = summarize_phase(0, "x", {"users": 3}, ramp + later, share, slo, 0.9, 4.0)
+    assert flat.output_token_throughput_per_s == pytest.approx(90 / 4.0)
+
+
+def test_each_users_first_request_is_its_warm_up_unless_no_user_got_further():
+    slo = SLOConfig(ttft_ms=200, tpot_ms=50)
+    # queued behind each other; the first ends at 0.95 s, before the ramp's end
+    firsts = [dict(_req(850, 950, 10, t0=0.0), first_of_user=True), dict(_req(900, 1000, 10, t0=0.5),
+                                                                         first_of_user=True)]
+    later = [_req(100, 190, 10, t0=1.5 + i * 0.5) for i in range(4)]
+    share = [{"start_unix": 0.0, "dispatch_end_unix": 4.0, "dropped_arrivals": 0, "request_cap_reached": False,
+              "cancelled_at_drain_timeout": 0}]
+    ph = summarize_phase(0, "x", {"users": 2}, firsts + later, share, slo, 0.9, 4.0, ramp_s=1.0)
+    assert (ph.requests_sent, ph.requests_first_excluded, ph.requests_warmup_excluded) == (4, 2, 0)
+    assert ph.meets_slo is True and ph.ttft.max_ms == 100 and ph.slo_attainment_fraction == 1.0
+    # the second first request's 10 tokens came between 1.4 and 1.5 s, after the ramp: they count
+    assert ph.output_token_throughput_per_s == pytest.approx((40 + 10) / 3.0)
+    assert ph.request_throughput_per_s == pytest.approx(5 / 3.0)  # ended between 1.0 and 4.0 s
+    # no user past its first request: those are judged, not nothing
+    alone = summarize_phase(0, "x", {"users": 2}, firsts, share, slo, 0.9, 4.0, ramp_s=1.0)
+    assert alone.requests_sent == 2 and alone.requests_first_excluded == 0 and alone.meets_slo is False

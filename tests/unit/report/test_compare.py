@@ -36,7 +36,8 @@ def write_loadtest(run_dir: Path, profile: dict, phases: list[dict], *, seed: in
     from packager.loadtest.plan import build_plan
     from packager.loadtest.runner import analyse_run_dir
 
-    cfg = LoadTestConfig.model_validate({"profile": profile, "max_duration_s": 600})
+    # records spread evenly over each phase, none a user's first: no ramp to read the rates after
+    cfg = LoadTestConfig.model_validate({"profile": profile, "max_duration_s": 600, "ramp_fraction": 0})
     plan = build_plan(cfg, "http://127.0.0.1:9", "m")
     plan["meta"] = {"loadtest_config": cfg.model_dump(mode="json"), "slo": SLO.model_dump(mode="json"),
                     "pricing": PricingConfig(instance=None, usd_per_hour=usd_per_hour).model_dump(mode="json")}

@@ -23,7 +23,8 @@ def write_run(run_dir: Path, profile: dict, phases: list[dict], usd_per_hour: fl
     from packager.loadtest.config import LoadTestConfig
     from packager.loadtest.plan import build_plan
 
-    cfg = LoadTestConfig.model_validate({"profile": profile, "max_duration_s": 600,
+    # records spread evenly over each phase, none a user's first: no ramp to read the rates after
+    cfg = LoadTestConfig.model_validate({"profile": profile, "max_duration_s": 600, "ramp_fraction": 0,
                                          "utilisation_fraction": utilisation})
     plan = build_plan(cfg, "http://127.0.0.1:9", "m")
     plan["meta"] = {"loadtest_config": cfg.model_dump(mode="json"), "slo": SLO.model_dump(mode="json"),
