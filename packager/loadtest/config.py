@@ -266,10 +266,11 @@ class LoadTestConfig(_Strict):
     # its figures (connection pools, caches and the server's own warm-up); must be shorter than every phase.
     warmup_s: float = Field(0.0, ge=0, le=600)
     # Closed loop: the users of a phase start evenly spread over this share of it (user i of N at i/N of the
-    # ramp), not all at once, and the phase's token throughput is read after the ramp, once all N are in. Users
-    # that start together queue their prompts together: on 2 cores, 16 prompts of 128 tokens took about 4 s to
-    # prefill on llama-server, so that burst, not the steady state of 16 users, decided a 10 s probe's TTFT p95
-    # (benchmarks/results/ramp.json). 0: every user starts at the phase's start.
+    # ramp), not all at once; each user's first request is its warm-up, and the phase's rates are read after the
+    # ramp, while all N are in (packager.loadtest.metrics.summarize_phase). Users that start together queue
+    # their prompts together: on 2 cores llama-server prefills a 128-token prompt in about 0.2 s, so that queue,
+    # not the steady state of N users, decided a 10 s probe's TTFT p95 (benchmarks/results/ramp.json).
+    # 0: every user starts at the phase's start and every request is judged.
     ramp_fraction: float = Field(0.25, ge=0, lt=1)
     # chat: /v1/chat/completions; completion: the messages as one raw prompt to /v1/completions (a base model
     # without a chat template); auto: asks the target once (a one-token chat request) which it takes.

@@ -363,9 +363,12 @@ class _Driver:
         gevent.sleep(max(0.0, t0 - time.time()))
         _phase.Phase(self, ph, t0).run()
 
-    def one_request(self, body: dict, phase: int, scheduled: float | None, first: bool = False) -> None:
+    def one_request(self, body: dict, phase: int, scheduled: float | None, first: bool = False,
+                    user: int | None = None) -> None:
         self.in_flight += 1
         rec = _req.new_record(body, phase, self.share, scheduled)
+        if user is not None:  # the closed-loop user that sent it (0 .. users - 1, over every share)
+            rec["user"] = user
         if first:  # a closed-loop user's first request, its warm-up (plan.closed_phase)
             rec["first_of_user"] = True
         payload = json.dumps(body, separators=(",", ":")).encode()

@@ -109,6 +109,19 @@ def tokens_between(records: Iterable[dict[str, Any]], t0: float, t1: float) -> t
 Records = list[dict[str, Any]]
 
 
+def full_load_end(records: Records, fallback: float) -> float:
+    """When the first closed-loop user stopped: the earliest end of a user's last request. Until then every user
+    had a request in flight (each sends its next as its last ends), so the server ran at the phase's whole load,
+    the first wave's queue and the load that followed alike. `fallback` (the end of the dispatch) where the
+    records name no user."""
+    last: dict[int, float] = {}
+    for r in records:
+        u, end = r.get("user"), r.get("t_end_unix")
+        if u is not None and end is not None:
+            last[u] = max(last.get(u, end), end)
+    return min(last.values()) if last else fallback
+
+
 def _measured(reqs: Records, t_start: float, warmup_s: float) -> tuple[Records, Records, Records]:
     """(the requests judged, those started in the first `warmup_s` seconds, and each closed-loop user's first
     request where the load test marked one, unless no user got past its first: then those are judged)."""
@@ -123,9 +136,9 @@ def _measured(reqs: Records, t_start: float, warmup_s: float) -> tuple[Records, 
 def _rates(judged: Records, early: Records, firsts: Records, slo: SLOConfig, t0: float, t1: float,
            whole: bool) -> tuple[float, float, float, float, float, float]:
     """(requests/s, good requests/s, input tokens/s, output tokens/s, good input and output tokens/s) between t0 and
-    t1. `whole`: the judged requests count whole (the time is the phase's), the warm-up's (`early`, `firsts`) by what
-    they generated in it, and the users' first requests in the requests/s; else every request by what it generated
-    in it, and a request when it ended in it."""
+    t1. `whole`: the judged requests count whole (the time is the phase's), and the warm-up's (`early`, `firsts`) by
+    the tokens they generated in it, not in the requests/s (so that good requests / requests is the judged share);
+    else every request by what it generated in it, and a request when it ended in it."""
     span = max(t1 - t0, 1e-9)
     early = early + firsts
     good_early = [r for r in early if meets_slo(r, slo)]
@@ -134,8 +147,7 @@ def _rates(judged: Records, early: Records, firsts: Records, slo: SLOConfig, t0:
         good = [r for r in judged if meets_slo(r, slo)]
         e_in, e_out = tokens_between(early, t0, t1)
         ge_in, ge_out = tokens_between(good_early, t0, t1)
-        n_ok = sum(1 for r in judged + firsts if r.get("ok"))
-        return (n_ok / span, len(good) / span,
+        return (sum(1 for r in judged if r.get("ok")) / span, len(good) / span,
                 (sum(int(r.get("input_tokens") or 0) for r in use) + e_in) / span,
                 (sum(int(r.get("output_tokens") or 0) for r in use) + e_out) / span,
                 (sum(int(r.get("input_tokens") or 0) for r in good if r.get("usage_present")) + ge_in) / span,
@@ -160,8 +172,9 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
     would lower tokens/s by the first wave's tail), and the goodput counts those that met every SLO alike.
 
     Ramp: where the phase's closed-loop users started one by one over its first `ramp_s` seconds, its rates are
-    read between the ramp's end and the end of its dispatch, while all of them were in: tokens by what every
-    request generated then, requests by when they ended."""
+    read between the ramp's end and the moment the first user stopped (`full_load_end`), while all of them were
+    in: tokens by what every request generated then, requests by when they ended. A short phase's dispatch holds
+    little more than the first wave's queue of prompts; the judged requests that follow it count too."""
     reqs = [r for r in records if r.get("type", "request") == "request"]
     starts = [s["start_unix"] for s in share_summaries if s.get("start_unix") is not None]
     ends = [s["dispatch_end_unix"] for s in share_summaries if s.get("dispatch_end_unix") is not None]
@@ -179,7 +192,7 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
     in_tok = sum(int(r.get("input_tokens") or 0) for r in with_usage)
     out_tok = sum(int(r.get("output_tokens") or 0) for r in with_usage)
     good = [r for r in reqs if meets_slo(r, slo)]
-    window_end = max(ends) if ends else t_end
+    window_end = full_load_end(reqs + early + firsts, max(ends) if ends else t_end)
     if t_ramped > t_start and window_end - t_ramped > 1e-9:
         rates = _rates(reqs, early, firsts, slo, t_ramped, window_end, whole=False)
     else:

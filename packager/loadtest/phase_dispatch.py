@@ -65,7 +65,7 @@ class Phase:
             # user g of N (this share holds g = s, s + W, ...) starts g/N of the ramp after the phase's start
             users, ramp = int(ph["users"]), float(ph.get("ramp_s") or 0.0)
             for g in range(s, users, w):
-                self.group.spawn(self.closed_user, self.t0 + g * ramp / users)
+                self.group.spawn(self.closed_user, g, self.t0 + g * ramp / users)
         elif kind == "open":
             rate = float(ph["rate_per_s"])
             # constant arrivals: share s of W fires at t0 + (s + j*W)/rate, interleaving the shares exactly
@@ -124,7 +124,7 @@ class Phase:
                 return
         gevent.sleep(max(0.0, self.end - time.time()))  # the phase lasts its whole window
 
-    def closed_user(self, first_at: float) -> None:
+    def closed_user(self, user: int, first_at: float) -> None:
         d, end = self.d, self.end
         warm_first = bool(self.ph.get("first_request_warmup"))
         gevent.sleep(max(0.0, first_at - time.time()))
@@ -137,4 +137,4 @@ class Phase:
                 return
             d.sent += 1
             mine += 1
-            d.one_request(d.next_body(), self.k, None, first=warm_first and mine == 1)
+            d.one_request(d.next_body(), self.k, None, first=warm_first and mine == 1, user=user)

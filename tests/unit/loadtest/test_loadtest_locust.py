@@ -222,8 +222,9 @@ def test_closed_loop_users_start_one_by_one_over_the_ramp(fake_server, run_lt, t
     for k in range(4):
         assert starts[k] >= k * 0.25 - CLOCK_TOL_MS / 1000, (k, starts)
     assert r.phases[0].requests_sent + r.phases[0].requests_first_excluded == len(reqs)
-    if workers:
-        assert {q["share"] for q in reqs} == {0, 1}
+    assert {q["user"] for q in reqs} == {0, 1, 2, 3}  # each record names its user
+    if workers:  # user g runs in share g % 2
+        assert {q["share"] for q in reqs} == {0, 1} and all(q["share"] == q["user"] % 2 for q in reqs)
 
 def test_a_user_whose_first_request_outlasts_the_phase_sends_one_more_to_be_judged(fake_server, run_lt, tmp_path):
     """Requests of over 1.2 s in a 1 s phase: each user's first (its warm-up) ends after the phase, so each sends

@@ -263,3 +263,24 @@ def test_each_users_first_request_is_its_warm_up_unless_no_user_got_further():
     # no user past its first request: those are judged, not nothing
     alone = summarize_phase(0, "x", {"users": 2}, firsts, share, slo, 0.9, 4.0, ramp_s=1.0)
     assert alone.requests_sent == 2 and alone.requests_first_excluded == 0 and alone.meets_slo is False
+
+
+def test_rates_run_until_the_first_user_stops():
+    """Two users of a 2 s phase whose first requests (the warm-up) end after it: each sends one more. The server
+    ran at the whole load until user 1's last request ended at 3.2 s, so the rates cover 0.5 to 3.2 s, the first
+    wave's tail and the judged requests alike; user 0's last one, alone after 3.2 s, does not count."""
+    from packager.loadtest.metrics import full_load_end
+
+    slo = SLOConfig(ttft_ms=1000, tpot_ms=200)
+    u0 = [dict(_req(900, 1900, 11, t0=0.0), first_of_user=True, user=0), dict(_req(300, 1800, 16, t0=1.9), user=0)]
+    u1 = [dict(_req(900, 1800, 10, t0=0.5), first_of_user=True, user=1), dict(_req(200, 900, 8, t0=2.3), user=1)]
+    share = [{"start_unix": 0.0, "dispatch_end_unix": 2.0, "dropped_arrivals": 0, "request_cap_reached": False,
+              "cancelled_at_drain_timeout": 0}]
+    assert full_load_end(u0 + u1, 2.0) == pytest.approx(3.2)
+    assert full_load_end([_req(100, 200, 5)], 2.0) == 2.0  # no user named: the dispatch's end
+    ph = summarize_phase(0, "x", {"users": 2}, u0 + u1, share, slo, 0.9, 2.0, ramp_s=0.5)
+    assert (ph.requests_sent, ph.requests_first_excluded) == (2, 2)
+    # tokens spread over each request's decode (first token to end): u0's first 11 (0.9-1.9 s) and u1's 10
+    # (1.4-2.3 s) whole, u0's second 16 (2.2-3.7 s) for 1.0 of its 1.5 s, u1's second 8 (2.5-3.2 s) whole
+    assert ph.output_token_throughput_per_s == pytest.approx((11 + 10 + 16 * (1.0 / 1.5) + 8) / 2.7)
+    assert ph.request_throughput_per_s == pytest.approx(3 / 2.7)  # ended between 0.5 and 3.2 s: all but u0's last
