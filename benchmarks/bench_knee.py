@@ -41,6 +41,18 @@ def fine_sweep_knee(phases) -> tuple[list, float | None, float | None]:
     return steps, knee, first_miss
 
 
+def gguf_setup(work_name: str, quant: str):
+    """(the benchmark's folder under packager's home, the bundled model's GGUF artifact of `quant` there, the
+    release's default SLO, the c7i.xlarge price): what a benchmark on one llama-server starts from."""
+    from packager.config import PricingConfig, SLOConfig
+    from packager.core.sources import ensure_default_model, packager_home
+    from packager.gguf.export import export_gguf
+
+    work = packager_home() / work_name
+    art = export_gguf(ensure_default_model().path, work / "gguf", quants=[quant], progress=False)[0]
+    return work, art, SLOConfig(**SLO), PricingConfig(instance="c7i.xlarge")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "knee.json")
@@ -48,20 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fine-step-s", type=float, default=10.0)
     args = ap.parse_args(argv)
 
-    from packager.config import EngineConfig, PricingConfig, SLOConfig
-    from packager.core.sources import ensure_default_model, packager_home
+    from packager.config import EngineConfig
     from packager.engines.llamacpp import LlamaCppServer, cpu_threads
     from packager.fsutil import atomic_write_json
-    from packager.gguf.export import export_gguf
     from packager.loadtest.config import LoadTestConfig
     from packager.loadtest.metrics import load_value
     from packager.loadtest.runner import run_loadtest
     from packager.provenance import now_iso, package_versions
     from packager.release.estimate import default_loadtest
 
-    work = packager_home() / "bench-knee"
-    art = export_gguf(ensure_default_model().path, work / "gguf", quants=["q4_k_m"], progress=False)[0]
-    slo, pricing = SLOConfig(**SLO), PricingConfig(instance="c7i.xlarge")
+    work, art, slo, pricing = gguf_setup("bench-knee", "q4_k_m")
     release_cfg = LoadTestConfig.model_validate({**default_loadtest(), "prompts": PROMPTS, "prompt_format": "chat"})
     fine_cfg = LoadTestConfig.model_validate({
         "profile": {"kind": "sweep", "mode": "concurrency", "values": list(range(1, args.fine_max + 1)),

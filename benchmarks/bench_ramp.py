@@ -29,8 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-SLO = {"ttft_ms": 2000.0, "tpot_ms": 250.0}
+from bench_knee import SLO, fine_sweep_knee, gguf_setup  # noqa: E402
 
 
 def _steps(phases) -> list[dict]:
@@ -63,20 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steady-warmup-s", type=float, default=20.0)
     args = ap.parse_args(argv)
 
-    from packager.config import EngineConfig, PricingConfig, SLOConfig
-    from packager.core.sources import ensure_default_model, packager_home
+    from packager.config import EngineConfig
     from packager.engines.llamacpp import LlamaCppServer, cpu_threads
     from packager.fsutil import atomic_write_json
-    from packager.gguf.export import export_gguf
     from packager.loadtest.config import LoadTestConfig
     from packager.loadtest.runner import run_loadtest
     from packager.provenance import now_iso, package_versions
     from packager.release.estimate import default_loadtest
-    from bench_knee import fine_sweep_knee  # type: ignore[import-not-found]
 
-    work = packager_home() / "bench-ramp"
-    art = export_gguf(ensure_default_model().path, work / "gguf", quants=["q8_0"], progress=False)[0]
-    slo, pricing = SLOConfig(**SLO), PricingConfig(instance="c7i.xlarge")
+    work, art, slo, pricing = gguf_setup("bench-ramp", "q8_0")
     base = {**default_loadtest(), "prompt_format": "chat"}
     users = [int(u) for u in args.steady_users.split(",")]
     steady_cfg = LoadTestConfig.model_validate({
@@ -109,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     for label in ("all_at_once", "ramped"):
         k = out[label]["knee"]
         out[label]["knee_over_steady_state"] = round(k / knee, 3) if k and knee else None
-    out["notes"] = ["one server, in the order all_at_once, ramped, steady_state, each with prompts of its own (seeds 1, "
-                    "2, 3); every load judged by the same rule (90% of the requests within both SLO limits)",
+    out["notes"] = ["one server, in the order all_at_once, ramped, steady_state, each with prompts of its own "
+                    "(seeds 1, 2, 3); every load judged by the same rule (90% of the requests within both SLO limits)",
                     "the steady state's first_failing may be null when every load it tried met the SLOs: its knee is "
                     "then a lower bound"]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -133,29 +133,19 @@ def _measured(reqs: Records, t_start: float, warmup_s: float) -> tuple[Records, 
     return judged, early, []
 
 
-def _rates(judged: Records, early: Records, firsts: Records, slo: SLOConfig, t0: float, t1: float,
-           whole: bool) -> tuple[float, float, float, float, float, float]:
+def _usage_tokens(records: Records) -> tuple[int, int]:
+    """(input, output) tokens of the successful requests that report usage."""
+    use = [r for r in records if r.get("ok") and r.get("usage_present")]
+    return (sum(int(r.get("input_tokens") or 0) for r in use), sum(int(r.get("output_tokens") or 0) for r in use))
+
+
+def _window_rates(records: Records, slo: SLOConfig, t0: float, t1: float) -> tuple[float, ...]:
     """(requests/s, good requests/s, input tokens/s, output tokens/s, good input and output tokens/s) between t0 and
-    t1. `whole`: the judged requests count whole (the time is the phase's), and the warm-up's (`early`, `firsts`) by
-    the tokens they generated in it, not in the requests/s (so that good requests / requests is the judged share);
-    else every request by what it generated in it, and a request when it ended in it."""
+    t1: every request by the tokens it generated then, and counted when it ended then."""
     span = max(t1 - t0, 1e-9)
-    early = early + firsts
-    good_early = [r for r in early if meets_slo(r, slo)]
-    if whole:
-        use = [r for r in judged if r.get("ok") and r.get("usage_present")]
-        good = [r for r in judged if meets_slo(r, slo)]
-        e_in, e_out = tokens_between(early, t0, t1)
-        ge_in, ge_out = tokens_between(good_early, t0, t1)
-        return (sum(1 for r in judged if r.get("ok")) / span, len(good) / span,
-                (sum(int(r.get("input_tokens") or 0) for r in use) + e_in) / span,
-                (sum(int(r.get("output_tokens") or 0) for r in use) + e_out) / span,
-                (sum(int(r.get("input_tokens") or 0) for r in good if r.get("usage_present")) + ge_in) / span,
-                (sum(int(r.get("output_tokens") or 0) for r in good if r.get("usage_present")) + ge_out) / span)
-    every = judged + early
-    ended = [r for r in every if r.get("ok") and r.get("t_end_unix") is not None and t0 <= r["t_end_unix"] <= t1]
-    t_in, t_out = tokens_between(every, t0, t1)
-    g_in, g_out = tokens_between([r for r in every if meets_slo(r, slo)], t0, t1)
+    ended = [r for r in records if r.get("ok") and r.get("t_end_unix") is not None and t0 <= r["t_end_unix"] <= t1]
+    t_in, t_out = tokens_between(records, t0, t1)
+    g_in, g_out = tokens_between([r for r in records if meets_slo(r, slo)], t0, t1)
     return (len(ended) / span, sum(1 for r in ended if meets_slo(r, slo)) / span,
             t_in / span, t_out / span, g_in / span, g_out / span)
 
@@ -189,14 +179,19 @@ def summarize_phase(index: int, label: str, load: dict[str, float], records: lis
     duration = max(t_end - t_start, 1e-9)
     dispatch_s = max(max(ends) - t_start, 0.0) if ends else planned_dispatch_s
     with_usage = [r for r in ok if r.get("usage_present")]
-    in_tok = sum(int(r.get("input_tokens") or 0) for r in with_usage)
-    out_tok = sum(int(r.get("output_tokens") or 0) for r in with_usage)
+    in_tok, out_tok = _usage_tokens(with_usage)
     good = [r for r in reqs if meets_slo(r, slo)]
-    window_end = full_load_end(reqs + early + firsts, max(ends) if ends else t_end)
-    if t_ramped > t_start and window_end - t_ramped > 1e-9:
-        rates = _rates(reqs, early, firsts, slo, t_ramped, window_end, whole=False)
-    else:
-        rates = _rates(reqs, early, firsts, slo, t_start, t_end, whole=True)
+    ramped = t_ramped > t_start  # a ramp that a warm-up by time does not already cover
+    window_end = full_load_end(reqs + early + firsts, max(ends) if ends else t_end) if ramped else t_end
+    if ramped and window_end - t_ramped > 1e-9:
+        rates = _window_rates(reqs + early + firsts, slo, t_ramped, window_end)
+    else:  # the judged requests whole; the warm-up's by what they generated in the measured time, not in requests/s
+        warm = early + firsts
+        w_in, w_out = tokens_between(warm, t_start, t_end)
+        wg_in, wg_out = tokens_between([r for r in warm if meets_slo(r, slo)], t_start, t_end)
+        g_in, g_out = _usage_tokens(good)
+        rates = tuple(x / duration for x in (len(ok), len(good), in_tok + w_in, out_tok + w_out, g_in + wg_in,
+                                             g_out + wg_out))
     dropped = sum(int(s.get("dropped_arrivals", 0)) for s in share_summaries)
     cap_reached = any(bool(s.get("request_cap_reached")) for s in share_summaries)
     cancelled = sum(int(s.get("cancelled_at_drain_timeout", 0)) for s in share_summaries)

@@ -82,7 +82,7 @@ def summary_renderables(r: LoadTestResult) -> list:
     if firsts:
         lines.append(f"Warm-up: the first request of each closed-loop user ({firsts} in all) was sent, counted in the "
                      "token rates, and left out of the latencies and the SLO verdicts (the users start one by one "
-                     "over the first " f"{r.config.get('ramp_fraction', 0):.0%} of each phase).")
+                     f"over the first {r.config.get('ramp_fraction', 0):.0%} of each phase).")
     if r.sweep is not None:
         unit = ("requests/s offered, open loop" if r.sweep.mode == "rate" else "concurrent users, closed loop")
         lines.append(f"Sweep mode {r.sweep.mode}: each step's load is {unit}.")
